@@ -1,0 +1,220 @@
+"""The JTLN joint image classifier: one timm backbone, a source head and a target head.
+
+The model only computes predictions (and the plain target cross-entropy when labels are given);
+the joint objective with its optimal-transport term lives in ``jtln_hf.trainer``, so that this
+file stays small and imports only torch, timm, transformers and the configuration file. That
+lets ``save_pretrained`` copy both files beside the weights for ``trust_remote_code=True`` users.
+
+Reference: Y. Lu, L. Chen, A. Saidi, "Optimal Transport for Deep Joint Transfer Learning",
+arXiv:1709.02995, 2017.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass
+
+import timm
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_jtln import JointImageClassifierConfig
+
+# Set while `from_pretrained` builds the model: the checkpoint holds the backbone weights, so timm
+# must not be asked to download its own.
+_LOADING_CHECKPOINT = contextvars.ContextVar("jtln_loading_checkpoint", default=False)
+
+
+def check_cost_matrix(cost: torch.Tensor, num_source_labels: int, num_target_labels: int) -> None:
+    """Raise a ``ValueError`` that names the problem and the fix when ``cost`` is not a valid C.
+
+    A valid ground cost has shape ``(L_s, L_t)`` (rows = source classes, columns = target
+    classes), and finite, non-negative entries.
+    """
+    if cost.dim() != 2 or tuple(cost.shape) != (num_source_labels, num_target_labels):
+        raise ValueError(
+            f"cost matrix has shape {tuple(cost.shape)} but the model has L_s={num_source_labels} source "
+            f"and L_t={num_target_labels} target classes: build it with rows = source classes and "
+            f"columns = target classes, shape ({num_source_labels}, {num_target_labels})."
+        )
+    bad = ~torch.isfinite(cost)
+    if bad.any():
+        i, j = (int(v) for v in bad.nonzero()[0])
+        raise ValueError(
+            f"cost matrix has a non-finite entry at (source {i}, target {j}) = {cost[i, j].item()}: "
+            "every entry must be a finite number; replace missing pairs by a large finite cost."
+        )
+    if (cost < 0).any():
+        i, j = (int(v) for v in (cost < 0).nonzero()[0])
+        raise ValueError(
+            f"cost matrix has a negative entry at (source {i}, target {j}) = {cost[i, j].item():g}: "
+            "optimal-transport costs must be >= 0; shift it (e.g. jtln_hf.cost.normalize_cost)."
+        )
+
+
+@dataclass
+class JointClassifierOutput(ModelOutput):
+    """
+    Output of [`JointImageClassifier`].
+
+    Args:
+        loss (`torch.Tensor` of shape `()`, *optional*, returned when `labels` is provided):
+            Cross-entropy of the target head against `labels` (target classes). The joint JTLN
+            objective is computed by `JTLNTrainer`, not here.
+        logits (`torch.Tensor` of shape `(batch_size, num_labels)`):
+            Target-head scores (before softmax). Named `logits` so that pipelines, metrics and the
+            Hub widget treat the model as an ordinary target-task classifier.
+        source_logits (`torch.Tensor` of shape `(batch_size, num_source_labels)`):
+            Source-head scores (before softmax).
+        pooled (`torch.Tensor` of shape `(batch_size, num_features)`):
+            Pooled backbone features shared by both heads (used for feature-based costs).
+        hidden_states (`tuple(torch.Tensor)`, *optional*, returned when `output_hidden_states=True`):
+            The backbone's intermediate feature maps (timm `forward_intermediates`).
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    source_logits: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+class JointImageClassifierPreTrainedModel(PreTrainedModel):
+    config_class = JointImageClassifierConfig
+    config: JointImageClassifierConfig
+    base_model_prefix = "backbone"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    # forward() takes no **kwargs: Trainer must not pass num_items_in_batch nor assume the loss is
+    # already scaled for gradient accumulation.
+    accepts_loss_kwargs = False
+    _no_split_modules = []
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, never downloading timm weights (the checkpoint has them)."""
+        token = _LOADING_CHECKPOINT.set(True)
+        try:
+            return super().from_pretrained(*args, **kwargs)
+        finally:
+            _LOADING_CHECKPOINT.reset(token)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Initialise the two heads only.
+
+        The default `PreTrainedModel._init_weights` re-initialises every Linear/Conv/Norm, which
+        would destroy timm's own initialisation (and pretrained weights) of the backbone.
+        """
+        if isinstance(module, nn.Linear) and module in (
+            getattr(self, "source_head", None),
+            getattr(self, "target_head", None),
+        ):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+            nn.init.zeros_(module.bias)
+
+
+class JointImageClassifier(JointImageClassifierPreTrainedModel):
+    """A timm backbone shared by a source head (L_s classes) and a target head (L_t classes).
+
+    The source-target ground cost C (shape ``(L_s, L_t)``) is the persistent buffer
+    ``cost_matrix``: it is saved in, and loaded from, every checkpoint.
+
+    Args:
+        config ([`JointImageClassifierConfig`]): the model configuration.
+        cost_matrix (`torch.Tensor` or array-like, *optional*): initial C; zeros when omitted
+            (set it later with [`set_cost_matrix`]).
+    """
+
+    def __init__(self, config: JointImageClassifierConfig, cost_matrix=None):
+        super().__init__(config)
+        if config.num_source_labels is None:
+            raise ValueError(
+                "JointImageClassifierConfig needs the source classes: pass source_id2label "
+                "(or num_source_labels)."
+            )
+        pretrained = bool(config.pretrained_backbone) and not _LOADING_CHECKPOINT.get()
+        try:
+            self.backbone = timm.create_model(
+                config.backbone, pretrained=pretrained, num_classes=0, **config.backbone_kwargs
+            )
+        except RuntimeError as err:
+            if "Unknown model" in str(err):
+                raise ValueError(
+                    f"unknown timm architecture {config.backbone!r}: pick a name from "
+                    "timm.list_models() (e.g. 'resnet18', 'test_resnet')."
+                ) from err
+            raise
+        if config.data_config is None:
+            config.data_config = _default_data_config(self.backbone)
+        num_features = self.backbone.num_features
+        self.dropout = nn.Dropout(config.head_dropout)
+        self.source_head = nn.Linear(num_features, config.num_source_labels)
+        self.target_head = nn.Linear(num_features, config.num_labels)
+        self.register_buffer(
+            "cost_matrix", torch.zeros(config.num_source_labels, config.num_labels), persistent=True
+        )
+        self.post_init()
+        if cost_matrix is not None:
+            self.set_cost_matrix(cost_matrix)
+
+    def set_cost_matrix(self, cost) -> None:
+        """Validate C (shape ``(L_s, L_t)``, finite, >= 0) and copy it into the `cost_matrix` buffer."""
+        cost = torch.as_tensor(cost, dtype=torch.float32).detach().cpu()
+        check_cost_matrix(cost, self.config.num_source_labels, self.config.num_labels)
+        with torch.no_grad():
+            self.cost_matrix.copy_(cost.to(self.cost_matrix.device))
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> JointClassifierOutput | tuple:
+        """Run the backbone once and both heads on its pooled features.
+
+        Args:
+            pixel_values (`torch.Tensor` of shape `(batch_size, channels, height, width)`).
+            labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): target-class ids; when
+                given, `loss` is the target cross-entropy.
+            output_hidden_states (`bool`, *optional*): also return the backbone's feature maps.
+            return_dict (`bool`, *optional*): return a [`JointClassifierOutput`] (default) or a tuple.
+        """
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        hidden_states = None
+        if output_hidden_states:
+            features, hidden_states = self.backbone.forward_intermediates(pixel_values)
+            hidden_states = tuple(hidden_states)
+        else:
+            features = self.backbone.forward_features(pixel_values)
+        pooled = self.backbone.forward_head(features, pre_logits=True)
+        dropped = self.dropout(pooled)
+        logits = self.target_head(dropped)
+        source_logits = self.source_head(dropped)
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits.float(), labels.to(logits.device))
+        if not return_dict:
+            output = (logits, source_logits, pooled) + ((hidden_states,) if hidden_states is not None else ())
+            return ((loss,) + output) if loss is not None else output
+        return JointClassifierOutput(
+            loss=loss, logits=logits, source_logits=source_logits, pooled=pooled, hidden_states=hidden_states
+        )
+
+
+def _default_data_config(backbone: nn.Module) -> dict:
+    """timm's data config for this backbone, with `input_size` following its `in_chans`."""
+    data_config = dict(timm.data.resolve_data_config({}, model=backbone))
+    in_chans = getattr(backbone, "in_chans", None) or data_config["input_size"][0]
+    _, height, width = data_config["input_size"]
+    data_config["input_size"] = (in_chans, height, width)
+    for key in ("mean", "std"):
+        if len(data_config[key]) != in_chans:
+            value = sum(data_config[key]) / len(data_config[key])
+            data_config[key] = (value,) * in_chans
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()}
