@@ -1,0 +1,189 @@
+"""JTLNTrainer: transformers' Trainer with the JTLN objective and paired source/target batches.
+
+Trainer keeps the loop, optimiser, schedule, mixed precision, gradient accumulation, DDP,
+checkpoints and logging. This subclass changes three things:
+
+* ``get_train_dataloader`` draws batches with :class:`jtln_hf.data.PairedBatchSampler`, so every
+  per-device batch holds the configured share of source rows;
+* ``compute_loss`` evaluates :class:`jtln_hf.loss.JTLNLoss` on the model's two heads;
+* ``log`` adds the three parts of the loss (``ce_target``, ``ce_source``, ``ot``) as separate keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import seed_worker
+
+from .data import SOURCE, TARGET, PairedBatchSampler, collate
+from .loss import JTLNLoss
+from .metrics import compute_classification_metrics
+
+LOSS_PARTS = ("ce_target", "ce_source", "ot")
+
+
+@dataclass
+class JTLNTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the JTLN objective and batch composition.
+
+    Defaults come from ``FINDINGS.md`` (Fashion-MNIST split, 5 shots): λ_s = 1, λ_ot = 1 (0.3-1
+    worked, 3 hurt, 10 collapsed), ε = 0.05 (0.1 behaved the same), 50 Sinkhorn iterations.
+    """
+
+    source_loss_weight: float = field(default=1.0, metadata={"help": "λ_s: weight of the source cross-entropy."})
+    ot_loss_weight: float = field(
+        default=1.0, metadata={"help": "λ_ot: weight of the OT term (0 = plain joint fine-tuning)."}
+    )
+    ot_epsilon: float = field(default=0.05, metadata={"help": "ε: entropic regularisation of OT (the paper's 1/λ)."})
+    ot_iterations: int = field(default=50, metadata={"help": "Sinkhorn iterations per step."})
+    ot_method: str = field(
+        default="auto", metadata={"help": "Sinkhorn solver: auto, kernel (fast) or log (stable for small ε)."}
+    )
+    ot_detach_target: bool = field(
+        default=False, metadata={"help": "Stop the OT gradient into the target head (OT then only shapes h_s)."}
+    )
+    source_fraction: float = field(
+        default=0.5, metadata={"help": "Share of source rows in every per-device training batch."}
+    )
+    # The image column must reach `with_transform`; Trainer would drop it otherwise.
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep False: the transform needs the image column."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("source_loss_weight", "ot_loss_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if not 0.0 <= self.source_fraction <= 1.0:
+            raise ValueError(f"source_fraction must be in [0, 1], got {self.source_fraction}.")
+        if self.ot_epsilon <= 0:
+            raise ValueError(f"ot_epsilon must be > 0, got {self.ot_epsilon}.")
+        if self.ot_iterations < 1:
+            raise ValueError(f"ot_iterations must be >= 1, got {self.ot_iterations}.")
+
+
+class JTLNTrainer(Trainer):
+    """Trainer for a :class:`~jtln_hf.JointImageClassifier` on mixed source/target datasets.
+
+    ``train_dataset`` needs ``image``, ``label`` and ``domain`` columns (see
+    :func:`jtln_hf.data.build_joint_dataset`) and a transform producing ``pixel_values``;
+    evaluation datasets are target rows (``domain`` 1). Labels are checked against the model's
+    label sets before the first step.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("data_collator", collate)
+        kwargs.setdefault("compute_metrics", compute_classification_metrics)
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.args, JTLNTrainingArguments):
+            raise TypeError("JTLNTrainer needs JTLNTrainingArguments (it adds the JTLN loss weights).")
+        self.jtln_loss = JTLNLoss(
+            source_loss_weight=self.args.source_loss_weight,
+            ot_loss_weight=self.args.ot_loss_weight,
+            ot_epsilon=self.args.ot_epsilon,
+            ot_iterations=self.args.ot_iterations,
+            ot_method=self.args.ot_method,
+            ot_detach_target=self.args.ot_detach_target,
+        )
+        self._part_sums: dict[str, torch.Tensor] = {}
+        self._part_count = 0
+        config = self.accelerator.unwrap_model(self.model).config
+        for ds in [self.train_dataset] + _as_list(self.eval_dataset):
+            if ds is not None:
+                check_labels(ds, config.num_source_labels, config.num_labels)
+        if self.args.ot_loss_weight and not torch.any(self.accelerator.unwrap_model(self.model).cost_matrix):
+            raise ValueError(
+                "ot_loss_weight > 0 but the model's cost_matrix is all zeros (OT would be a constant): "
+                "set it with model.set_cost_matrix(C), or train with ot_loss_weight=0 (joint fine-tuning)."
+            )
+
+    # ------------------------------------------------------------------------------- data
+    def get_train_dataloader(self) -> DataLoader:
+        """Per-device batches from :class:`PairedBatchSampler`; Accelerate shards whole batches."""
+        if self.train_dataset is None:
+            raise ValueError("JTLNTrainer: training requires a train_dataset.")
+        sampler = PairedBatchSampler(
+            _column(self.train_dataset, "domain"),
+            batch_size=self._train_batch_size,
+            source_fraction=self.args.source_fraction,
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+            drop_last=self.args.dataloader_drop_last,
+        )
+        loader = DataLoader(
+            self.train_dataset,
+            batch_sampler=sampler,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            persistent_workers=self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0,
+            worker_init_fn=lambda worker_id: seed_worker(
+                worker_id, self.args.dataloader_num_workers, self.args.process_index
+            ),
+        )
+        return self.accelerator.prepare(loader)
+
+    # ------------------------------------------------------------------------------- loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The JTLN objective (see :mod:`jtln_hf.loss`); rows without ``domain`` count as target."""
+        outputs = model(pixel_values=inputs["pixel_values"])
+        labels = inputs["labels"]
+        domain = inputs.get("domain")
+        if domain is None:
+            domain = torch.full_like(labels, TARGET)
+        cost = self.accelerator.unwrap_model(model).cost_matrix
+        parts = self.jtln_loss(outputs.logits, outputs.source_logits, labels, domain, cost)
+        if model.training:
+            for name in LOSS_PARTS:
+                value = parts[name].detach()
+                self._part_sums[name] = self._part_sums.get(name, 0.0) + value
+            self._part_count += 1
+        loss = parts["loss"]
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the mean of each loss part since the last log (averaged over processes)."""
+        if "loss" in logs and self._part_count:
+            stacked = torch.stack([self._part_sums[name] for name in LOSS_PARTS]) / self._part_count
+            stacked = self.accelerator.reduce(stacked, reduction="mean")
+            logs.update({name: round(float(v), 6) for name, v in zip(LOSS_PARTS, stacked)})
+            self._part_sums, self._part_count = {}, 0
+        super().log(logs, start_time)
+
+
+def check_labels(dataset, num_source_labels: int, num_target_labels: int) -> None:
+    """Raise before training when a ``domain`` value or a label is outside its label set."""
+    columns = dataset.column_names
+    if "label" not in columns:
+        raise ValueError(f"dataset has no 'label' column (columns: {columns}): rename the label column to 'label'.")
+    labels = _column(dataset, "label")
+    domains = _column(dataset, "domain") if "domain" in columns else np.full(len(labels), TARGET)
+    unknown = sorted(set(np.unique(domains).tolist()) - {SOURCE, TARGET})
+    if unknown:
+        raise ValueError(f"domain values must be 0 (source) or 1 (target), found {unknown}.")
+    for domain, size, name in ((SOURCE, num_source_labels, "source"), (TARGET, num_target_labels, "target")):
+        rows = labels[domains == domain]
+        bad = rows[(rows < 0) | (rows >= size)]
+        if len(bad):
+            raise ValueError(
+                f"{name} label {int(bad[0])} is out of range: the model has {size} {name} classes "
+                f"(ids 0..{size - 1}); labels must be in their own domain's label space."
+            )
+
+
+def _column(dataset, name: str) -> np.ndarray:
+    """A raw column as numpy, bypassing the dataset's transform (which would decode every image)."""
+    return dataset.select_columns([name]).with_format("numpy")[:][name]
+
+
+def _as_list(eval_dataset: Any) -> list:
+    if eval_dataset is None:
+        return []
+    if isinstance(eval_dataset, dict):
+        return list(eval_dataset.values())
+    return [eval_dataset]

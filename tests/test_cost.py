@@ -1,0 +1,289 @@
+"""Tests for jtln_hf.cost: every builder against hand-computed matrices."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import ot
+import pytest
+
+from jtln_hf.cost import (
+    COST_NORMALIZATIONS,
+    FASHION_MNIST_PRIOR_PATH,
+    FEATURE_COST_METHODS,
+    MMD_BANDWIDTH_MULTIPLIERS,
+    cost_from_features,
+    cost_from_hierarchy,
+    cost_from_relation,
+    load_cost,
+    mmd_bandwidths,
+    normalize_cost,
+    validate_cost,
+)
+
+FM_SOURCE = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Sneaker"]
+FM_TARGET = ["Shirt", "Coat", "Sandal", "Bag", "Ankle boot"]
+# FINDINGS.md, "The prior cost used", typed by hand.
+FM_PRIOR = np.array(
+    [
+        [0.0, 0.5, 1.0, 0.8, 1.0],
+        [1.0, 1.0, 1.0, 1.0, 1.0],
+        [0.3, 0.0, 1.0, 0.8, 1.0],
+        [1.0, 1.0, 1.0, 0.8, 1.0],
+        [1.0, 1.0, 0.0, 0.8, 0.0],
+    ]
+)
+
+
+def test_constants():
+    assert COST_NORMALIZATIONS == ("none", "minmax", "max", "column")
+    assert FEATURE_COST_METHODS == ("ot", "mmd", "centroid")
+
+
+# ----------------------------------------------------------------------------- relation
+
+
+def test_relation_with_default():
+    relation = {"a": {"x": 0.0, "y": 0.5}, "b": {"z": 0.25}}
+    raw = cost_from_relation(relation, ["a", "b"], ["x", "y", "z"], default=2.0, normalize="none")
+    np.testing.assert_array_equal(raw, [[0.0, 0.5, 2.0], [2.0, 2.0, 0.25]])
+    assert raw.dtype == np.float64
+    scaled = cost_from_relation(relation, ["a", "b"], ["x", "y", "z"], default=2.0)  # minmax
+    np.testing.assert_allclose(scaled, [[0.0, 0.25, 1.0], [1.0, 1.0, 0.125]])
+
+
+def test_relation_unknown_names():
+    with pytest.raises(ValueError, match=r"unknown source label 'c'.*\['a', 'b'\]"):
+        cost_from_relation({"c": {"x": 0.0}}, ["a", "b"], ["x"])
+    with pytest.raises(ValueError, match=r"unknown target label 'w'.*\['x', 'y'\]"):
+        cost_from_relation({"a": {"w": 0.0}}, ["a", "b"], ["x", "y"])
+
+
+# ----------------------------------------------------------------------------- hierarchy
+
+TREE = {
+    "clothing": None,
+    "top": "clothing",
+    "shoes": "clothing",
+    "shirt": "top",
+    "t-shirt": "top",
+    "sandal": "shoes",
+    "sneaker": "shoes",
+}
+
+
+def test_hierarchy_tree_distances():
+    cost = cost_from_hierarchy(TREE, ["shirt", "sneaker"], ["t-shirt", "sandal", "top"], normalize="none")
+    expected = np.array([[2.0, 4.0, 1.0], [4.0, 2.0, 3.0]])
+    np.testing.assert_array_equal(cost, expected)
+    scaled = cost_from_hierarchy(TREE, ["shirt", "sneaker"], ["t-shirt", "sandal", "top"])
+    np.testing.assert_allclose(scaled, [[1 / 3, 1.0, 0.0], [1.0, 1 / 3, 2 / 3]])
+
+
+def test_hierarchy_root_absent_as_key_and_self_distance():
+    tree = {k: v for k, v in TREE.items() if v is not None}  # "clothing" only appears as a parent
+    cost = cost_from_hierarchy(tree, ["clothing", "shirt"], ["shirt", "sandal"], normalize="none")
+    np.testing.assert_array_equal(cost, [[2.0, 2.0], [0.0, 4.0]])
+
+
+def test_hierarchy_errors():
+    with pytest.raises(ValueError, match="cycle"):
+        cost_from_hierarchy({"a": "b", "b": "a", "c": None}, ["c"], ["c"])
+    with pytest.raises(ValueError, match=r"source labels not in the hierarchy: \['boot'\]"):
+        cost_from_hierarchy(TREE, ["boot"], ["shirt"])
+    with pytest.raises(ValueError, match="different trees"):
+        cost_from_hierarchy({"a": "r1", "b": "r2"}, ["a"], ["b"])
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def test_features_centroid_345():
+    # source means (0, 0) and (3, 0); target means (0, 4) and (3, 4).
+    xs = np.array([[-1, 0], [1, 0], [3, 1], [3, -1]], dtype=float)
+    ys = np.array([[0, 3], [0, 5], [2, 4], [4, 4]], dtype=float)
+    cost = cost_from_features(xs, [0, 0, 1, 1], ys, [0, 0, 1, 1], method="centroid", normalize="none")
+    np.testing.assert_allclose(cost, [[4.0, 5.0], [5.0, 4.0]])
+    assert cost.dtype == np.float64
+
+
+def test_features_ot_hand_cases():
+    # class 0: translation by (3, 4) -> W2 = 5.  class 1 (1-D on the x axis): {0, 2} vs {1, 5}
+    # -> sorted matching, W2^2 = (1 + 9) / 2 = 5.
+    xs = np.array([[0, 0], [1, 0], [0, 0], [2, 0]], dtype=float)
+    ys = np.array([[3, 4], [4, 4], [1, 0], [5, 0]], dtype=float)
+    cost = cost_from_features(xs, [0, 0, 1, 1], ys, [0, 0, 1, 1], method="ot", normalize="none")
+    assert cost[0, 0] == pytest.approx(5.0)
+    assert cost[1, 1] == pytest.approx(math.sqrt(5.0))
+    # unequal sizes: {0} vs {1, 3}: W2^2 = (1 + 9) / 2.
+    one = cost_from_features([[0.0]], [0], [[1.0], [3.0]], [0, 0], method="ot", normalize="none")
+    assert one.shape == (1, 1) and one[0, 0] == pytest.approx(math.sqrt(5.0))
+
+
+def test_features_ot_matches_pot_on_random_data():
+    rng = np.random.default_rng(1)
+    xs, ys = rng.normal(size=(30, 4)), rng.normal(size=(25, 4)) + 0.5
+    ls, lt = np.repeat([0, 1, 2], 10), np.array([0] * 12 + [1] * 13)
+    cost = cost_from_features(xs, ls, ys, lt, method="ot", max_per_class=None, normalize="none")
+    expected = np.empty((3, 2))
+    for i in range(3):
+        for j in range(2):
+            a, b = xs[ls == i], ys[lt == j]
+            m = ot.dist(a, b)  # squared Euclidean
+            expected[i, j] = math.sqrt(ot.emd2(np.full(len(a), 1 / len(a)), np.full(len(b), 1 / len(b)), m))
+    np.testing.assert_allclose(cost, expected, rtol=1e-10)
+
+
+def test_features_subsampling_is_seeded():
+    rng = np.random.default_rng(2)
+    xs, ys = rng.normal(size=(40, 3)), rng.normal(size=(40, 3))
+    labels = np.repeat([0, 1], 20)
+    kw = dict(method="ot", max_per_class=5, normalize="none")
+    a = cost_from_features(xs, labels, ys, labels, seed=3, **kw)
+    b = cost_from_features(xs, labels, ys, labels, seed=3, **kw)
+    c = cost_from_features(xs, labels, ys, labels, seed=4, **kw)
+    full = cost_from_features(xs, labels, ys, labels, method="ot", max_per_class=None, normalize="none")
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    assert not np.allclose(a, full)
+
+
+def test_features_mmd_single_points_explicit_bandwidths():
+    # one point vs one point, ||x - y||^2 = 25: MMD^2 = sum_k (2 - 2 exp(-25 / (2 s_k^2))).
+    cost = cost_from_features([[0.0, 0.0]], [0], [[3.0, 4.0]], [0], method="mmd",
+                              bandwidths=[5.0, 2.5], normalize="none")
+    assert cost[0, 0] == pytest.approx((2 - 2 * math.exp(-0.5)) + (2 - 2 * math.exp(-2.0)))
+
+
+def test_features_mmd_biased_statistic_two_points():
+    # x = {0, 1}, y = {0}, sigma = 1, e = exp(-1/2):
+    # mean Kxx = (2 + 2e) / 4, Kyy = 1, mean Kxy = (1 + e) / 2  ->  MMD^2 = (1 - e) / 2.
+    cost = cost_from_features([[0.0], [1.0]], [0, 0], [[0.0]], [0], method="mmd",
+                              bandwidths=[1.0], normalize="none")
+    assert cost[0, 0] == pytest.approx(0.5 * (1 - math.exp(-0.5)))
+
+
+def test_features_mmd_default_bandwidths_from_median():
+    # pooled features {(0,0), (3,4)}: median pairwise distance 5 -> sigma_k = 5 m_k,
+    # so each kernel contributes 2 - 2 exp(-25 / (2 * 25 m_k^2)) = 2 - 2 exp(-1 / (2 m_k^2)).
+    assert MMD_BANDWIDTH_MULTIPLIERS == (0.25, 0.5, 1.0, 2.0, 4.0)
+    cost = cost_from_features([[0.0, 0.0]], [0], [[3.0, 4.0]], [0], method="mmd", normalize="none")
+    expected = sum(2 - 2 * math.exp(-1 / (2 * m**2)) for m in (0.25, 0.5, 1.0, 2.0, 4.0))
+    assert cost[0, 0] == pytest.approx(expected)
+    # distances 1, 3, 2 -> median 2
+    np.testing.assert_allclose(mmd_bandwidths(np.array([[0.0], [1.0], [3.0]])), [0.5, 1, 2, 4, 8])
+
+
+def test_features_mmd_identical_zero_and_separation():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(20, 3))
+    xs = base
+    ys = np.concatenate([base, rng.normal(size=(20, 3)), rng.normal(size=(20, 3)) + 6.0])
+    lt = np.repeat([0, 1, 2], 20)
+    cost = cost_from_features(xs, np.zeros(20, int), ys, lt, method="mmd", normalize="none")
+    assert cost[0, 0] == pytest.approx(0.0, abs=1e-12)  # identical sets
+    assert 0 < cost[0, 1] < cost[0, 2]  # overlapping < separated
+    assert np.all(cost >= 0)
+
+
+def test_features_torch_input_and_errors():
+    torch = pytest.importorskip("torch")
+    xs = torch.tensor([[-1.0, 0.0], [1.0, 0.0]])
+    ys = torch.tensor([[0.0, 3.0], [0.0, 5.0]])
+    cost = cost_from_features(xs, torch.tensor([0, 0]), ys, torch.tensor([0, 0]), normalize="none")
+    np.testing.assert_allclose(cost, [[4.0]])
+    with pytest.raises(ValueError, match="source class 1 has no feature rows"):
+        cost_from_features(np.zeros((2, 2)), [0, 2], np.zeros((1, 2)), [0])
+    with pytest.raises(ValueError, match="target class 1 has no feature rows"):
+        cost_from_features(np.zeros((1, 2)), [0], np.zeros((1, 2)), [0], num_target_labels=2)
+    with pytest.raises(ValueError, match="feature cost method"):
+        cost_from_features(np.zeros((1, 2)), [0], np.zeros((1, 2)), [0], method="kl")
+
+
+# ----------------------------------------------------------------------------- load_cost
+
+
+def test_load_npy_and_plain_csv(tmp_path):
+    m = np.array([[0.0, 1.5, 2.0], [3.0, 0.25, 1.0]])
+    np.save(tmp_path / "c.npy", m)
+    np.testing.assert_array_equal(load_cost(tmp_path / "c.npy"), m)
+    (tmp_path / "c.csv").write_text("0,1.5,2\n3,0.25,1\n")
+    np.testing.assert_array_equal(load_cost(tmp_path / "c.csv", ["a", "b"], ["x", "y", "z"]), m)
+    np.testing.assert_allclose(load_cost(str(tmp_path / "c.csv"), normalize="max"), m / 3.0)
+
+
+def test_load_labelled_csv_reordered(tmp_path):
+    path = tmp_path / "lab.csv"
+    path.write_text(",x,y,z\na,0,1,2\nb,3,4,5\n")
+    cost = load_cost(path, ["b", "a"], ["z", "x"])
+    np.testing.assert_array_equal(cost, [[5.0, 3.0], [2.0, 0.0]])
+    np.testing.assert_array_equal(load_cost(path), [[0, 1, 2], [3, 4, 5]])
+    with pytest.raises(ValueError, match=r"target labels \['w'\] not found"):
+        load_cost(path, ["a"], ["w"])
+
+
+def test_load_errors(tmp_path):
+    np.save(tmp_path / "c.npy", np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"shape \(2, 3\).*shape \(3, 2\)"):
+        load_cost(tmp_path / "c.npy", ["a", "b", "c"], ["x", "y"])
+    (tmp_path / "c.txt").write_text("0,1\n")
+    with pytest.raises(ValueError, match="extension"):
+        load_cost(tmp_path / "c.txt")
+
+
+def test_shipped_fashion_mnist_prior():
+    assert FASHION_MNIST_PRIOR_PATH.is_file()
+    cost = load_cost(FASHION_MNIST_PRIOR_PATH, FM_SOURCE, FM_TARGET)
+    np.testing.assert_array_equal(cost, FM_PRIOR)
+    # reordering by name works on the shipped file too
+    swapped = load_cost(FASHION_MNIST_PRIOR_PATH, FM_SOURCE[::-1], ["Bag", "Shirt"])
+    np.testing.assert_array_equal(swapped, FM_PRIOR[::-1][:, [3, 0]])
+
+
+# ----------------------------------------------------------------------------- normalize
+
+
+def test_normalize_modes():
+    c = np.array([[1.0, 3.0], [5.0, 9.0]])
+    np.testing.assert_array_equal(normalize_cost(c, "none"), c)
+    np.testing.assert_allclose(normalize_cost(c, "minmax"), [[0.0, 0.25], [0.5, 1.0]])
+    np.testing.assert_allclose(normalize_cost(c, "max"), [[1 / 9, 1 / 3], [5 / 9, 1.0]])
+    np.testing.assert_allclose(normalize_cost(c, "column"), [[0.0, 0.0], [0.5, 0.75]])
+    for mode in ("minmax", "max", "column"):
+        np.testing.assert_array_equal(normalize_cost(np.full((2, 3), 0.0 if mode == "max" else 7.0), mode),
+                                      np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="cost normalization"):
+        normalize_cost(c, "zscore")
+
+
+def test_normalize_column_on_fashion_mnist_prior():
+    np.testing.assert_array_equal(normalize_cost(FM_PRIOR, "minmax"), FM_PRIOR)  # min 0, max 1
+    expected = FM_PRIOR.copy()
+    expected[:, 3] = [0.0, 0.2, 0.0, 0.0, 0.0]  # Bag column (0.8 / 1.0) shifted by its min 0.8
+    out = normalize_cost(FM_PRIOR, "column")
+    np.testing.assert_allclose(out, expected, atol=1e-12)
+    np.testing.assert_array_equal(out.min(axis=0), np.zeros(5))
+
+
+# ----------------------------------------------------------------------------- validate
+
+
+def test_validate_cost():
+    out = validate_cost(np.array([[0, 1, 2], [3, 4, 5]]), 2, 3)
+    assert out.dtype == np.float64 and out.shape == (2, 3)
+    with pytest.raises(ValueError, match=r"shape \(3, 2\) but the model has L_s=2 source and L_t=3 target"):
+        validate_cost(np.zeros((3, 2)), 2, 3)
+    with pytest.raises(ValueError, match="rows = source classes"):
+        validate_cost(np.zeros(6), 2, 3)
+    bad = np.zeros((2, 3))
+    bad[1, 0] = np.nan
+    with pytest.raises(ValueError, match=r"\(row, col\) = \(1, 0\)"):
+        validate_cost(bad, 2, 3)
+    bad[1, 0] = np.inf
+    with pytest.raises(ValueError, match="non-finite"):
+        validate_cost(bad, 2, 3)
+    neg = np.zeros((2, 3))
+    neg[0, 2] = -0.1
+    with pytest.raises(ValueError, match=r"negative value .* \(0, 2\).*>= 0"):
+        validate_cost(neg, 2, 3)
