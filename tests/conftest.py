@@ -1,0 +1,127 @@
+"""Shared fixtures: a tiny JTLN config/model, Fashion-MNIST splits and a small JTLNTrainer.
+
+Everything here is cheap: ``test_resnet`` is timm's ~0.4M-parameter test model, images stay at
+Fashion-MNIST's native 28x28, and the Fashion-MNIST datasets are built once per session (they
+come from the ``datasets`` cache after the first run).  Nothing touches the network.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from jtln_hf import JointImageClassifier, JointImageClassifierConfig  # noqa: E402
+from jtln_hf import data as jdata  # noqa: E402
+from jtln_hf.trainer import JTLNTrainer, JTLNTrainingArguments  # noqa: E402
+
+SOURCE_NAMES = ("T-shirt/top", "Trouser", "Pullover")
+TARGET_NAMES = ("Sandal", "Bag", "Ankle boot", "Coat")
+
+
+def make_config(num_target: int = 2, num_source: int = 3, **overrides) -> JointImageClassifierConfig:
+    """A tiny config: timm ``test_resnet`` on 1-channel 28x28 images, named source/target classes."""
+    assert 1 <= num_source <= len(SOURCE_NAMES) and 1 <= num_target <= len(TARGET_NAMES)
+    kwargs = dict(
+        backbone="test_resnet",
+        backbone_kwargs={"in_chans": 1},
+        source_id2label=dict(enumerate(SOURCE_NAMES[:num_source])),
+        id2label=dict(enumerate(TARGET_NAMES[:num_target])),
+        data_config=dict(jdata.FASHION_MNIST_DATA_CONFIG),
+    )
+    kwargs.update(overrides)
+    return JointImageClassifierConfig(**kwargs)
+
+
+def make_model(num_target: int = 2, num_source: int = 3, seed: int = 0, cost=None, **overrides) -> JointImageClassifier:
+    """A tiny model built under ``torch.manual_seed(seed)``; ``cost`` defaults to a fixed non-zero C."""
+    torch.manual_seed(seed)
+    model = JointImageClassifier(make_config(num_target, num_source, **overrides))
+    if cost is None:
+        cost = default_cost(num_source, num_target)
+    model.set_cost_matrix(cost)
+    return model
+
+
+def default_cost(num_source: int, num_target: int) -> torch.Tensor:
+    """A fixed, non-degenerate C in [0, 1] (distinct entries, so OT is not a constant)."""
+    g = torch.Generator().manual_seed(1234)
+    return torch.rand(num_source, num_target, generator=g)
+
+
+@pytest.fixture
+def tiny_config() -> JointImageClassifierConfig:
+    return make_config(num_target=4)
+
+
+@pytest.fixture
+def tiny_model() -> JointImageClassifier:
+    return make_model(num_target=4)
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist():
+    """(train, test) Fashion-MNIST as ``datasets.Dataset`` (image, label); cached by ``datasets``."""
+    return jdata.load_fashion_mnist("train"), jdata.load_fashion_mnist("test")
+
+
+@pytest.fixture(scope="session")
+def eval_transform():
+    """Deterministic timm transform for 1x28x28 Fashion-MNIST images, as a batch transform."""
+    return jdata.make_batch_transform(jdata.build_transform(jdata.FASHION_MNIST_DATA_CONFIG, training=False), 1)
+
+
+@pytest.fixture(scope="session")
+def small_split(fashion_mnist, eval_transform):
+    """3 source classes x 60 images + 2 target classes x 5 shots (train), 2 x 50 target test images.
+
+    Returns a dict: ``source``, ``target`` (raw, labels renumbered 0..k-1), ``joint`` (with a
+    ``domain`` column and the eval transform) and ``test`` (target test rows, transformed).
+    """
+    train, test = fashion_mnist
+    source, target = jdata.split_by_classes(train, SOURCE_NAMES, TARGET_NAMES[:2])
+    source = jdata.sample_shots(source, 60, seed=0)
+    target = jdata.sample_shots(target, 5, seed=0)
+    _, target_test = jdata.split_by_classes(test, SOURCE_NAMES, TARGET_NAMES[:2])
+    target_test = jdata.sample_shots(target_test, 50, seed=0)
+    joint = jdata.build_joint_dataset(source, target)
+    return {
+        "source": source,
+        "target": target,
+        "joint": joint.with_transform(eval_transform),
+        "test": target_test.with_transform(eval_transform),
+    }
+
+
+def make_args(output_dir, **overrides) -> JTLNTrainingArguments:
+    """CPU-only, quiet, no checkpoints, no reporting; ``overrides`` win."""
+    kwargs = dict(
+        output_dir=str(output_dir),
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=64,
+        max_steps=3,
+        learning_rate=1e-3,
+        logging_steps=1,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
+    )
+    kwargs.update(overrides)
+    return JTLNTrainingArguments(**kwargs)
+
+
+def make_trainer(model, train_dataset, output_dir, eval_dataset=None, **arg_overrides) -> JTLNTrainer:
+    """A small JTLNTrainer on CPU (see :func:`make_args` for the defaults)."""
+    return JTLNTrainer(
+        model=model,
+        args=make_args(output_dir, **arg_overrides),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+    )
