@@ -65,13 +65,15 @@ class DataArguments:
     label_column: str = field(default="label", metadata={"help": "Label column of the dataset."})
     source_classes: list[str] = field(
         default_factory=lambda: list(jdata.DEFAULT_SOURCE_CLASSES),
-        metadata={"help": "Source classes (names or indices)."},
+        metadata={"help": "Source classes (names or indices); empty: every class not in --target_classes."},
     )
     target_classes: list[str] = field(
         default_factory=lambda: list(jdata.DEFAULT_TARGET_CLASSES),
         metadata={"help": "Target classes (names or indices), disjoint from the source classes."},
     )
-    shots: int = field(default=5, metadata={"help": "Labelled training images per target class."})
+    shots: int = field(
+        default=5, metadata={"help": "Labelled training images per target class; 0: all of them."}
+    )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Cap the target test set (for quick runs)."})
     train_scale: list[float] = field(
         default_factory=lambda: [0.7, 1.0], metadata={"help": "RandomResizedCrop scale range (timm)."}
@@ -153,11 +155,16 @@ def prepare_data(
 ) -> ExperimentData:
     """Split by classes and draw the k-shot target set for ``seed`` (same for every method)."""
     train, test = splits if splits is not None else load_splits(data_args)
-    source, target_pool = jdata.split_by_classes(train, data_args.source_classes, data_args.target_classes)
-    _, target_test = jdata.split_by_classes(test, data_args.source_classes, data_args.target_classes)
-    if data_args.shots < 1:
-        raise ValueError(f"--shots must be >= 1, got {data_args.shots}.")
-    target = jdata.sample_shots(target_pool, data_args.shots, seed=seed)
+    source_classes = list(data_args.source_classes)
+    if not source_classes:
+        names = train.features["label"].names
+        target_ids = set(jdata.resolve_classes(data_args.target_classes, names))
+        source_classes = [name for i, name in enumerate(names) if i not in target_ids]
+    source, target_pool = jdata.split_by_classes(train, source_classes, data_args.target_classes)
+    _, target_test = jdata.split_by_classes(test, source_classes, data_args.target_classes)
+    if data_args.shots < 0:
+        raise ValueError(f"--shots must be >= 1 (or 0 for every target image), got {data_args.shots}.")
+    target = jdata.sample_shots(target_pool, data_args.shots, seed=seed) if data_args.shots else target_pool
     if data_args.max_eval_samples is not None and len(target_test) > data_args.max_eval_samples:
         target_test = target_test.shuffle(seed=0).select(range(data_args.max_eval_samples))
     return ExperimentData(

@@ -50,6 +50,10 @@ class JTLNTrainingArguments(TrainingArguments):
     source_fraction: float = field(
         default=0.5, metadata={"help": "Share of source rows in every per-device training batch."}
     )
+    # Both heads and C take part in every step (an empty part is a graph-connected zero).
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata={"help": "Keep False: every parameter receives a gradient each step."}
+    )
     # The image column must reach `with_transform`; Trainer would drop it otherwise.
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep False: the transform needs the image column."}
@@ -75,7 +79,7 @@ class JTLNTrainer(Trainer):
 
     ``train_dataset`` needs ``image``, ``label`` and ``domain`` columns (see
     :func:`jtln_hf.data.build_joint_dataset`) and a transform producing ``pixel_values``;
-    evaluation datasets are target rows (``domain`` 1). Labels are checked against the model's
+    a dataset without ``domain`` is all target rows, and so are evaluation datasets (``domain`` 1). Labels are checked against the model's
     label sets before the first step.
     """
 
@@ -111,11 +115,12 @@ class JTLNTrainer(Trainer):
         if self.train_dataset is None:
             raise ValueError("JTLNTrainer: training requires a train_dataset.")
         sampler = PairedBatchSampler(
-            _column(self.train_dataset, "domain"),
+            _domains(self.train_dataset),
             batch_size=self._train_batch_size,
             source_fraction=self.args.source_fraction,
             seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
             drop_last=self.args.dataloader_drop_last,
+            num_replicas=self.accelerator.num_processes,
         )
         loader = DataLoader(
             self.train_dataset,
@@ -164,7 +169,7 @@ def check_labels(dataset, num_source_labels: int, num_target_labels: int) -> Non
     if "label" not in columns:
         raise ValueError(f"dataset has no 'label' column (columns: {columns}): rename the label column to 'label'.")
     labels = _column(dataset, "label")
-    domains = _column(dataset, "domain") if "domain" in columns else np.full(len(labels), TARGET)
+    domains = _domains(dataset)
     unknown = sorted(set(np.unique(domains).tolist()) - {SOURCE, TARGET})
     if unknown:
         raise ValueError(f"domain values must be 0 (source) or 1 (target), found {unknown}.")
@@ -181,6 +186,13 @@ def check_labels(dataset, num_source_labels: int, num_target_labels: int) -> Non
 def _column(dataset, name: str) -> np.ndarray:
     """A raw column as numpy, bypassing the dataset's transform (which would decode every image)."""
     return dataset.select_columns([name]).with_format("numpy")[:][name]
+
+
+def _domains(dataset) -> np.ndarray:
+    """The ``domain`` column; a dataset without one is all target rows (as in ``compute_loss``)."""
+    if "domain" in dataset.column_names:
+        return _column(dataset, "domain")
+    return np.full(len(dataset), TARGET)
 
 
 def _as_list(eval_dataset: Any) -> list:

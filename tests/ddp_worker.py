@@ -1,0 +1,109 @@
+"""A short JTLN training for tests/test_distributed.py, run by torchrun (2 CPU processes, gloo) or alone.
+
+Real Fashion-MNIST rows, deterministic transforms (no augmentation, so that both launches see
+identical pixels) and a LayerNorm backbone (timm ``test_vit``, patch 4: no batch statistics), so
+that 2 processes x batch b and 1 process x batch 2b compute the same objective on the same rows.
+Each process writes the composition of every batch it trained on; process 0 writes the logged
+loss history and the gathered evaluation predictions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from jtln_hf import JointImageClassifier, JointImageClassifierConfig
+from jtln_hf.data import (
+    FASHION_MNIST_DATA_CONFIG,
+    build_joint_dataset,
+    build_transform,
+    load_fashion_mnist,
+    make_batch_transform,
+    sample_shots,
+    split_by_classes,
+)
+from jtln_hf.trainer import JTLNTrainer, JTLNTrainingArguments
+
+
+class RecordingTrainer(JTLNTrainer):
+    """Records (source rows, target rows) of every training batch this process sees."""
+
+    compositions: list[tuple[int, int]]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            domain = inputs["domain"]
+            self.compositions.append((int((domain == 0).sum()), int((domain == 1).sum())))
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--batch", type=int, required=True, help="per-device batch")
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--eval_rows", type=int, default=101)
+    a = p.parse_args()
+
+    train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
+    source, target = split_by_classes(train, ["Trouser", "Dress", "Sneaker"], ["Shirt", "Bag"])
+    _, target_test = split_by_classes(test, ["Trouser", "Dress", "Sneaker"], ["Shirt", "Bag"])
+    source, target = sample_shots(source, 40, seed=0), sample_shots(target, 6, seed=0)
+    transform = make_batch_transform(build_transform(FASHION_MNIST_DATA_CONFIG, training=False), in_chans=1)
+    train_ds = build_joint_dataset(source, target).with_transform(transform)
+    eval_ds = build_joint_dataset(None, target_test.select(range(a.eval_rows))).with_transform(transform)
+
+    torch.manual_seed(0)
+    config = JointImageClassifierConfig(
+        backbone="test_vit",
+        backbone_kwargs={"in_chans": 1, "img_size": 28, "patch_size": 4},
+        data_config=FASHION_MNIST_DATA_CONFIG,
+        source_id2label=dict(enumerate(source.features["label"].names)),
+        id2label=dict(enumerate(target.features["label"].names)),
+    )
+    cost = torch.tensor([[0.0, 1.0], [0.4, 1.0], [1.0, 0.0]])
+    model = JointImageClassifier(config, cost_matrix=cost)
+    args = JTLNTrainingArguments(
+        output_dir=str(a.out / "trainer"),
+        use_cpu=True,
+        ddp_backend="gloo" if "WORLD_SIZE" in os.environ else None,
+        max_steps=a.steps,
+        per_device_train_batch_size=a.batch,
+        per_device_eval_batch_size=16,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=0,
+        source_fraction=0.5,
+        ot_loss_weight=1.0,
+    )
+    trainer = RecordingTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds)
+    trainer.compositions = []
+    trainer.train()
+    prediction = trainer.predict(eval_ds)
+    rank = int(os.environ.get("RANK", 0))
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / f"rank{rank}.json").write_text(
+        json.dumps({"world_size": trainer.accelerator.num_processes, "compositions": trainer.compositions})
+    )
+    if trainer.is_world_process_zero():
+        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        (a.out / "history.json").write_text(
+            json.dumps(
+                {
+                    "losses": losses,
+                    "num_predictions": int(prediction.predictions.shape[0]),
+                    "accuracy": prediction.metrics["test_accuracy"],
+                }
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

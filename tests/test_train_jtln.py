@@ -1,0 +1,92 @@
+"""End to end: the recipe's command line on real Fashion-MNIST, then the saved model in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "train_jtln.py"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def run_recipe(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(RECIPE), *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def compare_run(tmp_path_factory):
+    """A short compare run of all four methods on 2 seeds, from a YAML config plus overriding flags."""
+    out = tmp_path_factory.mktemp("compare")
+    config = out / "quick.yaml"
+    config.write_text(yaml.safe_dump({"max_steps": 5, "shots": 3, "max_eval_samples": 300, "seeds": [0, 3]}))
+    proc = run_recipe("--config", str(config), "--max_steps", "12", "--output_dir", str(out / "run"), cwd=out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out / "run", proc
+
+
+def test_compare_writes_table_and_json(compare_run):
+    run_dir, proc = compare_run
+    results = json.loads((run_dir / "results.json").read_text())
+    # the flag overrode the YAML (12 steps, not 5); the YAML overrode the defaults (3 shots, seeds 0 3)
+    assert results["max_steps"] == 12 and results["shots"] == 3 and results["seeds"] == [0, 3]
+    assert results["source_classes"] == ["T-shirt/top", "Trouser", "Pullover", "Dress", "Sneaker"]
+    assert results["target_classes"] == ["Shirt", "Coat", "Sandal", "Bag", "Ankle boot"]
+    assert set(results["summary"]) == {"finetune", "consecutive", "joint", "jtln"}
+    assert len(results["runs"]) == 8
+    for method, entry in results["summary"].items():
+        per_seed = entry["accuracy"]["per_seed"]
+        assert len(per_seed) == 2 and all(0.0 <= a <= 1.0 for a in per_seed)
+        assert entry["accuracy"]["mean"] == pytest.approx(sum(per_seed) / 2)
+        assert entry["accuracy"]["std"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / 2**0.5)
+    table = (run_dir / "results.md").read_text()
+    assert "| JTLN (joint + OT) |" in table and "consecutive fine-tuning" in table
+    assert table.strip().splitlines()[-1] in proc.stdout  # the table is printed too
+    # no temporary files are left behind by the atomic writers
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]
+
+
+def test_saved_model_and_card_reload_in_fresh_process(compare_run):
+    run_dir, _ = compare_run
+    model_dir = run_dir / "model"
+    assert (model_dir / "model.safetensors").is_file() and (model_dir / "config.json").is_file()
+    card = (model_dir / "README.md").read_text()
+    assert card.startswith("---") and "jtln" in card and "optimal-transport" in card
+    assert "Ankle boot" in card and "T-shirt/top" in card and "normalisation: column" in card
+    code = f"""
+import json, numpy as np
+from jtln_hf.cost import FASHION_MNIST_PRIOR_PATH, load_cost, normalize_cost
+from transformers import AutoModelForImageClassification
+import jtln_hf
+m = AutoModelForImageClassification.from_pretrained({str(model_dir)!r})
+names = [m.config.source_id2label[i] for i in range(5)], [m.config.id2label[i] for i in range(5)]
+expected = normalize_cost(load_cost(FASHION_MNIST_PRIOR_PATH, *names), "column")
+print(json.dumps({{"cls": type(m).__name__, "cost_ok": bool(np.allclose(m.cost_matrix.numpy(), expected)),
+                  "targets": names[1]}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info == {"cls": "JointImageClassifier", "cost_ok": True,
+                    "targets": ["Shirt", "Coat", "Sandal", "Bag", "Ankle boot"]}  # fmt: skip
+
+
+def test_bad_flags_fail_with_clear_errors(tmp_path):
+    proc = run_recipe("--mode", "nope", "--output_dir", str(tmp_path / "x"), cwd=tmp_path)
+    assert proc.returncode != 0 and "--mode must be one of" in proc.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("not_a_flag: 3\n")
+    proc = run_recipe("--config", str(bad), cwd=tmp_path)
+    assert proc.returncode != 0 and "unknown key(s) ['not_a_flag']" in proc.stderr
+    proc = run_recipe("--source_classes", "Shirt", "Trouser", "--max_steps", "1", "--output_dir", str(tmp_path / "y"),
+                      cwd=tmp_path)  # fmt: skip
+    assert proc.returncode != 0 and "in both the source and the target list" in proc.stderr
+    assert not (tmp_path / "y" / "results.json").exists()
