@@ -78,9 +78,9 @@ class JTLNTrainer(Trainer):
     """Trainer for a :class:`~jtln_hf.JointImageClassifier` on mixed source/target datasets.
 
     ``train_dataset`` needs ``image``, ``label`` and ``domain`` columns (see
-    :func:`jtln_hf.data.build_joint_dataset`) and a transform producing ``pixel_values``;
-    a dataset without ``domain`` is all target rows, and so are evaluation datasets (``domain`` 1). Labels are checked against the model's
-    label sets before the first step.
+    :func:`jtln_hf.data.build_joint_dataset`) and a transform producing ``pixel_values``; a
+    dataset without ``domain`` is all target rows, as are evaluation datasets (``domain`` 1).
+    Labels are checked against the model's label sets before the first step.
     """
 
     def __init__(self, *args, **kwargs):

@@ -70,11 +70,13 @@ def test_invalid_values_raise(kwargs, match):
         JointImageClassifierConfig(**kwargs)
 
 
-def test_auto_config_resolves_jtln(tmp_path):
+def test_auto_config_resolves_jtln(tiny_config, tmp_path):
     config = AutoConfig.for_model("jtln", source_id2label={0: "a", 1: "b"})
     assert type(config) is JointImageClassifierConfig
-    make_config(num_target=2).save_pretrained(tmp_path)
+    tiny_config.save_pretrained(tmp_path)
     loaded = AutoConfig.from_pretrained(tmp_path)
     assert type(loaded) is JointImageClassifierConfig
+    drop_path = lambda d: {k: v for k, v in d.items() if k != "_name_or_path"}  # noqa: E731
+    assert drop_path(loaded.to_dict()) == drop_path(tiny_config.to_dict())
     assert loaded.source_id2label == {0: "T-shirt/top", 1: "Trouser", 2: "Pullover"}
-    assert loaded.num_source_labels == 3
+    assert loaded.num_source_labels == 3 and loaded.num_labels == 4

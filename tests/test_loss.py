@@ -1,0 +1,136 @@
+"""Tests for jtln_hf.loss.JTLNLoss against the objective written out by hand.
+
+Reference: cross-entropy as ``-log_softmax`` picked at the label (float64), and the OT term from
+POT: ``ot.sinkhorn(a, b, C, reg=eps)`` gives the entropic plan gamma for each target row,
+whose linear cost <gamma, C> is averaged over the target rows of the batch (helpers in conftest).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import ce_by_hand, objective_by_hand, ot_by_hand
+
+from jtln_hf.loss import JTLNLoss
+
+L_S, L_T = 4, 3
+
+
+def batch(seed=0, domain=(0, 1, 1, 0, 1, 0, 1), scale=1.5):
+    """Logits of both heads for a mixed batch; labels in each row's own domain's label space."""
+    g = torch.Generator().manual_seed(seed)
+    domain = torch.tensor(domain)
+    n = len(domain)
+    logits = scale * torch.randn(n, L_T, generator=g)
+    source_logits = scale * torch.randn(n, L_S, generator=g)
+    labels = torch.where(
+        domain == 1, torch.randint(0, L_T, (n,), generator=g), torch.randint(0, L_S, (n,), generator=g)
+    )
+    cost = torch.rand(L_S, L_T, generator=g)
+    return logits, source_logits, labels, domain, cost
+
+
+@pytest.mark.parametrize("lam_s,lam_ot", [(1.0, 1.0), (0.3, 2.0), (2.5, 0.1), (0.0, 1.0), (1.0, 0.0)])
+@pytest.mark.parametrize("eps", [0.05, 0.1, 0.01])
+def test_loss_equals_objective_by_hand(lam_s, lam_ot, eps):
+    logits, source_logits, labels, domain, cost = batch(seed=int(lam_s * 10 + lam_ot * 100))
+    loss_fn = JTLNLoss(source_loss_weight=lam_s, ot_loss_weight=lam_ot, ot_epsilon=eps, ot_iterations=2000)
+    parts = loss_fn(logits, source_logits, labels, domain, cost)
+    total, ce_t, ce_s, ot_value = objective_by_hand(logits, source_logits, labels, domain, cost, lam_s, lam_ot, eps)
+    # float32 computation against a float64 reference
+    assert parts["ce_target"].item() == pytest.approx(ce_t, rel=1e-5)
+    assert parts["ce_source"].item() == pytest.approx(ce_s, rel=1e-5)  # unweighted even when lam_s != 1
+    if lam_ot:
+        assert parts["ot"].item() == pytest.approx(ot_value, rel=1e-4, abs=1e-6)  # unweighted
+    else:
+        assert parts["ot"].item() == 0.0
+    assert parts["loss"].item() == pytest.approx(total, rel=1e-4, abs=1e-6)
+    assert all(v.shape == () for v in parts.values())
+
+
+def test_loss_with_default_iterations_close_to_converged():
+    """50 Sinkhorn iterations (the default) on a [0, 1] cost with eps=0.05 are already converged."""
+    logits, source_logits, labels, domain, cost = batch(seed=3)
+    parts = JTLNLoss()(logits, source_logits, labels, domain, cost)
+    total, *_ = objective_by_hand(logits, source_logits, labels, domain, cost, 1.0, 1.0, 0.05)
+    assert parts["loss"].item() == pytest.approx(total, rel=1e-3)
+
+
+def test_ot_uses_target_rows_only_and_no_labels():
+    logits, source_logits, labels, domain, cost = batch(seed=4)
+    loss_fn = JTLNLoss(ot_iterations=500)
+    ref = loss_fn(logits, source_logits, labels, domain, cost)["ot"]
+    # changing source rows' logits, or any label, leaves the OT term unchanged
+    logits2, source_logits2, labels2 = logits.clone(), source_logits.clone(), labels.clone()
+    logits2[domain == 0] += 5.0
+    source_logits2[domain == 0] -= 3.0
+    labels2[domain == 1] = (labels2[domain == 1] + 1) % L_T
+    torch.testing.assert_close(loss_fn(logits2, source_logits2, labels2, domain, cost)["ot"], ref)
+
+
+def _grads(parts_value, *inputs):
+    return torch.autograd.grad(parts_value, inputs, allow_unused=True)
+
+
+@pytest.mark.parametrize("domain,empty", [((0, 0, 0, 0), "target"), ((1, 1, 1), "source")])
+def test_one_domain_only_is_finite(domain, empty):
+    logits, source_logits, labels, domain, cost = batch(seed=5, domain=domain)
+    logits.requires_grad_(True)
+    source_logits.requires_grad_(True)
+    parts = JTLNLoss(source_loss_weight=0.7, ot_loss_weight=1.3)(logits, source_logits, labels, domain, cost)
+    assert all(torch.isfinite(v) for v in parts.values())
+    if empty == "target":
+        assert parts["ce_target"].item() == 0.0 and parts["ot"].item() == 0.0
+        expected = 0.7 * ce_by_hand(source_logits.detach(), labels)
+    else:
+        assert parts["ce_source"].item() == 0.0
+        expected = ce_by_hand(logits.detach(), labels) + 1.3 * ot_by_hand(
+            source_logits.detach(), logits.detach(), cost, 0.05
+        )
+    assert parts["loss"].item() == pytest.approx(expected, rel=1e-3)
+    g_t, g_s = _grads(parts["loss"], logits, source_logits)
+    for g in (g_t, g_s):
+        assert g is not None and torch.isfinite(g).all()
+    if empty == "target":
+        assert torch.count_nonzero(g_t) == 0 and torch.count_nonzero(g_s) > 0
+    else:  # OT reaches the source head through the target rows
+        assert torch.count_nonzero(g_t) > 0 and torch.count_nonzero(g_s) > 0
+
+
+def test_ot_weight_zero_gives_zero_ot():
+    logits, source_logits, labels, domain, cost = batch(seed=6)
+    source_logits.requires_grad_(True)
+    parts = JTLNLoss(source_loss_weight=1.0, ot_loss_weight=0.0)(logits, source_logits, labels, domain, cost)
+    assert parts["ot"].item() == 0.0
+    # with no OT, the source head's only gradient is the source CE: zero on target rows
+    (g_s,) = _grads(parts["loss"], source_logits)
+    assert torch.count_nonzero(g_s[domain == 1]) == 0
+    # the same loss with an all-zero cost (unused) works too
+    zero = JTLNLoss(ot_loss_weight=0.0)(logits, source_logits, labels, domain, torch.zeros(L_S, L_T))
+    torch.testing.assert_close(zero["loss"], parts["loss"])
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_ot_detach_target(detach):
+    logits, source_logits, labels, domain, cost = batch(seed=7)
+    logits.requires_grad_(True)
+    source_logits.requires_grad_(True)
+    parts = JTLNLoss(ot_detach_target=detach)(logits, source_logits, labels, domain, cost)
+    g_t, g_s = _grads(parts["ot"], logits, source_logits)
+    assert g_s is not None and torch.count_nonzero(g_s[domain == 1]) > 0  # OT always shapes h_s
+    assert torch.count_nonzero(g_s[domain == 0]) == 0  # ...on target rows only
+    if detach:
+        assert g_t is None or torch.count_nonzero(g_t) == 0
+    else:
+        assert g_t is not None and torch.count_nonzero(g_t[domain == 1]) > 0
+    # the value does not depend on the option
+    other = JTLNLoss(ot_detach_target=not detach)(logits, source_logits, labels, domain, cost)
+    torch.testing.assert_close(other["ot"], parts["ot"])
+
+
+def test_half_precision_logits_computed_in_float32():
+    logits, source_logits, labels, domain, cost = batch(seed=8)
+    ref = JTLNLoss()(logits.bfloat16().float(), source_logits.bfloat16().float(), labels, domain, cost)
+    half = JTLNLoss()(logits.bfloat16(), source_logits.bfloat16(), labels, domain, cost)
+    assert half["loss"].dtype == torch.float32
+    torch.testing.assert_close(half["loss"], ref["loss"], rtol=1e-5, atol=1e-6)
