@@ -25,6 +25,7 @@ import datasets
 import numpy as np
 import torch
 from transformers import set_seed
+from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
 from . import data as jdata
@@ -219,8 +220,22 @@ def _stage_args(args: JTLNTrainingArguments, name: str, **overrides: Any) -> JTL
 
 def _train(model, args, train_ds, eval_ds=None) -> JTLNTrainer:
     trainer = JTLNTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=_resume_value(args.resume_from_checkpoint, args.output_dir))
     return trainer
+
+
+def _resume_value(value: str | bool | None, stage_dir: str) -> str | None:
+    """``--resume_from_checkpoint true`` (or ``last``): the stage's latest checkpoint, if it has one.
+
+    A stage without a checkpoint starts fresh, so a whole ``compare`` run can be resumed: finished
+    stages restart from their final checkpoint (nothing left to train), the interrupted one from
+    its last, the others from scratch.
+    """
+    if value is True or (isinstance(value, str) and value.lower() in ("true", "last", "latest")):
+        return get_last_checkpoint(stage_dir) if Path(stage_dir).is_dir() else None
+    if value is None or value is False or (isinstance(value, str) and value.lower() in ("false", "none", "")):
+        return None
+    return value
 
 
 def target_batch_size(args: JTLNTrainingArguments) -> int:
