@@ -2,7 +2,8 @@
 
 This file imports only transformers (and the standard library) so that ``save_pretrained`` can copy
 it beside the weights and a Hub user can load the checkpoint with ``trust_remote_code=True``
-without installing jtln_hf.
+without installing jtln_hf (the class is registered with ``register_for_auto_class``, so the saved
+``config.json`` carries an ``auto_map``).
 """
 
 from __future__ import annotations
@@ -91,3 +92,8 @@ class JointImageClassifierConfig(PretrainedConfig):
     def source_label2id(self) -> dict[str, int]:
         """Inverse of `source_id2label`."""
         return {v: k for k, v in (self.source_id2label or {}).items()}
+
+
+# `save_pretrained` writes `auto_map` and copies this file: `AutoConfig` then loads the checkpoint
+# with `trust_remote_code=True` where jtln_hf is not installed.
+JointImageClassifierConfig.register_for_auto_class()

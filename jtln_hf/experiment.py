@@ -25,6 +25,7 @@ import datasets
 import numpy as np
 import torch
 from transformers import set_seed
+from transformers.integrations import TensorBoardCallback
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
@@ -37,8 +38,9 @@ from .cost import (
     load_cost,
     normalize_cost,
 )
+from .hub import save_model_folder
 from .io import atomic_write_dir, atomic_write_text
-from .modelcard import render_model_card, save_model_card
+from .modelcard import has_cost, mean_transport_plan, training_hyperparameters, write_model_card
 from .modeling_jtln import JointImageClassifier
 from .trainer import JTLNTrainer, JTLNTrainingArguments
 
@@ -215,6 +217,12 @@ def _with_transform(ds: datasets.Dataset, config: JointImageClassifierConfig, tr
 
 
 def _stage_args(args: JTLNTrainingArguments, name: str, **overrides: Any) -> JTLNTrainingArguments:
+    """Arguments of one training stage: its own ``output_dir/runs/<name>`` and never a push.
+
+    Only the final ``model/`` folder is pushed, once, by the recipe; a stage trainer with
+    ``push_to_hub=True`` would create the repository at init and push every checkpoint.
+    """
+    overrides.setdefault("push_to_hub", False)
     return dataclasses.replace(args, output_dir=str(Path(args.output_dir) / "runs" / name), **overrides)
 
 
@@ -247,46 +255,72 @@ def source_batch_size(args: JTLNTrainingArguments) -> int:
     return max(1, round(args.per_device_train_batch_size * args.source_fraction))
 
 
-def train_source_only(model, exp, args, data_args, name: str, steps: int) -> None:
+def _eval_dataset(exp: ExperimentData, config: JointImageClassifierConfig, data_args: DataArguments):
+    """The target test set with the evaluation transform (domain 1 = target rows)."""
+    return _with_transform(jdata.build_joint_dataset(None, exp.target_test), config, False, data_args)
+
+
+def _stage_eval_dataset(stage: JTLNTrainingArguments, exp, config, data_args) -> datasets.Dataset | None:
+    """The target test set for evaluation during a stage (``--eval_strategy steps|epoch``), else None."""
+    return None if stage.eval_strategy == "no" else _eval_dataset(exp, config, data_args)
+
+
+def train_source_only(model, exp, args, data_args, name: str, steps: int) -> JTLNTrainer:
     """Source head only (λ_ot = 0, batches of source rows)."""
     train_ds = _with_transform(jdata.build_joint_dataset(exp.source, None), model.config, True, data_args)
     stage = _stage_args(
         args, name, max_steps=steps, per_device_train_batch_size=source_batch_size(args),
         source_fraction=1.0, ot_loss_weight=0.0,
     )  # fmt: skip
-    _train(model, stage, train_ds)
+    return _train(model, stage, train_ds)
 
 
-def train_target_only(model, exp, args, data_args, name: str) -> None:
-    """Target head only (batches of target rows)."""
+def train_target_only(model, exp, args, data_args, name: str) -> JTLNTrainer:
+    """Target head only (batches of target rows); evaluated on the target test set if ``eval_strategy`` asks."""
     train_ds = _with_transform(jdata.build_joint_dataset(None, exp.target), model.config, True, data_args)
     stage = _stage_args(
         args, name, per_device_train_batch_size=target_batch_size(args), source_fraction=0.0, ot_loss_weight=0.0
     )
-    _train(model, stage, train_ds)
+    return _train(model, stage, train_ds, _stage_eval_dataset(stage, exp, model.config, data_args))
 
 
-def train_joint(model, exp, args, data_args, name: str, ot_loss_weight: float) -> None:
+def train_joint(model, exp, args, data_args, name: str, ot_loss_weight: float) -> JTLNTrainer:
     """Both heads on mixed batches, with the OT term when ``ot_loss_weight > 0``."""
     train_ds = _with_transform(jdata.build_joint_dataset(exp.source, exp.target), model.config, True, data_args)
-    _train(model, _stage_args(args, name, ot_loss_weight=ot_loss_weight), train_ds)
+    stage = _stage_args(args, name, ot_loss_weight=ot_loss_weight)
+    return _train(model, stage, train_ds, _stage_eval_dataset(stage, exp, model.config, data_args))
 
 
-def extract_features(model, ds: datasets.Dataset, data_args: DataArguments, batch_size: int = 256):
-    """Pooled backbone features (N, D) and labels (N,) of ``ds`` under the eval transform."""
+def predict_outputs(
+    model, ds: datasets.Dataset, data_args: DataArguments, fields: tuple[str, ...], batch_size: int = 256
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Model outputs ``fields`` (e.g. ``pooled``, ``logits``, ``source_logits``) and labels of ``ds``.
+
+    Runs under the eval transform, in eval mode and without gradients; returns
+    ``({field: (N, ...)}, labels (N,))``.
+    """
     loader = torch.utils.data.DataLoader(
         _with_transform(ds, model.config, False, data_args), batch_size=batch_size, collate_fn=jdata.collate
     )
     device = next(model.parameters()).device
-    feats, labels = [], []
+    outputs: dict[str, list[torch.Tensor]] = {name: [] for name in fields}
+    labels = []
     was_training = model.training
     model.eval()
     with torch.no_grad():
         for batch in loader:
-            feats.append(model(pixel_values=batch["pixel_values"].to(device)).pooled.float().cpu())
+            out = model(pixel_values=batch["pixel_values"].to(device))
+            for name in fields:
+                outputs[name].append(getattr(out, name).float().cpu())
             labels.append(batch["labels"])
     model.train(was_training)
-    return torch.cat(feats).numpy(), torch.cat(labels).numpy()
+    return {name: torch.cat(parts).numpy() for name, parts in outputs.items()}, torch.cat(labels).numpy()
+
+
+def extract_features(model, ds: datasets.Dataset, data_args: DataArguments, batch_size: int = 256):
+    """Pooled backbone features (N, D) and labels (N,) of ``ds`` under the eval transform."""
+    outputs, labels = predict_outputs(model, ds, data_args, ("pooled",), batch_size)
+    return outputs["pooled"], labels
 
 
 def resolve_cost(
@@ -373,30 +407,49 @@ def run_method(
     start = time.perf_counter()
     description = ""
     if method == "finetune":
-        train_target_only(model, exp, args, data_args, name)
+        last = train_target_only(model, exp, args, data_args, name)
     elif method == "consecutive":
         train_source_only(model, exp, args, data_args, f"{name}-source", args.max_steps)
-        train_target_only(model, exp, args, data_args, f"{name}-target")
+        last = train_target_only(model, exp, args, data_args, f"{name}-target")
     elif method == "joint":
-        train_joint(model, exp, args, data_args, name, ot_loss_weight=0.0)
+        last = train_joint(model, exp, args, data_args, name, ot_loss_weight=0.0)
     else:
         if jtln_args.cost in FEATURE_COSTS:
             train_source_only(model, exp, args, data_args, f"{name}-warmup", jtln_args.cost_warmup_steps)
         cost, description = resolve_cost(jtln_args, data_args, exp, model, seed)
         model.set_cost_matrix(cost)
-        train_joint(model, exp, args, data_args, name, ot_loss_weight=args.ot_loss_weight)
+        last = train_joint(model, exp, args, data_args, name, ot_loss_weight=args.ot_loss_weight)
     seconds = time.perf_counter() - start
-    metrics = evaluate_model(model, exp, data_args, args)
+    metrics = evaluate_model(model, exp, data_args, args, log_to=last)
     logger.warning(f"{method} seed {seed}: accuracy {metrics['accuracy']:.4f} ({seconds:.0f} s)")
     return RunResult(method, seed, metrics, seconds, model, description)
 
 
-def evaluate_model(model, exp: ExperimentData, data_args: DataArguments, args: JTLNTrainingArguments) -> dict[str, float]:
-    """Target test metrics (accuracy, mean per-class accuracy, top-k), keys without ``eval_``."""
-    eval_args = _stage_args(args, "eval", ot_loss_weight=0.0)
-    eval_ds = _with_transform(jdata.build_joint_dataset(None, exp.target_test), model.config, False, data_args)
-    trainer = JTLNTrainer(model=model, args=eval_args, eval_dataset=eval_ds)
-    metrics = trainer.evaluate()
+def evaluate_model(
+    model, exp: ExperimentData, data_args: DataArguments, args: JTLNTrainingArguments,
+    log_to: JTLNTrainer | None = None,
+) -> dict[str, float]:  # fmt: skip
+    """Target test metrics (accuracy, mean per-class accuracy, top-k), keys without ``eval_``.
+
+    With ``--report_to tensorboard``, the metrics are written (as ``eval/accuracy`` ...) into the
+    TensorBoard run of ``log_to``, the method's last training stage, at its last step, so each
+    run's curves end with its test metrics (and no stray ``runs/`` folder appears in the cwd).
+    """
+    report_to = [r for r in args.report_to if r != "tensorboard"]
+    eval_args = _stage_args(args, "eval", ot_loss_weight=0.0, report_to=report_to or "none")
+    eval_ds = _eval_dataset(exp, model.config, data_args)
+    board = None
+    if log_to is not None and "tensorboard" in args.report_to:
+        board = next((cb for cb in log_to.callback_handler.callbacks if isinstance(cb, TensorBoardCallback)), None)
+    trainer = JTLNTrainer(model=model, args=eval_args, eval_dataset=eval_ds, callbacks=[board] if board else None)
+    if board is not None:
+        trainer.state.global_step = log_to.state.global_step
+    try:
+        metrics = trainer.evaluate()
+    finally:
+        if board is not None and board.tb_writer is not None:
+            board.tb_writer.close()
+            board.tb_writer = None
     keep = ("eval_accuracy", "eval_mean_per_class_accuracy", "eval_loss")
     return {k.removeprefix("eval_"): float(v) for k, v in metrics.items() if k in keep or k.startswith("eval_top_")}
 
@@ -465,35 +518,49 @@ def write_results(output_dir: str | Path, summary: dict, runs: list[RunResult], 
 
 def save_model(
     run: RunResult, output_dir: str | Path, args: JTLNTrainingArguments, jtln_args: JTLNArguments,
-    data_args: DataArguments, results_table: str | None = None,
+    data_args: DataArguments, results_table: str | None = None, *, exp: ExperimentData | None = None,
+    summary: dict[str, dict[str, Any]] | None = None,
 ) -> Path:  # fmt: skip
-    """Save the model (safetensors + config) and its card into ``output_dir/model``, atomically."""
-    hyper = {
-        "method": run.method,
+    """Write the Hub-ready ``output_dir/model`` folder, atomically.
+
+    It holds the weights (safetensors), ``config.json`` and ``preprocessor_config.json`` with their
+    remote code (``configuration_jtln.py``, ``modeling_jtln.py``, ``image_processing_jtln.py``),
+    the card ``README.md`` and its figures: the cost matrix, the mean transport plan over
+    ``exp.target_test`` (when the model has a cost matrix and ``exp`` is given) and, for a
+    comparison (``summary`` of several methods), the bar chart. ``--push_to_hub`` uploads it as is.
+    """
+    model = run.model
+    hyper: dict[str, Any] = {
+        "method": METHOD_TITLES[run.method],
         "seed": run.seed,
-        "backbone": run.model.config.backbone,
-        "shots per target class": data_args.shots,
-        "steps": args.max_steps,
-        "batch (per device)": args.per_device_train_batch_size,
-        "source fraction": args.source_fraction,
-        "λ_s (source_loss_weight)": args.source_loss_weight,
-        "λ_ot (ot_loss_weight)": args.ot_loss_weight if run.method == "jtln" else 0.0,
-        "ε (ot_epsilon)": args.ot_epsilon,
-        "Sinkhorn iterations": args.ot_iterations,
-        "optimiser": f"{args.optim} lr {args.learning_rate:g}, weight decay {args.weight_decay:g}, {args.lr_scheduler_type}",
+        "labelled images per target class": data_args.shots or "all",
+        **training_hyperparameters(args, ot_used=run.method == "jtln"),
     }
-    card = render_model_card(
-        run.model,
+    if run.method == "consecutive":
+        hyper["steps"] = f"{args.max_steps} source-only, then {args.max_steps} target-only"
+    plan, plan_images = None, None
+    if exp is not None and has_cost(model):
+        outputs, _ = predict_outputs(model, exp.target_test, data_args, ("source_logits", "logits"))
+        plan = mean_transport_plan(
+            outputs["source_logits"], outputs["logits"], model.cost_matrix.detach().cpu(),
+            epsilon=args.ot_epsilon, iterations=args.ot_iterations, method=args.ot_method,
+        )  # fmt: skip
+        plan_images = len(outputs["logits"])
+    dataset_id = "fashion_mnist" if data_args.dataset == FASHION_MNIST else data_args.dataset
+    target_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    card_kwargs = dict(
+        repo_id=args.hub_model_id or f"your-name/{Path(output_dir).resolve().name}",
         cost_description=run.cost_description or "No cost matrix was used (no OT term).",
         hyperparameters=hyper,
         results_table=results_table,
         metrics={k: v for k, v in run.metrics.items() if k != "loss"},
-        datasets=[data_args.dataset] if data_args.dataset != FASHION_MNIST else ["fashion_mnist"],
+        datasets=[dataset_id],
+        dataset_name=f"{data_args.dataset} {data_args.test_split} split, target classes ({', '.join(target_names)})",
     )
 
     def write(folder: Path) -> None:
-        run.model.save_pretrained(folder)
-        save_model_card(card, folder)
+        save_model_folder(model, folder)
+        write_model_card(folder, model, plan=plan, plan_images=plan_images, summary=summary, **card_kwargs)
 
     return atomic_write_dir(Path(output_dir) / "model", write)
 
@@ -507,6 +574,7 @@ def run_experiment(
     splits = load_splits(data_args)
     runs: list[RunResult] = []
     keep: RunResult | None = None
+    keep_exp: ExperimentData | None = None
     start = time.perf_counter()
     for seed in jtln_args.seeds:
         exp = prepare_data(data_args, seed, splits)
@@ -514,7 +582,7 @@ def run_experiment(
         for method in methods:
             run = run_method(method, exp, config, data_args, model_args, jtln_args, args, seed)
             if keep is None and method == methods[-1]:
-                keep = run
+                keep, keep_exp = run, exp
             else:
                 run.model = None  # free memory: only the first seed's last method is saved
             runs.append(run)
@@ -545,7 +613,10 @@ def run_experiment(
         "wall_seconds": wall,
     }
     table = write_results(args.output_dir, summary, runs, meta, caption)
-    save_model(keep, args.output_dir, args, jtln_args, data_args, table if len(methods) > 1 else None)
+    save_model(
+        keep, args.output_dir, args, jtln_args, data_args, table if len(methods) > 1 else None,
+        exp=keep_exp, summary=summary if len(methods) > 1 else None,
+    )  # fmt: skip
     return {"summary": summary, "table": table, "wall_seconds": wall, "runs": runs}
 
 

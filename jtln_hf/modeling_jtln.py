@@ -3,7 +3,12 @@
 The model only computes predictions (and the plain target cross-entropy when labels are given);
 the joint objective with its optimal-transport term lives in ``jtln_hf.trainer``, so that this
 file stays small and imports only torch, timm, transformers and the configuration file. That
-lets ``save_pretrained`` copy both files beside the weights for ``trust_remote_code=True`` users.
+lets ``save_pretrained`` copy both files beside the weights for ``trust_remote_code=True`` users
+(both classes are registered with ``register_for_auto_class``, so ``config.json`` gets an
+``auto_map``).
+
+Target predictions are ``outputs.logits`` (what pipelines use); source predictions are
+``outputs.source_logits``, or ``model.predict_source(pixel_values)`` for probabilities and names.
 
 Reference: Y. Lu, L. Chen, A. Saidi, "Optimal Transport for Deep Joint Transfer Learning",
 arXiv:1709.02995, 2017.
@@ -79,6 +84,23 @@ class JointClassifierOutput(ModelOutput):
     source_logits: torch.Tensor | None = None
     pooled: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class ClassPrediction:
+    """Predictions of one head of [`JointImageClassifier`] (see `predict` / `predict_source`).
+
+    Args:
+        probabilities (`torch.Tensor` of shape `(batch_size, num_classes)`): softmax of the head.
+        label_ids (`torch.LongTensor` of shape `(batch_size,)`): the most probable class of each image.
+        labels (`list[str]`): its name (`config.id2label` or `config.source_id2label`).
+        scores (`torch.Tensor` of shape `(batch_size,)`): its probability.
+    """
+
+    probabilities: torch.Tensor
+    label_ids: torch.Tensor
+    labels: list[str]
+    scores: torch.Tensor
 
 
 class JointImageClassifierPreTrainedModel(PreTrainedModel):
@@ -206,6 +228,34 @@ class JointImageClassifier(JointImageClassifierPreTrainedModel):
             loss=loss, logits=logits, source_logits=source_logits, pooled=pooled, hidden_states=hidden_states
         )
 
+    @torch.no_grad()
+    def predict(self, pixel_values: torch.Tensor, head: str = "target") -> ClassPrediction:
+        """Class probabilities and top-1 names of one head (``"target"`` or ``"source"``).
+
+        Args:
+            pixel_values (`torch.Tensor` of shape `(batch_size, channels, height, width)`): e.g.
+                ``processor(images, return_tensors="pt")["pixel_values"]``.
+            head (`str`, *optional*, defaults to `"target"`): which head to read.
+        """
+        if head not in ("target", "source"):
+            raise ValueError(f"head must be 'target' or 'source', got {head!r}.")
+        device = next(self.parameters()).device
+        was_training = self.training
+        self.eval()  # no dropout
+        try:
+            outputs = self(pixel_values=pixel_values.to(device), return_dict=True)
+        finally:
+            self.train(was_training)
+        scores = outputs.logits if head == "target" else outputs.source_logits
+        names = self.config.id2label if head == "target" else self.config.source_id2label
+        probabilities = scores.float().softmax(-1)
+        best, label_ids = probabilities.max(-1)
+        return ClassPrediction(probabilities, label_ids, [names[int(i)] for i in label_ids], best)
+
+    def predict_source(self, pixel_values: torch.Tensor) -> ClassPrediction:
+        """Source-class predictions (`config.source_id2label`): the source head, which pipelines do not show."""
+        return self.predict(pixel_values, head="source")
+
 
 def _default_data_config(backbone: nn.Module) -> dict:
     """timm's data config for this backbone, with `input_size` following its `in_chans`."""
@@ -218,3 +268,9 @@ def _default_data_config(backbone: nn.Module) -> dict:
             value = sum(data_config[key]) / len(data_config[key])
             data_config[key] = (value,) * in_chans
     return {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()}
+
+
+# `save_pretrained` writes `auto_map` and copies this file and configuration_jtln.py beside the
+# weights: `AutoModelForImageClassification.from_pretrained(..., trust_remote_code=True)` then works
+# where jtln_hf is not installed.
+JointImageClassifier.register_for_auto_class("AutoModelForImageClassification")

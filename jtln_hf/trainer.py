@@ -7,11 +7,17 @@ checkpoints and logging. This subclass changes three things:
   per-device batch holds the configured share of source rows;
 * ``compute_loss`` evaluates :class:`jtln_hf.loss.JTLNLoss` on the model's two heads;
 * ``log`` adds the three parts of the loss (``ce_target``, ``ce_source``, ``ot``) as separate keys.
+
+For the Hub it also defaults ``processing_class`` to the model's
+:class:`~jtln_hf.JointImageClassifierImageProcessor` (so every saved checkpoint has its
+``preprocessor_config.json``), and ``create_model_card`` writes the JTLN card with its figures, so
+``trainer.push_to_hub()`` publishes a checkpoint that loads in a pipeline and explains itself.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +27,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import seed_worker
 
 from .data import SOURCE, TARGET, PairedBatchSampler, collate
+from .image_processing_jtln import JointImageClassifierImageProcessor
 from .loss import JTLNLoss
 from .metrics import compute_classification_metrics
 
@@ -86,6 +93,11 @@ class JTLNTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("data_collator", collate)
         kwargs.setdefault("compute_metrics", compute_classification_metrics)
+        model = kwargs.get("model", args[0] if args else None)
+        data_config = getattr(getattr(model, "config", None), "data_config", None)
+        if kwargs.get("processing_class") is None and len(args) < 6 and data_config:
+            # saved with every checkpoint: AutoImageProcessor / pipeline work on it
+            kwargs["processing_class"] = JointImageClassifierImageProcessor(data_config=data_config)
         super().__init__(*args, **kwargs)
         if not isinstance(self.args, JTLNTrainingArguments):
             raise TypeError("JTLNTrainer needs JTLNTrainingArguments (it adds the JTLN loss weights).")
@@ -161,6 +173,82 @@ class JTLNTrainer(Trainer):
             logs.update({name: round(float(v), 6) for name, v in zip(LOSS_PARTS, stacked)})
             self._part_sums, self._part_count = {}, 0
         super().log(logs, start_time)
+
+    # ------------------------------------------------------------------------------- card
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Write the JTLN card (``README.md``) and its figures into ``args.output_dir``.
+
+        Replaces transformers' generic card, so ``push_to_hub`` publishes it. The card shows the
+        label sets, the cost matrix (heatmap), the mean transport plan over ``eval_dataset``
+        when there is one (heatmap), the hyper-parameters and the latest evaluation metrics.
+        ``dataset`` (Hub dataset ids), ``license``, ``tags`` and ``finetuned_from`` (the base
+        model) go to the metadata; ``language``, ``tasks``, ``dataset_tags`` and ``dataset_args``
+        are not used (the task is image classification, the data images); other keyword
+        arguments of :func:`jtln_hf.modelcard.render_model_card` (``cost_description``,
+        ``results_table`` ...) may be passed through ``push_to_hub(**kwargs)``.
+        """
+        if not self.is_world_process_zero():
+            return
+        from . import modelcard  # imported here: it pulls in matplotlib, which training does not need
+
+        model = self.accelerator.unwrap_model(self.model)
+        plan, plan_images = None, None
+        eval_dataset = self.eval_dataset if not isinstance(self.eval_dataset, dict) else None
+        if eval_dataset is not None and modelcard.has_cost(model):
+            source_logits, logits = self._predict_both_heads(eval_dataset)
+            plan = modelcard.mean_transport_plan(
+                source_logits, logits, model.cost_matrix.detach().cpu(),
+                epsilon=self.args.ot_epsilon, iterations=self.args.ot_iterations, method=self.args.ot_method,
+            )  # fmt: skip
+            plan_images = len(logits)
+        metrics = {}
+        for entry in self.state.log_history:  # the latest value of each evaluation metric
+            metrics.update({k.removeprefix("eval_"): v for k, v in entry.items()
+                            if k in ("eval_accuracy", "eval_mean_per_class_accuracy")})  # fmt: skip
+        datasets = [dataset] if isinstance(dataset, str) else list(dataset) if dataset else None
+        repo_id = self.hub_model_id or self.args.hub_model_id or (model_name or Path(self.args.output_dir).name)
+        kwargs.setdefault("cost_description", "")
+        modelcard.write_model_card(
+            self.args.output_dir, model, plan=plan, plan_images=plan_images,
+            repo_id=repo_id if "/" in repo_id else f"your-name/{repo_id}",
+            hyperparameters=modelcard.training_hyperparameters(
+                self.args, steps=self.state.global_step or None, ot_used=self.args.ot_loss_weight > 0
+            ),
+            metrics=metrics, datasets=datasets, license=license or "apache-2.0",
+            tags=[tags] if isinstance(tags, str) else tags, base_model=finetuned_from, **kwargs,
+        )  # fmt: skip
+
+    def _predict_both_heads(self, dataset) -> tuple[np.ndarray, np.ndarray]:
+        """Source and target logits of the model on ``dataset``, on this process only (no grad).
+
+        A plain DataLoader, not ``get_eval_dataloader``: that one is sharded over processes and
+        this runs on process zero alone.
+        """
+        model = self.accelerator.unwrap_model(self.model)
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        source, target = [], []
+        with torch.no_grad():
+            loader = DataLoader(dataset, batch_size=self.args.per_device_eval_batch_size, collate_fn=self.data_collator)
+            for batch in loader:
+                out = model(pixel_values=batch["pixel_values"].to(device))
+                source.append(out.source_logits.float().cpu())
+                target.append(out.logits.float().cpu())
+        model.train(was_training)
+        return torch.cat(source).numpy(), torch.cat(target).numpy()
 
 
 def check_labels(dataset, num_source_labels: int, num_target_labels: int) -> None:

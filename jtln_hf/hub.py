@@ -1,0 +1,166 @@
+"""Sharing a trained JTLN model: the Hub-ready folder, and pushing it with clear errors.
+
+A Hub-ready folder holds everything a user needs, with or without jtln_hf installed:
+
+* ``model.safetensors`` and ``config.json`` (with ``auto_map``), plus ``configuration_jtln.py`` and
+  ``modeling_jtln.py`` (``JointImageClassifier.save_pretrained``, remote code);
+* ``preprocessor_config.json`` (with ``auto_map``) and ``image_processing_jtln.py``
+  (``JointImageClassifierImageProcessor.save_pretrained``);
+* ``README.md``, the model card, and its figures (``*.png``, :mod:`jtln_hf.modelcard`).
+
+:func:`push_model_folder` uploads such a folder in one commit (``HfApi.create_repo`` then
+``HfApi.create_commit``) and turns the ways it can fail (no token, a rejected token, no write
+access, no network, offline mode) into a :class:`HubPushError` that names the problem and the fix.
+It only reads the folder, so a failed push leaves the local output as it was.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, constants, get_token
+from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
+
+from .image_processing_jtln import JointImageClassifierImageProcessor
+
+
+class HubPushError(RuntimeError):
+    """A push to the Hugging Face Hub failed; the message says why and what to do."""
+
+
+def save_model_folder(model, folder: str | os.PathLike) -> Path:
+    """Save ``model`` (a `JointImageClassifier`) and its image processor into ``folder``, with their code.
+
+    The card is written separately (:func:`jtln_hf.modelcard.write_model_card`).
+    """
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    JointImageClassifierImageProcessor.from_model_config(model.config).save_pretrained(folder)
+    return folder
+
+
+def folder_files(folder: str | os.PathLike) -> list[str]:
+    """The files a push uploads: every file under ``folder`` except hidden ones (``.*``), as POSIX paths."""
+    folder = Path(folder)
+    files = []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if path.is_file() and not any(part.startswith(".") or part == "__pycache__" for part in relative.parts):
+            files.append(relative.as_posix())
+    return files
+
+
+def _fix_later(folder: Path, repo_id: str) -> str:
+    return f"The trained model is intact in {folder}; push it without retraining with `hf upload {repo_id} {folder} .`"
+
+
+def check_can_push(repo_id: str, token: str | None = None) -> None:
+    """Fail early (before training) when no Hugging Face token is available to push ``repo_id``."""
+    if token or get_token():
+        return
+    raise HubPushError(
+        f"cannot push to {repo_id}: no Hugging Face token found. Log in with `hf auth login` (a token with "
+        "write access, from https://huggingface.co/settings/tokens), or set HF_TOKEN, or pass --hub_token."
+    )
+
+
+def push_model_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool | None = None,
+    revision: str | None = None,
+    commit_message: str = "Upload JTLN model (jtln_hf)",
+) -> CommitInfo:
+    """Create ``repo_id`` if needed and upload every file of ``folder`` to it in one commit.
+
+    Parameters
+    ----------
+    folder : path
+        A Hub-ready folder (see :func:`save_model_folder`); it is only read.
+    repo_id : str
+        ``user/name`` or ``org/name`` (a bare ``name`` goes to the token's user).
+    token : str, optional
+        Hub token with write access; default: the logged-in one (``hf auth login``, ``HF_TOKEN``).
+    private : bool, optional
+        Make a newly created repository private.
+    revision : str, optional
+        Branch to commit to (default: the main branch).
+    commit_message : str
+        Message of the commit.
+
+    Returns
+    -------
+    huggingface_hub.CommitInfo
+        The commit (``commit_url``, ``oid``).
+
+    Raises
+    ------
+    HubPushError
+        No token, a token the Hub rejects, no write access to the repository, Hub unreachable or
+        offline mode; the message names the fix. The local folder is left untouched.
+    """
+    from . import __version__
+
+    folder = Path(folder)
+    files = folder_files(folder)
+    if not files:
+        raise HubPushError(f"nothing to push: {folder} has no files (save the model there first).")
+    api = HfApi(token=token, library_name="jtln_hf", library_version=__version__)
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in files]
+    try:
+        repo = api.create_repo(repo_id, private=private, exist_ok=True)
+        return api.create_commit(
+            repo_id=repo.repo_id, operations=operations, commit_message=commit_message, revision=revision
+        )
+    except HubPushError:
+        raise
+    except LocalTokenNotFoundError as err:
+        raise HubPushError(
+            f"cannot push to {repo_id}: no Hugging Face token found. Log in with `hf auth login` (or set HF_TOKEN, "
+            f"or pass --hub_token). {_fix_later(folder, repo_id)}"
+        ) from err
+    except OfflineModeIsEnabled as err:
+        raise HubPushError(
+            f"cannot push to {repo_id}: HF_HUB_OFFLINE=1 is set, so the Hub is not contacted. Unset it "
+            f"(`unset HF_HUB_OFFLINE`) and push again. {_fix_later(folder, repo_id)}"
+        ) from err
+    except HfHubHTTPError as err:
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        if status == 401:
+            problem = (
+                "the Hub rejected the token (401 Unauthorized): it is invalid or expired. Create a token with "
+                "write access at https://huggingface.co/settings/tokens and run `hf auth login` again"
+            )
+        elif status == 403:
+            problem = (
+                f"no write access to {repo_id} (403 Forbidden): use your own user name or an organisation "
+                "you can write to as the namespace, and a token with write permission"
+            )
+        else:
+            problem = f"the Hub answered with an error ({status or 'no status'}): {str(err).splitlines()[0]}"
+        raise HubPushError(f"cannot push to {repo_id}: {problem}. {_fix_later(folder, repo_id)}") from err
+    except _network_errors() as err:
+        raise HubPushError(
+            f"cannot push to {repo_id}: the Hugging Face Hub ({constants.ENDPOINT}) cannot be reached "
+            f"({type(err).__name__}: {err}). Check the network connection, proxy settings and HF_ENDPOINT, then push "
+            f"again. {_fix_later(folder, repo_id)}"
+        ) from err
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Connection-level exception types of the HTTP clients huggingface_hub may use."""
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for module, names in (("httpx2", ("TransportError",)), ("httpx", ("TransportError",)),
+                          ("requests.exceptions", ("ConnectionError", "Timeout"))):  # fmt: skip
+        try:
+            imported = __import__(module, fromlist=list(names))
+        except ImportError:
+            continue
+        errors.extend(getattr(imported, name) for name in names if hasattr(imported, name))
+    return tuple(errors)
+
+
+__all__ = ["HubPushError", "check_can_push", "folder_files", "push_model_folder", "save_model_folder"]

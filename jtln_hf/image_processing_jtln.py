@@ -1,0 +1,163 @@
+"""Image processor of the JTLN joint image classifier: timm's evaluation transform, any input image.
+
+The processor holds the model's timm data config (``config.data_config``: ``input_size``,
+``interpolation``, ``mean``, ``std``, ``crop_pct``, ``crop_mode``) and applies
+``timm.data.create_transform(**data_config, is_training=False)``, i.e. exactly the evaluation
+transform used in training. Before that, every image is converted to the backbone's channel
+count (``"L"`` for one channel, ``"RGB"`` for three), so grayscale, RGB, RGBA and palette images
+of any size all work.
+
+Why not transformers' ``TimmWrapperImageProcessor``: it applies the same timm transform but does
+not convert the image mode (an RGB image fed to a one-channel model fails in ``Normalize``), and
+it reads its settings from ``config.json`` only for timm checkpoints.
+
+Like the configuration and modeling files, this file imports only torch, timm, transformers (and
+PIL/numpy, which they need), so ``save_pretrained`` copies it beside ``preprocessor_config.json``
+and ``AutoImageProcessor.from_pretrained(..., trust_remote_code=True)`` works without jtln_hf.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import timm.data
+import torch
+from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+from transformers.image_utils import load_image
+
+#: Keys of a timm data config that ``timm.data.create_transform`` understands.
+DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+
+
+class JointImageClassifierImageProcessor(BaseImageProcessor):
+    r"""
+    Preprocess images for a [`JointImageClassifier`] with timm's evaluation transform.
+
+    Args:
+        data_config (`dict[str, Any]`):
+            timm data config, as stored in `JointImageClassifierConfig.data_config`: `input_size`
+            (`[channels, height, width]`), `interpolation`, `mean`, `std`, `crop_pct`, `crop_mode`.
+            The transform is `timm.data.create_transform(**data_config, is_training=False)`:
+            resize the shorter side to `height / crop_pct`, centre-crop to `height x width`,
+            scale to [0, 1], normalise with `mean`/`std`.
+
+    Example:
+    ```python
+    >>> from PIL import Image
+    >>> processor = JointImageClassifierImageProcessor.from_model_config(model.config)
+    >>> processor(Image.new("RGB", (64, 48)), return_tensors="pt")["pixel_values"].shape
+    torch.Size([1, 1, 28, 28])
+    ```
+    """
+
+    model_input_names = ["pixel_values"]
+
+    def __init__(self, data_config: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not data_config or "input_size" not in data_config:
+            raise ValueError(
+                "JointImageClassifierImageProcessor needs a timm data_config with at least 'input_size': "
+                "build it with JointImageClassifierImageProcessor.from_model_config(model.config)."
+            )
+        self.data_config = {
+            k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items() if k in DATA_CONFIG_KEYS
+        }
+        channels = int(self.data_config["input_size"][0])
+        if channels not in (1, 3):
+            raise ValueError(f"input_size has {channels} channels: only 1 (grayscale) and 3 (RGB) are supported.")
+        self._mode = "L" if channels == 1 else "RGB"
+        timm_config = {k: tuple(v) if isinstance(v, list) else v for k, v in self.data_config.items()}
+        self._transform = timm.data.create_transform(**timm_config, is_training=False)
+
+    @classmethod
+    def from_model_config(cls, config: Any) -> JointImageClassifierImageProcessor:
+        """The processor of a model, from its configuration's ``data_config``."""
+        return cls(data_config=config.data_config)
+
+    @property
+    def image_mode(self) -> str:
+        """PIL mode every image is converted to: ``"L"`` (one channel) or ``"RGB"`` (three)."""
+        return self._mode
+
+    @property
+    def transform(self):
+        """The timm evaluation transform (PIL image in the right mode -> normalised tensor)."""
+        return self._transform
+
+    def to_pil(self, image: Any) -> PIL.Image.Image:
+        """One image (PIL, path/URL, ``(H, W)``, ``(H, W, C)`` or ``(C, H, W)`` array/tensor) as PIL in ``image_mode``.
+
+        Arrays of floats are taken to be in [0, 1]; palette and transparent images are flattened
+        (palette -> RGBA -> RGB drops the alpha channel, as timm's own loaders do).
+        """
+        if isinstance(image, (str, os.PathLike)):
+            image = load_image(str(image))
+        if isinstance(image, torch.Tensor):
+            image = image.detach().cpu().numpy()
+        if isinstance(image, np.ndarray):
+            image = _array_to_pil(image)
+        if not isinstance(image, PIL.Image.Image):
+            raise TypeError(f"unsupported image type {type(image).__name__}: pass PIL images, numpy arrays or tensors.")
+        if image.mode == self._mode:
+            return image
+        if image.mode == "P":
+            image = image.convert("RGBA")
+        return image.convert(self._mode)
+
+    def preprocess(
+        self, images: Any, return_tensors: str | None = "pt", **kwargs: Any
+    ) -> BatchFeature:
+        """Transform one image or a batch into ``pixel_values`` of shape ``(batch, C, H, W)``.
+
+        Args:
+            images: a PIL image, a path or URL, an array/tensor with 2 (``H, W``) or 3 dimensions,
+                a 4-dimensional batch, or a list of any of these.
+            return_tensors (`str`, *optional*, defaults to `"pt"`): `"pt"` (torch) or `"np"`.
+        """
+        if return_tensors not in ("pt", "np", None):
+            raise ValueError(f"return_tensors must be 'pt' or 'np', got {return_tensors!r}.")
+        pixel_values = torch.stack([self._transform(self.to_pil(image)) for image in _flat_images(images)])
+        return BatchFeature({"pixel_values": pixel_values}, tensor_type=return_tensors or "pt")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-serialisable settings: ``data_config`` (and ``auto_map`` once saved as remote code)."""
+        output = {k: copy.deepcopy(v) for k, v in self.__dict__.items() if not k.startswith("_")}
+        output["image_processor_type"] = type(self).__name__
+        return output
+
+
+def _flat_images(images: Any) -> list[Any]:
+    """A single image or a batch as a list of single images."""
+    if isinstance(images, (list, tuple)):
+        return [img for item in images for img in _flat_images(item)]
+    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+        return list(images)
+    return [images]
+
+
+def _array_to_pil(array: np.ndarray) -> PIL.Image.Image:
+    """``(H, W)``, ``(H, W, C)`` or ``(C, H, W)`` (C in 1, 3, 4) as a PIL image."""
+    if array.ndim == 3:
+        if array.shape[-1] not in (1, 3, 4) and array.shape[0] in (1, 3, 4):
+            array = np.moveaxis(array, 0, -1)
+        if array.shape[-1] == 1:
+            array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise ValueError(f"cannot read an image of shape {array.shape}: expected (H, W), (H, W, C) or (C, H, W).")
+    return PIL.Image.fromarray(np.ascontiguousarray(_to_uint8(array)))
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    """An image array as uint8 (floats are taken to be in [0, 1])."""
+    if np.issubdtype(array.dtype, np.floating):
+        return np.clip(np.round(array * 255.0), 0, 255).astype(np.uint8)
+    return np.clip(array, 0, 255).astype(np.uint8)
+
+
+JointImageClassifierImageProcessor.register_for_auto_class("AutoImageProcessor")
+
+__all__ = ["JointImageClassifierImageProcessor"]

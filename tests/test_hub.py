@@ -1,0 +1,313 @@
+"""Hub and inference: remote code without jtln_hf, pipeline, source predictions, pushing a folder.
+
+The remote-code test runs in a fresh Python process in which ``import jtln_hf`` raises
+ImportError (a meta-path blocker installed by ``sitecustomize``, checked inside the process), with
+HF_HOME and HF_MODULES_CACHE in a temporary folder. Pushing is tested offline by replacing the
+two HTTP-level calls ``HfApi.create_repo`` and ``HfApi.create_commit``.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx2
+import numpy as np
+import pytest
+import requests
+import torch
+from conftest import make_model
+from huggingface_hub import CommitInfo, HfApi, RepoUrl
+from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import dynamic_module_utils, pipeline
+
+import jtln_hf
+from jtln_hf import ClassPrediction, JointImageClassifierImageProcessor
+from jtln_hf.hub import HubPushError, check_can_push, folder_files, push_model_folder, save_model_folder
+
+PACKAGE = Path(jtln_hf.__file__).parent
+CODE_FILES = ("configuration_jtln.py", "modeling_jtln.py", "image_processing_jtln.py")
+HUB_FILES = sorted(["config.json", *CODE_FILES, "model.safetensors", "preprocessor_config.json"])
+ALLOWED_IMPORTS = {"__future__", "contextvars", "copy", "dataclasses", "os", "typing", "numpy", "PIL", "timm",
+                   "torch", "transformers"}  # fmt: skip
+
+
+def _images() -> list[Image.Image]:
+    """PIL images of several modes and sizes (what the pipeline must accept)."""
+    rng = np.random.default_rng(0)
+    rgba = Image.fromarray(rng.integers(0, 256, size=(37, 53, 4), dtype=np.uint8), "RGBA")
+    return [
+        rgba.convert("L").resize((28, 28)),
+        rgba.convert("RGB"),
+        rgba,
+        rgba.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE, colors=8).resize((90, 64)),
+        rgba.convert("L").resize((7, 120)),
+    ]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A tiny trained-looking model saved as a Hub-ready folder (weights, config, processor, code)."""
+    folder = tmp_path_factory.mktemp("hub") / "model"
+    model = make_model(num_target=4, num_source=3, seed=1).eval()
+    with torch.no_grad():  # non-trivial heads
+        model.target_head.weight.normal_(0, 0.5)
+        model.source_head.weight.normal_(0, 0.5)
+    save_model_folder(model, folder)
+    return model, folder
+
+
+# ----------------------------------------------------------------------------------- remote code
+def test_folder_has_weights_config_processor_and_code(saved):
+    model, folder = saved
+    assert folder_files(folder) == HUB_FILES
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_jtln.JointImageClassifierConfig",
+        "AutoModelForImageClassification": "modeling_jtln.JointImageClassifier",
+    }
+    processor = json.loads((folder / "preprocessor_config.json").read_text())
+    assert processor["auto_map"] == {"AutoImageProcessor": "image_processing_jtln.JointImageClassifierImageProcessor"}
+    assert processor["data_config"] == config["data_config"]
+    for name in CODE_FILES:  # verbatim copies of the package's files...
+        assert (folder / name).read_text() == (PACKAGE / name).read_text()
+        tree = ast.parse((folder / name).read_text())
+        absolute = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        absolute |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
+        relative = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level > 0}
+        # ...that need only torch, timm, transformers (and what they ship with), and each other
+        assert absolute <= ALLOWED_IMPORTS, (name, absolute - ALLOWED_IMPORTS)
+        assert relative <= {"configuration_jtln"}, (name, relative)
+    weights = load_file(folder / "model.safetensors")
+    torch.testing.assert_close(weights["cost_matrix"], model.cost_matrix, rtol=0, atol=0)
+
+
+_WITHOUT_JTLN_HF = r'''
+import json, sys
+import numpy as np, torch
+try:
+    import jtln_hf
+except ImportError as err:
+    blocked = str(err)
+else:
+    raise SystemExit("jtln_hf is importable: the test would prove nothing")
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+
+folder, out = sys.argv[1], sys.argv[2]
+model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
+processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+x = torch.from_numpy(np.load(f"{out}/input.npy"))
+with torch.no_grad():
+    result = model(x)
+np.save(f"{out}/logits.npy", result.logits.numpy())
+np.save(f"{out}/source_logits.npy", result.source_logits.numpy())
+images = [Image.open(f"{out}/image{i}.png") for i in range(5)]
+np.save(f"{out}/pixels.npy", processor(images, return_tensors="pt")["pixel_values"].numpy())
+classifier = pipeline("image-classification", model=folder, trust_remote_code=True)
+source = model.predict_source(processor(images)["pixel_values"])
+print(json.dumps({
+    "blocked": blocked, "jtln_hf_loaded": any(m.split(".")[0] == "jtln_hf" for m in sys.modules),
+    "model": [type(model).__name__, type(model).__module__],
+    "processor": [type(processor).__name__, type(processor).__module__],
+    "pipeline": [classifier(image, top_k=10) for image in images],
+    "source_labels": source.labels, "source_probabilities": source.probabilities.tolist(),
+}))
+'''
+
+_BLOCKER = '''
+import importlib.abc, sys
+class _BlockJtlnHf(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "jtln_hf" or name.startswith("jtln_hf."):
+            raise ModuleNotFoundError(f"No module named {name!r} (hidden by the test)", name=name)
+        return None
+sys.meta_path.insert(0, _BlockJtlnHf())
+'''
+
+
+def test_loads_with_trust_remote_code_where_jtln_hf_is_not_importable(saved, tmp_path):
+    model, folder = saved
+    hidden = tmp_path / "hide"
+    hidden.mkdir()
+    (hidden / "sitecustomize.py").write_text(_BLOCKER)
+    out = tmp_path / "out"
+    out.mkdir()
+    x = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    np.save(out / "input.npy", x.numpy())
+    images = _images()
+    for i, image in enumerate(images):
+        image.save(out / f"image{i}.png")
+    env = {**os.environ, "PYTHONPATH": str(hidden), "HF_HOME": str(tmp_path / "hf_home"),
+           "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", _WITHOUT_JTLN_HF, str(folder), str(out)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+
+    assert "hidden by the test" in info["blocked"] and not info["jtln_hf_loaded"]
+    # the classes came from the copied files, through transformers' dynamic modules
+    assert info["model"][0] == "JointImageClassifier" and info["model"][1].startswith("transformers_modules.")
+    assert info["processor"][0] == "JointImageClassifierImageProcessor"
+    assert info["processor"][1].startswith("transformers_modules.")
+    assert list((tmp_path / "modules").rglob("modeling_jtln.py"))  # HF_MODULES_CACHE was used
+
+    with torch.no_grad():
+        ref = model(x)
+    np.testing.assert_allclose(np.load(out / "logits.npy"), ref.logits.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.load(out / "source_logits.npy"), ref.source_logits.numpy(), rtol=1e-6, atol=1e-6)
+    processor = JointImageClassifierImageProcessor.from_model_config(model.config)
+    reloaded = [Image.open(out / f"image{i}.png") for i in range(5)]
+    pixels = processor(reloaded)["pixel_values"]
+    np.testing.assert_array_equal(np.load(out / "pixels.npy"), pixels.numpy())
+
+    with torch.no_grad():
+        probs = model(pixels).logits.softmax(-1)
+        source_probs = model(pixels).source_logits.softmax(-1)
+    targets = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    for answer, p in zip(info["pipeline"], probs):
+        assert sorted(a["label"] for a in answer) == sorted(targets)  # target classes, all of them
+        got = {a["label"]: a["score"] for a in answer}
+        np.testing.assert_allclose([got[name] for name in targets], p.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(info["source_probabilities"], source_probs.numpy(), rtol=1e-5, atol=1e-6)
+    assert info["source_labels"] == [model.config.source_id2label[int(i)] for i in source_probs.argmax(-1)]
+
+
+# ------------------------------------------------------------------------------ pipeline in process
+def test_pipeline_returns_target_labels_for_any_image(saved, monkeypatch, tmp_path):
+    model, folder = saved
+    # the pipeline's video-processor probe may copy code into HF_MODULES_CACHE: keep it in tmp_path
+    monkeypatch.setattr(dynamic_module_utils, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    classifier = pipeline("image-classification", model=str(folder), trust_remote_code=True)
+    assert type(classifier.model).__module__ == "jtln_hf.modeling_jtln"  # installed code wins when imported
+    assert type(classifier.image_processor) is JointImageClassifierImageProcessor
+    processor = JointImageClassifierImageProcessor.from_model_config(model.config)
+    for image in _images():
+        answer = classifier(image)
+        assert len(answer) == 4 and all(set(a) == {"label", "score"} for a in answer)
+        # load_image() in the pipeline converts to RGB; the processor then goes back to grayscale
+        with torch.no_grad():
+            probs = model(processor(image.convert("RGB"))["pixel_values"]).logits.softmax(-1)[0]
+        best = int(probs.argmax())
+        assert answer[0]["label"] == model.config.id2label[best]
+        assert answer[0]["score"] == pytest.approx(float(probs[best]), rel=1e-5)
+        assert sum(a["score"] for a in answer) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_predict_source_and_target(saved):
+    model, _ = saved
+    x = torch.randn(5, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    model.train()  # predict() must not apply dropout nor leave the model in eval mode
+    source = model.predict_source(x)
+    target = model.predict(x)
+    assert model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    assert isinstance(source, ClassPrediction)
+    torch.testing.assert_close(source.probabilities, out.source_logits.softmax(-1))
+    torch.testing.assert_close(target.probabilities, out.logits.softmax(-1))
+    assert source.labels == [model.config.source_id2label[int(i)] for i in out.source_logits.argmax(-1)]
+    assert target.labels == [model.config.id2label[int(i)] for i in out.logits.argmax(-1)]
+    torch.testing.assert_close(source.scores, source.probabilities.max(-1).values)
+    with pytest.raises(ValueError, match="head must be 'target' or 'source'"):
+        model.predict(x, head="both")
+
+
+# ------------------------------------------------------------------------------------------- push
+def _snapshot(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """Replace the two HTTP-level calls of a push; record what they were given."""
+    calls = {"create_repo": [], "create_commit": []}
+
+    def create_repo(self, repo_id, **kwargs):
+        calls["create_repo"].append({"repo_id": repo_id, **kwargs})
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        files = {op.path_in_repo: Path(op.path_or_fileobj).read_bytes() for op in operations}
+        calls["create_commit"].append({"repo_id": repo_id, "files": files, **kwargs})
+        return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/123abc", commit_message="m",
+                          commit_description="", oid="123abc")  # fmt: skip
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    return calls
+
+
+def test_push_uploads_every_file_in_one_commit(saved, fake_hub, tmp_path):
+    _, folder = saved
+    (folder / ".partial.tmp").write_text("hidden files are not pushed")
+    try:
+        commit = push_model_folder(folder, "tester/jtln-tiny", private=True, revision="dev")
+    finally:
+        (folder / ".partial.tmp").unlink()
+    assert commit.oid == "123abc"
+    assert fake_hub["create_repo"] == [{"repo_id": "tester/jtln-tiny", "private": True, "exist_ok": True}]
+    (call,) = fake_hub["create_commit"]
+    assert call["repo_id"] == "tester/jtln-tiny" and call["revision"] == "dev"
+    assert sorted(call["files"]) == HUB_FILES
+    assert call["files"]["model.safetensors"] == (folder / "model.safetensors").read_bytes()
+
+
+def _http_error(status: int) -> HfHubHTTPError:
+    request = httpx2.Request("POST", "https://huggingface.co/api/repos/create")
+    return HfHubHTTPError(f"{status} Client Error", response=httpx2.Response(status, request=request))
+
+
+@pytest.mark.parametrize("error,expected", [
+    (LocalTokenNotFoundError("Token is required"), "no Hugging Face token found. Log in with `hf auth login`"),
+    (_http_error(401), "rejected the token (401 Unauthorized)"),
+    (_http_error(403), "no write access to tester/jtln-tiny (403 Forbidden)"),
+    (_http_error(500), "the Hub answered with an error (500)"),
+    (httpx2.ConnectError("[Errno -3] Temporary failure in name resolution"), "cannot be reached (ConnectError"),
+    (requests.exceptions.ConnectionError("Max retries exceeded"), "cannot be reached (ConnectionError"),
+    (OfflineModeIsEnabled("offline"), "HF_HUB_OFFLINE=1 is set"),
+])  # fmt: skip
+@pytest.mark.parametrize("failing", ["create_repo", "create_commit"])
+def test_push_failures_name_the_problem_and_keep_the_folder(saved, fake_hub, monkeypatch, error, expected, failing):
+    _, folder = saved
+    before = _snapshot(folder)
+
+    def fail(self, *args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(HfApi, failing, fail)
+    with pytest.raises(HubPushError) as info:
+        push_model_folder(folder, "tester/jtln-tiny")
+    message = str(info.value)
+    assert expected in message
+    assert f"intact in {folder}" in message and f"hf upload tester/jtln-tiny {folder} ." in message
+    assert info.value.__cause__ is error
+    assert _snapshot(folder) == before
+
+
+def test_missing_token_is_caught_before_training(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    with pytest.raises(HubPushError, match="no Hugging Face token found.*hf auth login"):
+        check_can_push("tester/jtln-tiny")
+    check_can_push("tester/jtln-tiny", token="hf_given")  # an explicit token is enough
+    monkeypatch.setenv("HF_TOKEN", "hf_from_env")
+    check_can_push("tester/jtln-tiny")
+
+
+def test_push_of_an_empty_folder_is_refused(tmp_path):
+    with pytest.raises(HubPushError, match="nothing to push"):
+        push_model_folder(tmp_path, "tester/empty")

@@ -1,0 +1,115 @@
+"""Tests for JointImageClassifierImageProcessor: timm's eval transform on any image, save/load.
+
+The reference for the pixels is the training code's own evaluation path
+(``jtln_hf.data.build_transform`` + ``make_batch_transform``), independent of the processor.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_config
+from PIL import Image
+from transformers import AutoImageProcessor
+
+import jtln_hf  # noqa: F401  (registers the Auto classes)
+from jtln_hf import JointImageClassifierImageProcessor
+from jtln_hf import data as jdata
+from jtln_hf import image_processing_jtln
+
+FMNIST = jdata.FASHION_MNIST_DATA_CONFIG
+RGB32 = {"input_size": [3, 32, 32], "interpolation": "bicubic", "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3],
+         "crop_pct": 0.875, "crop_mode": "center"}  # fmt: skip
+
+
+def _image(mode: str, size=(28, 28), seed=0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    rgba = rng.integers(0, 256, size=(size[1], size[0], 4), dtype=np.uint8)
+    image = Image.fromarray(rgba, "RGBA")
+    if mode == "P":
+        return image.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    return image if mode == "RGBA" else image.convert(mode)
+
+
+def _reference(data_config, images, in_chans):
+    """Pixel values of the training code's evaluation transform."""
+    transform = jdata.make_batch_transform(jdata.build_transform(data_config, training=False), in_chans)
+    return torch.stack(transform({"image": list(images)})["pixel_values"])
+
+
+def test_matches_the_training_eval_transform():
+    processor = JointImageClassifierImageProcessor(data_config=FMNIST)
+    images = [_image("L", seed=s) for s in range(3)] + [_image("RGB", size=(40, 31), seed=7)]
+    out = processor(images, return_tensors="pt")["pixel_values"]
+    assert out.shape == (4, 1, 28, 28) and out.dtype == torch.float32
+    torch.testing.assert_close(out, _reference(FMNIST, images, 1), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "LA", "I", "1"])
+@pytest.mark.parametrize("size", [(28, 28), (100, 37), (13, 200)])
+def test_any_mode_and_size_one_channel(mode, size):
+    processor = JointImageClassifierImageProcessor(data_config=FMNIST)
+    image = _image(mode, size)
+    out = processor(image)["pixel_values"]
+    assert out.shape == (1, 1, 28, 28) and torch.isfinite(out).all()
+    # the same pixels as the image converted to grayscale by PIL first (P goes through RGBA)
+    gray = (image.convert("RGBA") if mode == "P" else image).convert("L")
+    torch.testing.assert_close(out, processor(gray)["pixel_values"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P"])
+def test_any_mode_three_channels(mode):
+    processor = JointImageClassifierImageProcessor(data_config=RGB32)
+    out = processor(_image(mode, (50, 40)))["pixel_values"]
+    assert out.shape == (1, 3, 32, 32)
+    if mode == "L":  # a grayscale image becomes three equal channels, normalised per channel
+        mean, std = torch.tensor(RGB32["mean"]), torch.tensor(RGB32["std"])
+        raw = out[0] * std[:, None, None] + mean[:, None, None]
+        torch.testing.assert_close(raw[0], raw[1], atol=1e-5, rtol=0)
+        torch.testing.assert_close(raw[1], raw[2], atol=1e-5, rtol=0)
+
+
+def test_arrays_tensors_and_batches():
+    processor = JointImageClassifierImageProcessor(data_config=FMNIST)
+    image = _image("L", (30, 30))
+    expected = processor(image)["pixel_values"]
+    gray = np.array(image)  # (H, W) uint8, writable
+    for variant in (gray, gray[:, :, None], gray[None], torch.from_numpy(gray)[None], gray.astype(np.float32) / 255):
+        torch.testing.assert_close(processor(variant)["pixel_values"], expected, rtol=0, atol=1e-6)
+    batch = np.stack([gray[None]] * 3)  # (3, 1, H, W)
+    assert processor(batch)["pixel_values"].shape == (3, 1, 28, 28)
+    assert processor([image, [image, gray]])["pixel_values"].shape == (3, 1, 28, 28)
+    assert isinstance(processor(image, return_tensors="np")["pixel_values"], np.ndarray)
+
+
+def test_save_and_auto_load_round_trip(tmp_path):
+    processor = JointImageClassifierImageProcessor.from_model_config(make_config())
+    processor.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert saved["data_config"] == FMNIST
+    assert saved["image_processor_type"] == "JointImageClassifierImageProcessor"
+    assert saved["auto_map"] == {"AutoImageProcessor": "image_processing_jtln.JointImageClassifierImageProcessor"}
+    assert (tmp_path / "image_processing_jtln.py").read_text() == Path(image_processing_jtln.__file__).read_text()
+    loaded = AutoImageProcessor.from_pretrained(tmp_path)
+    assert type(loaded) is JointImageClassifierImageProcessor
+    assert loaded.data_config == processor.data_config
+    image = _image("RGB", (33, 45))
+    torch.testing.assert_close(loaded(image)["pixel_values"], processor(image)["pixel_values"], rtol=0, atol=0)
+    loaded.save_pretrained(tmp_path / "again")  # a fixed point
+    assert json.loads((tmp_path / "again" / "preprocessor_config.json").read_text()) == saved
+
+
+def test_clear_errors():
+    with pytest.raises(ValueError, match="needs a timm data_config"):
+        JointImageClassifierImageProcessor()
+    with pytest.raises(ValueError, match="only 1 .* and 3 .* are supported"):
+        JointImageClassifierImageProcessor(data_config={**FMNIST, "input_size": [2, 28, 28]})
+    processor = JointImageClassifierImageProcessor(data_config=FMNIST)
+    with pytest.raises(TypeError, match="unsupported image type"):
+        processor([object()])
+    with pytest.raises(ValueError, match="cannot read an image of shape"):
+        processor(np.zeros((5, 6, 7), dtype=np.uint8))

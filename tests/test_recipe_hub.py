@@ -1,0 +1,149 @@
+"""The recipe's Hub and logging flags, run in this process on real Fashion-MNIST (a few steps).
+
+``--push_to_hub --hub_model_id`` with ``HfApi.create_repo``/``HfApi.create_commit`` replaced
+(nothing reaches the network): the exact files pushed and the card's content; failures keep the
+local output. ``--report_to tensorboard``: the event files, read back with TensorBoard's own
+``EventAccumulator``, hold the loss parts and the evaluation metrics as separate scalars.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl, constants
+from huggingface_hub.errors import LocalTokenNotFoundError
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+REPO = Path(__file__).resolve().parents[1]
+REPO_ID = "tester/jtln-fmnist-tiny"
+MODEL_FILES = [
+    "README.md", "config.json", "configuration_jtln.py", "cost_matrix.png", "image_processing_jtln.py",
+    "model.safetensors", "modeling_jtln.py", "preprocessor_config.json", "transport_plan.png",
+]  # fmt: skip
+TRAIN_TAGS = {"train/loss", "train/ce_target", "train/ce_source", "train/ot", "train/learning_rate"}
+EVAL_TAGS = {"eval/accuracy", "eval/mean_per_class_accuracy", "eval/loss"}
+
+
+def _load_recipe():
+    spec = importlib.util.spec_from_file_location("train_jtln_recipe", REPO / "recipes" / "train_jtln.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _argv(out: Path, *extra: str) -> list[str]:
+    return [
+        "--mode", "jtln", "--seeds", "0", "--shots", "2", "--max_steps", "4", "--per_device_train_batch_size", "16",
+        "--max_eval_samples", "60", "--logging_steps", "1", "--eval_strategy", "steps", "--eval_steps", "2",
+        "--report_to", "tensorboard", "--output_dir", str(out), *extra,
+    ]  # fmt: skip
+
+
+def _fake_hub(monkeypatch, calls):
+    def create_repo(self, repo_id, **kwargs):
+        calls.append(("create_repo", repo_id, kwargs))
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        files = {op.path_in_repo: Path(op.path_or_fileobj).read_bytes() for op in operations}
+        calls.append(("create_commit", repo_id, files))
+        return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/abc", commit_message="m",
+                          commit_description="", oid="abc")  # fmt: skip
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+
+
+@pytest.fixture(scope="module")
+def pushed_run(tmp_path_factory):
+    """One short JTLN run with --push_to_hub and --report_to tensorboard (the Hub calls replaced)."""
+    monkeypatch = pytest.MonkeyPatch()
+    calls: list = []
+    _fake_hub(monkeypatch, calls)
+    monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_tests")
+    out = tmp_path_factory.mktemp("recipe") / "run"
+    try:
+        status = _load_recipe().main(_argv(out, "--push_to_hub", "--hub_model_id", REPO_ID))
+    finally:
+        monkeypatch.undo()
+    return status, out, calls
+
+
+def test_push_sends_the_model_folder_once(pushed_run, capsys):
+    status, out, calls = pushed_run
+    assert status == 0
+    # one repository creation and one commit, for the final model folder only (no stage pushed)
+    assert [c[0] for c in calls] == ["create_repo", "create_commit"]
+    assert calls[0][1] == REPO_ID and calls[0][2]["exist_ok"] is True
+    _, repo_id, files = calls[1]
+    assert repo_id == REPO_ID and sorted(files) == MODEL_FILES
+    for name, content in files.items():
+        assert content == (out / "model" / name).read_bytes(), name
+    card = ModelCard(files["README.md"].decode())
+    assert {"jtln", "optimal-transport"} <= set(card.data.tags) and card.data.datasets == ["fashion_mnist"]
+    results = json.loads((out / "results.json").read_text())
+    accuracy = {r.metric_type: r.metric_value for r in card.data.eval_results}["accuracy"]
+    assert accuracy == pytest.approx(results["runs"][0]["accuracy"], abs=1e-4)
+    text = card.text
+    assert f'pipeline("image-classification", model="{REPO_ID}", trust_remote_code=True)' in text
+    assert "Shirt, Coat, Sandal, Bag, Ankle boot" in text and "T-shirt/top, Trouser, Pullover, Dress, Sneaker" in text
+    assert "![Cost matrix" in text and "](transport_plan.png)" in text and "over 60 target test images" in text
+    assert "| λ_ot (ot_loss_weight) | 1.0 |" in text and "| steps | 4 |" in text
+    assert "normalisation: column" in text
+
+
+def test_tensorboard_has_loss_parts_and_eval_metrics(pushed_run):
+    status, out, _ = pushed_run
+    assert status == 0
+    # layout: OUTPUT_DIR/runs/<method>-seed<seed>/runs/<date>_<host>/events.out.tfevents.*
+    (logdir,) = sorted((out / "runs" / "jtln-seed0" / "runs").iterdir())
+    assert list(logdir.glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(logdir))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert TRAIN_TAGS | EVAL_TAGS <= tags
+    for tag in ("train/ce_target", "train/ce_source", "train/ot"):
+        steps = [e.step for e in events.Scalars(tag)]
+        assert steps == [1, 2, 3, 4], (tag, steps)  # --logging_steps 1
+        assert all(e.value >= 0 for e in events.Scalars(tag))
+    accuracy = events.Scalars("eval/accuracy")
+    assert [e.step for e in accuracy] == [2, 4, 4]  # during training (--eval_steps 2), then the final test
+    results = json.loads((out / "results.json").read_text())
+    assert accuracy[-1].value == pytest.approx(results["runs"][0]["accuracy"], abs=1e-6)
+    assert not (Path.cwd() / "runs").exists() or not any((Path.cwd() / "runs").iterdir())
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+def test_failed_push_reports_and_keeps_output(pushed_run, monkeypatch, capsys):
+    _, out, _ = pushed_run
+    before = _snapshot(out)
+    recipe = _load_recipe()
+    args = recipe.parse_args(_argv(out, "--push_to_hub", "--hub_model_id", REPO_ID))[3]
+
+    def no_token(self, *a, **k):
+        raise LocalTokenNotFoundError("Token is required (`token=True`), but no token found.")
+
+    monkeypatch.setattr(HfApi, "create_repo", no_token)
+    assert recipe.push(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot push to tester/jtln-fmnist-tiny: no Hugging Face token found")
+    assert f"hf upload {REPO_ID} {out / 'model'} ." in err
+    assert _snapshot(out) == before
+
+
+def test_no_token_stops_before_training(monkeypatch, tmp_path, capsys):
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    out = tmp_path / "run"
+    assert _load_recipe().main(_argv(out, "--push_to_hub", "--hub_model_id", REPO_ID)) == 1
+    assert "no Hugging Face token found" in capsys.readouterr().err
+    assert not out.exists()  # nothing trained, nothing written
