@@ -10,12 +10,22 @@ batch. With a random sampler on top, a batch can be all source; with a sequentia
 default distributed sampler strides rows over ranks and an alternating s,t,s,t order puts every
 source row on rank 0. We concatenate the two domains (``datasets.concatenate_datasets``) and let
 the batch sampler draw from each side.
+
+Reliability: :func:`build_joint_dataset` checks columns and images before anything trains and
+keeps each row's index (``row``), so an image that cannot be decoded is reported with its row;
+:func:`make_batch_transform` draws its random augmentation from generators seeded by the batch
+itself, so a run resumed from a checkpoint replays the same augmented batches (the sampler
+replays the same rows: its order depends only on the seed and the epoch).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import hashlib
+import io
 import math
+import random
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -181,7 +191,9 @@ def split_by_classes(
 
 def sample_shots(ds: datasets.Dataset, shots: int, seed: int = 0) -> datasets.Dataset:
     """Draw ``shots`` rows of every class, reproducibly (``numpy.random.default_rng(seed)``)."""
-    labels = np.asarray(ds["label"])
+    if isinstance(shots, bool) or not isinstance(shots, (int, np.integer)) or shots < 1:
+        raise ValueError(f"shots must be an integer >= 1, got {shots!r}: pass the number of images per class.")
+    labels = np.asarray(ds.select_columns(["label"]).with_format("numpy")[:]["label"])
     rng = np.random.default_rng(seed)
     chosen = []
     for c, name in enumerate(ds.features["label"].names):
@@ -204,16 +216,54 @@ def build_transform(data_config: dict[str, Any], training: bool, **train_kwargs:
     return timm.data.create_transform(**cfg, is_training=False)
 
 
-def make_batch_transform(transform: Callable, in_chans: int) -> Callable[[dict], dict]:
-    """A ``Dataset.with_transform`` function: PIL images -> ``pixel_values``, ``label`` -> ``labels``.
+#: PIL mode each backbone channel count is converted to.
+CHANNEL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+#: Image errors the batch transform and :func:`check_images` turn into a message naming the row.
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, PILImage.DecompressionBombError)
 
-    Images are converted to the backbone's channel count ("L" for 1, "RGB" for 3), so grayscale
-    and colour inputs both work.
+
+def make_batch_transform(transform: Callable, in_chans: int, *, seed: int = 0) -> Callable[[dict], dict]:
+    """A ``Dataset.with_transform`` function: images -> ``pixel_values``, ``label`` -> ``labels``.
+
+    * **Channels.** Images are converted to the backbone's channel count ("L" for 1, "RGB" for
+      3, "RGBA" for 4), so grayscale, colour, palette and alpha inputs all work.
+    * **Decoding.** Images may come decoded (PIL, arrays) or undecoded (``{"bytes", "path"}``
+      dicts of ``datasets.Image(decode=False)``, as :func:`build_joint_dataset` stores them).
+      An image that cannot be decoded raises a ``ValueError`` naming its row (``domain`` and
+      ``row`` columns, added by :func:`build_joint_dataset`) and the decoder's message.
+    * **Random augmentation without global state.** Each image is transformed with Python's,
+      NumPy's and torch's CPU generators seeded from ``seed``, the identities of the batch's
+      rows (``(domain, row)``, else a hash of the image) and its position in the batch; the
+      global generator states are restored afterwards. The augmentation of a batch is thus a
+      function of the batch alone: independent of what ran before, of data-loader workers, of
+      prefetching, and identical when a resumed run replays the batch (transformers' Trainer
+      restores the global RNG state *after* the first resumed batches are loaded, so augmentation
+      drawn from the global generators would differ). A batch's rows are drawn at random by
+      :class:`PairedBatchSampler`, so a row seen again (another epoch, or a re-sampled target
+      row) almost surely sits in a different batch and gets a fresh augmentation.
+
+    Args:
+        transform: per-image transform (e.g. :func:`build_transform`).
+        in_chans: the backbone's input channels (1, 3 or 4).
+        seed: salt of the augmentation seeds.
     """
-    mode = "L" if in_chans == 1 else "RGB"
+    if in_chans not in CHANNEL_MODES:
+        raise ValueError(
+            f"in_chans={in_chans} has no PIL image mode: use 1 (grayscale), 3 (RGB) or 4 (RGBA), "
+            "or give Dataset.with_transform your own function."
+        )
+    mode = CHANNEL_MODES[in_chans]
 
     def apply(batch: dict[str, list]) -> dict[str, list]:
-        out = {"pixel_values": [transform(_to_mode(img, mode)) for img in batch["image"]]}
+        images = [_to_mode(_decode(img, batch, k), mode) for k, img in enumerate(batch["image"])]
+        keys = _row_keys(batch, images)
+        batch_key = hashlib.blake2b(repr((seed, keys)).encode(), digest_size=16).digest()
+        pixel_values = []
+        with _preserved_global_rng():
+            for k, image in enumerate(images):
+                _seed_generators(batch_key, k)
+                pixel_values.append(transform(image))
+        out = {"pixel_values": pixel_values}
         if "label" in batch:
             out["labels"] = batch["label"]
         if "domain" in batch:
@@ -223,10 +273,136 @@ def make_batch_transform(transform: Callable, in_chans: int) -> Callable[[dict],
     return apply
 
 
+def _row_name(batch: dict[str, list], k: int) -> str:
+    """How to name row ``k`` of the batch in an error message."""
+    if "row" in batch and "domain" in batch:
+        domain = batch["domain"][k]
+        name = {SOURCE: "source", TARGET: "target"}.get(domain, f"domain {domain}")
+        return f"{name} row {batch['row'][k]}"
+    return f"batch position {k} (build the dataset with jtln_hf.data.build_joint_dataset to get row numbers)"
+
+
+def _decode(image: Any, batch: dict[str, list], k: int) -> Any:
+    """Decode a ``datasets.Image(decode=False)`` value; raise naming the row if it is unreadable."""
+    if not isinstance(image, dict):
+        return image
+    try:
+        return datasets.Image().decode_example(image)
+    except IMAGE_ERRORS as err:
+        path = f" (path {image.get('path')!r})" if image.get("path") else ""
+        raise ValueError(
+            f"cannot decode the image of {_row_name(batch, k)}{path}: {type(err).__name__}: {err}. "
+            "Remove or replace that row (e.g. ds.select([...]) without it); "
+            "jtln_hf.data.check_images(ds, full_decode=True) lists every unreadable row."
+        ) from err
+
+
+def _row_keys(batch: dict[str, list], images: list) -> list:
+    """Stable identities of the batch's rows: ``(domain, row)``, else a hash of the pixels."""
+    if "row" in batch and "domain" in batch:
+        return [(int(d), int(r)) for d, r in zip(batch["domain"], batch["row"])]
+    keys = []
+    for image in images:
+        if isinstance(image, PILImage.Image):
+            raw = image.tobytes() + repr((image.mode, image.size)).encode()
+        else:
+            array = np.ascontiguousarray(np.asarray(image))
+            raw = array.tobytes() + repr((array.dtype.str, array.shape)).encode()
+        keys.append(hashlib.blake2b(raw, digest_size=16).hexdigest())
+    return keys
+
+
+@contextlib.contextmanager
+def _preserved_global_rng() -> Iterator[None]:
+    """Restore Python's, NumPy's (legacy) and torch's CPU generator states on exit."""
+    py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.set_rng_state(torch_state)
+
+
+def _seed_generators(batch_key: bytes, position: int) -> None:
+    digest = hashlib.blake2b(batch_key + position.to_bytes(8, "little"), digest_size=8).digest()
+    seed = int.from_bytes(digest, "little") & (2**63 - 1)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.default_generator.manual_seed(seed)  # CPU only: CUDA generators are left alone
+
+
 def _to_mode(image: Any, mode: str) -> PILImage.Image:
     if not isinstance(image, PILImage.Image):
         image = PILImage.fromarray(np.asarray(image))
     return image if image.mode == mode else image.convert(mode)
+
+
+def check_images(ds: datasets.Dataset, name: str = "dataset", *, full_decode: bool | None = None) -> None:
+    """Raise a ``ValueError`` naming the first rows whose image cannot be read.
+
+    Every image's header is parsed (``PIL.Image.open``, cheap: it identifies the format and
+    size without decoding pixels); with ``full_decode`` every image is also decoded, which also
+    catches truncated data. ``full_decode=None`` decodes fully when the dataset has at most
+    :data:`FULL_DECODE_MAX_ROWS` rows (a few-shot target set), parses headers only up to
+    :data:`HEADER_CHECK_MAX_ROWS` rows, and checks nothing above; an image that passes (or
+    skips) this check but fails later is still reported, with its row, by the batch transform. A dataset whose ``image`` column is not a ``datasets.Image`` feature
+    (arrays, PIL objects kept in memory) is not checked. Results are cached per dataset
+    fingerprint.
+    """
+    if "image" not in ds.column_names or not isinstance(ds.features["image"], datasets.Image):
+        return
+    if full_decode is None and len(ds) > HEADER_CHECK_MAX_ROWS:
+        return  # reading every image's bytes would cost minutes: the batch transform names bad rows
+    full = len(ds) <= FULL_DECODE_MAX_ROWS if full_decode is None else full_decode
+    cache_key = (getattr(ds, "_fingerprint", None), full)
+    if cache_key[0] is not None and cache_key in _CHECKED:
+        return
+    raw = ds.with_format(None).select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
+    bad: list[str] = []
+    for start in range(0, len(raw), 1024):
+        for k, value in enumerate(raw[start : start + 1024]["image"]):
+            problem = _image_problem(value, full)
+            if problem:
+                bad.append(f"row {start + k}: {problem}")
+    if bad:
+        shown = "; ".join(bad[:5]) + (f"; ... ({len(bad)} in all)" if len(bad) > 5 else "")
+        raise ValueError(
+            f"{name} has {len(bad)} image(s) that cannot be read: {shown}. Remove or replace them "
+            f"(e.g. {name}.select([...]) without those rows) before training."
+        )
+    if cache_key[0] is not None:
+        _CHECKED.add(cache_key)
+
+
+#: :func:`check_images` decodes every image of datasets up to this size (few-shot target sets).
+FULL_DECODE_MAX_ROWS = 2000
+#: ... and parses every image header of datasets up to this size (Fashion-MNIST's 30,000 source
+#: images: ~1 s); larger ones are left to the batch transform, which names an unreadable row.
+HEADER_CHECK_MAX_ROWS = 50_000
+_CHECKED: set[tuple[str, bool]] = set()
+
+
+def _image_problem(value: Any, full: bool) -> str | None:
+    """``None`` if the image opens (and decodes, when ``full``), else the decoder's message."""
+    if value is None:
+        return "no image (None)"
+    try:
+        if full:
+            datasets.Image().decode_example(value)
+            return None
+        data, path = value.get("bytes"), value.get("path")
+        if data is not None:
+            with PILImage.open(io.BytesIO(data)):
+                pass
+        elif path and Path(path).exists():
+            with PILImage.open(path):
+                pass
+        else:  # remote or relative paths: let datasets resolve them
+            datasets.Image().decode_example(value)
+    except IMAGE_ERRORS as err:
+        return f"{type(err).__name__}: {err}"
+    return None
 
 
 def collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -241,17 +417,36 @@ def collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
 
 # ---------------------------------------------------------------------------------------- pairing
 def build_joint_dataset(source: datasets.Dataset | None, target: datasets.Dataset | None) -> datasets.Dataset:
-    """Source rows first, then target rows, with a ``domain`` column (0 source, 1 target).
+    """Source rows first, then target rows, with ``domain`` (0 source, 1 target) and ``row`` columns.
 
     Labels stay in their own domain's label space (source ids for source rows, target ids for
-    target rows). Either side may be ``None`` (target-only or source-only training).
+    target rows); ``row`` is the row's index in its own input dataset, so an error can name it.
+    Either side may be ``None`` (target-only or source-only training).
+
+    Before anything trains, each input is checked: it needs ``image`` and ``label`` columns, and
+    its images must open (:func:`check_images`: every image decoded for sets of up to
+    :data:`FULL_DECODE_MAX_ROWS` rows, headers parsed up to :data:`HEADER_CHECK_MAX_ROWS`). The
+    ``image`` column is then stored undecoded (``datasets.Image(decode=False)``):
+    :func:`make_batch_transform` decodes it, naming the row of an image that fails.
     """
     parts = []
     for ds, domain in ((source, SOURCE), (target, TARGET)):
         if ds is None or len(ds) == 0:
             continue
+        name = "source" if domain == SOURCE else "target"
+        missing = [c for c in ("image", "label") if c not in ds.column_names]
+        if missing:
+            raise ValueError(
+                f"the {name} dataset has no {missing[0]!r} column (columns: {ds.column_names}): rename its "
+                "columns to 'image' and 'label', e.g. with jtln_hf.data.standardize_columns(ds, "
+                "image_column=..., label_column=...)."
+            )
+        check_images(ds, f"the {name} dataset")
         ds = ds.select_columns(["image", "label"]).cast_column("label", datasets.Value("int64"))
-        parts.append(ds.add_column("domain", [domain] * len(ds)))
+        if isinstance(ds.features["image"], datasets.Image):
+            ds = ds.cast_column("image", datasets.Image(decode=False))
+        ds = ds.add_column("domain", [domain] * len(ds))
+        parts.append(ds.add_column("row", list(range(len(ds)))))
     if not parts:
         raise ValueError("both the source and the target dataset are empty: nothing to train on.")
     return datasets.concatenate_datasets(parts)

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from transformers import set_seed
 from transformers.integrations import TensorBoardCallback
-from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
 from . import data as jdata
@@ -39,7 +38,7 @@ from .cost import (
     normalize_cost,
 )
 from .hub import save_model_folder
-from .io import atomic_write_dir, atomic_write_text
+from .io import atomic_write_dir, atomic_write_text, latest_complete_checkpoint
 from .modelcard import has_cost, mean_transport_plan, training_hyperparameters, write_model_card
 from .modeling_jtln import JointImageClassifier
 from .trainer import JTLNTrainer, JTLNTrainingArguments
@@ -240,7 +239,7 @@ def _resume_value(value: str | bool | None, stage_dir: str) -> str | None:
     its last, the others from scratch.
     """
     if value is True or (isinstance(value, str) and value.lower() in ("true", "last", "latest")):
-        return get_last_checkpoint(stage_dir) if Path(stage_dir).is_dir() else None
+        return latest_complete_checkpoint(stage_dir)
     if value is None or value is False or (isinstance(value, str) and value.lower() in ("false", "none", "")):
         return None
     return value

@@ -1,25 +1,77 @@
 """Writing outputs so that a crash never leaves a half-written file or folder behind.
 
-Each writer puts the new content in a temporary sibling and renames it into place
-(``os.replace`` is atomic on POSIX within one file system): readers see the old version or the
-new one, never a mixture.
+Each writer puts the new content in a temporary sibling (a hidden ``.<name>.<random>.tmp``
+in the same folder, hence on the same file system) and renames it into place: readers see the
+old version or the new one, never a mixture.
+
+* :func:`atomic_write_text` -- ``os.replace`` of a temporary file (atomic on POSIX), with the
+  data and then the folder entry flushed to disk (``fsync``), so a power cut after the call
+  returns keeps the new file.
+* :func:`atomic_write_dir` -- a folder (a saved model with its card) written into a temporary
+  folder, then swapped in with one ``renameat2(RENAME_EXCHANGE)`` on Linux (an atomic swap of
+  two folders); where the system lacks it, with two renames (old -> ``.<name>.old``, new ->
+  ``name``) that are undone if the second fails, and redone on the next write if the process
+  died between them.
+* :func:`latest_complete_checkpoint` -- the newest ``checkpoint-<step>`` folder that
+  ``transformers.Trainer`` finished writing, for ``--resume_from_checkpoint``: Trainer writes
+  ``trainer_state.json`` last and not atomically, so a folder without a parseable one was cut
+  short (e.g. a SIGKILL while saving) and must not be resumed from.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import errno
+import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+__all__ = ["atomic_write_dir", "atomic_write_text", "latest_complete_checkpoint"]
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+#: Files a checkpoint folder must hold, besides ``trainer_state.json``, to be resumable.
+CHECKPOINT_FILES = ("model.safetensors", "config.json")
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, then rename."""
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file in the same folder, then rename.
+
+    If anything fails before the rename, ``path`` keeps its previous content and the temporary
+    file is removed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file open()'s usual mode
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -28,29 +80,130 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
     return path
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Atomically swap two existing paths (Linux ``renameat2(..., RENAME_EXCHANGE)``).
+
+    Raises ``OSError`` (``ENOSYS`` where the C library or kernel lacks it, ``EINVAL`` on file
+    systems that do not support it).
+    """
+    libc_name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(libc_name, use_errno=True) if libc_name else None
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available")
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _backup_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
 
 
 def atomic_write_dir(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_dir)`` on a fresh temporary folder, then swap it in as ``path``.
 
-    ``path``'s previous content stays intact if ``write`` fails. The swap is two renames
-    (old -> backup, new -> path); the backup is removed afterwards.
+    ``path``'s previous content stays intact if ``write`` fails (the temporary folder is
+    removed).  The swap is atomic where the system offers ``renameat2(RENAME_EXCHANGE)``
+    (Linux >= 3.15 on local file systems); elsewhere it is two renames, ``path`` ->
+    ``.<name>.old`` and the new folder -> ``path``: if the second fails the first is undone,
+    and if the process dies between the two, the next call puts the old version back before
+    writing.  A folder that did not exist before is simply renamed into place.  Temporary
+    folders of a process killed *during* ``write`` stay behind as hidden ``.<name>.*.tmp``
+    siblings (never read; safe to delete).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _recover(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; give the folder mkdir()'s usual mode
         write(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    backup = None
-    if path.exists():
-        backup = path.with_name(f".{path.name}.old")
-        shutil.rmtree(backup, ignore_errors=True)
-        os.replace(path, backup)
-    os.replace(tmp, path)
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
+    try:
+        _swap_in(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(path.parent)
     return path
+
+
+def _recover(path: Path) -> None:
+    """Undo a two-rename swap that a crash interrupted: ``.<name>.old`` back to ``path``."""
+    backup = _backup_path(path)
+    if backup.is_dir() and not path.exists():
+        os.replace(backup, path)
+    elif backup.exists():
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    """Make ``tmp`` become ``path``; on return ``tmp`` holds the old version (or is gone)."""
+    if not path.exists():
+        os.replace(tmp, path)
+        return
+    try:
+        _exchange(tmp, path)
+    except OSError as err:
+        if err.errno not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)  # now the old version
+        return
+    backup = _backup_path(path)
+    os.replace(path, backup)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.replace(backup, path)  # put the previous version back
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def latest_complete_checkpoint(folder: str | os.PathLike) -> str | None:
+    """The newest ``checkpoint-<step>`` folder in ``folder`` that Trainer finished writing.
+
+    Complete means: ``trainer_state.json`` parses as JSON and records ``global_step == step``
+    (Trainer writes it last), and the weights (``model.safetensors``) and ``config.json``
+    exist.  Newer folders that fail this (a save cut short by a crash or a SIGKILL) are
+    skipped.  Unlike ``transformers.trainer_utils.get_last_checkpoint``, which returns the
+    highest-numbered folder whatever its state, this never resumes from half a checkpoint
+    (which would fail to load, or silently restart from step 0 when only the state file is
+    missing).
+
+    Returns
+    -------
+    str or None
+        The folder's path, or ``None`` when ``folder`` does not exist or holds no complete
+        checkpoint.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    candidates = []
+    for child in folder.iterdir():
+        match = _CHECKPOINT_RE.match(child.name)
+        if match and child.is_dir():
+            candidates.append((int(match.group(1)), child))
+    for step, child in sorted(candidates, reverse=True):
+        if _is_complete(child, step):
+            return str(child)
+    return None
+
+
+def _is_complete(checkpoint: Path, step: int) -> bool:
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(state, dict) or state.get("global_step") != step:
+        return False
+    return all((checkpoint / name).is_file() for name in CHECKPOINT_FILES)

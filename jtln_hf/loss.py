@@ -16,11 +16,13 @@ no NaN appears. Like timm's losses, the module is small and returns its parts.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from .data import SOURCE, TARGET
-from .ot import wasserstein_loss
+from .ot import _check_settings, resolve_method, wasserstein_loss
 
 
 class JTLNLoss(nn.Module):
@@ -47,12 +49,41 @@ class JTLNLoss(nn.Module):
         ot_detach_target: bool = False,
     ) -> None:
         super().__init__()
+        for name, value in (("source_loss_weight", source_loss_weight), ("ot_loss_weight", ot_loss_weight)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+        _check_settings(ot_epsilon, ot_iterations, ot_method)  # names the bad setting and the fix
         self.source_loss_weight = source_loss_weight
         self.ot_loss_weight = ot_loss_weight
         self.ot_epsilon = ot_epsilon
         self.ot_iterations = ot_iterations
         self.ot_method = ot_method
         self.ot_detach_target = ot_detach_target
+
+    def check(
+        self, cost: torch.Tensor, num_source_labels: int | None = None, num_target_labels: int | None = None
+    ) -> None:
+        """Raise before training if the OT term cannot run on ``cost`` with these settings.
+
+        Checks the shape against ``(num_source_labels, num_target_labels)`` when given, finite
+        and non-negative entries, a cost that is not all zeros (OT would be a constant), and,
+        for ``ot_method="kernel"``, a cost range that ``exp(-C/ε)`` can represent
+        (:func:`jtln_hf.ot.resolve_method`). Nothing is checked when ``ot_loss_weight`` is 0.
+        """
+        if not self.ot_loss_weight:
+            return
+        expected = (num_source_labels, num_target_labels)
+        if None not in expected and tuple(cost.shape) != expected:
+            raise ValueError(
+                f"cost matrix has shape {tuple(cost.shape)} but the model has L_s={expected[0]} source and "
+                f"L_t={expected[1]} target classes: rows = source classes, columns = target classes."
+            )
+        resolve_method(cost, epsilon=self.ot_epsilon, iterations=self.ot_iterations, method=self.ot_method)
+        if not bool(torch.any(cost != 0)):
+            raise ValueError(
+                "ot_loss_weight > 0 but the model's cost_matrix is all zeros (OT would be a constant): set it with "
+                "model.set_cost_matrix(C), or train with ot_loss_weight=0 (joint fine-tuning)."
+            )
 
     def forward(
         self,

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 import timm
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from safetensors import safe_open
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.utils import cached_file
 from transformers.utils import ModelOutput
 
 from .configuration_jtln import JointImageClassifierConfig
@@ -115,13 +117,34 @@ class JointImageClassifierPreTrainedModel(PreTrainedModel):
     _no_split_modules = []
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, never downloading timm weights (the checkpoint has them)."""
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, never downloading timm weights (the checkpoint has them).
+
+        Refuses, with a `ValueError` that says why, a checkpoint whose `cost_matrix` is not a
+        valid ground cost (NaN, inf or negative entries: e.g. an edited file) or whose weights
+        were saved for other label sets than its `config.json` names.
+        """
         token = _LOADING_CHECKPOINT.set(True)
         try:
-            return super().from_pretrained(*args, **kwargs)
+            loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except RuntimeError as err:
+            if "mismatched_sizes" not in str(err):
+                raise
+            raise ValueError(_label_mismatch_message(cls, pretrained_model_name_or_path, kwargs)) from err
         finally:
             _LOADING_CHECKPOINT.reset(token)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        cost = getattr(model, "cost_matrix", None)
+        if cost is not None:
+            try:
+                check_cost_matrix(cost, model.config.num_source_labels, model.config.num_labels)
+            except ValueError as err:
+                raise ValueError(
+                    f"checkpoint {pretrained_model_name_or_path}: its cost_matrix is not a valid ground cost: {err} "
+                    "The file was edited or corrupted: restore it, or load with a fresh cost and call "
+                    "model.set_cost_matrix(C)."
+                ) from None
+        return loaded
 
     def _init_weights(self, module: nn.Module) -> None:
         """Initialise the two heads only.
@@ -255,6 +278,31 @@ class JointImageClassifier(JointImageClassifierPreTrainedModel):
     def predict_source(self, pixel_values: torch.Tensor) -> ClassPrediction:
         """Source-class predictions (`config.source_id2label`): the source head, which pipelines do not show."""
         return self.predict(pixel_values, head="source")
+
+
+def _label_mismatch_message(cls, path, kwargs) -> str:
+    """Why a checkpoint's tensors do not fit the model its config.json describes."""
+    config = kwargs.get("config")
+    if not isinstance(config, PretrainedConfig):
+        config = cls.config_class.from_pretrained(path, subfolder=kwargs.get("subfolder", ""))
+    shape = None
+    try:  # the cost matrix's shape in the weights file, read from the safetensors header only
+        file = cached_file(path, "model.safetensors", subfolder=kwargs.get("subfolder", ""),
+                           _raise_exceptions_for_missing_entries=False)
+        if file is not None:
+            with safe_open(file, framework="pt") as f:
+                if "cost_matrix" in f.keys():
+                    shape = tuple(f.get_slice("cost_matrix").get_shape())
+    except (OSError, ValueError):
+        pass
+    saved = f"cost_matrix of shape {shape} (L_s, L_t)" if shape else "a cost_matrix and heads"
+    return (
+        f"checkpoint {path}: its weights hold {saved}, but config.json names {config.num_source_labels} source "
+        f"classes (source_id2label) and {config.num_labels} target classes (id2label). The label maps and the "
+        "cost matrix must describe the same classes: restore the config.json saved with these weights, or pass "
+        "ignore_mismatched_sizes=True to start new heads and a zero cost for the new label sets (then "
+        "model.set_cost_matrix(C) and train)."
+    )
 
 
 def _default_data_config(backbone: nn.Module) -> dict:

@@ -115,11 +115,10 @@ class JTLNTrainer(Trainer):
         for ds in [self.train_dataset] + _as_list(self.eval_dataset):
             if ds is not None:
                 check_labels(ds, config.num_source_labels, config.num_labels)
-        if self.args.ot_loss_weight and not torch.any(self.accelerator.unwrap_model(self.model).cost_matrix):
-            raise ValueError(
-                "ot_loss_weight > 0 but the model's cost_matrix is all zeros (OT would be a constant): "
-                "set it with model.set_cost_matrix(C), or train with ot_loss_weight=0 (joint fine-tuning)."
-            )
+        # shape, NaN/inf/negative entries, all zeros, and a kernel solver that would underflow: before step 1
+        self.jtln_loss.check(
+            self.accelerator.unwrap_model(self.model).cost_matrix, config.num_source_labels, config.num_labels
+        )
 
     # ------------------------------------------------------------------------------- data
     def get_train_dataloader(self) -> DataLoader:

@@ -8,6 +8,7 @@ after ``accelerate`` shards the batches over two processes.
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter
 
 import datasets
@@ -209,6 +210,29 @@ def test_training_transform_shape_and_three_channels():
     assert rgb_apply({"image": [Image.new("L", (28, 28), 9)]})["pixel_values"][0].shape == (3, 28, 28)
 
 
+def test_training_augmentation_is_a_function_of_the_batch_only():
+    """Random augmentation is drawn from generators seeded by the batch's rows: the same batch gives the
+    same pixels whatever the global RNG state (so a resumed run replays it), the global generators are
+    left as they were, and the same image at another position or in another batch is augmented anew."""
+    apply = make_batch_transform(build_transform(FASHION_MNIST_DATA_CONFIG, training=True, scale=(0.3, 1.0)), 1)
+    image = Image.fromarray((np.arange(28 * 28).reshape(28, 28) * 3 % 256).astype(np.uint8))
+    batch = {"image": [image] * 4, "label": [0, 1, 0, 1], "domain": [0, 0, 1, 1], "row": [5, 9, 0, 3]}
+    torch.manual_seed(0), random.seed(0), np.random.seed(0)
+    states = torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
+    first = apply(batch)["pixel_values"]
+    assert torch.equal(torch.get_rng_state(), states[0]) and random.getstate() == states[1]
+    assert np.array_equal(np.random.get_state()[1], states[2])  # global generators untouched
+    torch.manual_seed(123), random.seed(123), np.random.seed(123)
+    again = apply(batch)["pixel_values"]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert len({tuple(t.flatten().tolist()) for t in first}) == 4  # one image, four augmentations
+    other = apply({**batch, "row": [5, 9, 0, 4]})["pixel_values"]  # another batch composition
+    assert not torch.equal(first[0], other[0])
+    plain = apply({"image": [image] * 2})["pixel_values"]  # no row ids: keyed by the pixels and position
+    assert torch.equal(plain[0], apply({"image": [image] * 2})["pixel_values"][0])
+    assert not torch.equal(plain[0], plain[1])
+
+
 def test_joint_dataset_and_collate(small_split):
     joint = small_split["joint"]
     rows = [joint[i] for i in (0, 1, len(joint) - 1)]
@@ -217,8 +241,9 @@ def test_joint_dataset_and_collate(small_split):
     assert batch["domain"].tolist() == [0, 0, 1]
     assert batch["labels"].dtype == torch.long and batch["domain"].dtype == torch.long
     raw = build_joint_dataset(small_split["source"], small_split["target"])
-    assert raw.column_names == ["image", "label", "domain"]
+    assert raw.column_names == ["image", "label", "domain", "row"]
     assert raw["domain"] == [0] * 180 + [1] * 10
+    assert raw["row"] == list(range(180)) + list(range(10))  # index in its own domain's dataset
     assert raw["label"] == list(small_split["source"]["label"]) + list(small_split["target"]["label"])
     assert build_joint_dataset(None, small_split["target"])["domain"] == [1] * 10
     with pytest.raises(ValueError, match="both the source and the target dataset are empty"):
