@@ -35,8 +35,9 @@ from jtln_hf.hub import HubPushError, check_can_push, folder_files, push_model_f
 PACKAGE = Path(jtln_hf.__file__).parent
 CODE_FILES = ("configuration_jtln.py", "modeling_jtln.py", "image_processing_jtln.py")
 HUB_FILES = sorted(["config.json", *CODE_FILES, "model.safetensors", "preprocessor_config.json"])
+# safetensors is a hard dependency of transformers, so it is present wherever transformers is.
 ALLOWED_IMPORTS = {"__future__", "contextvars", "copy", "dataclasses", "os", "typing", "numpy", "PIL", "timm",
-                   "torch", "transformers"}  # fmt: skip
+                   "torch", "transformers", "safetensors"}  # fmt: skip
 
 
 def _images() -> list[Image.Image]:
