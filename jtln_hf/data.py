@@ -25,6 +25,7 @@ import gzip
 import hashlib
 import io
 import math
+import os
 import random
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -37,7 +38,9 @@ import torch
 from PIL import Image as PILImage
 from torch.utils.data import Sampler
 
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+#: Where Debian's ``dataset-fashion-mnist`` puts the idx files; ``JTLN_FASHION_MNIST_DIR`` overrides it
+#: (e.g. on a machine where the package cannot be installed and the files were copied instead).
+FASHION_MNIST_DIR = Path(os.environ.get("JTLN_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 FASHION_MNIST_LABELS = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -85,7 +88,8 @@ def load_fashion_mnist(split: str = "train", data_dir: str | Path = FASHION_MNIS
         if not path.is_file():
             raise FileNotFoundError(
                 f"{path} is missing: install Fashion-MNIST with `apt-get install dataset-fashion-mnist` "
-                "(or `make data`), or pass data_dir= the folder holding the idx .gz files."
+                "(or `make data`), or pass data_dir= (or set JTLN_FASHION_MNIST_DIR to) the folder holding "
+                "the idx .gz files."
             )
     features = datasets.Features(
         {"image": datasets.Image(), "label": datasets.ClassLabel(names=list(FASHION_MNIST_LABELS))}

@@ -8,6 +8,7 @@ after ``accelerate`` shards the batches over two processes.
 from __future__ import annotations
 
 import math
+import os
 import random
 from collections import Counter
 
@@ -58,6 +59,25 @@ def test_load_fashion_mnist_errors(tmp_path):
         jdata.load_fashion_mnist("validation")
     with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
         jdata.load_fashion_mnist("train", data_dir=tmp_path)
+
+
+def test_fashion_mnist_dir_from_environment(tmp_path):
+    """JTLN_FASHION_MNIST_DIR moves the default folder (for machines where apt-get cannot run)."""
+    import subprocess
+    import sys
+
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (tmp_path / name).symlink_to(jdata.FASHION_MNIST_DIR / name)
+    code = (
+        "import jtln_hf.data as d; t = d.load_fashion_mnist('test'); "
+        "print(d.FASHION_MNIST_DIR, len(t), sum(t['label']))"
+    )
+    env = {**os.environ, "JTLN_FASHION_MNIST_DIR": str(tmp_path), "HF_DATASETS_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [str(tmp_path), "10000", str(sum(range(10)) * 1000)]
+    env["JTLN_FASHION_MNIST_DIR"] = str(tmp_path / "empty")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode != 0 and "JTLN_FASHION_MNIST_DIR" in out.stderr
 
 
 # ----------------------------------------------------------------------------- splits / shots
