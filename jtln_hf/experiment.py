@@ -542,7 +542,7 @@ def save_model(
         outputs, _ = predict_outputs(model, exp.target_test, data_args, ("source_logits", "logits"))
         plan = mean_transport_plan(
             outputs["source_logits"], outputs["logits"], model.cost_matrix.detach().cpu(),
-            epsilon=args.ot_epsilon, iterations=args.ot_iterations, method=args.ot_method,
+            epsilon=args.ot_epsilon, iterations=args.ot_iterations, method=args.ot_method, tol=args.ot_tol,
         )  # fmt: skip
         plan_images = len(outputs["logits"])
     dataset_id = "fashion_mnist" if data_args.dataset == FASHION_MNIST else data_args.dataset
@@ -608,6 +608,7 @@ def run_experiment(
         "ot_loss_weight": args.ot_loss_weight,
         "ot_epsilon": args.ot_epsilon,
         "ot_iterations": args.ot_iterations,
+        "ot_tol": args.ot_tol,
         "seeds": list(jtln_args.seeds),
         "wall_seconds": wall,
     }

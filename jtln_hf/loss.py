@@ -12,6 +12,11 @@ For a batch with target rows :math:`T` and source rows :math:`S` (Lu, Chen & Sai
 The OT term sees target images only and no labels. A batch without target rows contributes
 only the source term (and vice versa); an empty part is an exact zero that keeps the graph, so
 no NaN appears. Like timm's losses, the module is small and returns its parts.
+
+The OT term never makes the host wait for the device: the solver is chosen once per cost
+(:func:`jtln_hf.ot.resolve_method`) and called with ``check_inputs=False``; the histograms'
+NaN/inf check is copied to pinned host memory without blocking and read at the next step,
+when it has long been computed.  On a CPU it is read at once, as before.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import torch
 from torch import nn
 
 from .data import SOURCE, TARGET
-from .ot import _check_settings, resolve_method, wasserstein_loss
+from .ot import _check_histogram_values, _check_settings, resolve_method, wasserstein_loss
 
 
 class JTLNLoss(nn.Module):
@@ -34,6 +39,9 @@ class JTLNLoss(nn.Module):
         ot_epsilon: entropic regularisation ε (the paper's 1/λ).
         ot_iterations: Sinkhorn iterations.
         ot_method: ``"auto"``, ``"kernel"`` or ``"log"`` (see :mod:`jtln_hf.ot`).
+        ot_tol: stop Sinkhorn once the plans' row sums are within ``ot_tol`` (L1) of the source
+            histograms, tested every 10 iterations (``ot_iterations`` is then the maximum);
+            ``None`` runs exactly ``ot_iterations``.
         ot_detach_target: stop the OT gradient into the target head, so OT only constrains the
             source head (the paper calls OT "a constraint on the source classifier"; whether the
             target head also receives it is not stated, our default lets both heads learn from it).
@@ -47,18 +55,22 @@ class JTLNLoss(nn.Module):
         ot_iterations: int = 50,
         ot_method: str = "auto",
         ot_detach_target: bool = False,
+        ot_tol: float | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("source_loss_weight", source_loss_weight), ("ot_loss_weight", ot_loss_weight)):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
-        _check_settings(ot_epsilon, ot_iterations, ot_method)  # names the bad setting and the fix
+        _check_settings(ot_epsilon, ot_iterations, ot_method, ot_tol)  # names the bad setting and the fix
         self.source_loss_weight = source_loss_weight
         self.ot_loss_weight = ot_loss_weight
         self.ot_epsilon = ot_epsilon
         self.ot_iterations = ot_iterations
         self.ot_method = ot_method
         self.ot_detach_target = ot_detach_target
+        self.ot_tol = ot_tol
+        self._method_for: tuple[tuple, str] | None = None  # (cost's identity, resolved solver)
+        self._pending: tuple[torch.Tensor, torch.cuda.Event | None] | None = None
 
     def check(
         self, cost: torch.Tensor, num_source_labels: int | None = None, num_target_labels: int | None = None
@@ -78,12 +90,51 @@ class JTLNLoss(nn.Module):
                 f"cost matrix has shape {tuple(cost.shape)} but the model has L_s={expected[0]} source and "
                 f"L_t={expected[1]} target classes: rows = source classes, columns = target classes."
             )
-        resolve_method(cost, epsilon=self.ot_epsilon, iterations=self.ot_iterations, method=self.ot_method)
+        self._solver_for(cost)
         if not bool(torch.any(cost != 0)):
             raise ValueError(
                 "ot_loss_weight > 0 but the model's cost_matrix is all zeros (OT would be a constant): set it with "
                 "model.set_cost_matrix(C), or train with ot_loss_weight=0 (joint fine-tuning)."
             )
+
+    def _solver_for(self, cost: torch.Tensor) -> str:
+        """The solver for ``cost``, resolved (and the cost checked) once per tensor and version."""
+        key = (cost.data_ptr(), cost._version, tuple(cost.shape), cost.dtype, cost.device)
+        if self._method_for is None or self._method_for[0] != key:
+            method = resolve_method(cost, epsilon=self.ot_epsilon, iterations=self.ot_iterations, method=self.ot_method)
+            self._method_for = (key, method)
+        return self._method_for[1]
+
+    def _queue_check(self, source_probs: torch.Tensor, target_probs: torch.Tensor) -> None:
+        """Start the NaN/inf check of this step's histograms; read the previous step's."""
+        with torch.no_grad():
+            stats = torch.stack([source_probs.amin(), source_probs.amax(), target_probs.amin(), target_probs.amax()])
+        self.flush_checks()
+        if stats.is_cuda:
+            host = torch.empty(stats.shape, dtype=stats.dtype, pin_memory=True)
+            host.copy_(stats, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self._pending = (host, event)
+        else:
+            self._pending = (stats, None)
+            self.flush_checks()
+
+    def flush_checks(self) -> None:
+        """Read the pending histogram check (waiting, on a GPU, only for the step that queued it).
+
+        Raises ``ValueError`` naming the problem and the fix if that step's histograms held NaN
+        or infinite values (a network whose logits already diverged).
+        """
+        if self._pending is None:
+            return
+        stats, event = self._pending
+        self._pending = None
+        if event is not None:
+            event.synchronize()
+        lo_s, hi_s, lo_t, hi_t = stats.tolist()
+        _check_histogram_values("source_probs", lo_s, hi_s)
+        _check_histogram_values("target_probs", lo_t, hi_t)
 
     def forward(
         self,
@@ -92,6 +143,8 @@ class JTLNLoss(nn.Module):
         labels: torch.Tensor,
         domain: torch.Tensor,
         cost: torch.Tensor,
+        source_rows: torch.Tensor | None = None,
+        target_rows: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Return ``{"loss", "ce_target", "ce_source", "ot"}`` (scalars; parts unweighted).
 
@@ -101,24 +154,34 @@ class JTLNLoss(nn.Module):
             labels: (B,) class ids, each in its own domain's label space.
             domain: (B,) 0 for source rows, 1 for target rows.
             cost: (L_s, L_t) ground cost C.
+            source_rows, target_rows: positions of the source and target rows, if known (as
+                :func:`jtln_hf.data.collate` gives them); else found from ``domain``, which on a
+                GPU makes the host wait for the device.
         """
-        is_target = domain == TARGET
-        is_source = domain == SOURCE
-        target_logits = logits[is_target].float()
-        ce_target = _mean_cross_entropy(target_logits, labels[is_target])
-        ce_source = _mean_cross_entropy(source_logits[is_source].float(), labels[is_source])
+        if source_rows is None or target_rows is None:
+            source_rows = (domain == SOURCE).nonzero().flatten()
+            target_rows = (domain == TARGET).nonzero().flatten()
+        target_logits = logits.index_select(0, target_rows).float()
+        ce_target = _mean_cross_entropy(target_logits, labels.index_select(0, target_rows))
+        ce_source = _mean_cross_entropy(
+            source_logits.index_select(0, source_rows).float(), labels.index_select(0, source_rows)
+        )
         if self.ot_loss_weight:
-            source_probs = source_logits[is_target].float().softmax(-1)
+            source_probs = source_logits.index_select(0, target_rows).float().softmax(-1)
             target_probs = target_logits.softmax(-1)
             if self.ot_detach_target:
                 target_probs = target_probs.detach()
+            if source_probs.shape[0]:
+                self._queue_check(source_probs, target_probs)
             ot = wasserstein_loss(
                 source_probs,
                 target_probs,
                 cost,
                 epsilon=self.ot_epsilon,
                 iterations=self.ot_iterations,
-                method=self.ot_method,
+                method=self._solver_for(cost),
+                tol=self.ot_tol,
+                check_inputs=False,
             )
             ot = ot.mean() if ot.numel() else ot.sum()
         else:

@@ -64,6 +64,7 @@ def mean_transport_plan(
     epsilon: float,
     iterations: int,
     method: str = "auto",
+    tol: float | None = None,
     batch_size: int = 1024,
 ) -> np.ndarray:
     r"""Mean entropic OT plan between the two heads' predictions, over a set of images.
@@ -84,8 +85,8 @@ def mean_transport_plan(
         Target-head scores ``outputs.logits``.
     cost : array-like, shape (L_s, L_t)
         The ground cost C.
-    epsilon, iterations, method
-        As in training (``ot_epsilon``, ``ot_iterations``, ``ot_method``).
+    epsilon, iterations, method, tol
+        As in training (``ot_epsilon``, ``ot_iterations``, ``ot_method``, ``ot_tol``).
     batch_size : int
         Images per call to the solver.
 
@@ -106,7 +107,7 @@ def mean_transport_plan(
     for start in range(0, len(logits), batch_size):
         a = source_logits[start : start + batch_size].softmax(-1)
         b = logits[start : start + batch_size].softmax(-1)
-        plans = transport_plan(a, b, cost, epsilon=epsilon, iterations=iterations, method=method)
+        plans = transport_plan(a, b, cost, epsilon=epsilon, iterations=iterations, method=method, tol=tol)
         total += plans.double().sum(0)
     return (total / len(logits)).numpy()
 
@@ -124,6 +125,7 @@ def training_hyperparameters(args, *, steps: int | None = None, ot_used: bool = 
         "λ_ot (ot_loss_weight)": args.ot_loss_weight if ot_used else 0.0,
         "ε (ot_epsilon)": args.ot_epsilon,
         "Sinkhorn iterations (ot_iterations)": args.ot_iterations,
+        "Sinkhorn stopping tolerance (ot_tol)": "none (fixed iterations)" if args.ot_tol is None else args.ot_tol,
         "Sinkhorn solver (ot_method)": args.ot_method,
         "optimiser": (
             f"{getattr(args.optim, 'value', args.optim)}, lr {args.learning_rate:g}, weight decay "

@@ -30,7 +30,15 @@ Inputs are validated in the same single host-device synchronisation that reads t
 range: a NaN, infinite or negative histogram entry (NaN logits, or logits passed instead of
 probabilities) or cost entry raises a ``ValueError`` naming the problem and the fix.
 :func:`resolve_method` runs the cost and setting checks alone, so a trainer can fail before
-its first step.  Both domains work on ``C - min C``, so float32 exponents scale with the cost's
+its first step -- and then call the solver with ``check_inputs=False`` and the resolved method,
+which never synchronises: on a GPU the host keeps queueing the step's kernels instead of
+waiting for the backbone's forward to finish (:class:`jtln_hf.loss.JTLNLoss` does this and
+reads its own histogram checks a step later, without blocking).
+
+Iterations are fixed by default (no data-dependent control flow, so the solve can be captured
+in a CUDA graph).  ``tol`` adds POT's stopping rule: every :data:`CHECK_EVERY` iterations the
+largest L1 error of the plans' row sums is read, and the loop stops once it is ``<= tol``
+(``iterations`` is then the maximum).  Each test is one host-device synchronisation.  Both domains work on ``C - min C``, so float32 exponents scale with the cost's
 *range* over :math:`\varepsilon`, not its maximum.  Accuracy bounds against POT are stated in
 :func:`wasserstein_loss` (Notes) and tested in ``tests/test_ot_numerics.py``.
 """
@@ -43,6 +51,7 @@ import operator
 import torch
 
 __all__ = [
+    "CHECK_EVERY",
     "KERNEL_MAX_RANGE",
     "PROB_FLOOR",
     "WassersteinLoss",
@@ -63,11 +72,24 @@ PROB_FLOOR = 1e-8
 #: :math:`e^{\pm 708}`) gets the same margin at 500.
 KERNEL_MAX_RANGE: dict[torch.dtype, float] = {torch.float32: 50.0, torch.float64: 500.0}
 
+#: With ``tol``, the marginal error is tested every this many iterations (POT's default too).
+CHECK_EVERY = 10
+
 _METHODS = ("auto", "kernel", "log")
 
 
-def _check_settings(epsilon: float, iterations: int, method: str) -> int:
+def _check_settings(epsilon: float, iterations: int, method: str, tol: float | None = None) -> int:
     """Validate the solver settings (no tensor work); return ``iterations`` as an int."""
+    if tol is not None:
+        try:
+            tol_ok = math.isfinite(float(tol)) and float(tol) > 0
+        except (TypeError, ValueError):
+            tol_ok = False
+        if not tol_ok:
+            raise ValueError(
+                f"tol must be None (fixed iterations) or a finite number > 0, got {tol!r}: "
+                "e.g. tol=1e-5 stops once every plan's row sums are within 1e-5 (L1) of source_probs"
+            )
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
     try:
@@ -197,14 +219,23 @@ def _prepare(
     epsilon: float,
     iterations: int,
     method: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str, float, int]:
+    tol: float | None = None,
+    check_inputs: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str, float | torch.Tensor, int]:
     """Validate, floor and renormalise the histograms, cast, and resolve ``method``.
 
     Returns ``(a, b, C, method, c_min, iterations)`` in the compute dtype (float64 if both
     histograms are float64, else float32).  Costs one host-device synchronisation (the
-    min/max of ``cost`` and of each histogram, read together).
+    min/max of ``cost`` and of each histogram, read together), none with
+    ``check_inputs=False``: then only shapes, devices and settings are checked, ``method``
+    must already be resolved and ``c_min`` stays a 0-d tensor on the device.
     """
-    iterations = _check_settings(epsilon, iterations, method)
+    iterations = _check_settings(epsilon, iterations, method, tol)
+    if not check_inputs and method == "auto":
+        raise ValueError(
+            "check_inputs=False needs method='kernel' or 'log' (choosing between them reads the "
+            "cost's range): resolve it once with resolve_method(cost, epsilon=..., method='auto')"
+        )
     epsilon = float(epsilon)
     for name, p in (("source_probs", source_probs), ("target_probs", target_probs)):
         if p.dim() != 2:
@@ -239,6 +270,13 @@ def _prepare(
 
     dtype = _compute_dtype(source_probs, target_probs)
     C = cost.detach().to(dtype)
+
+    def simplex(p: torch.Tensor) -> torch.Tensor:
+        p = p.detach().to(dtype).clamp_min(PROB_FLOOR)
+        return p / p.sum(dim=1, keepdim=True)
+
+    if not check_inputs:
+        return simplex(source_probs), simplex(target_probs), C, method, C.min(), iterations
     stats = [C.min(), C.max()]
     if bs:  # min/max propagate NaN, so one read also catches NaN, inf and negative entries
         stats += [t.to(dtype) for p in (source_probs, target_probs)
@@ -250,43 +288,59 @@ def _prepare(
         _check_histogram_values("source_probs", values[2], values[3])
         _check_histogram_values("target_probs", values[4], values[5])
     method = _resolve_method(method, c_min, c_max, epsilon, dtype)
-
-    def simplex(p: torch.Tensor) -> torch.Tensor:
-        p = p.detach().to(dtype).clamp_min(PROB_FLOOR)
-        return p / p.sum(dim=1, keepdim=True)
-
     return simplex(source_probs), simplex(target_probs), C, method, c_min, iterations
 
 
+def _converged(it: int, iterations: int, tol: float | None, row_error) -> bool:
+    """POT's rule: every CHECK_EVERY iterations, stop once max_b ||gamma_b 1 - a_b||_1 <= tol."""
+    if tol is None or (it + 1) % CHECK_EVERY or it + 1 == iterations:
+        return False
+    return row_error().max().item() <= tol  # the one synchronisation of a test
+
+
 def _kernel_scalings(
-    a: torch.Tensor, b: torch.Tensor, K: torch.Tensor, iterations: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sinkhorn scalings u (B, L_s), v (B, L_t) with plan u_i K_ij v_j (Cuturi 2013, Alg. 1)."""
+    a: torch.Tensor, b: torch.Tensor, K: torch.Tensor, iterations: int, tol: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Sinkhorn scalings u (B, L_s), v (B, L_t) with plan u_i K_ij v_j (Cuturi 2013, Alg. 1).
+
+    Returns ``(u, v, iterations_run)``.  After the ``v`` update the plan's column sums are
+    exactly ``b``; its row sums are ``u * (K v)``, which ``tol`` tests against ``a``.
+    """
     Kt = K.t().contiguous()
     v = torch.ones_like(b)
     u = a
-    for _ in range(iterations):
+    for it in range(iterations):
         u = a / (v @ Kt)
         v = b / (u @ K)
-    return u, v
+        if _converged(it, iterations, tol, lambda: (u * (v @ Kt) - a).abs().sum(dim=1)):
+            return u, v, it + 1
+    return u, v, iterations
 
 
 def _log_potentials(
-    a: torch.Tensor, b: torch.Tensor, C_eps: torch.Tensor, iterations: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-domain Sinkhorn on potentials in units of epsilon: f/eps (B, L_s), g/eps (B, L_t)."""
+    a: torch.Tensor, b: torch.Tensor, C_eps: torch.Tensor, iterations: int, tol: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Log-domain Sinkhorn on potentials in units of epsilon: f/eps (B, L_s), g/eps (B, L_t).
+
+    Returns ``(f, g, iterations_run)``; ``tol`` as in :func:`_kernel_scalings`, the row sums
+    being ``exp(f_i + LSE_j(g_j - C_ij))``.
+    """
     log_a, log_b = a.log(), b.log()
     g = torch.zeros_like(b)
     f = log_a
-    for _ in range(iterations):
+    for it in range(iterations):
         f = log_a - torch.logsumexp(g[:, None, :] - C_eps, dim=2)
         g = log_b - torch.logsumexp(f[:, :, None] - C_eps, dim=1)
-    return f, g
+        if _converged(it, iterations, tol, lambda: (
+            (f + torch.logsumexp(g[:, None, :] - C_eps, dim=2)).exp() - a
+        ).abs().sum(dim=1)):
+            return f, g, it + 1
+    return f, g, iterations
 
 
 def _solve(
-    a: torch.Tensor, b: torch.Tensor, C: torch.Tensor, c_min: float,
-    epsilon: float, iterations: int, method: str, want: str,
+    a: torch.Tensor, b: torch.Tensor, C: torch.Tensor, c_min: float | torch.Tensor,
+    epsilon: float, iterations: int, method: str, want: str, tol: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Potentials f, g (gamma = exp((f_i + g_j - C_ij)/eps)) and optionally a third output.
 
@@ -297,18 +351,18 @@ def _solve(
     exponents within ``(max C - min C) / eps`` instead of ``max C / eps`` and the value's
     rounding proportional to ``max C - min C`` instead of ``max C``.
     """
-    C_shift = C - c_min
+    C_shift = C - c_min  # a new tensor: the in-place steps below never touch ``cost``
     if method == "kernel":
-        K = torch.exp(C_shift / -epsilon)
-        u, v = _kernel_scalings(a, b, K, iterations)
+        K = (C_shift / -epsilon).exp_()
+        u, v, _ = _kernel_scalings(a, b, K, iterations, tol)
         extra = None
         if want == "value":  # <gamma, C - min C> + min C: the plan has mass 1 (sum of b)
-            extra = (u * (v @ (K * C_shift).t())).sum(dim=1) + c_min
+            extra = (u * (v @ C_shift.mul_(K).t())).sum(dim=1) + c_min  # K * (C - min C), in place
         elif want == "plan":
             extra = u[:, :, None] * K * v[:, None, :]
         return epsilon * u.log() + c_min, epsilon * v.log(), extra
     C_eps = C_shift / epsilon
-    f, g = _log_potentials(a, b, C_eps, iterations)
+    f, g, _ = _log_potentials(a, b, C_eps, iterations, tol)
     extra = None
     if want != "none":
         plan = torch.exp(f[:, :, None] + g[:, None, :] - C_eps)
@@ -328,13 +382,13 @@ class _WassersteinFn(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, source_probs, target_probs, cost, epsilon, iterations, method
+        ctx, source_probs, target_probs, cost, epsilon, iterations, method, tol, check_inputs
     ):
         with torch.autocast(device_type=source_probs.device.type, enabled=False):
             a, b, C, method, c_min, iterations = _prepare(
-                source_probs, target_probs, cost, epsilon, iterations, method
+                source_probs, target_probs, cost, epsilon, iterations, method, tol, check_inputs
             )
-            f, g, value = _solve(a, b, C, c_min, float(epsilon), iterations, method, "value")
+            f, g, value = _solve(a, b, C, c_min, float(epsilon), iterations, method, "value", tol)
         ctx.save_for_backward(_centred(f), _centred(g))
         ctx.dtypes = (source_probs.dtype, target_probs.dtype)
         return value
@@ -347,7 +401,7 @@ class _WassersteinFn(torch.autograd.Function):
             grad_a = (grad_out[:, None] * f_c).to(ctx.dtypes[0])
         if ctx.needs_input_grad[1]:
             grad_b = (grad_out[:, None] * g_c).to(ctx.dtypes[1])
-        return grad_a, grad_b, None, None, None, None
+        return grad_a, grad_b, None, None, None, None, None, None
 
 
 def wasserstein_loss(
@@ -358,6 +412,8 @@ def wasserstein_loss(
     epsilon: float = 0.1,
     iterations: int = 50,
     method: str = "auto",
+    tol: float | None = None,
+    check_inputs: bool = True,
 ) -> torch.Tensor:
     r"""Per-row transport cost of the entropic OT plan between two batches of histograms.
 
@@ -401,7 +457,7 @@ def wasserstein_loss(
     epsilon : float
         Entropic regularisation :math:`\varepsilon > 0` (the paper's :math:`1/\lambda`).
     iterations : int
-        Number of Sinkhorn iterations (fixed; no data-dependent stopping).
+        Number of Sinkhorn iterations; the maximum when ``tol`` is given.
     method : {"auto", "kernel", "log"}
         ``"kernel"``: scaling iterations :math:`u = a / (K v)`, :math:`v = b / (K^\top u)`
         with :math:`K = e^{-(C - \min C)/\varepsilon}` as batched matmuls (Cuturi 2013).
@@ -411,6 +467,18 @@ def wasserstein_loss(
         stable for tiny :math:`\varepsilon`.  ``"auto"``: kernel if
         :math:`(\max C - \min C)/\varepsilon \le` ``KERNEL_MAX_RANGE[dtype]`` (50 in float32),
         else log.
+    tol : float, optional
+        Stop early once :math:`\max_b \lVert\gamma_b \mathbf{1} - a_b\rVert_1 \le` ``tol``
+        (the plans' row sums; their column sums are exact after every iteration), tested every
+        :data:`CHECK_EVERY` iterations like POT's ``stopThr``.  ``None`` (default): exactly
+        ``iterations`` iterations, no synchronisation, CUDA-graph friendly.  The value's error
+        against the converged plan is about ``tol`` times the cost's range (tested against
+        POT in ``tests/test_ot_numerics.py``).
+    check_inputs : bool
+        ``True`` (default): check the values of the cost and the histograms (one host-device
+        synchronisation per call).  ``False``: check shapes, devices and settings only, never
+        synchronise; ``method`` must then be ``"kernel"`` or ``"log"``, resolved beforehand with
+        :func:`resolve_method` (which also checks the cost), and NaN inputs give NaN outputs.
 
     Returns
     -------
@@ -459,7 +527,9 @@ def wasserstein_loss(
     problems", SIAM J. Sci. Comput. 2019.
     G. Peyré, M. Cuturi, "Computational optimal transport", Found. Trends Mach. Learn. 2019.
     """
-    return _WassersteinFn.apply(source_probs, target_probs, cost, epsilon, iterations, method)
+    return _WassersteinFn.apply(
+        source_probs, target_probs, cost, epsilon, iterations, method, tol, check_inputs
+    )
 
 
 def sinkhorn_potentials(
@@ -470,6 +540,8 @@ def sinkhorn_potentials(
     epsilon: float = 0.1,
     iterations: int = 50,
     method: str = "auto",
+    tol: float | None = None,
+    check_inputs: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Dual potentials of the entropic OT problems solved by :func:`wasserstein_loss`.
 
@@ -486,9 +558,9 @@ def sinkhorn_potentials(
     """
     with torch.no_grad(), torch.autocast(device_type=source_probs.device.type, enabled=False):
         a, b, C, method, c_min, iterations = _prepare(
-            source_probs, target_probs, cost, epsilon, iterations, method
+            source_probs, target_probs, cost, epsilon, iterations, method, tol, check_inputs
         )
-        f, g, _ = _solve(a, b, C, c_min, float(epsilon), iterations, method, "none")
+        f, g, _ = _solve(a, b, C, c_min, float(epsilon), iterations, method, "none", tol)
     return f, g
 
 
@@ -500,6 +572,8 @@ def transport_plan(
     epsilon: float = 0.1,
     iterations: int = 50,
     method: str = "auto",
+    tol: float | None = None,
+    check_inputs: bool = True,
 ) -> torch.Tensor:
     r"""Entropic OT plans :math:`\gamma^*_b` (B, L_s, L_t) of :func:`wasserstein_loss`.
 
@@ -511,9 +585,9 @@ def transport_plan(
     """
     with torch.no_grad(), torch.autocast(device_type=source_probs.device.type, enabled=False):
         a, b, C, method, c_min, iterations = _prepare(
-            source_probs, target_probs, cost, epsilon, iterations, method
+            source_probs, target_probs, cost, epsilon, iterations, method, tol, check_inputs
         )
-        return _solve(a, b, C, c_min, float(epsilon), iterations, method, "plan")[2]
+        return _solve(a, b, C, c_min, float(epsilon), iterations, method, "plan", tol)[2]
 
 
 class WassersteinLoss(torch.nn.Module):
@@ -529,15 +603,14 @@ class WassersteinLoss(torch.nn.Module):
 
     def __init__(
         self, epsilon: float = 0.1, iterations: int = 50, method: str = "auto",
-        reduction: str = "mean",
+        reduction: str = "mean", tol: float | None = None,
     ) -> None:
         super().__init__()
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-        if method not in _METHODS:
-            raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-        self.epsilon, self.iterations, self.method, self.reduction = (
-            epsilon, iterations, method, reduction
+        _check_settings(epsilon, iterations, method, tol)
+        self.epsilon, self.iterations, self.method, self.reduction, self.tol = (
+            epsilon, iterations, method, reduction, tol
         )
 
     def forward(
@@ -545,7 +618,7 @@ class WassersteinLoss(torch.nn.Module):
     ) -> torch.Tensor:
         loss = wasserstein_loss(
             source_probs, target_probs, cost,
-            epsilon=self.epsilon, iterations=self.iterations, method=self.method,
+            epsilon=self.epsilon, iterations=self.iterations, method=self.method, tol=self.tol,
         )
         if self.reduction == "none":
             return loss
@@ -554,4 +627,4 @@ class WassersteinLoss(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return (f"epsilon={self.epsilon}, iterations={self.iterations}, "
-                f"method={self.method!r}, reduction={self.reduction!r}")
+                f"method={self.method!r}, reduction={self.reduction!r}, tol={self.tol}")

@@ -16,6 +16,8 @@ For the Hub it also defaults ``processing_class`` to the model's
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +49,14 @@ class JTLNTrainingArguments(TrainingArguments):
         default=1.0, metadata={"help": "λ_ot: weight of the OT term (0 = plain joint fine-tuning)."}
     )
     ot_epsilon: float = field(default=0.05, metadata={"help": "ε: entropic regularisation of OT (the paper's 1/λ)."})
-    ot_iterations: int = field(default=50, metadata={"help": "Sinkhorn iterations per step."})
+    ot_iterations: int = field(
+        default=50, metadata={"help": "Sinkhorn iterations per step (the maximum when --ot_tol is set)."}
+    )
+    ot_tol: float | None = field(
+        default=None,
+        metadata={"help": "Stop Sinkhorn once the plans' row sums are within this L1 error, tested every 10 "
+                  "iterations (e.g. 1e-4; float32 cannot go below ~1e-6). Default: fixed iterations."},
+    )
     ot_method: str = field(
         default="auto", metadata={"help": "Sinkhorn solver: auto, kernel (fast) or log (stable for small ε)."}
     )
@@ -79,6 +88,8 @@ class JTLNTrainingArguments(TrainingArguments):
             raise ValueError(f"ot_epsilon must be > 0, got {self.ot_epsilon}.")
         if self.ot_iterations < 1:
             raise ValueError(f"ot_iterations must be >= 1, got {self.ot_iterations}.")
+        if self.ot_tol is not None and not (math.isfinite(self.ot_tol) and self.ot_tol > 0):
+            raise ValueError(f"ot_tol must be a finite number > 0 (e.g. 1e-4) or unset, got {self.ot_tol}.")
 
 
 class JTLNTrainer(Trainer):
@@ -108,6 +119,7 @@ class JTLNTrainer(Trainer):
             ot_iterations=self.args.ot_iterations,
             ot_method=self.args.ot_method,
             ot_detach_target=self.args.ot_detach_target,
+            ot_tol=self.args.ot_tol,
         )
         self._part_sums: dict[str, torch.Tensor] = {}
         self._part_count = 0
@@ -152,10 +164,15 @@ class JTLNTrainer(Trainer):
         outputs = model(pixel_values=inputs["pixel_values"])
         labels = inputs["labels"]
         domain = inputs.get("domain")
+        source_rows, target_rows = inputs.get("source_rows"), inputs.get("target_rows")
         if domain is None:
             domain = torch.full_like(labels, TARGET)
+            source_rows = torch.zeros(0, dtype=torch.long, device=labels.device)
+            target_rows = torch.arange(labels.shape[0], device=labels.device)
         cost = self.accelerator.unwrap_model(model).cost_matrix
-        parts = self.jtln_loss(outputs.logits, outputs.source_logits, labels, domain, cost)
+        parts = self.jtln_loss(
+            outputs.logits, outputs.source_logits, labels, domain, cost, source_rows=source_rows, target_rows=target_rows
+        )
         if model.training:
             for name in LOSS_PARTS:
                 value = parts[name].detach()
@@ -166,6 +183,7 @@ class JTLNTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the mean of each loss part since the last log (averaged over processes)."""
+        self.jtln_loss.flush_checks()  # the last step's NaN check, before its loss is reported
         if "loss" in logs and self._part_count:
             stacked = torch.stack([self._part_sums[name] for name in LOSS_PARTS]) / self._part_count
             stacked = self.accelerator.reduce(stacked, reduction="mean")
@@ -210,6 +228,7 @@ class JTLNTrainer(Trainer):
             plan = modelcard.mean_transport_plan(
                 source_logits, logits, model.cost_matrix.detach().cpu(),
                 epsilon=self.args.ot_epsilon, iterations=self.args.ot_iterations, method=self.args.ot_method,
+                tol=self.args.ot_tol,
             )  # fmt: skip
             plan_images = len(logits)
         metrics = {}

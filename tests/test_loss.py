@@ -134,3 +134,53 @@ def test_half_precision_logits_computed_in_float32():
     half = JTLNLoss()(logits.bfloat16(), source_logits.bfloat16(), labels, domain, cost)
     assert half["loss"].dtype == torch.float32
     torch.testing.assert_close(half["loss"], ref["loss"], rtol=1e-5, atol=1e-6)
+
+
+def test_row_positions_given_or_found_give_the_same_loss():
+    """The trainer passes the collator's row positions; without them they are found from ``domain``."""
+    logits, source_logits, labels, domain, cost = batch(seed=5)
+    loss_fn = JTLNLoss(ot_iterations=100)
+    found = loss_fn(logits, source_logits, labels, domain, cost)
+    given = loss_fn(
+        logits, source_logits, labels, domain, cost,
+        source_rows=(domain == 0).nonzero().flatten(), target_rows=(domain == 1).nonzero().flatten(),
+    )  # fmt: skip
+    for name in found:
+        torch.testing.assert_close(given[name], found[name], rtol=0, atol=0)
+
+
+def test_solver_resolved_once_per_cost_version(monkeypatch):
+    """The cost's range is read once (a host sync on a GPU), again only when the cost changes."""
+    import jtln_hf.loss as loss_module
+
+    calls = []
+    real = loss_module.resolve_method
+    monkeypatch.setattr(loss_module, "resolve_method", lambda *a, **k: calls.append(1) or real(*a, **k))
+    logits, source_logits, labels, domain, cost = batch(seed=6)
+    loss_fn = JTLNLoss()
+    for _ in range(3):
+        loss_fn(logits, source_logits, labels, domain, cost)
+    assert len(calls) == 1
+    cost.mul_(2.0)  # edited in place (e.g. model.set_cost_matrix): checked and resolved again
+    loss_fn(logits, source_logits, labels, domain, cost)
+    assert len(calls) == 2
+    with pytest.raises(ValueError, match="cost has negative entries"):
+        cost[0, 0] = -1.0
+        loss_fn(logits, source_logits, labels, domain, cost)
+
+
+def test_nan_logits_raise_with_the_fix():
+    logits, source_logits, labels, domain, cost = batch(seed=7)
+    source_logits[domain == 1] = float("nan")
+    with pytest.raises(ValueError, match=r"source_probs contains NaN.*logits are already NaN.*max_grad_norm"):
+        JTLNLoss()(logits, source_logits, labels, domain, cost)
+
+
+def test_ot_tol_reaches_the_converged_value():
+    """ot_tol=1e-6 gives POT's converged OT term to 1e-4 relative, on peaked histograms."""
+    logits, source_logits, labels, domain, cost = batch(seed=8, scale=4.0)  # peaked: slow to converge
+    _, _, _, reference = objective_by_hand(logits, source_logits, labels, domain, cost, 1.0, 1.0, 0.05)
+    tested = JTLNLoss(ot_iterations=5000, ot_tol=1e-6)(logits, source_logits, labels, domain, cost)["ot"]
+    assert tested.item() == pytest.approx(reference, rel=1e-4)
+    with pytest.raises(ValueError, match=r"tol must be None \(fixed iterations\) or a finite number > 0"):
+        JTLNLoss(ot_tol=0.0)

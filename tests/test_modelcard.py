@@ -112,6 +112,7 @@ def test_card_metadata_content_and_figures(tmp_path):
     assert "| Pullover | 0.40 | 1.00 | 0.00 | 0.60 |" in text
     for row in ("| λ_s (source_loss_weight) | 1.0 |", "| λ_ot (ot_loss_weight) | 0.5 |", "| ε (ot_epsilon) | 0.1 |",
                 "| Sinkhorn iterations (ot_iterations) | 30 |", "| steps | 7 |",
+                "| Sinkhorn stopping tolerance (ot_tol) | none (fixed iterations) |",
                 "| batch (per device) | 8 = 2 source + 6 target images |", "| source fraction (ratio) | 0.25 |"):
         assert row in text, row
     assert "| Accuracy | 72.34 % |" in text and "| JTLN | 72 |" in text

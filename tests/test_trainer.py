@@ -56,13 +56,16 @@ def test_train_batches_hold_the_ratio(small_split, tmp_path):
         assert src.max() < 3 and tgt.max() < 2
 
 
-@pytest.mark.parametrize("lam_s,lam_ot", [(1.0, 1.0), (0.5, 2.0)])
-def test_compute_loss_equals_objective_by_hand(small_split, tmp_path, lam_s, lam_ot):
+@pytest.mark.parametrize("lam_s,lam_ot,tol", [(1.0, 1.0, None), (0.5, 2.0, None), (1.0, 1.0, 1e-6)])
+def test_compute_loss_equals_objective_by_hand(small_split, tmp_path, lam_s, lam_ot, tol):
     model = make_model()
     trainer = make_trainer(model, small_split["joint"], tmp_path, per_device_train_batch_size=12,
-                           source_loss_weight=lam_s, ot_loss_weight=lam_ot, ot_epsilon=0.05, ot_iterations=1000)
+                           source_loss_weight=lam_s, ot_loss_weight=lam_ot, ot_epsilon=0.05,
+                           ot_iterations=1000 if tol is None else 5000, ot_tol=tol)  # fmt: skip
+    assert trainer.jtln_loss.ot_tol == tol
     batch = first_batch(trainer)
     assert batch["domain"].tolist() == [0] * 6 + [1] * 6
+    assert batch["target_rows"].tolist() == list(range(6, 12))  # positions from the collator
     model.eval()  # BatchNorm on running statistics: the forward below sees the same numbers
     loss, outputs = trainer.compute_loss(model, batch, return_outputs=True)
     with torch.no_grad():
@@ -73,7 +76,7 @@ def test_compute_loss_equals_objective_by_hand(small_split, tmp_path, lam_s, lam
     )
     assert loss.item() == pytest.approx(total, rel=1e-4)
     assert ot_value > 0 and ce_s > 0 and ce_t > 0
-    parts = JTLNLoss(lam_s, lam_ot, 0.05, 1000)(
+    parts = JTLNLoss(lam_s, lam_ot, 0.05, 1000 if tol is None else 5000, ot_tol=tol)(
         ref_out.logits, ref_out.source_logits, batch["labels"], batch["domain"], model.cost_matrix
     )
     torch.testing.assert_close(loss, parts["loss"])
@@ -256,7 +259,8 @@ def test_arguments_validated(tmp_path):
                       ({"ot_loss_weight": -0.1}, "ot_loss_weight must be >= 0"),
                       ({"source_fraction": 1.2}, "source_fraction must be in"),
                       ({"ot_epsilon": 0.0}, "ot_epsilon must be > 0"),
-                      ({"ot_iterations": 0}, "ot_iterations must be >= 1")]:
+                      ({"ot_iterations": 0}, "ot_iterations must be >= 1"),
+                      ({"ot_tol": 0.0}, r"ot_tol must be a finite number > 0 \(e.g. 1e-4\) or unset")]:
         with pytest.raises(ValueError, match=match):
             make_args(tmp_path, **kw)
     assert make_args(tmp_path).remove_unused_columns is False
