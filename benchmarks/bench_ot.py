@@ -2,13 +2,22 @@
 """Our batched OT loss vs POT, forward + backward, side by side in one run: time and peak memory.
 
 Compared, at the same problem and the same number of Sinkhorn iterations (no early stop):
-* ``ours``     -- ``jtln_hf.ot.wasserstein_loss`` (envelope gradients);
-* ``pot-batch`` -- ``ot.batch.solve_batch(..., grad="autodiff")``, back-propagating through the iterations;
-* ``pot-loop``  -- a Python loop of ``ot.sinkhorn2`` over the rows (POT's torch backend, autodiff).
+* ``ours``        -- ``jtln_hf.ot.wasserstein_loss`` (envelope gradients), inputs checked (one host sync);
+* ``ours-nosync`` -- the same with ``check_inputs=False`` and the solver resolved beforehand, as
+  :class:`jtln_hf.loss.JTLNLoss` calls it in training (no host sync);
+* ``ours-tol``    -- ``check_inputs=False`` and ``tol=1e-5``: stops once the row marginals are within
+  1e-5, tested every 10 iterations (``--iterations`` is then the maximum);
+* ``pot-batch``   -- ``ot.batch.solve_batch(..., grad="autodiff")``, back-propagating through the iterations;
+* ``pot-loop``    -- a Python loop of ``ot.sinkhorn2`` over the rows (POT's torch backend, autodiff).
 
-Each variant runs in its own subprocess so that peak memory is its own: CUDA's
-``max_memory_allocated`` on a GPU, the rise of peak RSS over the process's baseline on a CPU.
-Prints a table and the ratios (POT time / ours, our memory / POT memory).
+Each variant runs in its own subprocess so that peak memory is its own.  Peak memory is the peak
+of live tensor bytes during one forward+backward: ``torch.cuda.max_memory_allocated`` on a GPU;
+on a CPU, which has no such counter, the peak of the torch profiler's memory timeline (every
+allocation and free of the CPU allocator, by category), measured in a separate pass from the
+timing.  The rise of the process's peak RSS is printed beside it on a CPU, as an upper bound that
+includes the allocator's and libraries' own pages.  For our variants the table also gives the
+largest relative difference of the values from POT's *converged* Sinkhorn (float64, stopThr
+1e-12) on 8 of the rows.  Prints a table and the ratios (POT time / ours, our memory / POT memory).
 
     python benchmarks/bench_ot.py                    # CPU, both shapes
     python benchmarks/bench_ot.py --device cuda      # GPU
@@ -38,15 +47,27 @@ def _problem(batch, ls, lt, device, seed=0):
     return a, b, cost
 
 
+TOL = 1e-5
+
+
+def _ours(variant, x, y, cost, epsilon, iterations):
+    from jtln_hf.ot import resolve_method, wasserstein_loss
+
+    if variant == "ours":
+        return wasserstein_loss(x, y, cost, epsilon=epsilon, iterations=iterations)
+    method = resolve_method(cost, epsilon=epsilon)  # once per cost in training; cheap here
+    tol = TOL if variant == "ours-tol" else None
+    return wasserstein_loss(x, y, cost, epsilon=epsilon, iterations=iterations, method=method, tol=tol,
+                            check_inputs=False)  # fmt: skip
+
+
 def _step(variant, a, b, cost, epsilon, iterations):
     import ot
     import torch
 
-    from jtln_hf.ot import wasserstein_loss
-
     x, y = a.clone().requires_grad_(), b.clone().requires_grad_()
-    if variant == "ours":
-        loss = wasserstein_loss(x, y, cost, epsilon=epsilon, iterations=iterations).sum()
+    if variant.startswith("ours"):
+        loss = _ours(variant, x, y, cost, epsilon, iterations).sum()
     elif variant == "pot-batch":
         res = ot.batch.solve_batch(
             M=cost.expand(x.shape[0], *cost.shape), reg=epsilon, a=x, b=y, max_iter=iterations, tol=0.0,
@@ -65,11 +86,49 @@ def _peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _measure(variant, shape, device, epsilon, iterations, repeats):
-    """Median seconds per forward+backward, and peak memory above the inputs (MiB).
+def _profiled_peak_mib(fn):
+    """Peak live CPU tensor memory of ``fn()`` from the torch profiler's memory timeline (MiB)."""
+    import tempfile
+    import warnings
 
-    GPU: ``max_memory_allocated`` minus what was allocated before. CPU: the rise of the
-    process's peak RSS over its value after imports and inputs (the child does nothing else).
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        fn()
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # deprecated for CUDA in favour of memory snapshots
+        prof.export_memory_timeline(f"{tmp}/timeline.json", device="cpu")
+        with open(f"{tmp}/timeline.json") as f:
+            _, sizes = json.load(f)
+    return max((sum(s) for s in sizes), default=0) / 2**20
+
+
+def _accuracy(variant, a, b, cost, epsilon, iterations, rows=8):
+    """Largest relative difference of our values from POT's converged Sinkhorn (float64) on ``rows`` rows."""
+    import numpy as np
+    import ot
+    import torch
+
+    from jtln_hf.ot import PROB_FLOOR
+
+    idx = torch.linspace(0, a.shape[0] - 1, rows).long()
+    ours = _ours(variant, a[idx], b[idx], cost, epsilon, iterations).double().cpu().numpy()
+
+    def simplex(p):  # the histograms our solver sees: floored and renormalised
+        p = p.double().clamp_min(PROB_FLOOR)
+        return (p / p.sum(dim=1, keepdim=True)).cpu().numpy()
+
+    sa, sb, c = simplex(a[idx]), simplex(b[idx]), cost.double().cpu().numpy()
+    ref = np.array([ot.sinkhorn2(sa[i], sb[i], c, epsilon, numItermax=100_000, stopThr=1e-12) for i in range(rows)])
+    return float(np.max(np.abs(ours - ref) / np.abs(ref)))
+
+
+def _measure(variant, shape, device, epsilon, iterations, repeats):
+    """Median seconds per forward+backward, peak memory above the inputs (MiB), and accuracy.
+
+    GPU: ``max_memory_allocated`` minus what was allocated before. CPU: the peak of the profiler's
+    memory timeline over one forward+backward, and the rise of the process's peak RSS over its
+    value after imports and inputs (the child does nothing else).
     """
     import torch
 
@@ -86,11 +145,15 @@ def _measure(variant, shape, device, epsilon, iterations, repeats):
         start = time.perf_counter()
         _step(variant, a, b, cost, epsilon, iterations)
         times.append(time.perf_counter() - start)
+    result = {"seconds": statistics.median(times)}
     if device == "cuda":
-        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+        result["peak_mib"] = max((torch.cuda.max_memory_allocated() - base) / 2**20, 0.0)
     else:
-        peak = _peak_rss_mib() - base
-    return {"seconds": statistics.median(times), "peak_mib": max(peak, 0.0)}
+        result["rss_mib"] = max(_peak_rss_mib() - base, 0.0)
+        result["peak_mib"] = _profiled_peak_mib(lambda: _step(variant, a, b, cost, epsilon, iterations))
+    if variant.startswith("ours"):
+        result["rel_err"] = _accuracy(variant, a, b, cost, epsilon, iterations)
+    return result
 
 
 def child(args):
@@ -107,7 +170,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    p.add_argument("--variants", nargs="+", default=["ours", "pot-batch", "pot-loop"])
+    p.add_argument("--variants", nargs="+", default=["ours", "ours-nosync", "ours-tol", "pot-batch", "pot-loop"])
     p.add_argument("--epsilon", type=float, default=0.1)
     p.add_argument("--iterations", type=int, default=50)
     p.add_argument("--repeats", type=int, default=5)
@@ -120,7 +183,7 @@ def main():
     rows = {}
     for shape in args.shapes:
         for variant in args.variants:
-            repeats = args.repeats if variant == "ours" else max(1, args.repeats // 2)
+            repeats = args.repeats if variant.startswith("ours") else max(1, args.repeats // 2)
             cmd = [sys.executable, __file__, "--variant", variant, "--shape", shape, "--device", args.device,
                    "--epsilon", str(args.epsilon), "--iterations", str(args.iterations),
                    "--repeats", str(repeats), "--threads", str(args.threads)]  # fmt: skip
@@ -133,19 +196,23 @@ def main():
             else:
                 rows[shape, variant] = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"device={args.device} threads={args.threads} epsilon={args.epsilon} iterations={args.iterations}")
-    print("| shape (B, L_s, L_t) | variant | ms (fwd+bwd) | peak MiB | POT time / ours | ours mem / POT mem |")
-    print("|---|---|---|---|---|---|")
+    rss = args.device != "cuda"
+    print(f"| shape (B, L_s, L_t) | variant | ms (fwd+bwd) | peak MiB (tensors) |{' peak RSS rise MiB |' * rss} "
+          "time / ours | ours mem / this mem | max rel. diff. from POT converged |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|" + "---|" * rss)
     for shape in args.shapes:
-        ours = rows[shape, "ours"]
+        ours = rows.get((shape, "ours"), {})
         for variant in args.variants:
             r = rows[shape, variant]
             if "error" in r:
-                print(f"| {shape} {SHAPES[shape]} | {variant} | failed: {r['error']} | | | |")
+                print(f"| {shape} {SHAPES[shape]} | {variant} | failed: {r['error']} |" + " |" * (4 + rss))
                 continue
-            speed = r["seconds"] / ours["seconds"] if variant != "ours" else 1.0
-            mem = ours["peak_mib"] / r["peak_mib"] if variant != "ours" and r["peak_mib"] > 0 else float("nan")
-            print(f"| {shape} {SHAPES[shape]} | {variant} | {1e3 * r['seconds']:.2f} | {r['peak_mib']:.1f} "
-                  f"| {speed:.1f}x | {mem:.4f} |")  # fmt: skip
+            speed = r["seconds"] / ours["seconds"] if "seconds" in ours else float("nan")
+            mem = ours["peak_mib"] / r["peak_mib"] if "peak_mib" in ours and r["peak_mib"] > 0 else float("nan")
+            err = f"{r['rel_err']:.1e}" if "rel_err" in r else ""
+            print(f"| {shape} {SHAPES[shape]} | {variant} | {1e3 * r['seconds']:.2f} | {r['peak_mib']:.2f} |"
+                  + (f" {r['rss_mib']:.1f} |" if rss else "")
+                  + f" {speed:.2f}x | {mem:.4f} | {err} |")  # fmt: skip
 
 
 if __name__ == "__main__":

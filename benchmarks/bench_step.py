@@ -1,10 +1,13 @@
 #!/usr/bin/env python
 """JTLN training step / joint training step, measured side by side in one run.
 
-Both steps run the same model, batch and optimiser; they differ only by the OT term
-(``ot_loss_weight`` 1 vs 0). Steps alternate (joint, JTLN, joint, JTLN, ...) so that machine
-noise hits both alike; the ratio of the medians is printed. Inputs are synthetic tensors (the
-data loader is the same for both and is left out).
+All steps run the same model, batch and optimiser; they differ only by the OT term:
+``joint`` (``ot_loss_weight`` 0), ``jtln`` (fixed ``--iterations``, the default) and ``jtln-tol``
+(``ot_tol=--tol``, ``--iterations`` the maximum). Steps alternate (joint, jtln, jtln-tol, joint,
+...) so that machine noise hits all alike; the ratios of the medians are printed. Inputs are
+synthetic tensors (the data loader is the same for all and is left out); the loss gets the row
+positions as :func:`jtln_hf.data.collate` gives them to the trainer. On a GPU the script also
+counts the host-device synchronisations of one step of each kind (``torch.cuda.set_sync_debug_mode``).
 
     python benchmarks/bench_step.py                                   # the embedded default, CPU
     python benchmarks/bench_step.py --device cuda --backbone resnet50 --image_size 224 \\
@@ -45,14 +48,15 @@ def build(args):
         torch.randint(0, args.num_source_labels, (args.batch,), generator=g).to(args.device),
         torch.randint(0, args.num_target_labels, (args.batch,), generator=g).to(args.device),
     )
-    return model, x, labels, domain
+    rows = {"source_rows": (domain == 0).nonzero().flatten(), "target_rows": (domain == 1).nonzero().flatten()}
+    return model, x, labels, domain, rows
 
 
-def make_step(model, x, labels, domain, loss_fn, optimizer, args):
+def make_step(model, x, labels, domain, rows, loss_fn, optimizer, args):
     def step():
         with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.bf16):
             out = model(pixel_values=x)
-            loss = loss_fn(out.logits, out.source_logits, labels, domain, model.cost_matrix)["loss"]
+            loss = loss_fn(out.logits, out.source_logits, labels, domain, model.cost_matrix, **rows)["loss"]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -60,6 +64,20 @@ def make_step(model, x, labels, domain, loss_fn, optimizer, args):
             torch.cuda.synchronize()
 
     return step
+
+
+def count_syncs(step) -> int:
+    """Host-device synchronisations during one call of ``step`` (CUDA only), without the final one."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught) - 1  # step() ends with torch.cuda.synchronize()
 
 
 def main():
@@ -73,34 +91,40 @@ def main():
     p.add_argument("--num_target_labels", type=int, default=5)
     p.add_argument("--epsilon", type=float, default=0.05)
     p.add_argument("--iterations", type=int, default=50)
+    p.add_argument("--tol", type=float, default=1e-5, help="ot_tol of the jtln-tol variant")
     p.add_argument("--steps", type=int, default=30, help="measured steps of each kind")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--channels_last", action="store_true")
     args = p.parse_args()
 
-    model, x, labels, domain = build(args)
+    model, x, labels, domain, rows = build(args)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    joint = make_step(model, x, labels, domain, JTLNLoss(ot_loss_weight=0.0), optimizer, args)
-    jtln = make_step(
-        model, x, labels, domain,
-        JTLNLoss(ot_loss_weight=1.0, ot_epsilon=args.epsilon, ot_iterations=args.iterations), optimizer, args,
-    )  # fmt: skip
+    losses = {
+        "joint": JTLNLoss(ot_loss_weight=0.0),
+        "jtln": JTLNLoss(ot_loss_weight=1.0, ot_epsilon=args.epsilon, ot_iterations=args.iterations),
+        "jtln-tol": JTLNLoss(ot_loss_weight=1.0, ot_epsilon=args.epsilon, ot_iterations=args.iterations, ot_tol=args.tol),
+    }
+    steps = {name: make_step(model, x, labels, domain, rows, loss, optimizer, args) for name, loss in losses.items()}
     for _ in range(args.warmup):
-        joint()
-        jtln()
-    times = {"joint": [], "jtln": []}
+        for step in steps.values():
+            step()
+    times = {name: [] for name in steps}
     for _ in range(args.steps):
-        for name, step in (("joint", joint), ("jtln", jtln)):
+        for name, step in steps.items():
             start = time.perf_counter()
             step()
             times[name].append(time.perf_counter() - start)
-    j, t = statistics.median(times["joint"]), statistics.median(times["jtln"])
+    med = {name: statistics.median(t) for name, t in times.items()}
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"{device}: {args.backbone} {args.image_size}px batch {args.batch} (half target), "
           f"cost {args.num_source_labels}x{args.num_target_labels}, eps {args.epsilon}, {args.iterations} it., "
           f"bf16={args.bf16} channels_last={args.channels_last}")  # fmt: skip
-    print(f"joint step {1e3 * j:.2f} ms | JTLN step {1e3 * t:.2f} ms | JTLN / joint = {t / j:.3f}x")
+    print(" | ".join(f"{name} step {1e3 * m:.2f} ms" for name, m in med.items()))
+    print(f"JTLN / joint = {med['jtln'] / med['joint']:.3f}x | JTLN (tol {args.tol:g}) / joint = "
+          f"{med['jtln-tol'] / med['joint']:.3f}x")  # fmt: skip
+    if args.device == "cuda":
+        print("host syncs per step: " + ", ".join(f"{name} {count_syncs(step)}" for name, step in steps.items()))
 
 
 if __name__ == "__main__":
