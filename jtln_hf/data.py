@@ -410,20 +410,12 @@ def _image_problem(value: Any, full: bool) -> str | None:
 
 
 def collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack transformed rows into a batch of ``pixel_values``, ``labels`` and (if present) ``domain``.
-
-    With ``domain``, also the positions of the source and the target rows (``source_rows``,
-    ``target_rows``), found here on the CPU: selecting rows on the GPU with a boolean mask would
-    make the host wait for the device to learn how many rows it selects, in the middle of the step.
-    """
+    """Stack transformed rows into a batch of ``pixel_values``, ``labels`` and (if present) ``domain``."""
     batch = {"pixel_values": torch.stack([r["pixel_values"] for r in rows])}
     if "labels" in rows[0]:
         batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
     if "domain" in rows[0]:
-        domain = torch.tensor([r["domain"] for r in rows], dtype=torch.long)
-        batch["domain"] = domain
-        batch["source_rows"] = (domain == SOURCE).nonzero().flatten()
-        batch["target_rows"] = (domain == TARGET).nonzero().flatten()
+        batch["domain"] = torch.tensor([r["domain"] for r in rows], dtype=torch.long)
     return batch
 
 

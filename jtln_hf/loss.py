@@ -13,10 +13,12 @@ The OT term sees target images only and no labels. A batch without target rows c
 only the source term (and vice versa); an empty part is an exact zero that keeps the graph, so
 no NaN appears. Like timm's losses, the module is small and returns its parts.
 
-The OT term never makes the host wait for the device: the solver is chosen once per cost
-(:func:`jtln_hf.ot.resolve_method`) and called with ``check_inputs=False``; the histograms'
-NaN/inf check is copied to pinned host memory without blocking and read at the next step,
-when it has long been computed.  On a CPU it is read at once, as before.
+Given the row positions (the trainer derives them from its sampler's fixed composition), the
+loss never makes the host wait for the device: the solver is chosen once per cost
+(:func:`jtln_hf.ot.resolve_method`) and called with ``check_inputs=False``, and the checks of
+the step (NaN/inf histograms, rows of the wrong domain) are copied to pinned host memory
+without blocking and read at the next step, when they have long been computed.  On a CPU they
+are read at once.  ``ot_tol`` adds one read per test (every 10 Sinkhorn iterations).
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ class JTLNLoss(nn.Module):
         self.ot_method = ot_method
         self.ot_detach_target = ot_detach_target
         self.ot_tol = ot_tol
-        self._method_for: tuple[tuple, str] | None = None  # (cost's identity, resolved solver)
+        self._method_for: tuple[torch.Tensor, tuple, str] | None = None  # (cost, (version, ε, method), solver)
         self._pending: tuple[torch.Tensor, torch.cuda.Event | None] | None = None
 
     def check(
@@ -98,33 +100,40 @@ class JTLNLoss(nn.Module):
             )
 
     def _solver_for(self, cost: torch.Tensor) -> str:
-        """The solver for ``cost``, resolved (and the cost checked) once per tensor and version."""
-        key = (cost.data_ptr(), cost._version, tuple(cost.shape), cost.dtype, cost.device)
-        if self._method_for is None or self._method_for[0] != key:
-            method = resolve_method(cost, epsilon=self.ot_epsilon, iterations=self.ot_iterations, method=self.ot_method)
-            self._method_for = (key, method)
-        return self._method_for[1]
+        """The solver for ``cost`` and the current settings, resolved (and the cost checked) once.
 
-    def _queue_check(self, source_probs: torch.Tensor, target_probs: torch.Tensor) -> None:
-        """Start the NaN/inf check of this step's histograms; read the previous step's."""
-        with torch.no_grad():
-            stats = torch.stack([source_probs.amin(), source_probs.amax(), target_probs.amin(), target_probs.amax()])
+        Cached on the cost tensor itself (identity and in-place version), ``ot_epsilon`` and
+        ``ot_method``; inference tensors, which have no version counter, are resolved each call.
+        """
+        if cost.is_inference():
+            return resolve_method(cost, epsilon=self.ot_epsilon, iterations=self.ot_iterations, method=self.ot_method)
+        key = (cost._version, self.ot_epsilon, self.ot_method)
+        cached = self._method_for
+        if cached is None or cached[0] is not cost or cached[1] != key:
+            method = resolve_method(cost, epsilon=self.ot_epsilon, iterations=self.ot_iterations, method=self.ot_method)
+            cached = self._method_for = (cost, key, method)
+        return cached[2]
+
+    def _queue_check(self, stats: torch.Tensor) -> None:
+        """Start this step's deferred check (see :meth:`flush_checks`); read the previous step's."""
         self.flush_checks()
         if stats.is_cuda:
             host = torch.empty(stats.shape, dtype=stats.dtype, pin_memory=True)
+            stream = torch.cuda.current_stream(stats.device)
             host.copy_(stats, non_blocking=True)
             event = torch.cuda.Event()
-            event.record()
+            event.record(stream)
             self._pending = (host, event)
         else:
             self._pending = (stats, None)
             self.flush_checks()
 
     def flush_checks(self) -> None:
-        """Read the pending histogram check (waiting, on a GPU, only for the step that queued it).
+        """Read the pending check (waiting, on a GPU, only for the step that queued it).
 
         Raises ``ValueError`` naming the problem and the fix if that step's histograms held NaN
-        or infinite values (a network whose logits already diverged).
+        or infinite values (a network whose logits already diverged), or if the row positions it
+        was given did not select rows of the right domains.
         """
         if self._pending is None:
             return
@@ -132,9 +141,16 @@ class JTLNLoss(nn.Module):
         self._pending = None
         if event is not None:
             event.synchronize()
-        lo_s, hi_s, lo_t, hi_t = stats.tolist()
-        _check_histogram_values("source_probs", lo_s, hi_s)
-        _check_histogram_values("target_probs", lo_t, hi_t)
+        values = stats.tolist()
+        if values[0]:
+            raise ValueError(
+                f"{int(values[0])} row(s) given as source_rows/target_rows belong to the other domain: the "
+                "positions must match `domain` (JTLNTrainer derives them from its PairedBatchSampler's n_source "
+                "source rows per batch; a custom train dataloader must keep that composition)"
+            )
+        if len(values) > 1:
+            _check_histogram_values("source_probs", values[1], values[2])
+            _check_histogram_values("target_probs", values[3], values[4])
 
     def forward(
         self,
@@ -154,11 +170,13 @@ class JTLNLoss(nn.Module):
             labels: (B,) class ids, each in its own domain's label space.
             domain: (B,) 0 for source rows, 1 for target rows.
             cost: (L_s, L_t) ground cost C.
-            source_rows, target_rows: positions of the source and target rows, if known (as
-                :func:`jtln_hf.data.collate` gives them); else found from ``domain``, which on a
-                GPU makes the host wait for the device.
+            source_rows, target_rows: positions of the source and target rows, when the caller
+                knows how many there are (the trainer does, from its sampler); checked against
+                ``domain`` lazily. Otherwise found from ``domain``, which on a GPU makes the host
+                wait for the device.
         """
-        if source_rows is None or target_rows is None:
+        given = source_rows is not None and target_rows is not None
+        if not given:
             source_rows = (domain == SOURCE).nonzero().flatten()
             target_rows = (domain == TARGET).nonzero().flatten()
         target_logits = logits.index_select(0, target_rows).float()
@@ -166,13 +184,19 @@ class JTLNLoss(nn.Module):
         ce_source = _mean_cross_entropy(
             source_logits.index_select(0, source_rows).float(), labels.index_select(0, source_rows)
         )
+        with torch.no_grad():  # what the deferred check reads: wrong-domain rows, then histogram ranges
+            stats = [
+                (domain.index_select(0, source_rows) != SOURCE).sum() + (domain.index_select(0, target_rows) != TARGET).sum()
+                if given else domain.new_zeros(())
+            ]  # fmt: skip
         if self.ot_loss_weight:
             source_probs = source_logits.index_select(0, target_rows).float().softmax(-1)
             target_probs = target_logits.softmax(-1)
             if self.ot_detach_target:
                 target_probs = target_probs.detach()
             if source_probs.shape[0]:
-                self._queue_check(source_probs, target_probs)
+                with torch.no_grad():
+                    stats += [source_probs.amin(), source_probs.amax(), target_probs.amin(), target_probs.amax()]
             ot = wasserstein_loss(
                 source_probs,
                 target_probs,
@@ -186,6 +210,8 @@ class JTLNLoss(nn.Module):
             ot = ot.mean() if ot.numel() else ot.sum()
         else:
             ot = ce_target.new_zeros(())
+        if given or len(stats) > 1:
+            self._queue_check(torch.stack([t.float() for t in stats]))
         loss = ce_target + self.source_loss_weight * ce_source + self.ot_loss_weight * ot
         return {"loss": loss, "ce_target": ce_target, "ce_source": ce_source, "ot": ot}
 

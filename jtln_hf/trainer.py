@@ -122,6 +122,7 @@ class JTLNTrainer(Trainer):
             ot_tol=self.args.ot_tol,
         )
         self._part_sums: dict[str, torch.Tensor] = {}
+        self._train_composition: tuple[int, int] | None = None  # (batch size, source rows) per device batch
         self._part_count = 0
         config = self.accelerator.unwrap_model(self.model).config
         for ds in [self.train_dataset] + _as_list(self.eval_dataset):
@@ -156,6 +157,7 @@ class JTLNTrainer(Trainer):
                 worker_id, self.args.dataloader_num_workers, self.args.process_index
             ),
         )
+        self._train_composition = (sampler.batch_size, sampler.n_source)
         return self.accelerator.prepare(loader)
 
     # ------------------------------------------------------------------------------- loss
@@ -164,11 +166,17 @@ class JTLNTrainer(Trainer):
         outputs = model(pixel_values=inputs["pixel_values"])
         labels = inputs["labels"]
         domain = inputs.get("domain")
-        source_rows, target_rows = inputs.get("source_rows"), inputs.get("target_rows")
+        source_rows = target_rows = None  # unknown counts: the loss finds the rows (a host sync)
         if domain is None:
             domain = torch.full_like(labels, TARGET)
             source_rows = torch.zeros(0, dtype=torch.long, device=labels.device)
             target_rows = torch.arange(labels.shape[0], device=labels.device)
+        elif model.training and self._train_composition and labels.shape[0] == self._train_composition[0]:
+            # PairedBatchSampler's batches hold exactly n_source source rows: known on the host, so
+            # the rows are selected without waiting for the device (checked lazily by the loss).
+            order = torch.argsort(domain, stable=True)  # SOURCE (0) rows first
+            n_source = self._train_composition[1]
+            source_rows, target_rows = order[:n_source], order[n_source:]
         cost = self.accelerator.unwrap_model(model).cost_matrix
         parts = self.jtln_loss(
             outputs.logits, outputs.source_logits, labels, domain, cost, source_rows=source_rows, target_rows=target_rows

@@ -184,3 +184,36 @@ def test_ot_tol_reaches_the_converged_value():
     assert tested.item() == pytest.approx(reference, rel=1e-4)
     with pytest.raises(ValueError, match=r"tol must be None \(fixed iterations\) or a finite number > 0"):
         JTLNLoss(ot_tol=0.0)
+
+
+def test_wrong_row_positions_are_caught():
+    """Positions that select rows of the other domain raise (read lazily; on a CPU at once)."""
+    logits, source_logits, labels, domain, cost = batch(seed=9)
+    swapped = {"source_rows": (domain == 1).nonzero().flatten(), "target_rows": (domain == 0).nonzero().flatten()}
+    with pytest.raises(ValueError, match=r"7 row\(s\) given as source_rows/target_rows belong to the other domain"):
+        JTLNLoss(ot_loss_weight=0.0)(logits, source_logits, labels % L_T, domain, cost, **swapped)
+
+
+def test_solver_re_resolved_when_epsilon_changes():
+    """A stale kernel solver at a tiny ε would give NaN; the cache keys on ε and the method."""
+    logits, source_logits, labels, domain, cost = batch(seed=10)
+    loss_fn = JTLNLoss(ot_epsilon=0.1)
+    assert torch.isfinite(loss_fn(logits, source_logits, labels, domain, cost)["ot"])
+    loss_fn.ot_epsilon = 1e-3  # e.g. an ε schedule: (max C - min C)/ε > 50 needs the log domain
+    ot_value = loss_fn(logits, source_logits, labels, domain, cost)["ot"]
+    assert torch.isfinite(ot_value)
+    torch.testing.assert_close(ot_value, JTLNLoss(ot_epsilon=1e-3)(logits, source_logits, labels, domain, cost)["ot"])
+
+
+def test_cost_made_in_inference_mode():
+    """Inference tensors have no version counter: resolved on every call instead of cached."""
+    logits, source_logits, labels, domain, _ = batch(seed=11)
+    with torch.inference_mode():
+        cost = torch.rand(L_S, L_T)
+    assert torch.isfinite(JTLNLoss()(logits, source_logits, labels, domain, cost)["loss"])
+
+
+def test_tol_with_a_batch_without_target_rows():
+    logits, source_logits, labels, domain, cost = batch(seed=12, domain=(0, 0, 0))
+    parts = JTLNLoss(ot_tol=1e-5, ot_iterations=100)(logits, source_logits, labels, domain, cost)
+    assert parts["ot"].item() == 0.0 and torch.isfinite(parts["loss"])

@@ -65,7 +65,6 @@ def test_compute_loss_equals_objective_by_hand(small_split, tmp_path, lam_s, lam
     assert trainer.jtln_loss.ot_tol == tol
     batch = first_batch(trainer)
     assert batch["domain"].tolist() == [0] * 6 + [1] * 6
-    assert batch["target_rows"].tolist() == list(range(6, 12))  # positions from the collator
     model.eval()  # BatchNorm on running statistics: the forward below sees the same numbers
     loss, outputs = trainer.compute_loss(model, batch, return_outputs=True)
     with torch.no_grad():
@@ -80,6 +79,34 @@ def test_compute_loss_equals_objective_by_hand(small_split, tmp_path, lam_s, lam
         ref_out.logits, ref_out.source_logits, batch["labels"], batch["domain"], model.cost_matrix
     )
     torch.testing.assert_close(loss, parts["loss"])
+
+
+def test_training_selects_rows_from_the_sampler_composition(small_split, tmp_path):
+    """In training the rows come from the sampler's n_source (no host sync): same loss, checked lazily."""
+    model = make_model()
+    trainer = make_trainer(model, small_split["joint"], tmp_path, per_device_train_batch_size=8, source_fraction=0.25)
+    batch = first_batch(trainer)
+    assert trainer._train_composition == (8, 2)
+    seen = {}
+    forward = trainer.jtln_loss.forward
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return forward(*args, **kwargs)
+
+    trainer.jtln_loss.forward = spy
+    model.eval()  # BatchNorm on running statistics, so both losses see the same logits ...
+    model.training = True  # ... while compute_loss takes its training path
+    loss = trainer.compute_loss(model, batch)
+    assert seen["source_rows"].tolist() == (batch["domain"] == 0).nonzero().flatten().tolist()
+    assert seen["target_rows"].tolist() == (batch["domain"] == 1).nonzero().flatten().tolist()
+    with torch.no_grad():
+        out = model(batch["pixel_values"])
+    found = forward(out.logits, out.source_logits, batch["labels"], batch["domain"], model.cost_matrix)
+    torch.testing.assert_close(loss, found["loss"])
+    wrong = dict(batch, domain=torch.ones_like(batch["domain"]), labels=batch["labels"] % 5)  # 8 target rows
+    with pytest.raises(ValueError, match=r"2 row\(s\) given as source_rows/target_rows belong to the other domain"):
+        trainer.compute_loss(model, wrong)
 
 
 def test_compute_loss_without_domain_counts_rows_as_target(small_split, tmp_path):
