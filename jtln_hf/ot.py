@@ -74,31 +74,29 @@ PROB_FLOOR = 1e-8
 #: :math:`e^{\pm 708}`) gets the same margin at 500.
 KERNEL_MAX_RANGE: dict[torch.dtype, float] = {torch.float32: 50.0, torch.float64: 500.0}
 
-#: With ``tol``, the marginal error is tested every this many iterations (POT's default too).
+#: With ``tol``, the marginal error is tested every this many iterations (as often as POT tests).
 CHECK_EVERY = 10
 
 _METHODS = ("auto", "kernel", "log")
 
 
+def _positive_finite(value) -> bool:
+    try:
+        return math.isfinite(float(value)) and float(value) > 0
+    except (TypeError, ValueError):
+        return False
+
+
 def _check_settings(epsilon: float, iterations: int, method: str, tol: float | None = None) -> int:
     """Validate the solver settings (no tensor work); return ``iterations`` as an int."""
-    if tol is not None:
-        try:
-            tol_ok = math.isfinite(float(tol)) and float(tol) > 0
-        except (TypeError, ValueError):
-            tol_ok = False
-        if not tol_ok:
-            raise ValueError(
-                f"tol must be None (fixed iterations) or a finite number > 0, got {tol!r}: "
-                "e.g. tol=1e-5 stops once every plan's row sums are within 1e-5 (L1) of source_probs"
-            )
+    if tol is not None and not _positive_finite(tol):
+        raise ValueError(
+            f"tol must be None (fixed iterations) or a finite number > 0, got {tol!r}: "
+            "e.g. tol=1e-5 stops once every plan's row sums are within 1e-5 (L1) of source_probs"
+        )
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-    try:
-        eps_ok = math.isfinite(float(epsilon)) and float(epsilon) > 0
-    except (TypeError, ValueError):
-        eps_ok = False
-    if not eps_ok:
+    if not _positive_finite(epsilon):
         raise ValueError(
             f"epsilon must be > 0 and finite, got {epsilon!r}: pass e.g. epsilon=0.1"
         )
