@@ -5,8 +5,8 @@ All steps run the same model, batch and optimiser; they differ only by the OT te
 ``joint`` (``ot_loss_weight`` 0), ``jtln`` (fixed ``--iterations``, the default) and ``jtln-tol``
 (``ot_tol=--tol``, ``--iterations`` the maximum). Steps alternate (joint, jtln, jtln-tol, joint,
 ...) so that machine noise hits all alike; the ratios of the medians are printed. Inputs are
-synthetic tensors (the data loader is the same for all and is left out); the loss gets the row
-positions as :func:`jtln_hf.data.collate` gives them to the trainer. On a GPU the script also
+synthetic tensors (the data loader is the same for all and is left out); the rows are split as
+``JTLNTrainer.compute_loss`` splits them (:func:`jtln_hf.loss.split_rows`). On a GPU the script also
 counts the host-device synchronisations of one step of each kind (``torch.cuda.set_sync_debug_mode``).
 
     python benchmarks/bench_step.py                                   # the embedded default, CPU
@@ -23,7 +23,7 @@ import time
 import torch
 
 from jtln_hf import JointImageClassifier, JointImageClassifierConfig
-from jtln_hf.loss import JTLNLoss
+from jtln_hf.loss import JTLNLoss, split_rows
 
 
 def build(args):
@@ -48,15 +48,16 @@ def build(args):
         torch.randint(0, args.num_source_labels, (args.batch,), generator=g).to(args.device),
         torch.randint(0, args.num_target_labels, (args.batch,), generator=g).to(args.device),
     )
-    rows = {"source_rows": (domain == 0).nonzero().flatten(), "target_rows": (domain == 1).nonzero().flatten()}
-    return model, x, labels, domain, rows
+    return model, x, labels, domain, n_source
 
 
-def make_step(model, x, labels, domain, rows, loss_fn, optimizer, args):
+def make_step(model, x, labels, domain, n_source, loss_fn, optimizer, args):
     def step():
         with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.bf16):
             out = model(pixel_values=x)
-            loss = loss_fn(out.logits, out.source_logits, labels, domain, model.cost_matrix, **rows)["loss"]
+            source_rows, target_rows = split_rows(domain, n_source)  # as JTLNTrainer.compute_loss does
+            loss = loss_fn(out.logits, out.source_logits, labels, domain, model.cost_matrix,
+                           source_rows=source_rows, target_rows=target_rows)["loss"]  # fmt: skip
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -103,14 +104,14 @@ def main():
     p.add_argument("--channels_last", action="store_true")
     args = p.parse_args()
 
-    model, x, labels, domain, rows = build(args)
+    model, x, labels, domain, n_source = build(args)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     losses = {
         "joint": JTLNLoss(ot_loss_weight=0.0),
         "jtln": JTLNLoss(ot_loss_weight=1.0, ot_epsilon=args.epsilon, ot_iterations=args.iterations),
         "jtln-tol": JTLNLoss(ot_loss_weight=1.0, ot_epsilon=args.epsilon, ot_iterations=args.iterations, ot_tol=args.tol),
     }
-    steps = {name: make_step(model, x, labels, domain, rows, loss, optimizer, args) for name, loss in losses.items()}
+    steps = {name: make_step(model, x, labels, domain, n_source, loss, optimizer, args) for name, loss in losses.items()}
     for _ in range(args.warmup):
         for step in steps.values():
             step()

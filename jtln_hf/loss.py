@@ -216,6 +216,17 @@ class JTLNLoss(nn.Module):
         return {"loss": loss, "ce_target": ce_target, "ce_source": ce_source, "ot": ot}
 
 
+def split_rows(domain: torch.Tensor, num_source: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of the source and target rows of a batch known to hold ``num_source`` source rows.
+
+    A stable sort of ``domain`` (source = 0 first) cut at ``num_source``: no data-dependent shape,
+    so on a GPU the host does not wait for the device (``domain == TARGET`` as a boolean index
+    would). :class:`JTLNLoss` checks lazily that the cut matches ``domain``.
+    """
+    order = torch.argsort(domain, stable=True)
+    return order[:num_source], order[num_source:]
+
+
 def _mean_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy averaged over rows; an exact, graph-connected zero when there are none."""
     if logits.shape[0] == 0:

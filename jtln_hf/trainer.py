@@ -30,7 +30,7 @@ from transformers.trainer_utils import seed_worker
 
 from .data import SOURCE, TARGET, PairedBatchSampler, collate
 from .image_processing_jtln import JointImageClassifierImageProcessor
-from .loss import JTLNLoss
+from .loss import JTLNLoss, split_rows
 from .metrics import compute_classification_metrics
 
 LOSS_PARTS = ("ce_target", "ce_source", "ot")
@@ -174,9 +174,7 @@ class JTLNTrainer(Trainer):
         elif model.training and self._train_composition and labels.shape[0] == self._train_composition[0]:
             # PairedBatchSampler's batches hold exactly n_source source rows: known on the host, so
             # the rows are selected without waiting for the device (checked lazily by the loss).
-            order = torch.argsort(domain, stable=True)  # SOURCE (0) rows first
-            n_source = self._train_composition[1]
-            source_rows, target_rows = order[:n_source], order[n_source:]
+            source_rows, target_rows = split_rows(domain, self._train_composition[1])
         cost = self.accelerator.unwrap_model(model).cost_matrix
         parts = self.jtln_loss(
             outputs.logits, outputs.source_logits, labels, domain, cost, source_rows=source_rows, target_rows=target_rows

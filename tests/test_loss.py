@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import ce_by_hand, objective_by_hand, ot_by_hand
 
-from jtln_hf.loss import JTLNLoss
+from jtln_hf.loss import JTLNLoss, split_rows
 
 L_S, L_T = 4, 3
 
@@ -217,3 +217,9 @@ def test_tol_with_a_batch_without_target_rows():
     logits, source_logits, labels, domain, cost = batch(seed=12, domain=(0, 0, 0))
     parts = JTLNLoss(ot_tol=1e-5, ot_iterations=100)(logits, source_logits, labels, domain, cost)
     assert parts["ot"].item() == 0.0 and torch.isfinite(parts["loss"])
+
+
+def test_split_rows_by_a_known_count():
+    domain = torch.tensor([1, 0, 1, 1, 0, 0, 1])
+    source_rows, target_rows = split_rows(domain, 3)
+    assert source_rows.tolist() == [1, 4, 5] and target_rows.tolist() == [0, 2, 3, 6]  # stable: batch order kept
