@@ -128,7 +128,12 @@ def main():
           f"bf16={args.bf16} channels_last={args.channels_last}")  # fmt: skip
     print(" | ".join(f"{name} step {1e3 * m:.2f} ms" for name, m in med.items()))
     print(f"JTLN / joint = {med['jtln'] / med['joint']:.3f}x | JTLN (tol {args.tol:g}) / joint = "
-          f"{med['jtln-tol'] / med['joint']:.3f}x")  # fmt: skip
+          f"{med['jtln-tol'] / med['joint']:.3f}x   (ratio of medians)")  # fmt: skip
+    # Each round times the variants back to back: the per-round ratio cancels slow drifts of the machine.
+    for name in ("jtln", "jtln-tol"):
+        ratios = sorted(t / j for t, j in zip(times[name], times["joint"]))
+        q1, q2, q3 = statistics.quantiles(ratios, n=4)
+        print(f"{name} / joint per round: median {q2:.3f}x, quartiles {q1:.3f}-{q3:.3f}x")
     if args.device == "cuda":
         print("host syncs per step: " + ", ".join(f"{name} {count_syncs(step)}" for name, step in steps.items()))
 
