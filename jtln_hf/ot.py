@@ -291,12 +291,14 @@ def _prepare(
     return simplex(source_probs), simplex(target_probs), C, method, c_min, iterations
 
 
-def _converged(it: int, iterations: int, tol: float | None, row_error) -> bool:
-    """Every CHECK_EVERY iterations, stop once max_b ||gamma_b 1 - a_b||_1 <= tol (an empty batch stops)."""
-    if tol is None or (it + 1) % CHECK_EVERY or it + 1 == iterations:
-        return False
-    error = row_error()
-    return error.numel() == 0 or error.max().item() <= tol  # the one synchronisation of a test
+def _test_due(it: int, iterations: int, tol: float | None) -> bool:
+    """Whether iteration ``it`` (0-based) ends with a ``tol`` test: every CHECK_EVERY, not the last."""
+    return tol is not None and (it + 1) % CHECK_EVERY == 0 and it + 1 < iterations
+
+
+def _converged(row_error: torch.Tensor, tol: float) -> bool:
+    """max_b ||gamma_b 1 - a_b||_1 <= tol (an empty batch has converged); one host-device sync."""
+    return row_error.numel() == 0 or row_error.max().item() <= tol
 
 
 def _kernel_scalings(
@@ -305,16 +307,20 @@ def _kernel_scalings(
     """Sinkhorn scalings u (B, L_s), v (B, L_t) with plan u_i K_ij v_j (Cuturi 2013, Alg. 1).
 
     Returns ``(u, v, iterations_run)``.  After the ``v`` update the plan's column sums are
-    exactly ``b``; its row sums are ``u * (K v)``, which ``tol`` tests against ``a``.
+    exactly ``b``; its row sums are ``u * (K v)``, which ``tol`` tests against ``a``.  The
+    ``K v`` of a test is the next iteration's, so a test costs no extra product.
     """
     Kt = K.t().contiguous()
     v = torch.ones_like(b)
-    u = a
+    u, Kv = a, None
     for it in range(iterations):
-        u = a / (v @ Kt)
+        u = a / (v @ Kt if Kv is None else Kv)
         v = b / (u @ K)
-        if _converged(it, iterations, tol, lambda: (u * (v @ Kt) - a).abs().sum(dim=1)):
-            return u, v, it + 1
+        Kv = None
+        if _test_due(it, iterations, tol):
+            Kv = v @ Kt
+            if _converged((u * Kv - a).abs().sum(dim=1), tol):
+                return u, v, it + 1
     return u, v, iterations
 
 
@@ -324,18 +330,19 @@ def _log_potentials(
     """Log-domain Sinkhorn on potentials in units of epsilon: f/eps (B, L_s), g/eps (B, L_t).
 
     Returns ``(f, g, iterations_run)``; ``tol`` as in :func:`_kernel_scalings`, the row sums
-    being ``exp(f_i + LSE_j(g_j - C_ij))``.
+    being ``exp(f_i + LSE_j(g_j - C_ij))``, whose LSE the next iteration reuses.
     """
     log_a, log_b = a.log(), b.log()
     g = torch.zeros_like(b)
-    f = log_a
+    f, lse = log_a, None
     for it in range(iterations):
-        f = log_a - torch.logsumexp(g[:, None, :] - C_eps, dim=2)
+        f = log_a - (torch.logsumexp(g[:, None, :] - C_eps, dim=2) if lse is None else lse)
         g = log_b - torch.logsumexp(f[:, :, None] - C_eps, dim=1)
-        if _converged(it, iterations, tol, lambda: (
-            (f + torch.logsumexp(g[:, None, :] - C_eps, dim=2)).exp() - a
-        ).abs().sum(dim=1)):
-            return f, g, it + 1
+        lse = None
+        if _test_due(it, iterations, tol):
+            lse = torch.logsumexp(g[:, None, :] - C_eps, dim=2)
+            if _converged(((f + lse).exp() - a).abs().sum(dim=1), tol):
+                return f, g, it + 1
     return f, g, iterations
 
 
