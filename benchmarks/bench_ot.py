@@ -49,6 +49,7 @@ def _problem(batch, ls, lt, device, seed=0):
 
 
 TOL = 1e-5
+_METHODS: dict[tuple[int, float], str] = {}
 
 
 def _ours(variant, x, y, cost, epsilon, iterations):
@@ -56,7 +57,10 @@ def _ours(variant, x, y, cost, epsilon, iterations):
 
     if variant == "ours":
         return wasserstein_loss(x, y, cost, epsilon=epsilon, iterations=iterations)
-    method = resolve_method(cost, epsilon=epsilon)  # once per cost in training; cheap here
+    key = (id(cost), epsilon)
+    if key not in _METHODS:  # resolved once per cost, as JTLNLoss does: it reads the cost on the host
+        _METHODS[key] = resolve_method(cost, epsilon=epsilon)
+    method = _METHODS[key]
     tol = TOL if variant == "ours-tol" else None
     return wasserstein_loss(x, y, cost, epsilon=epsilon, iterations=iterations, method=method, tol=tol,
                             check_inputs=False)  # fmt: skip
