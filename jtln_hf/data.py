@@ -153,11 +153,20 @@ def resolve_classes(classes: Sequence[str | int], label_names: Sequence[str]) ->
         elif c in label_names:
             idx = list(label_names).index(c)
         else:
-            raise ValueError(f"unknown class {c!r}: valid names are {list(label_names)}.")
+            raise ValueError(f"unknown class {c!r}{did_you_mean(str(c), label_names)}: valid names are {list(label_names)}.")
         ids.append(idx)
     if len(set(ids)) != len(ids):
         raise ValueError(f"class list {list(classes)} names a class twice.")
     return ids
+
+
+def did_you_mean(name: str, choices: Sequence[str]) -> str:
+    """``" (did you mean 'X'?)"`` for the closest of ``choices`` to ``name`` (case-insensitive), else ``""``."""
+    import difflib
+
+    lowered = {str(c).lower(): str(c) for c in choices}
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
+    return f" (did you mean {lowered[close[0]]!r}?)" if close else ""
 
 
 def select_classes(ds: datasets.Dataset, classes: Sequence[str | int]) -> datasets.Dataset:

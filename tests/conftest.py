@@ -167,3 +167,42 @@ def objective_by_hand(logits, source_logits, labels, domain, cost, lam_s, lam_ot
     ce_s = ce_by_hand(source_logits[s], labels[s])
     ot_value = ot_by_hand(source_logits[t], logits[t], cost, eps)
     return ce_t + lam_s * ce_s + lam_ot * ot_value, ce_t, ce_s, ot_value
+
+
+# ------------------------------------------------------------------ scikit-learn's digits on disk
+def write_digits_folder(root, *, layout: str = "split", mode: str = "L", size: int = 28, test_size: float = 0.3):
+    """scikit-learn's 1,797 handwritten digits written as an ImageFolder of ``size``-px PNGs.
+
+    ``layout="split"``: ``train/<digit>/*.png`` and ``test/<digit>/*.png`` (a stratified 70/30
+    split); ``layout="classes"``: ``<digit>/*.png`` only (one split). ``mode="RGB"`` colours the
+    strokes (a red-to-blue tint per image), for mixed grayscale/colour runs.
+    """
+    from pathlib import Path
+
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    root = Path(root)
+    digits = load_digits()
+    rows = np.arange(len(digits.target))
+    train, test = train_test_split(rows, test_size=test_size, stratify=digits.target, random_state=0)
+    parts = {"train": train, "test": test} if layout == "split" else {"": rows}
+    for split, chosen in parts.items():
+        for i in chosen:
+            gray = (digits.images[i] * 255 / 16).astype(np.uint8)
+            if mode == "RGB":
+                tint = np.array([255 - 20 * (i % 10), 80, 40 + 20 * (i % 10)]) / 255.0
+                pixels = (gray[..., None] * tint).astype(np.uint8)
+            else:
+                pixels = gray
+            folder = root / split / str(digits.target[i])
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).resize((size, size), Image.BILINEAR).save(folder / f"{i:04d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def digits_folder(tmp_path_factory):
+    """Digits as ``train/``/``test/`` class folders of 28-px grayscale PNGs."""
+    return write_digits_folder(tmp_path_factory.mktemp("digits"))

@@ -1,0 +1,209 @@
+"""Dataset sources: open a user's labelled image dataset by name, and read its input shape.
+
+One spec string names a dataset on either side of JTLN (``--dataset``, ``--source_dataset``,
+``--target_dataset``):
+
+* ``fashion-mnist`` -- the Debian package ``dataset-fashion-mnist`` (offline; splits train, test);
+* ``fgvc-aircraft`` -- FGVC-Aircraft from its official archive layout under ``root``
+  (:func:`jtln_hf.fgvc_aircraft.load_fgvc_aircraft`; splits train, val, trainval, test);
+* a local folder -- an ImageFolder (``train/<class>/*.png``, ``test/<class>/...``, or class
+  folders only, which give one ``train`` split), or a folder written by ``Dataset.save_to_disk``
+  / ``DatasetDict.save_to_disk``;
+* local data files -- a ``.csv``, ``.json``/``.jsonl``, ``.parquet`` or ``.arrow`` file (or a
+  glob of them) whose rows name images (one ``train`` split);
+* anything else -- a Hub dataset id for ``datasets.load_dataset`` (needs the network or the cache).
+
+Everything goes through ``datasets.load_dataset`` / ``load_from_disk``; this module only maps a
+spec to the right call and turns the usual mistakes (a missing split, a missing column) into
+one-line errors that name the fix.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+from PIL import Image as PILImage
+
+FASHION_MNIST = "fashion-mnist"
+FGVC_AIRCRAFT = "fgvc-aircraft"
+#: File endings that ``datasets`` reads as data files, and the packaged builder for each.
+DATA_FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".arrow": "arrow"}
+
+
+def is_local_spec(spec: str) -> bool:
+    """Whether ``spec`` names something on this machine (so it must not be written as a Hub id)."""
+    return spec in (FASHION_MNIST,) or os.path.exists(spec) or bool(glob.glob(spec)) or spec.startswith(("/", "."))
+
+
+def hub_dataset_id(spec: str) -> str | None:
+    """The Hub id to cite for ``spec`` in a model card's metadata, or ``None`` for local data."""
+    if spec == FASHION_MNIST:
+        return "zalando-datasets/fashion_mnist"
+    if spec == FGVC_AIRCRAFT or is_local_spec(spec):
+        return None
+    return spec
+
+
+def display_name(spec: str) -> str:
+    """How to name ``spec`` in tables and cards: a local path by its last part (no paths of this machine)."""
+    if spec not in (FASHION_MNIST, FGVC_AIRCRAFT) and is_local_spec(spec):
+        return Path(spec.rstrip("/")).name or spec
+    return spec
+
+
+def open_dataset(spec: str, *, config_name: str | None = None, root: str | None = None,
+                 splits: Sequence[str] | None = None) -> datasets.DatasetDict:  # fmt: skip
+    """Every split of the dataset named by ``spec``, as a ``datasets.DatasetDict``.
+
+    Parameters
+    ----------
+    spec : str
+        ``fashion-mnist``, ``fgvc-aircraft``, a local folder, a data file or glob, or a Hub id
+        (see the module docstring).
+    config_name : str, optional
+        The dataset configuration, for Hub datasets that have several.
+    root : str, optional
+        Where ``fgvc-aircraft`` lives (the folder holding ``fgvc-aircraft-2013b``).
+    splits : sequence of str, optional
+        For ``fgvc-aircraft``: the splits to build (each is decoded, cropped and cached on first
+        use, so only the ones a run needs); unknown names are left out.
+
+    Raises
+    ------
+    ValueError
+        When a local path holds nothing ``datasets`` can read, or ``fgvc-aircraft`` has no root.
+    """
+    if spec == FASHION_MNIST:
+        from .data import load_fashion_mnist
+
+        return datasets.DatasetDict({"train": load_fashion_mnist("train"), "test": load_fashion_mnist("test")})
+    if spec == FGVC_AIRCRAFT:
+        if not root:
+            raise ValueError(
+                "--dataset fgvc-aircraft needs --dataset_root DIR: the folder holding fgvc-aircraft-2013b "
+                "(jtln_hf.fgvc_aircraft.load_fgvc_aircraft(DIR, download=True) fetches it)."
+            )
+        from .fgvc_aircraft import load_fgvc_aircraft
+
+        known = ("train", "val", "trainval", "test")
+        wanted = [s for s in dict.fromkeys(splits or known) if s in known]
+        return datasets.DatasetDict({s: load_fgvc_aircraft(root, s) for s in wanted})
+    path = Path(spec)
+    if path.is_dir():
+        if any((path / name).is_file() for name in ("dataset_dict.json", "state.json")):
+            loaded = datasets.load_from_disk(str(path))
+            return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({"train": loaded})
+        if not any(p.is_dir() for p in path.iterdir()):
+            raise ValueError(
+                f"{spec}: a folder without class folders: an ImageFolder holds <class>/<image> "
+                "(or train/<class>/<image>, test/<class>/<image>)."
+            )
+        return datasets.load_dataset("imagefolder", data_dir=str(path))
+    files = sorted(glob.glob(spec)) if not path.is_file() else [spec]
+    if files:
+        builders = {DATA_FILE_BUILDERS.get(Path(f).suffix.lower()) for f in files}
+        if None in builders or len(builders) != 1:
+            raise ValueError(
+                f"{spec}: data files must all be one of {sorted(DATA_FILE_BUILDERS)} (got "
+                f"{sorted({Path(f).suffix for f in files})}); for images, pass their folder (ImageFolder)."
+            )
+        return datasets.load_dataset(builders.pop(), data_files={"train": files})
+    if spec.startswith(("/", ".")):
+        raise ValueError(f"{spec}: no such file or folder: pass an existing folder, data file, or a Hub dataset id.")
+    kwargs = {"name": config_name} if config_name else {}
+    return datasets.load_dataset(spec, **kwargs)
+
+
+def pick_split(splits: datasets.DatasetDict, split: str, flag: str, spec: str) -> datasets.Dataset:
+    """``splits[split]``, or a one-line error listing the splits there are and the flag to change."""
+    if split not in splits:
+        raise ValueError(f"{flag} {split!r}: {spec} has no such split (splits: {sorted(splits)}); pass one of them.")
+    return splits[split]
+
+
+# --------------------------------------------------------------------------------- input shape
+@dataclass(frozen=True)
+class ImageStats:
+    """What a sample of a dataset's images looks like: channels, typical side, per-channel stats."""
+
+    in_chans: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def image_stats(sets: Sequence[datasets.Dataset], *, size_from: int = -1, in_chans: int | None = None,
+                image_size: int | None = None, samples: int = 256, seed: int = 0) -> ImageStats:  # fmt: skip
+    """Channels, size and normalisation read from the images of ``sets`` (a sample of each).
+
+    * channels: 1 when every sampled image of every set is single-band (``L``, ``1``, ``I``,
+      ``F`` ...), else 3 (colour, palette and alpha images are trained as RGB);
+    * size: the median of ``max(width, height)`` over the sampled images of ``sets[size_from]``
+      (by default the last set: the target task, which the model is deployed on);
+    * mean and std: per channel, over the sampled images of every set converted to that mode
+      and resized to that size, as fractions of 255 (what ``timm``'s ``Normalize`` expects).
+
+    ``in_chans`` / ``image_size`` fix the channels / size instead of reading them.
+    """
+    rng = np.random.default_rng(seed)
+    drawn: list[list[PILImage.Image]] = []
+    for ds in sets:
+        rows = rng.choice(len(ds), size=min(samples, len(ds)), replace=False) if len(ds) else []
+        column = ds.select_columns(["image"]).select(np.sort(rows))
+        drawn.append([_as_pil(v) for v in column["image"]])
+    if in_chans is None:
+        in_chans = 1 if all(im.getbands() == (im.getbands()[0],) and im.mode != "P" for s in drawn for im in s) else 3
+    if image_size is None:
+        sides = [max(im.size) for im in drawn[size_from]] or [max(im.size) for s in drawn for im in s]
+        image_size = int(np.median(sides))
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}[in_chans]
+    pixels = [
+        np.asarray(im.convert(mode).resize((image_size, image_size), PILImage.BILINEAR), dtype=np.float64)
+        .reshape(-1, in_chans) / 255.0
+        for s in drawn for im in s
+    ]  # fmt: skip
+    stacked = np.concatenate(pixels) if pixels else np.full((1, in_chans), 0.5)
+    std = np.maximum(stacked.std(0), 1e-3)  # a constant channel must not divide by zero
+    return ImageStats(in_chans, image_size, tuple(round(float(v), 4) for v in stacked.mean(0)),
+                      tuple(round(float(v), 4) for v in std))
+
+
+def data_config_from_stats(stats: ImageStats) -> dict[str, Any]:
+    """A timm data config (``input_size``, ``mean``, ``std`` ...) for a backbone trained from scratch."""
+    return {
+        "input_size": [stats.in_chans, stats.image_size, stats.image_size],
+        "interpolation": "bilinear",
+        "mean": [float(v) for v in stats.mean],
+        "std": [float(v) for v in stats.std],
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+    }
+
+
+def _as_pil(value: Any) -> PILImage.Image:
+    if isinstance(value, PILImage.Image):
+        return value
+    if isinstance(value, dict):
+        return datasets.Image().decode_example(value)
+    return PILImage.fromarray(np.asarray(value))
+
+
+__all__ = [
+    "FASHION_MNIST",
+    "FGVC_AIRCRAFT",
+    "ImageStats",
+    "data_config_from_stats",
+    "display_name",
+    "hub_dataset_id",
+    "image_stats",
+    "is_local_spec",
+    "open_dataset",
+    "pick_split",
+]
