@@ -10,14 +10,20 @@ notebooks can call it too. Methods (Lu, Chen & Saidi 2017, Table 1):
 
 Every method sees the same target images per step (``per_device_train_batch_size x
 (1 - source_fraction)``), the same k-shot target images and the same initial weights for a seed.
+
+The data come in one of two shapes: one dataset split by class (the paper's benchmark), or a
+source dataset and a separate target dataset (:mod:`jtln_hf.sources` opens either).
+:func:`plan_experiment` loads them, draws every seed's shots, builds the config and checks the
+backbone weights and the cost *before* the first method trains: a bad setting fails in seconds.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,106 +35,49 @@ from transformers.integrations import TensorBoardCallback
 from transformers.utils import logging
 
 from . import data as jdata
-from .configuration_jtln import JointImageClassifierConfig
-from .cost import (
-    COST_NORMALIZATIONS,
-    FASHION_MNIST_PRIOR_PATH,
-    cost_from_features,
-    load_cost,
-    normalize_cost,
+from .arguments import (
+    FEATURE_COSTS,
+    METHODS,
+    MODES,
+    DataArguments,
+    JTLNArguments,
+    ModelArguments,
+    cost_kind,
+    cost_warmup_steps,
 )
+from .backbones import check_backbone
+from .configuration_jtln import JointImageClassifierConfig
+from .cost import FASHION_MNIST_PRIOR_PATH, cost_from_features, load_cost, normalize_cost
 from .hub import save_model_folder
 from .io import atomic_write_dir, atomic_write_text, latest_complete_checkpoint
 from .modelcard import has_cost, mean_transport_plan, training_hyperparameters, write_model_card
 from .modeling_jtln import JointImageClassifier
-from .trainer import JTLNTrainer, JTLNTrainingArguments
+from .sources import (
+    FASHION_MNIST,
+    data_config_from_stats,
+    hub_dataset_id,
+    display_name,
+    image_stats,
+    open_dataset,
+    pick_split,
+)
+from .trainer import JTLNTrainer, JTLNTrainingArguments, jtln_loss_from_args
 
 logger = logging.get_logger(__name__)
 
-METHODS = ("finetune", "consecutive", "joint", "jtln")
-MODES = (*METHODS, "compare")
-FEATURE_COSTS = {"features-ot": "ot", "features-mmd": "mmd", "features-centroid": "centroid"}
-FASHION_MNIST = "fashion-mnist"
-
-
-# ------------------------------------------------------------------------------------ arguments
-@dataclass
-class DataArguments:
-    """What to train on: the dataset, the class split and the number of labelled target images."""
-
-    dataset: str = field(
-        default=FASHION_MNIST,
-        metadata={"help": "'fashion-mnist' (Debian package, offline) or a datasets.load_dataset name/path."},
-    )
-    dataset_config: str | None = field(default=None, metadata={"help": "Configuration name for load_dataset."})
-    train_split: str = field(default="train", metadata={"help": "Split to draw source and k-shot target images from."})
-    test_split: str = field(default="test", metadata={"help": "Split the target test set comes from."})
-    image_column: str = field(default="image", metadata={"help": "Image column of the dataset."})
-    label_column: str = field(default="label", metadata={"help": "Label column of the dataset."})
-    source_classes: list[str] = field(
-        default_factory=lambda: list(jdata.DEFAULT_SOURCE_CLASSES),
-        metadata={"help": "Source classes (names or indices); empty: every class not in --target_classes."},
-    )
-    target_classes: list[str] = field(
-        default_factory=lambda: list(jdata.DEFAULT_TARGET_CLASSES),
-        metadata={"help": "Target classes (names or indices), disjoint from the source classes."},
-    )
-    shots: int = field(
-        default=5, metadata={"help": "Labelled training images per target class; 0: all of them."}
-    )
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Cap the target test set (for quick runs)."})
-    train_scale: list[float] = field(
-        default_factory=lambda: [0.7, 1.0], metadata={"help": "RandomResizedCrop scale range (timm)."}
-    )
-    hflip: float = field(default=0.5, metadata={"help": "Horizontal flip probability (timm)."})
-
-
-@dataclass
-class ModelArguments:
-    """The network: a timm backbone and two heads."""
-
-    backbone: str = field(default="test_resnet", metadata={"help": "timm architecture."})
-    in_chans: int | None = field(default=None, metadata={"help": "Input channels (default: 1 for Fashion-MNIST, else 3)."})
-    image_size: int | None = field(default=None, metadata={"help": "Input size (default: 28 for Fashion-MNIST, else timm's)."})
-    pretrained_backbone: bool = field(default=False, metadata={"help": "Start from timm's pretrained weights (network)."})
-    head_dropout: float = field(default=0.0, metadata={"help": "Dropout before the heads."})
-
-
-@dataclass
-class JTLNArguments:
-    """What to run and with which cost matrix."""
-
-    mode: str = field(default="compare", metadata={"help": f"One of {MODES}."})
-    cost: str = field(
-        default="prior",
-        metadata={"help": "prior | features-ot | features-mmd | features-centroid | path to a .npy/.csv cost."},
-    )
-    cost_normalization: str = field(
-        default="column",
-        metadata={"help": f"One of {COST_NORMALIZATIONS}; 'column' gives every target class a free source class."},
-    )
-    cost_warmup_steps: int = field(
-        default=200, metadata={"help": "Source-only steps before a features-* cost is computed."}
-    )
-    cost_samples_per_class: int = field(default=200, metadata={"help": "Source images per class for a features-* cost."})
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Seeds (k-shot draw, init, data order)."})
-    methods: list[str] = field(
-        default_factory=lambda: list(METHODS), metadata={"help": "Methods run by --mode compare."}
-    )
-
-    def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"--mode must be one of {MODES}, got {self.mode!r}.")
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown:
-            raise ValueError(f"unknown method(s) {unknown}: choose from {METHODS}.")
-        if self.cost_normalization not in COST_NORMALIZATIONS:
-            raise ValueError(f"--cost_normalization must be one of {COST_NORMALIZATIONS}.")
-        if not self.seeds:
-            raise ValueError("--seeds needs at least one seed.")
-
 
 # ------------------------------------------------------------------------------------------ data
+@dataclass
+class DataPools:
+    """What is fixed across seeds: the source set, the target pool the shots come from, the test set."""
+
+    source: datasets.Dataset
+    target_pool: datasets.Dataset
+    target_test: datasets.Dataset
+    target_validation: datasets.Dataset | None = None
+    description: str = ""
+
+
 @dataclass
 class ExperimentData:
     """The source set, the k-shot target set and the target test set (labels in own spaces)."""
@@ -138,70 +87,180 @@ class ExperimentData:
     target_test: datasets.Dataset
     source_names: list[str]
     target_names: list[str]
+    target_validation: datasets.Dataset | None = None
 
 
-def load_splits(data_args: DataArguments) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """The labelled train and test splits, standardised to ``image``/``label`` columns."""
-    if data_args.dataset == FASHION_MNIST:
-        return jdata.load_fashion_mnist("train"), jdata.load_fashion_mnist("test")
-    kwargs = {"name": data_args.dataset_config} if data_args.dataset_config else {}
-    columns = {"image_column": data_args.image_column, "label_column": data_args.label_column}
-    return (
-        jdata.load_hub_dataset(data_args.dataset, data_args.train_split, **columns, **kwargs),
-        jdata.load_hub_dataset(data_args.dataset, data_args.test_split, **columns, **kwargs),
-    )
+def _side(data_args: DataArguments, side: str) -> tuple[str, datasets.DatasetDict]:
+    spec = getattr(data_args, f"{side}_dataset")
+    config_name = getattr(data_args, f"{side}_dataset_config")
+    wanted = [data_args.source_split] if side == "source" else [data_args.target_train_split, data_args.target_test_split]
+    return spec, open_dataset(spec, config_name=config_name, root=data_args.dataset_root, splits=wanted)
 
 
-def prepare_data(
-    data_args: DataArguments, seed: int, splits: tuple[datasets.Dataset, datasets.Dataset] | None = None
-) -> ExperimentData:
-    """Split by classes and draw the k-shot target set for ``seed`` (same for every method)."""
-    train, test = splits if splits is not None else load_splits(data_args)
-    source_classes = list(data_args.source_classes)
-    if not source_classes:
+def _standard(ds: datasets.Dataset, image_column: str, label_column: str, where: str) -> datasets.Dataset:
+    try:
+        return jdata.standardize_columns(ds, image_column=image_column, label_column=label_column)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+
+
+def _align(test: datasets.Dataset, train: datasets.Dataset, where: str) -> datasets.Dataset:
+    """Give ``test`` the label ids of ``train`` (string labels are class-encoded per split)."""
+    train_names, test_names = train.features["label"].names, test.features["label"].names
+    if test_names == train_names:
+        return test
+    unknown = sorted(set(test_names) - set(train_names))
+    if unknown:
+        raise ValueError(f"{where}: test classes {unknown} do not occur in the training split.")
+    aligned = test.align_labels_with_mapping({n: i for i, n in enumerate(train_names)}, "label")
+    return aligned.cast_column("label", datasets.ClassLabel(names=list(train_names)))
+
+
+def _carve(ds: datasets.Dataset, fraction: float, flag: str) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """A stratified ``(rest, carved)`` split, the same for every seed (seed 0)."""
+    try:
+        parts = ds.train_test_split(test_size=fraction, stratify_by_column="label", seed=0)
+    except ValueError as err:
+        raise ValueError(f"{flag} {fraction}: cannot carve a stratified split ({err}); use a larger fraction "
+                         "or a dataset with more images per class.") from None  # fmt: skip
+    return parts["train"], parts["test"]
+
+
+def load_pools(data_args: DataArguments) -> DataPools:
+    """Load the data of either shape and select the classes (no seed-dependent draw yet).
+
+    Two datasets: the source split with ``--source_classes`` (default all), the target train split
+    with ``--target_classes`` (default all), and the target test split, or a stratified
+    ``--target_test_fraction`` of the target train split. One dataset: its train/test splits
+    divided into disjoint source and target classes. Either way ``--target_validation_fraction``
+    then carves a stratified validation set from the target pool. Each carve uses seed 0, so every
+    seed and every method is tested on the same images.
+    """
+    if data_args.two_datasets:
+        source_spec, source_splits = _side(data_args, "source")
+        source = _standard(pick_split(source_splits, data_args.source_split, "--source_split", source_spec),
+                           data_args.source_image_column, data_args.source_label_column,
+                           f"--source_dataset {source_spec}")  # fmt: skip
+        if data_args.source_classes:
+            source = jdata.select_classes(source, data_args.source_classes)
+        target_spec, target_splits = _side(data_args, "target")
+        columns = (data_args.target_image_column, data_args.target_label_column, f"--target_dataset {target_spec}")
+        pool = _standard(pick_split(target_splits, data_args.target_train_split, "--target_train_split", target_spec),
+                         *columns)  # fmt: skip
+        if data_args.target_test_fraction is not None:
+            pool, test = _carve(pool, data_args.target_test_fraction, "--target_test_fraction")
+        else:
+            if data_args.target_test_split not in target_splits:
+                raise ValueError(
+                    f"--target_test_split {data_args.target_test_split!r}: {target_spec} has no such split "
+                    f"(splits: {sorted(target_splits)}); name one, or pass --target_test_fraction 0.2 to carve a "
+                    f"stratified test split from {data_args.target_train_split!r}."
+                )
+            test = _align(_standard(target_splits[data_args.target_test_split], *columns), pool, columns[2])
+        if data_args.target_classes:
+            pool = jdata.select_classes(pool, data_args.target_classes)
+            test = jdata.select_classes(test, data_args.target_classes)
+        description = f"source {display_name(source_spec)} ({data_args.source_split}), target {display_name(target_spec)}"
+    else:
+        spec = data_args.dataset or FASHION_MNIST
+        splits = open_dataset(spec, config_name=data_args.dataset_config, root=data_args.dataset_root,
+                              splits=[data_args.train_split, data_args.test_split])  # fmt: skip
+        columns = (data_args.image_column, data_args.label_column, f"--dataset {spec}")
+        train = _standard(pick_split(splits, data_args.train_split, "--train_split", spec), *columns)
+        test = _align(_standard(pick_split(splits, data_args.test_split, "--test_split", spec), *columns), train,
+                      columns[2])  # fmt: skip
         names = train.features["label"].names
-        target_ids = set(jdata.resolve_classes(data_args.target_classes, names))
-        source_classes = [name for i, name in enumerate(names) if i not in target_ids]
-    source, target_pool = jdata.split_by_classes(train, source_classes, data_args.target_classes)
-    _, target_test = jdata.split_by_classes(test, source_classes, data_args.target_classes)
-    if data_args.shots < 0:
-        raise ValueError(f"--shots must be >= 1 (or 0 for every target image), got {data_args.shots}.")
-    target = jdata.sample_shots(target_pool, data_args.shots, seed=seed) if data_args.shots else target_pool
-    if data_args.max_eval_samples is not None and len(target_test) > data_args.max_eval_samples:
-        target_test = target_test.shuffle(seed=0).select(range(data_args.max_eval_samples))
+        target_classes = data_args.target_classes
+        if not target_classes:
+            if spec != FASHION_MNIST:
+                raise ValueError(f"--dataset {spec}: name the target classes with --target_classes (the source "
+                                 "classes are every other class unless --source_classes names them).")  # fmt: skip
+            target_classes = list(jdata.DEFAULT_TARGET_CLASSES)
+        source_classes = data_args.source_classes
+        if not source_classes:
+            target_ids = set(jdata.resolve_classes(target_classes, names))
+            source_classes = [name for i, name in enumerate(names) if i not in target_ids]
+        source, pool = jdata.split_by_classes(train, source_classes, target_classes)
+        _, test = jdata.split_by_classes(test, source_classes, target_classes)
+        description = display_name(spec)
+    if not len(source) or not len(pool) or not len(test):
+        empty = "source" if not len(source) else "target training" if not len(pool) else "target test"
+        raise ValueError(f"the {empty} set is empty: check the split and class flags.")
+    validation = None
+    if data_args.target_validation_fraction is not None:
+        pool, validation = _carve(pool, data_args.target_validation_fraction, "--target_validation_fraction")
+    if data_args.max_eval_samples is not None and len(test) > data_args.max_eval_samples:
+        test = test.shuffle(seed=0).select(range(data_args.max_eval_samples))
+    return DataPools(source, pool, test, validation, description)
+
+
+def prepare_data(data_args: DataArguments, seed: int, pools: DataPools | None = None) -> ExperimentData:
+    """Draw the k-shot target set for ``seed`` (the same for every method) from the pools."""
+    pools = pools if pools is not None else load_pools(data_args)
+    target = jdata.sample_shots(pools.target_pool, data_args.shots, seed=seed) if data_args.shots else pools.target_pool
     return ExperimentData(
-        source=source,
+        source=pools.source,
         target=target,
-        target_test=target_test,
-        source_names=source.features["label"].names,
+        target_test=pools.target_test,
+        source_names=pools.source.features["label"].names,
         target_names=target.features["label"].names,
+        target_validation=pools.target_validation,
     )
 
 
 # ----------------------------------------------------------------------------------------- model
+def is_embedded_fashion_mnist(data_args: DataArguments) -> bool:
+    """One Fashion-MNIST dataset split by class: the data config is Fashion-MNIST's own."""
+    return not data_args.two_datasets and data_args.dataset in (None, FASHION_MNIST)
+
+
 def build_config(model_args: ModelArguments, data_args: DataArguments, exp: ExperimentData) -> JointImageClassifierConfig:
-    """Config for the split; Fashion-MNIST gets its 28x28 one-channel data config."""
-    is_fmnist = data_args.dataset == FASHION_MNIST
-    in_chans = model_args.in_chans or (1 if is_fmnist else 3)
+    """The model config: label sets, backbone, and the input the data or the pretrained weights want.
+
+    * Pretrained (``--pretrained_backbone`` or ``--backbone_checkpoint``): timm's pretrained data
+      config (size, mean, std, channels) is kept (``--in_chans`` / ``--image_size`` override it);
+      images of any mode and size are converted to it.
+    * From scratch: channels, size, mean and std are read from the images
+      (:func:`jtln_hf.sources.image_stats`: 1 channel when every image is grayscale, the target
+      images' median side), not timm's 3 x 160 default; Fashion-MNIST alone keeps its data config.
+    * ``--backbone_checkpoint``: timm loads the file (``pretrained_cfg_overlay=dict(file=...)``);
+      :func:`build_model` drops the local path from the saved config.
+    """
+    backbone_kwargs: dict[str, Any] = {}
     data_config = None
-    if is_fmnist:
-        data_config = dict(jdata.FASHION_MNIST_DATA_CONFIG)
-    config = JointImageClassifierConfig(
+    if model_args.pretrained:
+        if model_args.in_chans is not None:
+            backbone_kwargs["in_chans"] = model_args.in_chans
+        if model_args.backbone_checkpoint is not None:
+            backbone_kwargs["pretrained_cfg_overlay"] = {"file": str(Path(model_args.backbone_checkpoint).resolve())}
+    else:
+        if is_embedded_fashion_mnist(data_args) and model_args.in_chans in (None, 1):
+            data_config = dict(jdata.FASHION_MNIST_DATA_CONFIG)
+        else:
+            stats = image_stats([exp.source, exp.target], in_chans=model_args.in_chans,
+                                image_size=model_args.image_size)  # fmt: skip
+            data_config = data_config_from_stats(stats)
+        backbone_kwargs["in_chans"] = data_config["input_size"][0]
+    return JointImageClassifierConfig(
         backbone=model_args.backbone,
-        backbone_kwargs={"in_chans": in_chans},
+        backbone_kwargs=backbone_kwargs,
         source_id2label=dict(enumerate(exp.source_names)),
         id2label=dict(enumerate(exp.target_names)),
         head_dropout=model_args.head_dropout,
-        pretrained_backbone=model_args.pretrained_backbone,
+        pretrained_backbone=model_args.pretrained,
         data_config=data_config,
     )
-    return config
 
 
 def build_model(config: JointImageClassifierConfig, seed: int, image_size: int | None = None) -> JointImageClassifier:
-    """A fresh model with seeded initial weights (identical across methods for one seed)."""
+    """A fresh model with seeded initial weights (identical across methods for one seed).
+
+    A local weights file named in ``backbone_kwargs["pretrained_cfg_overlay"]`` is loaded by timm,
+    then removed from the model's config: a checkpoint must not carry a path of this machine.
+    """
     set_seed(seed)
-    model = JointImageClassifier(config)
+    model = JointImageClassifier(copy.deepcopy(config))
+    model.config.backbone_kwargs.pop("pretrained_cfg_overlay", None)
     if image_size is not None:
         chans = model.config.data_config["input_size"][0]
         model.config.data_config["input_size"] = [chans, image_size, image_size]
@@ -226,8 +285,15 @@ def _stage_args(args: JTLNTrainingArguments, name: str, **overrides: Any) -> JTL
 
 
 def _train(model, args, train_ds, eval_ds=None) -> JTLNTrainer:
+    """Train one stage; write ``train_results.json``, ``all_results.json`` and ``trainer_state.json``.
+
+    The same files transformers' example scripts write (``save_metrics`` / ``save_state``, main
+    process only), so the stage's log history and throughput can be read without TensorBoard.
+    """
     trainer = JTLNTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds)
-    trainer.train(resume_from_checkpoint=_resume_value(args.resume_from_checkpoint, args.output_dir))
+    result = trainer.train(resume_from_checkpoint=_resume_value(args.resume_from_checkpoint, args.output_dir))
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
     return trainer
 
 
@@ -254,14 +320,14 @@ def source_batch_size(args: JTLNTrainingArguments) -> int:
     return max(1, round(args.per_device_train_batch_size * args.source_fraction))
 
 
-def _eval_dataset(exp: ExperimentData, config: JointImageClassifierConfig, data_args: DataArguments):
-    """The target test set with the evaluation transform (domain 1 = target rows)."""
-    return _with_transform(jdata.build_joint_dataset(None, exp.target_test), config, False, data_args)
+def _eval_dataset(ds: datasets.Dataset, config: JointImageClassifierConfig, data_args: DataArguments):
+    """A target set (test or validation) with the evaluation transform (domain 1 = target rows)."""
+    return _with_transform(jdata.build_joint_dataset(None, ds), config, False, data_args)
 
 
 def _stage_eval_dataset(stage: JTLNTrainingArguments, exp, config, data_args) -> datasets.Dataset | None:
     """The target test set for evaluation during a stage (``--eval_strategy steps|epoch``), else None."""
-    return None if stage.eval_strategy == "no" else _eval_dataset(exp, config, data_args)
+    return None if stage.eval_strategy == "no" else _eval_dataset(exp.target_test, config, data_args)
 
 
 def train_source_only(model, exp, args, data_args, name: str, steps: int) -> JTLNTrainer:
@@ -328,21 +394,22 @@ def resolve_cost(
     exp: ExperimentData,
     model: JointImageClassifier | None = None,
     seed: int = 0,
+    warmup_steps: int = 0,
 ) -> tuple[np.ndarray, str]:
-    """The cost matrix C for ``--cost`` and a sentence saying how it was built.
+    """The cost matrix C for ``--cost`` (or its default) and a sentence saying how it was built.
 
-    ``prior`` is the shipped Fashion-MNIST prior (FINDINGS.md) for the default split; feature
-    costs use ``model``'s pooled features (call after a source warm-up).
+    ``prior`` is the shipped hand-written Fashion-MNIST prior (its rows and columns are looked up by
+    class name, so it serves any run whose classes it names); feature costs use ``model``'s pooled
+    features (after ``warmup_steps`` source-only steps, or straight from pretrained weights).
     """
-    kind = jtln_args.cost
+    kind = cost_kind(data_args, jtln_args)
     norm = jtln_args.cost_normalization
     if kind == "prior":
-        if data_args.dataset != FASHION_MNIST:
-            raise ValueError(
-                "--cost prior is only known for the Fashion-MNIST split: pass a .npy/.csv cost file "
-                "or a features-* cost for other datasets."
-            )
-        raw = load_cost(FASHION_MNIST_PRIOR_PATH, exp.source_names, exp.target_names)
+        try:
+            raw = load_cost(FASHION_MNIST_PRIOR_PATH, exp.source_names, exp.target_names)
+        except ValueError as err:
+            raise ValueError(f"--cost prior is the hand-written Fashion-MNIST prior and does not fit these classes "
+                             f"({err}): pass a features-* cost or a .npy/.csv file.") from None  # fmt: skip
         how = "Hand-written prior relation between Fashion-MNIST classes (jtln_hf/resources/fashion_mnist_prior.csv)"
     elif kind in FEATURE_COSTS:
         if model is None:
@@ -356,19 +423,19 @@ def resolve_cost(
             xs, ys, xt, yt, method=FEATURE_COSTS[kind],
             num_source_labels=len(exp.source_names), num_target_labels=len(exp.target_names), seed=seed,
         )  # fmt: skip
+        after = f"after {warmup_steps} source-only warm-up steps" if warmup_steps else "from the initial weights"
         how = (
             f"{FEATURE_COSTS[kind]} distance between the pooled backbone features of each source class "
-            f"({len(xs)} images) and each target class ({len(xt)} labelled images), after "
-            f"{jtln_args.cost_warmup_steps} source-only warm-up steps"
+            f"({len(xs)} images) and each target class ({len(xt)} labelled images), {after}"
         )
     else:
         path = Path(kind)
         if not path.is_file():
-            raise ValueError(
-                f"--cost {kind!r} is neither prior, a features-* method ({', '.join(FEATURE_COSTS)}) "
-                "nor an existing .npy/.csv file."
-            )
-        raw = load_cost(path, exp.source_names, exp.target_names)
+            raise ValueError(f"--cost {kind}: no such file; pass an existing .npy/.csv cost file.")
+        try:
+            raw = load_cost(path, exp.source_names, exp.target_names)
+        except ValueError as err:
+            raise ValueError(f"--cost {kind}: {err}") from None
         how = f"Loaded from {path.name}"
     return normalize_cost(raw, norm), f"{how}; normalisation: {norm}."
 
@@ -396,12 +463,17 @@ def run_method(
     jtln_args: JTLNArguments,
     args: JTLNTrainingArguments,
     seed: int,
+    fixed_cost: tuple[np.ndarray, str] | None = None,
 ) -> RunResult:
-    """Train one method for one seed and evaluate it on the target test set."""
+    """Train one method for one seed and evaluate it on the target test (and validation) set.
+
+    ``fixed_cost`` is a cost resolved before training (``prior`` or a file); ``features-*`` costs
+    are computed here, from this seed's model.
+    """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: choose from {METHODS}.")
     args = dataclasses.replace(args, seed=seed)
-    model = build_model(config, seed, model_args.image_size)
+    model = build_model(config, seed, model_args.image_size if model_args.pretrained else None)
     name = f"{method}-seed{seed}"
     start = time.perf_counter()
     description = ""
@@ -413,9 +485,13 @@ def run_method(
     elif method == "joint":
         last = train_joint(model, exp, args, data_args, name, ot_loss_weight=0.0)
     else:
-        if jtln_args.cost in FEATURE_COSTS:
-            train_source_only(model, exp, args, data_args, f"{name}-warmup", jtln_args.cost_warmup_steps)
-        cost, description = resolve_cost(jtln_args, data_args, exp, model, seed)
+        if fixed_cost is not None:
+            cost, description = fixed_cost
+        else:
+            warmup = cost_warmup_steps(model_args, jtln_args)
+            if warmup:
+                train_source_only(model, exp, args, data_args, f"{name}-warmup", warmup)
+            cost, description = resolve_cost(jtln_args, data_args, exp, model, seed, warmup)
         model.set_cost_matrix(cost)
         last = train_joint(model, exp, args, data_args, name, ot_loss_weight=args.ot_loss_weight)
     seconds = time.perf_counter() - start
@@ -430,13 +506,18 @@ def evaluate_model(
 ) -> dict[str, float]:  # fmt: skip
     """Target test metrics (accuracy, mean per-class accuracy, top-k), keys without ``eval_``.
 
-    With ``--report_to tensorboard``, the metrics are written (as ``eval/accuracy`` ...) into the
-    TensorBoard run of ``log_to``, the method's last training stage, at its last step, so each
-    run's curves end with its test metrics (and no stray ``runs/`` folder appears in the cwd).
+    With a validation set (``--target_validation_fraction``) its accuracy and mean per-class
+    accuracy are added as ``validation_*``: what settings are chosen on. The metrics are written
+    to ``eval_results.json`` (and ``all_results.json``) in the folder of ``log_to``, the method's
+    last training stage. With ``--report_to tensorboard`` the test metrics are also written (as
+    ``eval/accuracy`` ...) into that stage's TensorBoard run at its last step, so each run's curves
+    end with its test metrics (and no stray ``runs/`` folder appears in the cwd).
     """
     report_to = [r for r in args.report_to if r != "tensorboard"]
-    eval_args = _stage_args(args, "eval", ot_loss_weight=0.0, report_to=report_to or "none")
-    eval_ds = _eval_dataset(exp, model.config, data_args)
+    stage_dir = log_to.args.output_dir if log_to is not None else str(Path(args.output_dir) / "runs" / "eval")
+    eval_args = dataclasses.replace(args, output_dir=stage_dir, push_to_hub=False, ot_loss_weight=0.0,
+                                    report_to=report_to or "none")  # fmt: skip
+    eval_ds = _eval_dataset(exp.target_test, model.config, data_args)
     board = None
     if log_to is not None and "tensorboard" in args.report_to:
         board = next((cb for cb in log_to.callback_handler.callbacks if isinstance(cb, TensorBoardCallback)), None)
@@ -449,8 +530,20 @@ def evaluate_model(
         if board is not None and board.tb_writer is not None:
             board.tb_writer.close()
             board.tb_writer = None
-    keep = ("eval_accuracy", "eval_mean_per_class_accuracy", "eval_loss")
-    return {k.removeprefix("eval_"): float(v) for k, v in metrics.items() if k in keep or k.startswith("eval_top_")}
+    if exp.target_validation is not None:
+        quiet = JTLNTrainer(model=model, args=eval_args)
+        metrics.update(quiet.evaluate(_eval_dataset(exp.target_validation, model.config, data_args),
+                                      metric_key_prefix="validation"))  # fmt: skip
+    trainer.save_metrics("eval", metrics)
+    keep = ("accuracy", "mean_per_class_accuracy", "loss")
+    out = {}
+    for key, value in metrics.items():
+        prefix, _, name = key.partition("_")
+        if prefix == "eval" and (name in keep or name.startswith("top_")):
+            out[name] = float(value)
+        elif prefix == "validation" and name in keep[:2]:
+            out[key] = float(value)
+    return out
 
 
 # --------------------------------------------------------------------------------------- results
@@ -460,7 +553,9 @@ def summarize(runs: list[RunResult]) -> dict[str, dict[str, Any]]:
     for method in dict.fromkeys(r.method for r in runs):
         mine = [r for r in runs if r.method == method]
         entry: dict[str, Any] = {"seeds": [r.seed for r in mine], "train_seconds": sum(r.train_seconds for r in mine)}
-        for key in ("accuracy", "mean_per_class_accuracy"):
+        keys = ["accuracy", "mean_per_class_accuracy"]
+        keys += [k for k in ("validation_accuracy", "validation_mean_per_class_accuracy") if k in mine[0].metrics]
+        for key in keys:
             values = np.array([r.metrics[key] for r in mine])
             entry[key] = {
                 "mean": float(values.mean()),
@@ -545,7 +640,13 @@ def save_model(
             epsilon=args.ot_epsilon, iterations=args.ot_iterations, method=args.ot_method, tol=args.ot_tol,
         )  # fmt: skip
         plan_images = len(outputs["logits"])
-    dataset_id = "fashion_mnist" if data_args.dataset == FASHION_MNIST else data_args.dataset
+    specs = [data_args.source_dataset, data_args.target_dataset] if data_args.two_datasets else [
+        data_args.dataset or FASHION_MNIST]  # fmt: skip
+    dataset_ids = [i for i in dict.fromkeys(hub_dataset_id(spec) for spec in specs) if i]  # local data: no id
+    test_split = data_args.target_test_split if data_args.two_datasets else data_args.test_split
+    if data_args.target_test_fraction is not None:
+        test_split = f"{data_args.target_test_fraction:g} of {data_args.target_train_split}"
+    data_name = display_name(specs[-1])
     target_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     card_kwargs = dict(
         repo_id=args.hub_model_id or f"your-name/{Path(output_dir).resolve().name}",
@@ -553,8 +654,9 @@ def save_model(
         hyperparameters=hyper,
         results_table=results_table,
         metrics={k: v for k, v in run.metrics.items() if k != "loss"},
-        datasets=[dataset_id],
-        dataset_name=f"{data_args.dataset} {data_args.test_split} split, target classes ({', '.join(target_names)})",
+        datasets=dataset_ids,
+        dataset_name=f"{data_name} {test_split} split, target classes ({', '.join(target_names)})",
+        eval_dataset=hub_dataset_id(specs[-1]) or data_name,
     )
 
     def write(folder: Path) -> None:
@@ -565,21 +667,70 @@ def save_model(
 
 
 # ------------------------------------------------------------------------------------- top level
-def run_experiment(
+@dataclass
+class ExperimentPlan:
+    """Everything a run needs that can be checked before training: data per seed, config, fixed cost."""
+
+    methods: list[str]
+    pools: DataPools
+    data: dict[int, ExperimentData]
+    config: JointImageClassifierConfig
+    fixed_cost: tuple[np.ndarray, str] | None = None
+
+
+def plan_experiment(
     data_args: DataArguments, model_args: ModelArguments, jtln_args: JTLNArguments, args: JTLNTrainingArguments
-) -> dict[str, Any]:
-    """Run ``jtln_args.mode`` for every seed; write results (and the first seed's model)."""
-    methods = list(jtln_args.methods) if jtln_args.mode == "compare" else [jtln_args.mode]
-    splits = load_splits(data_args)
+) -> ExperimentPlan:
+    """Load and check everything before the first training step of the first method.
+
+    In order: the backbone name and its weights (a local checkpoint is read; pretrained weights
+    must be cached or downloadable: no minute of retries offline), the datasets, splits, columns
+    and classes, every seed's shots, the config, a first model (the checkpoint must fit the
+    architecture), and a ``prior`` or file cost (its shape and class names) with the OT settings.
+    Raises a one-line ``ValueError`` naming the problem and the fix.
+    """
+    check_backbone(model_args.backbone, pretrained=model_args.pretrained_backbone,
+                   checkpoint=model_args.backbone_checkpoint)  # fmt: skip
+    pools = load_pools(data_args)
+    data = {seed: prepare_data(data_args, seed, pools) for seed in jtln_args.seeds}
+    config = build_config(model_args, data_args, data[jtln_args.seeds[0]])
+    model = build_model(config, jtln_args.seeds[0], model_args.image_size if model_args.pretrained else None)
+    methods = jtln_args.run_methods
+    fixed_cost = None
+    if "jtln" in methods and cost_kind(data_args, jtln_args) not in FEATURE_COSTS:
+        fixed_cost = resolve_cost(jtln_args, data_args, data[jtln_args.seeds[0]])
+        check_ot_settings(model, fixed_cost[0], args)
+    return ExperimentPlan(methods, pools, data, config, fixed_cost)
+
+
+def check_ot_settings(model: JointImageClassifier, cost: np.ndarray, args: JTLNTrainingArguments) -> None:
+    """What ``JTLNTrainer`` checks at its start (C's shape and values, the solver), before any method trains."""
+    model.set_cost_matrix(cost)
+    jtln_loss_from_args(args).check(model.cost_matrix, model.config.num_source_labels, model.config.num_labels)
+
+
+def _length(args: JTLNTrainingArguments) -> str:
+    return f"{args.max_steps} steps" if args.max_steps > 0 else f"{args.num_train_epochs:g} epochs"
+
+
+def run_experiment(
+    data_args: DataArguments, model_args: ModelArguments, jtln_args: JTLNArguments, args: JTLNTrainingArguments,
+    plan: ExperimentPlan | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Run ``jtln_args.mode`` for every seed; write results (and the first seed's model).
+
+    ``plan`` (from :func:`plan_experiment`) is made here when not given.
+    """
+    plan = plan if plan is not None else plan_experiment(data_args, model_args, jtln_args, args)
+    methods = plan.methods
     runs: list[RunResult] = []
     keep: RunResult | None = None
     keep_exp: ExperimentData | None = None
     start = time.perf_counter()
     for seed in jtln_args.seeds:
-        exp = prepare_data(data_args, seed, splits)
-        config = build_config(model_args, data_args, exp)
+        exp = plan.data[seed]
         for method in methods:
-            run = run_method(method, exp, config, data_args, model_args, jtln_args, args, seed)
+            run = run_method(method, exp, plan.config, data_args, model_args, jtln_args, args, seed, plan.fixed_cost)
             if keep is None and method == methods[-1]:
                 keep, keep_exp = run, exp
             else:
@@ -587,24 +738,34 @@ def run_experiment(
             runs.append(run)
     wall = time.perf_counter() - start
     summary = summarize(runs)
+    shots = data_args.shots or "all"
     caption = (
-        f"Target test accuracy on {data_args.dataset} ({len(exp.target_names)} target classes, "
-        f"{data_args.shots} labelled images each, {len(exp.target_test)} test images); "
-        f"{args.max_steps} steps per stage, batch {args.per_device_train_batch_size} "
-        f"(source fraction {args.source_fraction}), backbone {model_args.backbone}, "
+        f"Target test accuracy on {plan.pools.description} ({len(exp.target_names)} target classes, "
+        f"{shots} labelled images each, {len(exp.target_test)} test images); "
+        f"{_length(args)} per stage, batch {args.per_device_train_batch_size} "
+        f"(source fraction {args.source_fraction}), backbone {model_args.backbone}"
+        f"{' (pretrained)' if model_args.pretrained else ''}, "
         f"seeds {list(jtln_args.seeds)}, mean ± sample std over seeds; wall time {wall:.0f} s."
     )
     meta = {
-        "dataset": data_args.dataset,
+        "dataset": data_args.dataset or (None if data_args.two_datasets else FASHION_MNIST),
+        "source_dataset": data_args.source_dataset,
+        "target_dataset": data_args.target_dataset,
         "source_classes": exp.source_names,
         "target_classes": exp.target_names,
         "shots": data_args.shots,
+        "test_images": len(exp.target_test),
+        "validation_images": len(exp.target_validation) if exp.target_validation is not None else 0,
         "max_steps": args.max_steps,
+        "num_train_epochs": args.num_train_epochs if args.max_steps <= 0 else None,
         "batch_size": args.per_device_train_batch_size,
         "source_fraction": args.source_fraction,
         "backbone": model_args.backbone,
-        "cost": jtln_args.cost,
+        "pretrained_backbone": model_args.pretrained,
+        "input_size": list(keep.model.config.data_config["input_size"]),
+        "cost": cost_kind(data_args, jtln_args) if "jtln" in methods else None,
         "cost_normalization": jtln_args.cost_normalization,
+        "cost_warmup_steps": cost_warmup_steps(model_args, jtln_args),
         "ot_loss_weight": args.ot_loss_weight,
         "ot_epsilon": args.ot_epsilon,
         "ot_iterations": args.ot_iterations,
@@ -627,6 +788,10 @@ __all__ = [
     "ModelArguments",
     "JTLNArguments",
     "ExperimentData",
+    "DataPools",
+    "ExperimentPlan",
+    "load_pools",
+    "plan_experiment",
     "prepare_data",
     "build_config",
     "build_model",

@@ -192,6 +192,7 @@ def render_model_card(
     metrics: Mapping[str, float] | None = None,
     datasets: list[str] | None = None,
     dataset_name: str | None = None,
+    eval_dataset: str | None = None,
     figures: Mapping[str, str] | None = None,
     plan: np.ndarray | None = None,
     plan_images: int | None = None,
@@ -219,6 +220,9 @@ def render_model_card(
         Hub dataset ids for the metadata.
     dataset_name : str, optional
         Human-readable name of the evaluation set.
+    eval_dataset : str, optional
+        The ``model-index`` dataset type of the evaluation set: its Hub id, or a plain name for
+        local data (default: the first of ``datasets``, else ``"custom"``).
     figures : mapping, optional
         File names of the PNGs next to the card (:func:`write_figures`).
     plan : numpy.ndarray, optional
@@ -238,8 +242,9 @@ def render_model_card(
     name = repo_id.split("/")[-1]
     metrics = dict(metrics or {})
     dataset_name = dataset_name or (datasets[0] if datasets else "target test set")
-    if base_model is None and config.pretrained_backbone:
-        base_model = (getattr(model.backbone, "pretrained_cfg", None) or {}).get("hf_hub_id") or None
+    pretrained_cfg = getattr(model.backbone, "pretrained_cfg", None) or {}
+    if base_model is None and config.pretrained_backbone and not pretrained_cfg.get("file"):
+        base_model = pretrained_cfg.get("hf_hub_id") or None  # a local weights file has no Hub id
     card_data = ModelCardData(
         library_name="transformers",
         license=license,
@@ -250,7 +255,7 @@ def render_model_card(
         base_model=base_model,
         model_name=name,
         eval_results=eval_results(
-            metrics, dataset_type=(datasets or ["custom"])[0], dataset_name=dataset_name
+            metrics, dataset_type=eval_dataset or (datasets or ["custom"])[0], dataset_name=dataset_name
         ) or None,
         backbone=config.backbone,
     )

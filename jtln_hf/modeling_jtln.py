@@ -1,7 +1,7 @@
 """The JTLN joint image classifier: one timm backbone, a source head and a target head.
 
 The model only computes predictions (and the plain target cross-entropy when labels are given);
-the joint objective with its optimal-transport term lives in ``jtln_hf.trainer``, so that this
+the joint objective with its optimal-transport term lives in ``jtln_hf.loss``, so that this
 file stays small and imports only torch, timm, transformers and the configuration file. That
 lets ``save_pretrained`` copy both files beside the weights for ``trust_remote_code=True`` users
 (both classes are registered with ``register_for_auto_class``, so ``config.json`` gets an
@@ -252,16 +252,23 @@ class JointImageClassifier(JointImageClassifierPreTrainedModel):
         )
 
     @torch.no_grad()
-    def predict(self, pixel_values: torch.Tensor, head: str = "target") -> ClassPrediction:
+    def predict(self, pixel_values, head: str = "target") -> ClassPrediction:
         """Class probabilities and top-1 names of one head (``"target"`` or ``"source"``).
 
         Args:
-            pixel_values (`torch.Tensor` of shape `(batch_size, channels, height, width)`): e.g.
-                ``processor(images, return_tensors="pt")["pixel_values"]``.
+            pixel_values (`torch.Tensor` of shape `(batch_size, channels, height, width)`, or images):
+                preprocessed pixels (``processor(images, return_tensors="pt")["pixel_values"]``), or
+                PIL images / arrays (one or a list), which go through the model's image processor
+                (the evaluation transform of ``config.data_config``, any mode converted).
             head (`str`, *optional*, defaults to `"target"`): which head to read.
         """
         if head not in ("target", "source"):
             raise ValueError(f"head must be 'target' or 'source', got {head!r}.")
+        if not isinstance(pixel_values, torch.Tensor):
+            from .image_processing_jtln import JointImageClassifierImageProcessor
+
+            processor = JointImageClassifierImageProcessor(data_config=self.config.data_config)
+            pixel_values = processor(pixel_values, return_tensors="pt")["pixel_values"]
         device = next(self.parameters()).device
         was_training = self.training
         self.eval()  # no dropout
@@ -275,7 +282,7 @@ class JointImageClassifier(JointImageClassifierPreTrainedModel):
         best, label_ids = probabilities.max(-1)
         return ClassPrediction(probabilities, label_ids, [names[int(i)] for i in label_ids], best)
 
-    def predict_source(self, pixel_values: torch.Tensor) -> ClassPrediction:
+    def predict_source(self, pixel_values) -> ClassPrediction:
         """Source-class predictions (`config.source_id2label`): the source head, which pipelines do not show."""
         return self.predict(pixel_values, head="source")
 

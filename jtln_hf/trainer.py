@@ -37,35 +37,52 @@ LOSS_PARTS = ("ce_target", "ce_source", "ot")
 
 
 @dataclass
-class JTLNTrainingArguments(TrainingArguments):
-    """`TrainingArguments` plus the JTLN objective and batch composition.
+class JTLNObjectiveArguments:
+    """The JTLN objective and batch composition: the fields :class:`JTLNTrainingArguments` adds.
 
-    Defaults come from ``FINDINGS.md`` (Fashion-MNIST split, 5 shots): λ_s = 1, λ_ot = 1 (0.3-1
-    worked, 3 hurt, 10 collapsed), ε = 0.05 (0.1 behaved the same), 50 Sinkhorn iterations.
+    A base class of their own so that they come first in ``--help`` (HfArgumentParser lists a
+    dataclass's fields in order, and a dataclass orders inherited fields base-last); keyword-only,
+    so ``JTLNTrainingArguments("out")`` still sets ``output_dir``. Defaults were measured on the
+    Fashion-MNIST split (5 shots): λ_s = 1, λ_ot = 1 (0.3-1 worked, 3 hurt, 10 collapsed),
+    ε = 0.05 (0.1 behaved the same), 50 Sinkhorn iterations.
     """
 
-    source_loss_weight: float = field(default=1.0, metadata={"help": "λ_s: weight of the source cross-entropy."})
-    ot_loss_weight: float = field(
-        default=1.0, metadata={"help": "λ_ot: weight of the OT term (0 = plain joint fine-tuning)."}
+    source_loss_weight: float = field(
+        kw_only=True, default=1.0, metadata={"help": "λ_s: weight of the source cross-entropy."}
     )
-    ot_epsilon: float = field(default=0.05, metadata={"help": "ε: entropic regularisation of OT (the paper's 1/λ)."})
+    ot_loss_weight: float = field(
+        kw_only=True, default=1.0, metadata={"help": "λ_ot: weight of the OT term (0 = plain joint fine-tuning)."}
+    )
+    ot_epsilon: float = field(
+        kw_only=True, default=0.05, metadata={"help": "ε: entropic regularisation of OT (the paper's 1/λ)."}
+    )
     ot_iterations: int = field(
-        default=50, metadata={"help": "Sinkhorn iterations per step (the maximum when --ot_tol is set)."}
+        kw_only=True, default=50, metadata={"help": "Sinkhorn iterations per step (the maximum when --ot_tol is set)."}
     )
     ot_tol: float | None = field(
-        default=None,
+        kw_only=True, default=None,
         metadata={"help": "Stop Sinkhorn once the plans' row sums are within this L1 error, tested every 10 "
                   "iterations (e.g. 1e-4; float32 cannot go below ~1e-6). Default: fixed iterations."},
     )
     ot_method: str = field(
-        default="auto", metadata={"help": "Sinkhorn solver: auto, kernel (fast) or log (stable for small ε)."}
+        kw_only=True, default="auto",
+        metadata={"help": "Sinkhorn solver: auto, kernel (fast) or log (stable for small ε)."},
     )
     ot_detach_target: bool = field(
-        default=False, metadata={"help": "Stop the OT gradient into the target head (OT then only shapes h_s)."}
+        kw_only=True, default=False,
+        metadata={"help": "Stop the OT gradient into the target head (OT then only shapes h_s)."},
     )
     source_fraction: float = field(
-        default=0.5, metadata={"help": "Share of source rows in every per-device training batch."}
+        kw_only=True, default=0.5, metadata={"help": "Share of source rows in every per-device training batch."}
     )
+
+
+@dataclass
+class JTLNTrainingArguments(TrainingArguments, JTLNObjectiveArguments):
+    """`TrainingArguments` plus the JTLN objective and batch composition (:class:`JTLNObjectiveArguments`)."""
+
+    _argument_group_name = "training: the JTLN objective, then transformers.TrainingArguments"
+
     # Both heads and C take part in every step (an empty part is a graph-connected zero).
     ddp_find_unused_parameters: bool | None = field(
         default=False, metadata={"help": "Keep False: every parameter receives a gradient each step."}
@@ -92,6 +109,19 @@ class JTLNTrainingArguments(TrainingArguments):
             raise ValueError(f"ot_tol must be a finite number > 0 (e.g. 1e-4) or unset, got {self.ot_tol}.")
 
 
+def jtln_loss_from_args(args: JTLNTrainingArguments) -> JTLNLoss:
+    """The :class:`~jtln_hf.loss.JTLNLoss` that ``args`` describe (weights and OT settings)."""
+    return JTLNLoss(
+        source_loss_weight=args.source_loss_weight,
+        ot_loss_weight=args.ot_loss_weight,
+        ot_epsilon=args.ot_epsilon,
+        ot_iterations=args.ot_iterations,
+        ot_method=args.ot_method,
+        ot_detach_target=args.ot_detach_target,
+        ot_tol=args.ot_tol,
+    )
+
+
 class JTLNTrainer(Trainer):
     """Trainer for a :class:`~jtln_hf.JointImageClassifier` on mixed source/target datasets.
 
@@ -112,15 +142,7 @@ class JTLNTrainer(Trainer):
         super().__init__(*args, **kwargs)
         if not isinstance(self.args, JTLNTrainingArguments):
             raise TypeError("JTLNTrainer needs JTLNTrainingArguments (it adds the JTLN loss weights).")
-        self.jtln_loss = JTLNLoss(
-            source_loss_weight=self.args.source_loss_weight,
-            ot_loss_weight=self.args.ot_loss_weight,
-            ot_epsilon=self.args.ot_epsilon,
-            ot_iterations=self.args.ot_iterations,
-            ot_method=self.args.ot_method,
-            ot_detach_target=self.args.ot_detach_target,
-            ot_tol=self.args.ot_tol,
-        )
+        self.jtln_loss = jtln_loss_from_args(self.args)
         self._part_sums: dict[str, torch.Tensor] = {}
         self._train_composition: tuple[int, int] | None = None  # (batch size, source rows) per device batch
         self._part_count = 0

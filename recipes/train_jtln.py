@@ -1,42 +1,57 @@
 #!/usr/bin/env python
-"""Train and compare JTLN on a source/target class split.
+"""Train JTLN and compare it with plain fine-tuning, on the embedded default or on your own data.
 
 With no arguments and no network this runs the embedded default: Fashion-MNIST (Debian package
-``dataset-fashion-mnist``) split into 5 source classes and 5 target classes with 5 labelled
-images each, the four methods of the paper's table (target-only, consecutive, joint, JTLN) on
-seeds 0 1 2, and prints the comparison table.
+``dataset-fashion-mnist``) split into 5 source classes and 5 target classes with 5 labelled images
+each, the four methods of the paper's table (target-only, consecutive, joint, JTLN) on seeds 0 1 2,
+and prints the comparison table.
 
-    python recipes/train_jtln.py                                   # the embedded default
-    python recipes/train_jtln.py --mode jtln --seeds 0 --shots 20  # one method
-    python recipes/train_jtln.py --config recipes/configs/fashion_mnist.yaml --max_steps 200
-    accelerate launch recipes/train_jtln.py --config ...           # several GPUs / mixed precision
-    python recipes/train_jtln.py --push_to_hub --hub_model_id user/jtln-fashion-mnist   # then share it
-    python recipes/train_jtln.py --report_to tensorboard           # curves: tensorboard --logdir OUTPUT_DIR/runs
+examples:
+  python recipes/train_jtln.py                                   # the embedded default
+  python recipes/train_jtln.py --mode jtln --seeds 0 --shots 20  # one method
+  python recipes/train_jtln.py --source_dataset fashion-mnist --target_dataset path/to/my_photos \\
+      --target_test_fraction 0.3                                 # your own target (ImageFolder)
+  python recipes/train_jtln.py --source_dataset imagenette --target_dataset my_photos \\
+      --backbone resnet50 --pretrained_backbone                  # ImageNet-pretrained timm backbone
+  python recipes/train_jtln.py ... --backbone_checkpoint resnet50.safetensors   # local timm weights
+  python recipes/train_jtln.py --config recipes/configs/fashion_mnist.yaml --max_steps 200
+  accelerate launch recipes/train_jtln.py --config ...           # several GPUs / mixed precision
+  python recipes/train_jtln.py --push_to_hub --hub_model_id user/jtln-fashion-mnist   # then share it
+  python recipes/train_jtln.py --report_to tensorboard           # curves: tensorboard --logdir OUTPUT_DIR/runs
 
-Every flag of ``transformers.TrainingArguments`` works too (``--learning_rate``, ``--bf16`` ...).
-A ``--config`` YAML file sets defaults; flags on the command line override it.
+Every flag of transformers.TrainingArguments works too (--learning_rate, --bf16 ...). A --config
+YAML file sets defaults; flags on the command line override it. Every setting is checked before
+the first training step: a user error prints one line, "error: <the problem and the fix>", and
+exits with status 2 (a bare --debug, or JTLN_DEBUG=1, shows the traceback; --debug VALUE is
+TrainingArguments' own debug option).
 
-``--push_to_hub`` checks for a Hugging Face token before training, trains without pushing any
-stage, then uploads the finished ``OUTPUT_DIR/model`` folder (weights, config, remote code,
-processor config, card and figures) to ``--hub_model_id`` in one commit. If the push fails, the
-error says why and how to fix it; the local results stay as written.
+--push_to_hub checks for a Hugging Face token before training, trains without pushing any stage,
+then uploads the finished OUTPUT_DIR/model folder (weights, config, remote code, processor
+config, card and figures) to --hub_model_id in one commit. If the push fails, the error says why
+and how to fix it (exit status 1); the local results stay as written.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
+import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import yaml
 from transformers import HfArgumentParser
 
-from jtln_hf.experiment import DataArguments, JTLNArguments, ModelArguments, run_experiment
+from jtln_hf.arguments import DataArguments, JTLNArguments, ModelArguments, check_arguments
+from jtln_hf.experiment import plan_experiment, run_experiment
 from jtln_hf.hub import HubPushError, check_can_push, push_model_folder
 from jtln_hf.trainer import JTLNTrainingArguments
 
-# The embedded default's training set-up (FINDINGS.md: AdamW 1e-3 cosine, wd 5e-4, 64 source + 64
-# target images per step). 500 steps per stage keeps `make demo` within 15 minutes on 2 CPU cores.
+# The embedded default's training set-up (AdamW 1e-3 cosine, wd 5e-4, 64 source + 64 target images
+# per step). 500 steps per stage keeps `make demo` within 15 minutes on 2 CPU cores; it applies
+# unless --max_steps or --num_train_epochs is given.
 DEFAULTS = {
     "output_dir": "outputs/jtln-fashion-mnist",
     "max_steps": 500,
@@ -51,26 +66,103 @@ DEFAULTS = {
     "report_to": "none",
     "disable_tqdm": True,
 }
+DATACLASSES = (DataArguments, ModelArguments, JTLNArguments, JTLNTrainingArguments)
+_UNSET = object()
+
+
+class UsageError(ValueError):
+    """A flag, a config file or their combination is wrong: exit status 2, one line."""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the help, and the description's examples kept as written."""
+
+
+class JTLNArgumentParser(HfArgumentParser):
+    """``HfArgumentParser`` whose errors are one line, ``error: ...``, exit status 2 (argparse's)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def build_parser() -> JTLNArgumentParser:
+    """The recipe's parser: data, model, JTLN, then the Trainer's flags, plus --config and --debug."""
+    parser = JTLNArgumentParser(
+        DATACLASSES, description=__doc__, formatter_class=_HelpFormatter, prog="train_jtln.py"
+    )
+    parser.add_argument("--config", type=Path, help="YAML file of flag defaults (flags on the command line override it).")
+    return parser
+
+
+def _split_debug(argv: list[str]) -> tuple[list[str], bool]:
+    """Remove a bare ``--debug`` (show tracebacks); ``--debug VALUE`` stays TrainingArguments' own flag."""
+    kept, debug = [], False
+    for k, arg in enumerate(argv):
+        value_follows = k + 1 < len(argv) and not argv[k + 1].startswith("-")
+        if arg == "--debug" and not value_follows:
+            debug = True
+        else:
+            kept.append(arg)
+    return kept, debug or os.environ.get("JTLN_DEBUG", "") not in ("", "0")
+
+
+def _flag_names() -> list[str]:
+    return [f.name for dc in DATACLASSES for f in dataclasses.fields(dc) if f.init] + ["config"]
+
+
+def _given_flags(parser: JTLNArgumentParser, argv: list[str]) -> set[str]:
+    """The flags set on the command line (argparse leaves attributes already on a namespace alone)."""
+    names = _flag_names()
+    namespace = argparse.Namespace(**{name: _UNSET for name in names})
+    namespace, _ = parser.parse_known_args(argv, namespace=namespace)
+    return {name for name in names if getattr(namespace, name) is not _UNSET}
+
+
+def _nearest_flag(arg: str) -> str:
+    flag = arg.split("=", 1)[0]
+    close = difflib.get_close_matches(flag.lstrip("-").replace("-", "_"), _flag_names(), n=1, cutoff=0.6)
+    return f" (did you mean --{close[0]}?)" if close else ""
 
 
 def parse_args(argv: list[str] | None = None):
-    """Parse ``--config FILE.yaml`` first (defaults), then every other flag (overrides)."""
+    """Parse ``--config FILE.yaml`` first (defaults), then every flag (overrides).
+
+    Returns the four argument dataclasses, the names of the flags the user set (command line or
+    config file) and whether ``--debug`` is on. Raises :class:`UsageError` on a bad flag.
+    """
+    argv, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", type=Path, help="YAML file of flag defaults (flags override it).")
-    known, rest = pre.parse_known_args(argv)
-    parser = HfArgumentParser((DataArguments, ModelArguments, JTLNArguments, JTLNTrainingArguments))
+    pre.add_argument("--config", type=Path)
+    known, _ = pre.parse_known_args(argv)
     defaults = dict(DEFAULTS)
+    given: set[str] = set()
     if known.config is not None:
         if not known.config.is_file():
-            parser.error(f"--config {known.config}: no such file.")
-        loaded = yaml.safe_load(known.config.read_text()) or {}
-        valid = {action.dest for action in parser._actions}
-        unknown = sorted(set(loaded) - valid)
+            raise UsageError(f"--config {known.config}: no such file.")
+        try:
+            loaded = yaml.safe_load(known.config.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise UsageError(f"--config {known.config}: not valid YAML ({str(err).splitlines()[0]}).") from None
+        if not isinstance(loaded, dict):
+            raise UsageError(f"--config {known.config}: expected a mapping of flag names to values.")
+        unknown = sorted(set(loaded) - set(_flag_names()))
         if unknown:
-            parser.error(f"--config {known.config}: unknown key(s) {unknown}.")
+            hint = _nearest_flag(unknown[0])
+            raise UsageError(f"--config {known.config}: unknown key(s) {unknown}{hint}.")
         defaults.update(loaded)
+        given |= set(loaded)
     parser.set_defaults(**defaults)
-    return parser.parse_args_into_dataclasses(args=rest, look_for_args_file=False)
+    *parsed, remaining = parser.parse_args_into_dataclasses(
+        args=argv, return_remaining_strings=True, look_for_args_file=False
+    )
+    if remaining:
+        raise UsageError(f"unrecognized argument {remaining[0]}{_nearest_flag(remaining[0])}; see --help.")
+    data_args, model_args, jtln_args, training_args = parsed[:4]
+    given |= _given_flags(parser, argv)
+    if "num_train_epochs" in given and "max_steps" not in given:
+        training_args = dataclasses.replace(training_args, max_steps=-1)  # the epochs count, not the default steps
+    return data_args, model_args, jtln_args, training_args, given, debug
 
 
 def hub_repo_id(training_args: JTLNTrainingArguments) -> str:
@@ -99,18 +191,32 @@ def push(training_args: JTLNTrainingArguments) -> int:
     return 0
 
 
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    data_args, model_args, jtln_args, training_args = parse_args(argv)
-    if training_args.push_to_hub:
-        try:  # before hours of training, not after
-            check_can_push(hub_repo_id(training_args), training_args.hub_token)
-        except HubPushError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-    result = run_experiment(data_args, model_args, jtln_args, training_args)
-    print(result["table"])
-    print(f"results: {Path(training_args.output_dir) / 'results.md'} | model and card: "
-          f"{Path(training_args.output_dir) / 'model'}")
+    debug = _split_debug(list(sys.argv[1:] if argv is None else argv))[1]
+    try:
+        data_args, model_args, jtln_args, training_args, given, debug = parse_args(argv)
+        check_arguments(data_args, model_args, jtln_args, training_args, given)
+        if training_args.push_to_hub:
+            try:  # before hours of training, not after
+                check_can_push(hub_repo_id(training_args), training_args.hub_token)
+            except HubPushError as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 1
+        plan = plan_experiment(data_args, model_args, jtln_args, training_args)
+        result = run_experiment(data_args, model_args, jtln_args, training_args, plan=plan)
+    except (ValueError, FileNotFoundError) as err:  # user errors: UsageError, bad data, bad cost, ...
+        if debug:
+            raise
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    if training_args.process_index == 0:
+        print(result["table"])
+        out = Path(training_args.output_dir)
+        print(f"results: {out / 'results.md'} | model and card: {out / 'model'} | per stage: {out / 'runs'}")
     return push(training_args) if training_args.push_to_hub else 0
 
 

@@ -84,7 +84,7 @@ def test_push_sends_the_model_folder_once(pushed_run, capsys):
     for name, content in files.items():
         assert content == (out / "model" / name).read_bytes(), name
     card = ModelCard(files["README.md"].decode())
-    assert {"jtln", "optimal-transport"} <= set(card.data.tags) and card.data.datasets == ["fashion_mnist"]
+    assert {"jtln", "optimal-transport"} <= set(card.data.tags) and card.data.datasets == ["zalando-datasets/fashion_mnist"]
     results = json.loads((out / "results.json").read_text())
     accuracy = {r.metric_type: r.metric_value for r in card.data.eval_results}["accuracy"]
     assert accuracy == pytest.approx(results["runs"][0]["accuracy"], abs=1e-4)

@@ -80,13 +80,82 @@ print(json.dumps({{"cls": type(m).__name__, "cost_ok": bool(np.allclose(m.cost_m
 
 
 def test_bad_flags_fail_with_clear_errors(tmp_path):
+    """The real command line: exit status 2 and one ``error:`` line (every case: tests/test_recipe_cli.py)."""
     proc = run_recipe("--mode", "nope", "--output_dir", str(tmp_path / "x"), cwd=tmp_path)
-    assert proc.returncode != 0 and "--mode must be one of" in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: --mode 'nope' is not one of")
     bad = tmp_path / "bad.yaml"
     bad.write_text("not_a_flag: 3\n")
     proc = run_recipe("--config", str(bad), cwd=tmp_path)
-    assert proc.returncode != 0 and "unknown key(s) ['not_a_flag']" in proc.stderr
+    assert proc.returncode == 2 and "unknown key(s) ['not_a_flag']" in proc.stderr
     proc = run_recipe("--source_classes", "Shirt", "Trouser", "--max_steps", "1", "--output_dir", str(tmp_path / "y"),
                       cwd=tmp_path)  # fmt: skip
-    assert proc.returncode != 0 and "in both the source and the target list" in proc.stderr
-    assert not (tmp_path / "y" / "results.json").exists()
+    assert proc.returncode == 2 and "in both the source and the target list" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "y").exists()
+
+
+@pytest.fixture(scope="module")
+def two_dataset_run(tmp_path_factory):
+    """Fashion-MNIST (all 10 classes) as source, scikit-learn's digits (an ImageFolder) as target."""
+    from conftest import write_digits_folder
+
+    out = tmp_path_factory.mktemp("two")
+    digits = write_digits_folder(out / "digits")
+    proc = run_recipe(
+        "--source_dataset", "fashion-mnist", "--target_dataset", str(digits), "--mode", "compare", "--seeds", "0",
+        "--shots", "2", "--max_steps", "4", "--per_device_train_batch_size", "16", "--cost_warmup_steps", "2",
+        "--cost_samples_per_class", "10", "--max_eval_samples", "100", "--output_dir", str(out / "run"), cwd=out,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out / "run", proc
+
+
+def test_two_datasets_end_to_end(two_dataset_run):
+    run_dir, proc = two_dataset_run
+    results = json.loads((run_dir / "results.json").read_text())
+    assert set(results["summary"]) == {"finetune", "consecutive", "joint", "jtln"}
+    assert results["source_classes"] == ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                                         "Sneaker", "Bag", "Ankle boot"]  # fmt: skip
+    assert results["target_classes"] == [str(d) for d in range(10)]
+    assert results["input_size"] == [1, 28, 28] and results["cost"] == "features-mmd"  # read from the data
+    assert results["test_images"] == 100 and results["source_dataset"] == "fashion-mnist"
+    # what transformers' examples write, per stage; no empty folders
+    stages = {p.name for p in (run_dir / "runs").iterdir()}
+    assert stages == {"finetune-seed0", "consecutive-seed0-source", "consecutive-seed0-target", "joint-seed0",
+                      "jtln-seed0-warmup", "jtln-seed0"}  # fmt: skip
+    for stage in stages:
+        files = {p.name for p in (run_dir / "runs" / stage).iterdir()}
+        assert {"train_results.json", "all_results.json", "trainer_state.json"} <= files, stage
+        state = json.loads((run_dir / "runs" / stage / "trainer_state.json").read_text())
+        assert state["log_history"] and state["global_step"] in (2, 4)
+    evaluated = json.loads((run_dir / "runs" / "jtln-seed0" / "eval_results.json").read_text())
+    assert evaluated["eval_accuracy"] == pytest.approx(results["summary"]["jtln"]["accuracy"]["mean"])
+    # the card cites the Hub id of Fashion-MNIST, never a local path
+    card = (run_dir / "model" / "README.md").read_text()
+    metadata = yaml.safe_load(card.split("---")[1])
+    assert metadata["datasets"] == ["zalando-datasets/fashion_mnist"] and str(run_dir.parent) not in card
+    assert metadata["model-index"][0]["results"][0]["dataset"]["type"] == "digits"
+
+
+def test_two_dataset_model_reloads_in_a_fresh_process(two_dataset_run):
+    run_dir, _ = two_dataset_run
+    image = next((run_dir.parent / "digits" / "test" / "7").iterdir())
+    code = f"""
+import json
+from PIL import Image
+from transformers import AutoModelForImageClassification
+import jtln_hf
+m = AutoModelForImageClassification.from_pretrained({str(run_dir / "model")!r})
+image = Image.open({str(image)!r})
+target, source = m.predict(image), m.predict_source([image, image.convert("RGB")])
+print(json.dumps({{"targets": [m.config.id2label[i] for i in range(10)],
+                  "sources": [m.config.source_id2label[i] for i in range(10)],
+                  "label": target.labels[0], "source_labels": source.labels,
+                  "probability_sum": float(target.probabilities.sum())}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info["targets"] == [str(d) for d in range(10)] and info["sources"][0] == "T-shirt/top"
+    assert info["label"] in info["targets"] and len(info["source_labels"]) == 2
+    assert info["source_labels"][0] == info["source_labels"][1]  # an L image and its RGB copy: the same pixels
+    assert info["probability_sum"] == pytest.approx(1.0, abs=1e-5)

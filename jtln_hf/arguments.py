@@ -1,0 +1,297 @@
+"""The recipe's arguments: what to train on, the network, what to run; and their cross-checks.
+
+Three dataclasses that ``transformers.HfArgumentParser`` turns into flags (each its own group in
+``--help``), beside :class:`jtln_hf.trainer.JTLNTrainingArguments`. A dataclass checks its own
+values in ``__post_init__``; :func:`check_arguments` checks the flags *against each other*
+(a flag that the chosen set-up would silently ignore is an error, not a surprise hours later).
+Every message names the problem and the fix on one line.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .cost import COST_NORMALIZATIONS
+from .data import did_you_mean
+
+METHODS = ("finetune", "consecutive", "joint", "jtln")
+MODES = (*METHODS, "compare")
+#: ``--cost`` values computed from the backbone's pooled features, and the distance each uses.
+FEATURE_COSTS = {"features-ot": "ot", "features-mmd": "mmd", "features-centroid": "centroid"}
+COST_KINDS = ("prior", *FEATURE_COSTS)
+#: The cost of a two-dataset run when ``--cost`` is not given: the paper's fc7-MKMMD, on pooled features.
+DEFAULT_FEATURE_COST = "features-mmd"
+#: Source-only steps before a ``features-*`` cost is computed, for a backbone trained from scratch.
+DEFAULT_COST_WARMUP_STEPS = 200
+
+
+def _choice(value: str, choices: tuple[str, ...], flag: str) -> None:
+    if value not in choices:
+        raise ValueError(f"{flag} {value!r} is not one of {list(choices)}{did_you_mean(value, choices)}.")
+
+
+@dataclass
+class DataArguments:
+    """What to train on: one dataset split by class (the paper's benchmark shape), or two datasets."""
+
+    _argument_group_name = "data (one --dataset split by class, or --source_dataset + --target_dataset)"
+
+    dataset: str | None = field(
+        default=None,
+        metadata={"help": "One dataset split into source and target classes: 'fashion-mnist' (Debian package, "
+                  "offline), 'fgvc-aircraft' (with --dataset_root), a local folder or data file, or a Hub id. "
+                  "Default: fashion-mnist, unless --source_dataset/--target_dataset are given."},
+    )  # fmt: skip
+    dataset_config: str | None = field(default=None, metadata={"help": "Configuration name for load_dataset."})
+    dataset_root: str | None = field(
+        default=None, metadata={"help": "Folder holding fgvc-aircraft-2013b, for 'fgvc-aircraft' datasets."}
+    )
+    train_split: str = field(default="train", metadata={"help": "--dataset: split of source and k-shot images."})
+    test_split: str = field(default="test", metadata={"help": "--dataset: split of the target test images."})
+    image_column: str = field(default="image", metadata={"help": "--dataset: image column."})
+    label_column: str = field(default="label", metadata={"help": "--dataset: label column."})
+    source_dataset: str | None = field(
+        default=None, metadata={"help": "Source dataset (same kinds as --dataset); needs --target_dataset."}
+    )
+    source_dataset_config: str | None = field(default=None, metadata={"help": "Configuration of the source dataset."})
+    source_split: str = field(default="train", metadata={"help": "Split of the source dataset to train on."})
+    source_image_column: str = field(default="image", metadata={"help": "Image column of the source dataset."})
+    source_label_column: str = field(default="label", metadata={"help": "Label column of the source dataset."})
+    target_dataset: str | None = field(
+        default=None, metadata={"help": "Target dataset (same kinds as --dataset); needs --source_dataset."}
+    )
+    target_dataset_config: str | None = field(default=None, metadata={"help": "Configuration of the target dataset."})
+    target_train_split: str = field(default="train", metadata={"help": "Target split the k shots come from."})
+    target_test_split: str = field(default="test", metadata={"help": "Target split to test on."})
+    target_image_column: str = field(default="image", metadata={"help": "Image column of the target dataset."})
+    target_label_column: str = field(default="label", metadata={"help": "Label column of the target dataset."})
+    target_test_fraction: float | None = field(
+        default=None,
+        metadata={"help": "Carve a stratified test split of this fraction from the target's train split "
+                  "(for a dataset with one split). Fixed across seeds."},
+    )  # fmt: skip
+    target_validation_fraction: float | None = field(
+        default=None,
+        metadata={"help": "Carve a stratified validation split of this fraction from the target training pool, "
+                  "for model selection; the shots are drawn from what is left. Fixed across seeds."},
+    )  # fmt: skip
+    source_classes: list[str] | None = field(
+        default=None,
+        metadata={"help": "Source classes (names or indices). Default: the embedded split for fashion-mnist, "
+                  "else every class (of --source_dataset, or of --dataset not in --target_classes)."},
+    )  # fmt: skip
+    target_classes: list[str] | None = field(
+        default=None,
+        metadata={"help": "Target classes (names or indices). Default: the embedded split for fashion-mnist, "
+                  "every class of --target_dataset; required for another --dataset."},
+    )  # fmt: skip
+    shots: int = field(default=5, metadata={"help": "Labelled training images per target class; 0: all of them."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Cap the target test set (quick runs)."})
+    train_scale: list[float] = field(
+        default_factory=lambda: [0.7, 1.0], metadata={"help": "RandomResizedCrop scale range (timm)."}
+    )
+    hflip: float = field(default=0.5, metadata={"help": "Horizontal flip probability (timm)."})
+
+    def __post_init__(self):
+        if self.shots < 0:
+            raise ValueError(f"--shots must be >= 1 (or 0 for every target image), got {self.shots}.")
+        for name in ("target_test_fraction", "target_validation_fraction"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and 0.0 < value < 1.0):
+                raise ValueError(f"--{name} must be in (0, 1), e.g. 0.2, got {value}.")
+        if self.max_eval_samples is not None and self.max_eval_samples < 1:
+            raise ValueError(f"--max_eval_samples must be >= 1, got {self.max_eval_samples}.")
+
+    @property
+    def two_datasets(self) -> bool:
+        """Whether the source and the target come from their own datasets."""
+        return self.source_dataset is not None or self.target_dataset is not None
+
+
+@dataclass
+class ModelArguments:
+    """The network: a timm backbone, its weights, and two heads."""
+
+    _argument_group_name = "model"
+
+    backbone: str = field(default="test_resnet", metadata={"help": "timm architecture, or an 'hf-hub:' id."})
+    in_chans: int | None = field(
+        default=None, metadata={"help": "Input channels. Default: the pretrained config's, else read from the data."}
+    )
+    image_size: int | None = field(
+        default=None, metadata={"help": "Input size. Default: the pretrained config's, else read from the data."}
+    )
+    pretrained_backbone: bool = field(
+        default=False, metadata={"help": "Start from timm's pretrained weights (network, or the local HF cache)."}
+    )
+    backbone_checkpoint: str | None = field(
+        default=None,
+        metadata={"help": "A local .safetensors/.pth/.bin of timm weights for the backbone (implies pretrained); "
+                  "loaded by timm (in_chans adaptation, classifier dropped)."},
+    )  # fmt: skip
+    head_dropout: float = field(default=0.0, metadata={"help": "Dropout before the heads."})
+
+    @property
+    def pretrained(self) -> bool:
+        return self.pretrained_backbone or self.backbone_checkpoint is not None
+
+
+@dataclass
+class JTLNArguments:
+    """What to run, on which seeds, with which cost matrix."""
+
+    _argument_group_name = "JTLN: methods and cost"
+
+    mode: str = field(default="compare", metadata={"help": f"One of {MODES}."})
+    methods: list[str] = field(default_factory=lambda: list(METHODS), metadata={"help": "Methods of --mode compare."})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Seeds (k-shot draw, init, data order)."})
+    cost: str | None = field(
+        default=None,
+        metadata={"help": f"prior | {' | '.join(FEATURE_COSTS)} | path to a .npy/.csv cost. Default: prior on the "
+                  f"embedded Fashion-MNIST split, else {DEFAULT_FEATURE_COST}."},
+    )  # fmt: skip
+    cost_normalization: str = field(
+        default="column",
+        metadata={"help": f"One of {COST_NORMALIZATIONS}; 'column' gives every target class a free source class."},
+    )
+    cost_warmup_steps: int | None = field(
+        default=None,
+        metadata={"help": f"Source-only steps before a features-* cost is computed. Default: 0 with a pretrained "
+                  f"backbone, else {DEFAULT_COST_WARMUP_STEPS}."},
+    )  # fmt: skip
+    cost_samples_per_class: int = field(default=200, metadata={"help": "Source images per class for a features-* cost."})
+
+    def __post_init__(self):
+        _choice(self.mode, MODES, "--mode")
+        for method in self.methods:
+            _choice(method, METHODS, "--methods")
+        _choice(self.cost_normalization, COST_NORMALIZATIONS, "--cost_normalization")
+        if not self.seeds:
+            raise ValueError("--seeds needs at least one seed.")
+        if self.cost is not None and self.cost not in COST_KINDS and not self.cost.lower().endswith((".npy", ".csv")):
+            raise ValueError(
+                f"--cost {self.cost!r} is neither one of {list(COST_KINDS)}{did_you_mean(self.cost, COST_KINDS)} "
+                "nor a .npy/.csv file."
+            )
+        if self.cost_warmup_steps is not None and self.cost_warmup_steps < 0:
+            raise ValueError(f"--cost_warmup_steps must be >= 0, got {self.cost_warmup_steps}.")
+
+    @property
+    def run_methods(self) -> list[str]:
+        """The methods this run trains, in order."""
+        return list(dict.fromkeys(self.methods)) if self.mode == "compare" else [self.mode]
+
+
+def cost_kind(data: DataArguments, jtln: JTLNArguments) -> str:
+    """``--cost``, or its default: ``prior`` on one Fashion-MNIST dataset, else :data:`DEFAULT_FEATURE_COST`."""
+    if jtln.cost is not None:
+        return jtln.cost
+    embedded = not data.two_datasets and data.dataset in (None, "fashion-mnist")
+    return "prior" if embedded else DEFAULT_FEATURE_COST
+
+
+def cost_warmup_steps(model: ModelArguments, jtln: JTLNArguments) -> int:
+    """``--cost_warmup_steps``, or its default: 0 with pretrained features, else :data:`DEFAULT_COST_WARMUP_STEPS`."""
+    if jtln.cost_warmup_steps is not None:
+        return jtln.cost_warmup_steps
+    return 0 if model.pretrained else DEFAULT_COST_WARMUP_STEPS
+
+
+#: Flags of ``--dataset`` and their two-dataset counterparts (a flag of the other shape is ignored).
+ONE_DATASET_FLAGS = {
+    "dataset_config": "--source_dataset_config / --target_dataset_config",
+    "train_split": "--source_split / --target_train_split",
+    "test_split": "--target_test_split",
+    "image_column": "--source_image_column / --target_image_column",
+    "label_column": "--source_label_column / --target_label_column",
+}
+TWO_DATASET_FLAGS = (
+    "source_dataset_config", "source_split", "source_image_column", "source_label_column", "target_dataset_config",
+    "target_train_split", "target_test_split", "target_image_column", "target_label_column",
+)  # fmt: skip
+#: Flags that only matter when a method trains with the OT term.
+OT_FLAGS = (
+    "cost", "cost_normalization", "cost_warmup_steps", "cost_samples_per_class", "ot_loss_weight", "ot_epsilon",
+    "ot_iterations", "ot_tol", "ot_method", "ot_detach_target",
+)  # fmt: skip
+
+
+def check_arguments(data: DataArguments, model: ModelArguments, jtln: JTLNArguments, training: Any,
+                    given: set[str]) -> None:  # fmt: skip
+    """Raise a one-line ``ValueError`` for flags that contradict each other or would be ignored.
+
+    ``given`` holds the names of the flags set on the command line or in ``--config`` (a flag left
+    at its default is never an error).
+    """
+    if data.two_datasets:
+        if data.source_dataset is None or data.target_dataset is None:
+            missing = "--target_dataset" if data.target_dataset is None else "--source_dataset"
+            raise ValueError(f"two-dataset runs need both --source_dataset and --target_dataset: add {missing}.")
+        if "dataset" in given:
+            raise ValueError("--dataset (one dataset split by class) and --source_dataset/--target_dataset "
+                             "exclude each other: pass one or the other.")  # fmt: skip
+        for name, other in ONE_DATASET_FLAGS.items():
+            if name in given:
+                raise ValueError(f"--{name} applies to --dataset; with --source_dataset/--target_dataset use {other}.")
+    else:
+        for name in TWO_DATASET_FLAGS + ("target_test_fraction",):
+            if name in given:
+                raise ValueError(f"--{name} applies to --source_dataset/--target_dataset runs; with --dataset use "
+                                 f"{_one_dataset_counterpart(name)}.")  # fmt: skip
+    if "target_test_split" in given and data.target_test_fraction is not None:
+        raise ValueError("--target_test_split and --target_test_fraction exclude each other: test on the dataset's "
+                         "split, or carve one from its train split.")  # fmt: skip
+    specs = [data.dataset, data.source_dataset, data.target_dataset]
+    if data.dataset_root is not None and "fgvc-aircraft" not in specs:
+        raise ValueError("--dataset_root is only read for 'fgvc-aircraft' datasets: drop it, or name fgvc-aircraft.")
+    if "methods" in given and jtln.mode != "compare":
+        raise ValueError(f"--methods chooses what --mode compare runs; with --mode {jtln.mode} drop it "
+                         "(or pass --mode compare).")  # fmt: skip
+    methods = jtln.run_methods
+    uses_ot = "jtln" in methods
+    if not uses_ot:
+        for name in OT_FLAGS:
+            if name in given:
+                raise ValueError(f"--{name} has no effect: no method of this run ({', '.join(methods)}) uses the OT "
+                                 "term; drop it, or run jtln.")  # fmt: skip
+    elif cost_kind(data, jtln) not in FEATURE_COSTS:
+        for name in ("cost_warmup_steps", "cost_samples_per_class"):
+            if name in given:
+                raise ValueError(f"--{name} is only used by features-* costs and --cost is "
+                                 f"{cost_kind(data, jtln)}: drop it, or pass a features-* cost.")  # fmt: skip
+    if not set(methods) & {"joint", "jtln"} and "source_fraction" in given:
+        raise ValueError("--source_fraction sets the source share of joint batches; no method of this run trains "
+                         "joint batches: drop it.")  # fmt: skip
+    if methods == ["finetune"] and "source_loss_weight" in given:
+        raise ValueError("--source_loss_weight has no effect with --mode finetune (target only): drop it.")
+    if model.backbone_checkpoint is not None and "pretrained_backbone" in given and not model.pretrained_backbone:
+        raise ValueError("--backbone_checkpoint loads pretrained weights but --pretrained_backbone is false: "
+                         "drop one of them.")  # fmt: skip
+    if "max_steps" in given and "num_train_epochs" in given:
+        raise ValueError("--max_steps and --num_train_epochs both set the training length (max_steps wins in "
+                         "transformers): pass one of them.")  # fmt: skip
+
+
+def _one_dataset_counterpart(name: str) -> str:
+    for one, two in ONE_DATASET_FLAGS.items():
+        if f"--{name}" in two:
+            return f"--{one}"
+    return "--source_dataset and --target_dataset to use it"
+
+
+__all__ = [
+    "COST_KINDS",
+    "DEFAULT_COST_WARMUP_STEPS",
+    "DEFAULT_FEATURE_COST",
+    "FEATURE_COSTS",
+    "METHODS",
+    "MODES",
+    "DataArguments",
+    "JTLNArguments",
+    "ModelArguments",
+    "check_arguments",
+    "cost_kind",
+    "cost_warmup_steps",
+]

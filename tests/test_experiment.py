@@ -1,0 +1,118 @@
+"""Two datasets: pools, carved test/validation splits, input read from the data, mixed image modes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import datasets
+import numpy as np
+import pytest
+
+from conftest import make_args, write_digits_folder
+from jtln_hf import data as jdata
+from jtln_hf.arguments import DataArguments, JTLNArguments, ModelArguments
+from jtln_hf.experiment import build_config, load_pools, plan_experiment, prepare_data, run_method
+
+
+def _paths(ds: datasets.Dataset) -> set[str]:
+    return {v["path"] for v in ds.cast_column("image", datasets.Image(decode=False))["image"]}
+
+
+def _per_class(ds: datasets.Dataset) -> np.ndarray:
+    return np.bincount(ds["label"], minlength=ds.features["label"].num_classes)
+
+
+def test_two_datasets_keep_their_own_classes(digits_folder):
+    data_args = DataArguments(source_dataset="fashion-mnist", target_dataset=str(digits_folder), shots=3)
+    pools = load_pools(data_args)
+    exp = prepare_data(data_args, seed=0, pools=pools)
+    assert exp.source_names == list(jdata.FASHION_MNIST_LABELS) and len(exp.source) == 60_000
+    assert exp.target_names == [str(d) for d in range(10)]
+    assert len(exp.target) == 30 and list(_per_class(exp.target)) == [3] * 10
+    assert len(exp.target_test) == 540  # the folder's test split (30% of 1,797)
+    assert not _paths(exp.target) & _paths(exp.target_test)
+    # the shots change with the seed, the test set does not
+    other = prepare_data(data_args, seed=1, pools=pools)
+    assert _paths(other.target) != _paths(exp.target) and _paths(other.target_test) == _paths(exp.target_test)
+
+
+def test_class_subsets_on_both_sides(digits_folder):
+    data_args = DataArguments(source_dataset="fashion-mnist", target_dataset=str(digits_folder), shots=2,
+                              source_classes=["Trouser", "Bag"], target_classes=["7", "1"])  # fmt: skip
+    exp = prepare_data(data_args, seed=0)
+    assert exp.source_names == ["Trouser", "Bag"] and exp.target_names == ["7", "1"]
+    assert set(exp.target_test["label"]) == {0, 1}
+
+
+def test_test_fraction_carves_a_stratified_split_disjoint_from_the_shots(tmp_path):
+    root = write_digits_folder(tmp_path / "digits", layout="classes")  # a single split
+    data_args = DataArguments(source_dataset="fashion-mnist", target_dataset=str(root), shots=5,
+                              target_test_fraction=0.25, target_validation_fraction=0.2)  # fmt: skip
+    pools = load_pools(data_args)
+    full = _per_class(datasets.load_dataset("imagefolder", data_dir=str(root), split="train"))
+    test, validation = _per_class(pools.target_test), _per_class(pools.target_validation)
+    assert test.sum() == np.ceil(0.25 * 1797)  # datasets rounds the test share up and np.all(np.abs(test - 0.25 * full) <= 1)  # stratified
+    rest = full - test
+    assert np.all(np.abs(validation - 0.2 * rest) <= 1)
+    exp = prepare_data(data_args, seed=0, pools=pools)
+    shots, test_paths, val_paths = _paths(exp.target), _paths(exp.target_test), _paths(exp.target_validation)
+    assert len(shots) == 50 and not shots & test_paths and not shots & val_paths and not test_paths & val_paths
+    again = load_pools(data_args)  # the same carve every time: every seed is tested on the same images
+    assert _paths(again.target_test) == test_paths
+
+
+def test_missing_test_split_says_how_to_carve_one(tmp_path):
+    root = write_digits_folder(tmp_path / "digits", layout="classes")
+    with pytest.raises(ValueError, match=r"has no such split \(splits: \['train'\]\).*--target_test_fraction 0.2"):
+        load_pools(DataArguments(source_dataset="fashion-mnist", target_dataset=str(root)))
+
+
+def test_input_comes_from_the_data_when_training_from_scratch(digits_folder):
+    data_args = DataArguments(source_dataset="fashion-mnist", target_dataset=str(digits_folder), shots=5)
+    exp = prepare_data(data_args, seed=0)
+    config = build_config(ModelArguments(backbone="test_resnet"), data_args, exp)
+    assert config.data_config["input_size"] == [1, 28, 28] and config.backbone_kwargs == {"in_chans": 1}
+    mean = config.data_config["mean"][0]
+    assert 0.05 < mean < 0.5  # dark backgrounds: Fashion-MNIST ~0.29, digits ~0.2
+
+
+@pytest.mark.parametrize("colour_side", ["target", "source"])
+def test_grayscale_and_colour_images_meet_in_one_batch(tmp_path, digits_folder, colour_side):
+    """Grayscale source + RGB target, and the reverse: 3 channels, every image converted, a step trains."""
+    colour = write_digits_folder(tmp_path / "colour", mode="RGB", size=20)
+    source, target = (str(digits_folder), str(colour)) if colour_side == "target" else (str(colour), str(digits_folder))
+    data_args = DataArguments(source_dataset=source, target_dataset=target, shots=2, max_eval_samples=40)
+    model_args = ModelArguments(backbone="test_resnet")
+    jtln_args = JTLNArguments(mode="joint", seeds=[0])
+    args = make_args(tmp_path / "run", max_steps=2, per_device_train_batch_size=8)
+    plan = plan_experiment(data_args, model_args, jtln_args, args)
+    assert plan.config.data_config["input_size"][0] == 3
+    assert plan.config.data_config["input_size"][1] == (20 if colour_side == "target" else 28)  # target's size
+    exp = plan.data[0]
+    joint = jdata.build_joint_dataset(exp.source.select(range(8)), exp.target)
+    transform = jdata.make_batch_transform(jdata.build_transform(plan.config.data_config, training=True), 3)
+    batch = jdata.collate([joint.with_transform(transform)[i] for i in (0, 1, 8, 9)])  # 2 source, 2 target rows
+    assert batch["pixel_values"].shape == (4, 3, *plan.config.data_config["input_size"][1:])
+    run = run_method("joint", exp, plan.config, data_args, model_args, jtln_args, args, seed=0)
+    assert 0.0 <= run.metrics["accuracy"] <= 1.0
+
+
+def test_validation_metrics_are_reported(tmp_path, digits_folder):
+    data_args = DataArguments(source_dataset="fashion-mnist", target_dataset=str(digits_folder), shots=2,
+                              target_validation_fraction=0.1, max_eval_samples=50)  # fmt: skip
+    model_args, jtln_args = ModelArguments(backbone="test_resnet"), JTLNArguments(mode="finetune", seeds=[0])
+    args = make_args(tmp_path / "run", max_steps=1)
+    plan = plan_experiment(data_args, model_args, jtln_args, args)
+    run = run_method("finetune", plan.data[0], plan.config, data_args, model_args, jtln_args, args, seed=0)
+    assert {"accuracy", "validation_accuracy", "validation_mean_per_class_accuracy"} <= set(run.metrics)
+    stage = tmp_path / "run" / "runs" / "finetune-seed0"
+    assert {"train_results.json", "eval_results.json", "all_results.json", "trainer_state.json"} <= {
+        p.name for p in stage.iterdir()}  # fmt: skip
+    assert not (tmp_path / "run" / "runs" / "eval").exists()
+
+
+def test_epochs_name_the_length(tmp_path, digits_folder):
+    from jtln_hf.experiment import _length
+
+    assert _length(make_args(tmp_path, max_steps=7)) == "7 steps"
+    assert _length(dataclasses.replace(make_args(tmp_path), max_steps=-1, num_train_epochs=2)) == "2 epochs"

@@ -1,0 +1,152 @@
+"""The recipe's command line: fail fast in one line (exit 2, nothing trained), --help, epochs, configs."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "train_jtln.py"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def _load_recipe():
+    spec = importlib.util.spec_from_file_location("train_jtln_cli", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+recipe = _load_recipe()
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Any training stage makes the test fail: every error below must come before the first step."""
+    from jtln_hf import experiment
+
+    monkeypatch.setattr(experiment, "_train", lambda *a, **k: pytest.fail("a training stage ran"))
+
+
+def _fails(capsys, tmp_path, *argv: str) -> str:
+    out = tmp_path / "out"
+    status = recipe.main([*argv, "--output_dir", str(out)])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert status == 2, err[-2000:]
+    assert len(errors) == 1 and "Traceback" not in err, err[-2000:]  # one line (beside progress bars), no traceback
+    assert not out.exists()  # nothing written: no stage ran
+    return errors[0]
+
+
+CASES = {
+    "cost typo": (["--cost", "featurs-ot"], r"--cost 'featurs-ot' is neither .* \(did you mean 'features-ot'\?\)"),
+    "mode typo": (["--mode", "jtnl"], r"--mode 'jtnl' is not one of .* \(did you mean 'jtln'\?\)"),
+    "method typo": (["--methods", "joint", "finetun"], r"--methods 'finetun' .* \(did you mean 'finetune'\?\)"),
+    "flag typo": (["--lerning_rate", "0.1"], r"unrecognized argument --lerning_rate \(did you mean --learning_rate\?\)"),
+    "class case": (["--target_classes", "shirt", "Coat"], r"unknown class 'shirt' \(did you mean 'Shirt'\?\)"),
+    "class overlap": (["--source_classes", "Shirt", "Trouser"], r"in both the source and the target list"),
+    "too many shots": (["--shots", "7000"], r"has 6000 images but 7000 shots were asked: lower --shots"),
+    "ignored OT flag": (["--mode", "joint", "--ot_epsilon", "0.1"], r"--ot_epsilon has no effect: no method"),
+    "ignored warm-up": (["--cost_warmup_steps", "5"], r"--cost_warmup_steps is only used by features-\* costs"),
+    "methods without compare": (["--mode", "jtln", "--methods", "jtln"], r"--methods chooses what --mode compare"),
+    "one side only": (["--source_dataset", "fashion-mnist"], r"need both --source_dataset and --target_dataset"),
+    "steps and epochs": (["--max_steps", "5", "--num_train_epochs", "2"], r"--max_steps and --num_train_epochs"),
+    "checkpoint missing": (["--backbone_checkpoint", "nope.safetensors"], r"--backbone_checkpoint nope.safetensors: "
+                                                                         r"no such file"),
+    "backbone typo": (["--backbone", "resnet5O"], r"did you mean 'resnet50'"),
+    "bad value": (["--max_steps", "many"], r"argument --max_steps/--max-steps: invalid int value: 'many'"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_fail_fast_on_the_embedded_default(case, capsys, tmp_path, no_training):
+    argv, pattern = CASES[case]
+    assert re.search(pattern, _fails(capsys, tmp_path, *argv)), case
+
+
+def test_fail_fast_on_two_datasets(capsys, tmp_path, digits_folder, no_training):
+    two = ["--source_dataset", "fashion-mnist", "--target_dataset", str(digits_folder)]
+    assert "no column 'labl'" in _fails(capsys, tmp_path, *two, "--target_label_column", "labl")
+    message = _fails(capsys, tmp_path, *two, "--target_test_split", "validation")
+    assert "has no such split (splits: ['test', 'train'])" in message and "--target_test_fraction" in message
+    assert "did you mean '3'" not in _fails(capsys, tmp_path, *two, "--target_classes", "three")
+    assert "--train_split applies to --dataset; with --source_dataset" in _fails(
+        capsys, tmp_path, *two, "--train_split", "train")  # fmt: skip
+    bad = tmp_path / "cost.npy"
+    np.save(bad, np.ones((3, 3)))
+    message = _fails(capsys, tmp_path, *two, "--cost", str(bad))
+    assert "shape" in message and "(10, 10)" in message
+    assert "does not fit these classes" in _fails(capsys, tmp_path, *two, "--cost", "prior")
+
+
+def test_config_errors_are_one_line_too(capsys, tmp_path, no_training):
+    config = tmp_path / "c.yaml"
+    config.write_text("learning_rte: 0.1\n")
+    assert "unknown key(s) ['learning_rte'] (did you mean --learning_rate?)" in _fails(
+        capsys, tmp_path, "--config", str(config))  # fmt: skip
+    assert "no such file" in _fails(capsys, tmp_path, "--config", str(tmp_path / "missing.yaml"))
+
+
+def test_debug_shows_the_traceback(tmp_path, no_training):
+    with pytest.raises(ValueError, match="did you mean 'features-ot'"):
+        recipe.main(["--cost", "featurs-ot", "--debug", "--output_dir", str(tmp_path / "o")])
+
+
+def test_offline_pretrained_without_cache_exits_2_in_one_line(tmp_path):
+    """The real command: exit 2, one stderr line naming --backbone_checkpoint and the cache, no stage run."""
+    env = {**ENV, "HF_HUB_CACHE": str(tmp_path / "empty-cache"), "TORCH_HOME": str(tmp_path / "torch")}
+    proc = subprocess.run(
+        [sys.executable, str(RECIPE), "--backbone", "resnet18", "--pretrained_backbone", "--output_dir",
+         str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith("error: --pretrained_backbone:") and "--backbone_checkpoint" in lines[0]
+    assert str(tmp_path / "empty-cache") in lines[0] and not (tmp_path / "out").exists()
+
+
+def test_help_leads_with_the_description_examples_and_jtln_flags():
+    text = recipe.build_parser().format_help()
+    assert "Train JTLN and compare it with plain fine-tuning" in text.split("options:")[0]
+    assert "examples:" in text and "--target_dataset path/to/my_photos" in text and "--config" in text
+    order = [text.index(flag) for flag in ("--source_dataset", "--backbone_checkpoint", "--cost_warmup_steps",
+                                          "--ot_epsilon", "--learning_rate")]  # fmt: skip
+    assert order == sorted(order)  # data, model, JTLN, the objective, then the Trainer's flags
+
+
+def test_epochs_replace_the_default_steps_only_when_given(tmp_path):
+    parsed = recipe.parse_args(["--num_train_epochs", "2", "--output_dir", str(tmp_path)])
+    training, given = parsed[3], parsed[4]
+    assert training.max_steps == -1 and training.num_train_epochs == 2 and "num_train_epochs" in given
+    training = recipe.parse_args(["--output_dir", str(tmp_path)])[3]
+    assert training.max_steps == 500  # the recipe's default
+    config = tmp_path / "c.yaml"
+    config.write_text("num_train_epochs: 3\n")
+    assert recipe.parse_args(["--config", str(config)])[3].max_steps == -1
+
+
+def test_given_flags_come_from_the_command_line_and_the_config(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("shots: 3\n")
+    given = recipe.parse_args(["--config", str(config), "--ot_epsilon", "0.1", "--ot_detach_target"])[4]
+    assert {"shots", "ot_epsilon", "ot_detach_target", "config"} <= given and "max_steps" not in given
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist.yaml", "fgvc_aircraft_boeing.yaml", "fgvc_aircraft_airbus.yaml"])
+def test_shipped_configs_parse_and_pass_the_cross_checks(name):
+    from jtln_hf.arguments import check_arguments
+
+    path = REPO / "recipes" / "configs" / name
+    data, model, jtln, training, given, _ = recipe.parse_args(["--config", str(path), "--bf16", "false"])  # CPU
+    check_arguments(data, model, jtln, training, given)
+    loaded = yaml.safe_load(path.read_text())
+    assert all(key in given for key in loaded)
