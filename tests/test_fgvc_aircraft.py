@@ -292,3 +292,18 @@ def test_boeing_and_airbus_targets_are_disjoint():
                       ("fgvc_aircraft_boeing.yaml", "fgvc_aircraft_airbus.yaml"))  # fmt: skip
     assert (len(boeing), len(airbus)) == (22, 13) and not set(boeing) & set(airbus)
     assert len(FGVC_VARIANTS) == len(set(FGVC_VARIANTS)) == 100
+
+
+def test_the_recipe_splits_the_archive_by_variant(archive):
+    """``--dataset fgvc-aircraft --dataset_root DIR --label_column variant``: the paper's shape, banner-free."""
+    from jtln_hf.arguments import DataArguments
+    from jtln_hf.experiment import load_pools, prepare_data
+
+    data_args = DataArguments(dataset="fgvc-aircraft", dataset_root=str(archive.parent), label_column="variant",
+                              train_split="trainval", test_split="test", target_classes=["737-300", "737-400"],
+                              shots=1)  # fmt: skip
+    exp = prepare_data(data_args, seed=0, pools=load_pools(data_args))
+    assert exp.target_names == ["737-300", "737-400"] and exp.source_names == ["Boeing 717", "F/A-18"]
+    assert len(exp.source) == 2 and len(exp.target) == 2 and len(exp.target_test) == 2
+    for image in exp.target_test["image"]:
+        assert image.height == 52 - BANNER_HEIGHT
