@@ -11,7 +11,7 @@ examples:
   python recipes/train_jtln.py --mode jtln --seeds 0 --shots 20  # one method
   python recipes/train_jtln.py --source_dataset fashion-mnist --target_dataset path/to/my_photos \\
       --target_test_fraction 0.3                                 # your own target (ImageFolder)
-  python recipes/train_jtln.py --source_dataset imagenette --target_dataset my_photos \\
+  python recipes/train_jtln.py --source_dataset your-org/large-source --target_dataset my_photos \\
       --backbone resnet50 --pretrained_backbone                  # ImageNet-pretrained timm backbone
   python recipes/train_jtln.py ... --backbone_checkpoint resnet50.safetensors   # local timm weights
   python recipes/train_jtln.py --config recipes/configs/fashion_mnist.yaml --max_steps 200
@@ -88,7 +88,8 @@ class JTLNArgumentParser(HfArgumentParser):
 def build_parser() -> JTLNArgumentParser:
     """The recipe's parser: data, model, JTLN, then the Trainer's flags, plus --config and --debug."""
     parser = JTLNArgumentParser(
-        DATACLASSES, description=__doc__, formatter_class=_HelpFormatter, prog="train_jtln.py"
+        DATACLASSES, description=__doc__, formatter_class=_HelpFormatter, prog="train_jtln.py",
+        usage="%(prog)s [--config FILE.yaml] [FLAG VALUE ...]   (flags in groups below)",
     )
     parser.add_argument("--config", type=Path, help="YAML file of flag defaults (flags on the command line override it).")
     return parser
