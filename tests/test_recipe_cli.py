@@ -118,8 +118,8 @@ def test_help_leads_with_the_description_examples_and_jtln_flags():
     text = recipe.build_parser().format_help()
     assert text.splitlines()[2].startswith("Train JTLN and compare it with plain fine-tuning")  # after a short usage
     assert "examples:" in text and "--target_dataset path/to/my_photos" in text and "--config" in text
-    order = [text.index(flag) for flag in ("--source_dataset", "--backbone_checkpoint", "--cost_warmup_steps",
-                                          "--ot_epsilon", "--learning_rate")]  # fmt: skip
+    flags = ("--source_dataset", "--backbone_checkpoint", "--cost_warmup_steps", "--ot_epsilon", "--learning_rate")
+    order = [re.search(rf"^  {flag} ", text, re.MULTILINE).start() for flag in flags]  # each flag's help entry
     assert order == sorted(order)  # data, model, JTLN, the objective, then the Trainer's flags
 
 
