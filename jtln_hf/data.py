@@ -468,7 +468,9 @@ def build_joint_dataset(source: datasets.Dataset | None, target: datasets.Datase
 class PairedBatchSampler(Sampler[list[int]]):
     """Per-device batches of exactly ``n_source`` source rows and ``n_target`` target rows.
 
-    Each epoch visits the source rows once in a fresh random order; the target rows, usually far
+    Each epoch visits the source rows once in a fresh random order (the last batch is topped up
+    with source rows it does not already hold, so no batch repeats a row unless the source set is
+    smaller than a batch); the target rows, usually far
     fewer, are re-sampled as a stream of fresh permutations, so every target image is seen equally
     often (to within one). The order depends only on ``seed`` and the epoch (``set_epoch``, which
     Trainer calls), so a resumed run replays the same batches.
@@ -542,8 +544,11 @@ class PairedBatchSampler(Sampler[list[int]]):
         n_s, n_t = self.n_source * self.num_replicas, self.n_target * self.num_replicas
         for b in range(self._num_global_batches()):
             source = source_order[b * n_s : (b + 1) * n_s]
-            if len(source) < n_s:  # last batch: top up from a fresh permutation
-                source = np.concatenate([source, rng.permutation(self.source_rows)[: n_s - len(source)]])
+            if len(source) < n_s:  # last batch: top up with rows it does not hold yet
+                source = np.concatenate([source, rng.permutation(np.setdiff1d(self.source_rows, source))])[:n_s]
+                if len(source) < n_s:  # fewer source rows than one global batch: rows must repeat
+                    stream = _permutation_stream(self.source_rows, rng)
+                    source = np.concatenate([source, [next(stream) for _ in range(n_s - len(source))]])
             target = [next(target_stream) for _ in range(n_t)]
             for d in range(self.num_replicas):
                 rows = source[d * self.n_source : (d + 1) * self.n_source].tolist()

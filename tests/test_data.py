@@ -324,6 +324,20 @@ def test_source_rows_once_per_epoch(batch_size, fraction, n_source):
                 top_up = picked[53:]
                 assert len(top_up) == len(sampler) * n_source - 53 < n_source
                 assert len(set(top_up)) == len(top_up)
+                last = [i for i in batches_of(sampler)[-1] if domains[i] == 0]
+                assert len(set(last)) == len(last) == n_source  # the top-up repeats no row of its batch
+
+
+def batches_of(sampler) -> list[list[int]]:
+    return list(sampler)
+
+
+def test_tiny_source_set_repeats_rows_only_when_it_must():
+    domains = _domains(3, 4)
+    sampler = PairedBatchSampler(domains, 16, source_fraction=0.5, seed=0)  # 8 source rows per batch, 3 exist
+    (batch,) = list(sampler)
+    source = [i for i in batch if domains[i] == 0]
+    assert len(source) == 8 and set(source) == {0, 1, 2}
 
 
 @pytest.mark.parametrize("batch_size,fraction", [(8, 0.5), (7, 0.25), (8, 0.0), (4, 0.75), (16, 0.5)])
