@@ -20,7 +20,11 @@ METHODS = ("finetune", "consecutive", "joint", "jtln")
 MODES = (*METHODS, "compare")
 #: ``--cost`` values computed from the backbone's pooled features, and the distance each uses.
 FEATURE_COSTS = {"features-ot": "ot", "features-mmd": "mmd", "features-centroid": "centroid"}
-COST_KINDS = ("prior", *FEATURE_COSTS)
+#: ``--cost`` values computed from the source head's predictions on the labelled target images.
+MODEL_COSTS = (*FEATURE_COSTS, "relationship")
+#: ``constant`` (every entry 1) is a control: OT then cannot prefer any class pair, so what it
+#: changes is the objective's entropy term alone.
+COST_KINDS = ("prior", *MODEL_COSTS, "constant")
 #: The cost of a two-dataset run when ``--cost`` is not given: the paper's fc7-MKMMD, on pooled features.
 DEFAULT_FEATURE_COST = "features-mmd"
 #: Source-only steps before a ``features-*`` cost is computed, for a backbone trained from scratch.
@@ -149,8 +153,9 @@ class JTLNArguments:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Seeds (k-shot draw, init, data order)."})
     cost: str | None = field(
         default=None,
-        metadata={"help": f"prior | {' | '.join(FEATURE_COSTS)} | path to a .npy/.csv cost. Default: prior on the "
-                  f"embedded Fashion-MNIST split, else {DEFAULT_FEATURE_COST}."},
+        metadata={"help": f"{' | '.join(COST_KINDS)} | path to a .npy/.csv cost. relationship: -log p(y_s|y_t) from "
+                  "the source head after the warm-up; constant: a control without class structure. Default: prior "
+                  f"on the embedded Fashion-MNIST split, else {DEFAULT_FEATURE_COST}."},
     )  # fmt: skip
     cost_normalization: str = field(
         default="column",
@@ -158,8 +163,8 @@ class JTLNArguments:
     )
     cost_warmup_steps: int | None = field(
         default=None,
-        metadata={"help": f"Source-only steps before a features-* cost is computed. Default: 0 with a pretrained "
-                  f"backbone, else {DEFAULT_COST_WARMUP_STEPS}."},
+        metadata={"help": f"Source-only steps before a features-* or relationship cost is computed. Default: "
+                  f"{DEFAULT_COST_WARMUP_STEPS}, or 0 for features-* on a pretrained backbone."},
     )  # fmt: skip
     cost_samples_per_class: int = field(default=200, metadata={"help": "Source images per class for a features-* cost."})
 
@@ -192,11 +197,18 @@ def cost_kind(data: DataArguments, jtln: JTLNArguments) -> str:
     return "prior" if embedded else DEFAULT_FEATURE_COST
 
 
-def cost_warmup_steps(model: ModelArguments, jtln: JTLNArguments) -> int:
-    """``--cost_warmup_steps``, or its default: 0 with pretrained features, else :data:`DEFAULT_COST_WARMUP_STEPS`."""
+def cost_warmup_steps(model: ModelArguments, jtln: JTLNArguments, data: DataArguments | None = None) -> int:
+    """Source-only steps before the cost is computed: 0 for costs that need no model.
+
+    ``--cost_warmup_steps`` when given; else 0 for a ``features-*`` cost on pretrained features,
+    :data:`DEFAULT_COST_WARMUP_STEPS` otherwise (the relationship always needs a trained source head).
+    """
+    kind = cost_kind(data, jtln) if data is not None else jtln.cost
+    if kind not in MODEL_COSTS:
+        return 0
     if jtln.cost_warmup_steps is not None:
         return jtln.cost_warmup_steps
-    return 0 if model.pretrained else DEFAULT_COST_WARMUP_STEPS
+    return 0 if model.pretrained and kind in FEATURE_COSTS else DEFAULT_COST_WARMUP_STEPS
 
 
 #: Flags of ``--dataset`` and their two-dataset counterparts (a flag of the other shape is ignored).
@@ -256,11 +268,15 @@ def check_arguments(data: DataArguments, model: ModelArguments, jtln: JTLNArgume
             if name in given:
                 raise ValueError(f"--{name} has no effect: no method of this run ({', '.join(methods)}) uses the OT "
                                  "term; drop it, or run jtln.")  # fmt: skip
-    elif cost_kind(data, jtln) not in FEATURE_COSTS:
-        for name in ("cost_warmup_steps", "cost_samples_per_class"):
-            if name in given:
-                raise ValueError(f"--{name} is only used by features-* costs and --cost is "
-                                 f"{cost_kind(data, jtln)}: drop it, or pass a features-* cost.")  # fmt: skip
+    else:
+        kind = cost_kind(data, jtln)
+        unused = {"cost_warmup_steps": MODEL_COSTS, "cost_samples_per_class": tuple(FEATURE_COSTS)}
+        for name, kinds in unused.items():
+            if name in given and kind not in kinds:
+                raise ValueError(f"--{name} is only used by {' / '.join(kinds)} costs and --cost is {kind}: drop it, "
+                                 "or pass such a cost.")  # fmt: skip
+        if kind == "constant" and "cost_normalization" in given:
+            raise ValueError("--cost_normalization has no effect on --cost constant (every entry is 1): drop it.")
     if not set(methods) & {"joint", "jtln"} and "source_fraction" in given:
         raise ValueError("--source_fraction sets the source share of joint batches; no method of this run trains "
                          "joint batches: drop it.")  # fmt: skip
@@ -287,6 +303,7 @@ __all__ = [
     "DEFAULT_FEATURE_COST",
     "FEATURE_COSTS",
     "METHODS",
+    "MODEL_COSTS",
     "MODES",
     "DataArguments",
     "JTLNArguments",

@@ -38,6 +38,7 @@ from . import data as jdata
 from .arguments import (
     FEATURE_COSTS,
     METHODS,
+    MODEL_COSTS,
     MODES,
     DataArguments,
     JTLNArguments,
@@ -47,7 +48,14 @@ from .arguments import (
 )
 from .backbones import check_backbone
 from .configuration_jtln import JointImageClassifierConfig
-from .cost import FASHION_MNIST_PRIOR_PATH, cost_from_features, load_cost, normalize_cost
+from .cost import (
+    FASHION_MNIST_PRIOR_PATH,
+    category_relationship,
+    cost_from_features,
+    cost_from_relationship,
+    load_cost,
+    normalize_cost,
+)
 from .hub import save_model_folder
 from .io import atomic_write_dir, atomic_write_text, latest_complete_checkpoint
 from .modelcard import has_cost, mean_transport_plan, training_hyperparameters, write_model_card
@@ -400,7 +408,9 @@ def resolve_cost(
 
     ``prior`` is the shipped hand-written Fashion-MNIST prior (its rows and columns are looked up by
     class name, so it serves any run whose classes it names); feature costs use ``model``'s pooled
-    features (after ``warmup_steps`` source-only steps, or straight from pretrained weights).
+    features (after ``warmup_steps`` source-only steps, or straight from pretrained weights);
+    ``relationship`` is :math:`-\\log p(y_s \\mid y_t)` from the source head's predictions on the labelled
+    target images (:func:`jtln_hf.cost.category_relationship`); ``constant`` is a control (all ones).
     """
     kind = cost_kind(data_args, jtln_args)
     norm = jtln_args.cost_normalization
@@ -411,6 +421,21 @@ def resolve_cost(
             raise ValueError(f"--cost prior is the hand-written Fashion-MNIST prior and does not fit these classes "
                              f"({err}): pass a features-* cost or a .npy/.csv file.") from None  # fmt: skip
         how = "Hand-written prior relation between Fashion-MNIST classes (jtln_hf/resources/fashion_mnist_prior.csv)"
+    elif kind == "constant":
+        n_s, n_t = len(exp.source_names), len(exp.target_names)
+        return np.ones((n_s, n_t)), "Constant cost (every entry 1): a control with no class structure."
+    elif kind == "relationship":
+        if model is None:
+            raise ValueError("--cost relationship needs a model whose source head predicts on the target images.")
+        outputs, labels = predict_outputs(model, exp.target, data_args, ("source_logits",))
+        probs = torch.softmax(torch.as_tensor(outputs["source_logits"], dtype=torch.float64), -1).numpy()
+        relationship = category_relationship(probs, labels, len(exp.target_names))
+        raw = cost_from_relationship(relationship, normalize="none")
+        after = f"after {warmup_steps} source-only warm-up steps" if warmup_steps else "from the initial weights"
+        how = (
+            f"-log p(y_s | y_t): the source head's mean prediction on the {len(labels)} labelled images of each "
+            f"target class (Co-Tuning's category relationship), {after}"
+        )
     elif kind in FEATURE_COSTS:
         if model is None:
             raise ValueError(f"--cost {kind} needs a model to extract features from.")
@@ -488,7 +513,7 @@ def run_method(
         if fixed_cost is not None:
             cost, description = fixed_cost
         else:
-            warmup = cost_warmup_steps(model_args, jtln_args)
+            warmup = cost_warmup_steps(model_args, jtln_args, data_args)
             if warmup:
                 train_source_only(model, exp, args, data_args, f"{name}-warmup", warmup)
             cost, description = resolve_cost(jtln_args, data_args, exp, model, seed, warmup)
@@ -697,7 +722,7 @@ def plan_experiment(
     model = build_model(config, jtln_args.seeds[0], model_args.image_size if model_args.pretrained else None)
     methods = jtln_args.run_methods
     fixed_cost = None
-    if "jtln" in methods and cost_kind(data_args, jtln_args) not in FEATURE_COSTS:
+    if "jtln" in methods and cost_kind(data_args, jtln_args) not in MODEL_COSTS:
         fixed_cost = resolve_cost(jtln_args, data_args, data[jtln_args.seeds[0]])
         check_ot_settings(model, fixed_cost[0], args)
     return ExperimentPlan(methods, pools, data, config, fixed_cost)
@@ -765,7 +790,7 @@ def run_experiment(
         "input_size": list(keep.model.config.data_config["input_size"]),
         "cost": cost_kind(data_args, jtln_args) if "jtln" in methods else None,
         "cost_normalization": jtln_args.cost_normalization,
-        "cost_warmup_steps": cost_warmup_steps(model_args, jtln_args),
+        "cost_warmup_steps": cost_warmup_steps(model_args, jtln_args, data_args) if "jtln" in methods else 0,
         "ot_loss_weight": args.ot_loss_weight,
         "ot_epsilon": args.ot_epsilon,
         "ot_iterations": args.ot_iterations,

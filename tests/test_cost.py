@@ -287,3 +287,29 @@ def test_validate_cost():
     neg[0, 2] = -0.1
     with pytest.raises(ValueError, match=r"negative value .* \(0, 2\).*>= 0"):
         validate_cost(neg, 2, 3)
+
+
+# ------------------------------------------------------------------ relationship (Co-Tuning)
+def test_category_relationship_is_the_mean_source_prediction_per_target_class():
+    from jtln_hf.cost import category_relationship
+
+    probs = np.array([[0.7, 0.2, 0.1], [0.5, 0.4, 0.1], [0.1, 0.1, 0.8], [0.2, 0.6, 0.2]])
+    labels = np.array([0, 0, 1, 2])
+    expected = np.array([[0.6, 0.3, 0.1], [0.1, 0.1, 0.8], [0.2, 0.6, 0.2]])  # by hand: row j = mean of class j
+    np.testing.assert_allclose(category_relationship(probs, labels, 3), expected)
+    with pytest.raises(ValueError, match="target class 3 has no feature rows"):
+        category_relationship(probs, labels, 4)
+    with pytest.raises(ValueError, match="pass softmax"):
+        category_relationship(probs * 2, labels, 3)
+
+
+def test_cost_from_relationship_is_minus_log_transposed():
+    from jtln_hf.cost import cost_from_relationship
+
+    rel = np.array([[0.5, 0.5, 0.0], [0.1, 0.1, 0.8]])  # (L_t=2, L_s=3)
+    cost = cost_from_relationship(rel, floor=1e-6, normalize="none")
+    assert cost.shape == (3, 2)
+    np.testing.assert_allclose(cost[:, 0], [np.log(2), np.log(2), -np.log(1e-6)])
+    np.testing.assert_allclose(cost[:, 1], -np.log([0.1, 0.1, 0.8]))
+    column = cost_from_relationship(rel, normalize="column")
+    assert np.allclose(column.min(0), 0.0) and column.max() <= 1.0

@@ -116,3 +116,21 @@ def test_epochs_name_the_length(tmp_path, digits_folder):
 
     assert _length(make_args(tmp_path, max_steps=7)) == "7 steps"
     assert _length(dataclasses.replace(make_args(tmp_path), max_steps=-1, num_train_epochs=2)) == "2 epochs"
+
+
+@pytest.mark.parametrize("cost", ["relationship", "constant"])
+def test_relationship_and_constant_costs_run(tmp_path, cost):
+    data_args = DataArguments(shots=2, max_eval_samples=40)  # the embedded Fashion-MNIST split
+    model_args = ModelArguments(backbone="test_resnet")
+    jtln_args = JTLNArguments(mode="jtln", seeds=[0], cost=cost, cost_warmup_steps=2)
+    args = make_args(tmp_path / "run", max_steps=2, per_device_train_batch_size=8)
+    plan = plan_experiment(data_args, model_args, jtln_args, args)
+    run = run_method("jtln", plan.data[0], plan.config, data_args, model_args, jtln_args, args, 0, plan.fixed_cost)
+    cost_matrix = run.model.cost_matrix.numpy()
+    assert cost_matrix.shape == (5, 5)
+    warmed = (tmp_path / "run" / "runs" / "jtln-seed0-warmup").is_dir()
+    if cost == "constant":
+        assert np.all(cost_matrix == 1.0) and not warmed and "control" in run.cost_description
+    else:  # column-normalised -log p(y_s | y_t), after the source-only warm-up
+        assert np.allclose(cost_matrix.min(0), 0.0) and cost_matrix.max() <= 1.0 and warmed
+        assert "p(y_s | y_t)" in run.cost_description and "after 2 source-only warm-up steps" in run.cost_description

@@ -56,7 +56,7 @@ CASES = {
     "class overlap": (["--source_classes", "Shirt", "Trouser"], r"in both the source and the target list"),
     "too many shots": (["--shots", "7000"], r"has 6000 images but 7000 shots were asked: lower --shots"),
     "ignored OT flag": (["--mode", "joint", "--ot_epsilon", "0.1"], r"--ot_epsilon has no effect: no method"),
-    "ignored warm-up": (["--cost_warmup_steps", "5"], r"--cost_warmup_steps is only used by features-\* costs"),
+    "ignored warm-up": (["--cost_warmup_steps", "5"], r"--cost_warmup_steps is only used by features-ot / .* / relationship costs and --cost is prior"),
     "methods without compare": (["--mode", "jtln", "--methods", "jtln"], r"--methods chooses what --mode compare"),
     "one side only": (["--source_dataset", "fashion-mnist"], r"need both --source_dataset and --target_dataset"),
     "steps and epochs": (["--max_steps", "5", "--num_train_epochs", "2"], r"--max_steps and --num_train_epochs"),
