@@ -69,6 +69,7 @@ from .sources import (
     open_dataset,
     pick_split,
 )
+from .stats import BASELINE, paired_summary
 from .trainer import JTLNTrainer, JTLNTrainingArguments, jtln_loss_from_args
 
 logger = logging.get_logger(__name__)
@@ -600,10 +601,17 @@ METHOD_TITLES = {
 
 
 def results_markdown(summary: dict[str, dict[str, Any]], caption: str = "") -> str:
-    """The comparison table: mean ± std (over seeds) of target test accuracy, in percent."""
+    """The comparison table: mean ± std (over seeds) of target test accuracy, in percent.
+
+    When joint fine-tuning ran with other methods, a column gives each method's seed-paired
+    difference to it in percentage points (:func:`jtln_hf.stats.paired_difference`): mean
+    [95 % Student-t interval], seeds won / seeds paired; "—" on joint's own row.
+    """
+    paired = paired_summary(summary)
+    diff_head = f" − {BASELINE} (points, 95% CI, wins) |" if paired else ""
     lines = [
-        "| method | accuracy (%) | mean per-class accuracy (%) | seeds | train time (s) |",
-        "|---|---|---|---|---|",
+        f"| method | accuracy (%) |{diff_head} mean per-class accuracy (%) | seeds | train time (s) |",
+        "|---|---|" + ("---|" if paired else "") + "---|---|---|",
     ]
     best = max(summary, key=lambda m: summary[m]["accuracy"]["mean"])
     for method, entry in summary.items():
@@ -611,21 +619,34 @@ def results_markdown(summary: dict[str, dict[str, Any]], caption: str = "") -> s
         acc_text = f"{100 * acc['mean']:.1f} ± {100 * acc['std']:.1f}"
         if method == best:
             acc_text = f"**{acc_text}**"
+        diff_text = f" {paired[method].to_text() if method in paired else '—'} |" if paired else ""
         lines.append(
-            f"| {METHOD_TITLES[method]} | {acc_text} | {100 * mpc['mean']:.1f} ± {100 * mpc['std']:.1f} "
+            f"| {METHOD_TITLES[method]} | {acc_text} |{diff_text} {100 * mpc['mean']:.1f} ± {100 * mpc['std']:.1f} "
             f"| {len(entry['seeds'])} | {entry['train_seconds']:.0f} |"
         )
     table = "\n".join(lines)
+    if paired:
+        table += (
+            f"\n\n− {BASELINE}: accuracy minus {BASELINE} fine-tuning's on the same seed (same target images and "
+            "initial weights), in percentage points: mean [95% Student-t interval, n − 1 degrees of freedom], "
+            f"seeds where the method beats {BASELINE} / seeds paired."
+        )
     return f"{caption}\n\n{table}\n" if caption else table + "\n"
 
 
 def write_results(output_dir: str | Path, summary: dict, runs: list[RunResult], meta: dict[str, Any], caption: str) -> str:
-    """Write ``results.json`` and ``results.md`` atomically; return the Markdown table."""
+    """Write ``results.json`` and ``results.md`` atomically; return the Markdown table.
+
+    ``results.json`` holds ``meta``, the ``summary``, every run's metrics and ``"paired"``:
+    ``{"<method>-joint": PairedDifference.to_dict()}`` of the accuracy (fractions), for every
+    method but joint; empty when joint did not run.
+    """
     output_dir = Path(output_dir)
     table = results_markdown(summary, caption)
     payload = {
         **meta,
         "summary": summary,
+        "paired": {f"{m}-{BASELINE}": d.to_dict() for m, d in paired_summary(summary).items()},
         "runs": [
             {"method": r.method, "seed": r.seed, "train_seconds": r.train_seconds, **r.metrics} for r in runs
         ],

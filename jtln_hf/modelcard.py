@@ -165,7 +165,8 @@ def write_figures(
     """Draw the card's PNGs into ``folder``; return ``{"cost"|"plan"|"compare": file name}`` of those drawn.
 
     The cost heatmap needs a non-zero cost matrix, the plan heatmap a ``plan`` (see
-    :func:`mean_transport_plan`), the bar chart a ``summary`` with several methods.
+    :func:`mean_transport_plan`), the comparison (:func:`jtln_hf.figures.compare_figure`: paired
+    differences to joint, accuracy per method) a ``summary`` of several methods.
     """
     folder = Path(folder)
     source, target = label_names(model)

@@ -28,8 +28,10 @@ from jtln_hf.modelcard import (
 from jtln_hf.ot import transport_plan
 
 SUMMARY = {
-    method: {"seeds": [0, 1, 2], "accuracy": {"mean": acc, "std": std},
-             "mean_per_class_accuracy": {"mean": acc - 0.01, "std": std}}
+    method: {"seeds": [0, 1, 2],
+             "accuracy": {"mean": acc, "std": std, "per_seed": [acc - std, acc, acc + std]},
+             "mean_per_class_accuracy": {"mean": acc - 0.01, "std": std,
+                                         "per_seed": [acc - 0.01 - std, acc - 0.01, acc - 0.01 + std]}}
     for method, acc, std in (("finetune", 0.61, 0.02), ("consecutive", 0.66, 0.01),
                              ("joint", 0.70, 0.015), ("jtln", 0.72, 0.01))
 }  # fmt: skip
@@ -63,15 +65,14 @@ def test_heatmap_has_class_names_and_a_labelled_colour_bar():
         figures.heatmap(np.zeros((3, 2)), SOURCE_NAMES[:2], TARGET_NAMES[:2], title="", colorbar_label="")
 
 
-def test_compare_figure_shows_mean_and_std():
+def test_compare_figure_shows_paired_differences_and_accuracy():
     fig = figures.compare_figure(SUMMARY)
-    (ax,) = fig.axes
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["target only", "consecutive", "joint (no OT)", "JTLN"]
-    heights = sorted(round(p.get_height(), 6) for p in ax.patches)
-    expected = sorted(round(100 * e[k]["mean"], 6) for e in SUMMARY.values()
-                      for k in ("accuracy", "mean_per_class_accuracy"))  # fmt: skip
-    assert heights == expected
-    assert "±" in ax.get_title() and ax.get_ylabel() == "target test accuracy (%)"
+    diff, acc = fig.axes
+    assert [t.get_text().split("\n")[0] for t in diff.get_xticklabels()] == ["target only", "consecutive", "JTLN"]
+    assert [t.get_text() for t in acc.get_xticklabels()] == ["target only", "consecutive", "joint (no OT)", "JTLN"]
+    # JTLN - joint = +2.5, +2.0, +1.5 points: 2.0 ± t_{0.975,2} 0.5 / sqrt(3) = 2.0 ± 4.3027 * 0.2887 = [0.76, 3.24]
+    assert diff.get_xticklabels()[-1].get_text() == "JTLN\n+2.0 [+0.8, +3.2], 3/3"
+    assert acc.get_ylabel() == "target test accuracy (%)" and acc.get_ylim()[0] > 50  # not from 0 %
 
 
 def _card_model():
