@@ -725,19 +725,21 @@ class ExperimentPlan:
 
 
 def plan_experiment(
-    data_args: DataArguments, model_args: ModelArguments, jtln_args: JTLNArguments, args: JTLNTrainingArguments
-) -> ExperimentPlan:
+    data_args: DataArguments, model_args: ModelArguments, jtln_args: JTLNArguments, args: JTLNTrainingArguments,
+    pools: DataPools | None = None,
+) -> ExperimentPlan:  # fmt: skip
     """Load and check everything before the first training step of the first method.
 
     In order: the backbone name and its weights (a local checkpoint is read; pretrained weights
     must be cached or downloadable: no minute of retries offline), the datasets, splits, columns
     and classes, every seed's shots, the config, a first model (the checkpoint must fit the
     architecture), and a ``prior`` or file cost (its shape and class names) with the OT settings.
-    Raises a one-line ``ValueError`` naming the problem and the fix.
+    Raises a one-line ``ValueError`` naming the problem and the fix. ``pools`` (from
+    :func:`load_pools` on the same ``data_args``) skips loading the data again, e.g. in a sweep.
     """
     check_backbone(model_args.backbone, pretrained=model_args.pretrained_backbone,
                    checkpoint=model_args.backbone_checkpoint)  # fmt: skip
-    pools = load_pools(data_args)
+    pools = pools if pools is not None else load_pools(data_args)
     data = {seed: prepare_data(data_args, seed, pools) for seed in jtln_args.seeds}
     config = build_config(model_args, data_args, data[jtln_args.seeds[0]])
     model = build_model(config, jtln_args.seeds[0], model_args.image_size if model_args.pretrained else None)

@@ -1,0 +1,234 @@
+#!/usr/bin/env python
+"""Ablations: JTLN settings x seeds against joint training, the setting chosen on validation.
+
+Each setting is a set of recipe flags (``--vary ot_loss_weight=3``, ``--vary cost=prior
+cost_normalization=none``); every setting trains JTLN once per seed, and joint training (the
+baseline, no OT term) once per seed. Every run of a seed sees the same target shots and initial
+weights (paired). A validation split carved from the target *training* pool
+(``--target_validation_fraction``, default 0.1 here) chooses the setting; the test split only
+reports. Without ``--vary`` the sweep is the one-factor-at-a-time grid around the default on the
+embedded Fashion-MNIST split (:data:`DEFAULT_GRID`).
+
+examples:
+  python recipes/sweep.py --seeds 0 1 2 3 4 --workers 2 --output_dir outputs/sweep
+  python recipes/sweep.py --vary ot_loss_weight=0.3 --vary ot_loss_weight=3 --seeds 0 1 2 -- \\
+      --source_dataset fashion-mnist --target_dataset my_images --target_test_fraction 0.3
+
+Flags after ``--`` go to every run (any flag of recipes/train_jtln.py). Writes ``sweep.json``,
+``sweep.md`` (the table) and ``sweep.png`` (per-seed test differences to joint, 95% intervals)
+into ``--output_dir``, and one ``runs/<setting>/seed<k>`` folder per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+#: One factor at a time around the default (λ_ot 1, ε 0.05, the column-shifted prior).
+DEFAULT_GRID: dict[str, dict[str, str]] = {
+    "default": {},
+    "λ_ot 0.3": {"ot_loss_weight": "0.3"},
+    "λ_ot 3": {"ot_loss_weight": "3"},
+    "ε 0.02": {"ot_epsilon": "0.02"},
+    "ε 0.1": {"ot_epsilon": "0.1"},
+    "objective paper": {"ot_objective": "paper"},
+    "objective entropic": {"ot_objective": "entropic"},
+    "objective kl": {"ot_objective": "kl"},
+    "prior, raw": {"cost": "prior", "cost_normalization": "none"},
+    "features-centroid": {"cost": "features-centroid"},
+    "relationship": {"cost": "relationship"},
+    "constant cost (control)": {"cost": "constant"},
+}
+BASELINE = "joint"
+_POOLS: dict[str, Any] = {}  # per worker process: the data, loaded once per data flags
+
+
+def _parse_vary(text: str) -> tuple[str, dict[str, str]]:
+    pairs = [part.split("=", 1) for part in text.split()]
+    if not pairs or any(len(p) != 2 or not p[0] for p in pairs):
+        raise argparse.ArgumentTypeError(f"--vary {text!r}: expected 'flag=value [flag=value ...]'")
+    return text, {flag.lstrip("-"): value for flag, value in pairs}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, prog="sweep.py",
+        usage="%(prog)s [--vary 'flag=value ...'] [--seeds ...] [--workers N] [--output_dir DIR] [-- RECIPE FLAGS]",
+    )  # fmt: skip
+    parser.add_argument("--vary", type=_parse_vary, action="append", default=None,
+                        help="One setting (repeat for more); default: the built-in one-factor grid.")  # fmt: skip
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--workers", type=int, default=1, help="Runs in parallel (one CPU thread each).")
+    parser.add_argument("--output_dir", default="outputs/sweep")
+    parser.add_argument("--validation_fraction", type=float, default=0.1,
+                        help="--target_validation_fraction of every run (the setting is chosen on it).")  # fmt: skip
+    return parser
+
+
+def _argv(base: list[str], overrides: dict[str, str], method: str, seed: int, out: Path, fraction: float) -> list[str]:
+    argv = list(base)
+    if "--target_validation_fraction" not in base:
+        argv += ["--target_validation_fraction", str(fraction)]
+    for flag, value in overrides.items():
+        argv += [f"--{flag}", value]
+    return argv + ["--mode", method, "--seeds", str(seed), "--output_dir", str(out)]
+
+
+def run_job(job: tuple[str, str, int, list[str]]) -> dict[str, Any]:
+    """Train one method for one seed with the recipe's own parsing and checks; return its metrics."""
+    import dataclasses
+
+    from train_jtln import parse_args
+
+    from jtln_hf.arguments import check_arguments, cost_warmup_steps
+    from jtln_hf.experiment import load_pools, plan_experiment, run_method
+
+    setting, method, seed, argv = job
+    data_args, model_args, jtln_args, args, given, _ = parse_args(argv)
+    check_arguments(data_args, model_args, jtln_args, args, given)
+    key = repr(dataclasses.asdict(data_args))
+    if key not in _POOLS:
+        _POOLS[key] = load_pools(data_args)
+    plan = plan_experiment(data_args, model_args, jtln_args, args, pools=_POOLS[key])
+    start = time.perf_counter()
+    run = run_method(method, plan.data[seed], plan.config, data_args, model_args, jtln_args, args, seed, plan.fixed_cost)
+    warmup = cost_warmup_steps(model_args, jtln_args, data_args) if method == "jtln" else 0
+    return {"setting": setting, "method": method, "seed": seed, "seconds": time.perf_counter() - start,
+            "metrics": run.metrics, "cost": run.cost_description, "max_steps": args.max_steps,
+            "warmup_steps": warmup}  # fmt: skip
+
+
+def summarize_sweep(records: list[dict[str, Any]], settings: list[str]) -> list[dict[str, Any]]:
+    """Per setting: validation and test accuracy per seed, and the test difference to joint, paired by seed."""
+    from jtln_hf.stats import paired_difference
+
+    def by_seed(setting: str, key: str) -> dict[int, float]:
+        return {r["seed"]: r["metrics"][key] for r in records if r["setting"] == setting}
+
+    joint_test = by_seed(BASELINE, "accuracy")
+    rows = []
+    for setting in settings:
+        test, validation = by_seed(setting, "accuracy"), by_seed(setting, "validation_accuracy")
+        diff = paired_difference(test, joint_test)
+        val_diff = paired_difference(validation, by_seed(BASELINE, "validation_accuracy"))
+        mine = [r for r in records if r["setting"] == setting]
+        rows.append({
+            "setting": setting, "seeds": sorted(test), "test_accuracy": test, "validation_accuracy": validation,
+            "validation_mean": sum(validation.values()) / len(validation),
+            "test_mean": sum(test.values()) / len(test), "test_minus_joint": diff.to_dict(),
+            "validation_minus_joint": val_diff.to_dict(), "text": diff.to_text(), "validation_text": val_diff.to_text(),
+            "steps": mine[0]["max_steps"] + mine[0]["warmup_steps"], "warmup_steps": mine[0]["warmup_steps"],
+            "cost": mine[0]["cost"],
+        })  # fmt: skip
+    return rows
+
+
+def sweep_markdown(rows: list[dict[str, Any]], joint: dict[str, Any], chosen: str, caption: str) -> str:
+    lines = [
+        caption, "",
+        "| setting | validation acc. (%) | validation − joint | test acc. (%) | test − joint (points, 95% CI, wins) "
+        "| steps (warm-up + joint) |",
+        "|---|---|---|---|---|---|",
+        f"| joint (no OT, baseline) | {100 * joint['validation_mean']:.1f} | — | {100 * joint['test_mean']:.1f} | — "
+        f"| {joint['steps']} |",
+    ]  # fmt: skip
+    for row in rows:
+        name = f"**{row['setting']}** (chosen on validation)" if row["setting"] == chosen else row["setting"]
+        steps = f"{row['warmup_steps']} + {row['steps'] - row['warmup_steps']}" if row["warmup_steps"] else row["steps"]
+        lines.append(f"| {name} | {100 * row['validation_mean']:.1f} | {row['validation_text']} "
+                     f"| {100 * row['test_mean']:.1f} | {row['text']} | {steps} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def sweep_figure(rows: list[dict[str, Any]], chosen: str, path: Path) -> None:
+    """Per-seed test differences to joint (dots), their mean and 95% interval, per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.4))
+    for k, row in enumerate(rows):
+        d = row["test_minus_joint"]
+        y = len(rows) - 1 - k
+        colour = "tab:red" if row["setting"] == chosen else "tab:blue"
+        ax.scatter([100 * v for v in d["per_seed"]], [y] * len(d["per_seed"]), s=14, color=colour, alpha=0.5)
+        if d["ci95"] is not None:
+            ax.plot([100 * d["ci95"][0], 100 * d["ci95"][1]], [y, y], color=colour, lw=2)
+        ax.scatter([100 * d["mean"]], [y], marker="D", color=colour, zorder=3)
+    ax.axvline(0, color="grey", lw=1)
+    ax.set_yticks(range(len(rows)), [row["setting"] for row in reversed(rows)])
+    ax.set_xlabel("test accuracy − joint training (points; dots: seeds, line: 95% CI)")
+    ax.set_title("JTLN − joint, paired by seed (red: chosen on validation)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    base = argv[argv.index("--") + 1:] if "--" in argv else []
+    own = argv[: argv.index("--")] if "--" in argv else argv
+    opts = build_parser().parse_args(own)
+    grid = dict(opts.vary) if opts.vary else dict(DEFAULT_GRID)
+    out = Path(opts.output_dir)
+    jobs = [(BASELINE, BASELINE, seed, _argv(base, {}, BASELINE, seed, out / "runs" / BASELINE / f"seed{seed}",
+                                          opts.validation_fraction)) for seed in opts.seeds]  # fmt: skip
+    for name, overrides in grid.items():
+        folder = "-".join(f"{k}={v}" for k, v in overrides.items()) or "default"
+        jobs += [(name, "jtln", seed, _argv(base, overrides, "jtln", seed, out / "runs" / folder / f"seed{seed}",
+                                            opts.validation_fraction)) for seed in opts.seeds]  # fmt: skip
+    try:  # every setting's flags are checked before anything trains
+        from train_jtln import parse_args
+
+        from jtln_hf.arguments import check_arguments
+
+        for _, _, _, job_argv in jobs:
+            parsed = parse_args(job_argv)
+            check_arguments(*parsed[:5])
+    except ValueError as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    start = time.perf_counter()
+    if opts.workers > 1:
+        with ProcessPoolExecutor(opts.workers, mp_context=get_context("spawn")) as pool:
+            records = list(pool.map(run_job, jobs))
+    else:
+        records = [run_job(job) for job in jobs]
+    wall = time.perf_counter() - start
+    settings = list(grid)
+    rows = summarize_sweep(records, settings)
+    joint_rows = summarize_sweep(records, [BASELINE])[0]
+    chosen = max(rows, key=lambda r: r["validation_mean"])["setting"]
+    caption = (
+        f"JTLN settings against joint training, {len(opts.seeds)} seeds ({' '.join(map(str, opts.seeds))}), "
+        f"paired by seed; the setting is chosen on the validation split ({opts.validation_fraction:g} of the "
+        f"target training pool), the test split only reports. Recipe flags: {' '.join(base) or '(defaults)'}. "
+        f"Wall time {wall / 60:.0f} min with {opts.workers} worker(s)."
+    )
+    from jtln_hf.io import atomic_write_text
+
+    table = sweep_markdown(rows, joint_rows, chosen, caption)
+    payload = {"seeds": opts.seeds, "grid": grid, "base_flags": base, "chosen": chosen, "wall_seconds": wall,
+               "joint": joint_rows, "settings": rows, "runs": records}  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "sweep.json", json.dumps(payload, indent=2, default=float) + "\n")
+    atomic_write_text(out / "sweep.md", table)
+    sweep_figure(rows, chosen, out / "sweep.png")
+    print(table)
+    print(f"chosen on validation: {chosen}; files: {out / 'sweep.md'}, {out / 'sweep.json'}, {out / 'sweep.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

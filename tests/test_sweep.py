@@ -1,0 +1,64 @@
+"""recipes/sweep.py: settings x seeds against joint, paired by seed, chosen on validation only."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_sweep():
+    sys.path.insert(0, str(REPO / "recipes"))
+    spec = importlib.util.spec_from_file_location("sweep_recipe", REPO / "recipes" / "sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+sweep = _load_sweep()
+TINY = ["--max_steps", "2", "--shots", "2", "--max_eval_samples", "40", "--per_device_train_batch_size", "8"]
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    status = sweep.main(["--vary", "ot_loss_weight=0.3", "--vary", "cost=constant", "--seeds", "0", "1",
+                         "--output_dir", str(out), "--", *TINY])  # fmt: skip
+    assert status == 0
+    return out, json.loads((out / "sweep.json").read_text())
+
+
+def test_every_setting_is_paired_with_joint_by_seed(tiny_sweep):
+    out, result = tiny_sweep
+    runs = result["runs"]
+    assert sorted((r["setting"], r["seed"]) for r in runs) == sorted(
+        (s, k) for s in ("joint", "ot_loss_weight=0.3", "cost=constant") for k in (0, 1))  # fmt: skip
+    joint = {r["seed"]: r["metrics"]["accuracy"] for r in runs if r["setting"] == "joint"}
+    for row in result["settings"]:
+        mine = {r["seed"]: r["metrics"]["accuracy"] for r in runs if r["setting"] == row["setting"]}
+        expected = [mine[k] - joint[k] for k in (0, 1)]
+        assert row["test_minus_joint"]["per_seed"] == pytest.approx(expected)
+        assert row["test_minus_joint"]["mean"] == pytest.approx(sum(expected) / 2)
+        assert all("validation_accuracy" in r["metrics"] for r in runs)  # every run reports validation
+
+
+def test_the_choice_is_made_on_validation_not_test(tiny_sweep):
+    out, result = tiny_sweep
+    best = max(result["settings"], key=lambda row: row["validation_mean"])
+    assert result["chosen"] == best["setting"]
+    table = (out / "sweep.md").read_text()
+    assert f"**{best['setting']}** (chosen on validation)" in table and "| joint (no OT, baseline) |" in table
+    Image.open(out / "sweep.png").verify()
+    assert (out / "runs" / "cost=constant" / "seed1" / "runs" / "jtln-seed1" / "trainer_state.json").is_file()
+
+
+def test_a_bad_setting_fails_before_anything_trains(tmp_path, capsys):
+    status = sweep.main(["--vary", "ot_loss_wieght=3", "--seeds", "0", "--output_dir", str(tmp_path / "o"), "--", *TINY])
+    assert status == 2 and "did you mean --ot_loss_weight" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
