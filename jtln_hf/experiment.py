@@ -277,10 +277,16 @@ def build_model(config: JointImageClassifierConfig, seed: int, image_size: int |
 
 
 # ------------------------------------------------------------------------------------- training
-def _with_transform(ds: datasets.Dataset, config: JointImageClassifierConfig, training: bool, data_args: DataArguments):
+def _with_transform(ds: datasets.Dataset, config: JointImageClassifierConfig, training: bool, data_args: DataArguments,
+                    seed: int = 0) -> datasets.Dataset:  # fmt: skip
+    """``ds`` under timm's train or eval transform; training augmentation is salted with the run's ``seed``.
+
+    Without the salt, a row drawn in the same batch position by two seeds would get the same crop
+    and flip: the seeds of a comparison would share their augmentation noise.
+    """
     kwargs = {"scale": tuple(data_args.train_scale), "hflip": data_args.hflip} if training else {}
     transform = jdata.build_transform(config.data_config, training, **kwargs)
-    return ds.with_transform(jdata.make_batch_transform(transform, config.data_config["input_size"][0]))
+    return ds.with_transform(jdata.make_batch_transform(transform, config.data_config["input_size"][0], seed=seed))
 
 
 def _stage_args(args: JTLNTrainingArguments, name: str, **overrides: Any) -> JTLNTrainingArguments:
@@ -341,7 +347,7 @@ def _stage_eval_dataset(stage: JTLNTrainingArguments, exp, config, data_args) ->
 
 def train_source_only(model, exp, args, data_args, name: str, steps: int) -> JTLNTrainer:
     """Source head only (λ_ot = 0, batches of source rows)."""
-    train_ds = _with_transform(jdata.build_joint_dataset(exp.source, None), model.config, True, data_args)
+    train_ds = _with_transform(jdata.build_joint_dataset(exp.source, None), model.config, True, data_args, args.seed)
     stage = _stage_args(
         args, name, max_steps=steps, per_device_train_batch_size=source_batch_size(args),
         source_fraction=1.0, ot_loss_weight=0.0,
@@ -351,7 +357,7 @@ def train_source_only(model, exp, args, data_args, name: str, steps: int) -> JTL
 
 def train_target_only(model, exp, args, data_args, name: str) -> JTLNTrainer:
     """Target head only (batches of target rows); evaluated on the target test set if ``eval_strategy`` asks."""
-    train_ds = _with_transform(jdata.build_joint_dataset(None, exp.target), model.config, True, data_args)
+    train_ds = _with_transform(jdata.build_joint_dataset(None, exp.target), model.config, True, data_args, args.seed)
     stage = _stage_args(
         args, name, per_device_train_batch_size=target_batch_size(args), source_fraction=0.0, ot_loss_weight=0.0
     )
@@ -360,7 +366,9 @@ def train_target_only(model, exp, args, data_args, name: str) -> JTLNTrainer:
 
 def train_joint(model, exp, args, data_args, name: str, ot_loss_weight: float) -> JTLNTrainer:
     """Both heads on mixed batches, with the OT term when ``ot_loss_weight > 0``."""
-    train_ds = _with_transform(jdata.build_joint_dataset(exp.source, exp.target), model.config, True, data_args)
+    train_ds = _with_transform(
+        jdata.build_joint_dataset(exp.source, exp.target), model.config, True, data_args, args.seed
+    )
     stage = _stage_args(args, name, ot_loss_weight=ot_loss_weight)
     return _train(model, stage, train_ds, _stage_eval_dataset(stage, exp, model.config, data_args))
 

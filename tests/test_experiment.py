@@ -134,3 +134,20 @@ def test_relationship_and_constant_costs_run(tmp_path, cost):
     else:  # column-normalised -log p(y_s | y_t), after the source-only warm-up
         assert np.allclose(cost_matrix.min(0), 0.0) and cost_matrix.max() <= 1.0 and warmed
         assert "p(y_s | y_t)" in run.cost_description and "after 2 source-only warm-up steps" in run.cost_description
+
+
+def test_training_augmentation_is_salted_with_the_run_seed(small_split):
+    import torch
+
+    from jtln_hf.experiment import _with_transform
+
+    config = __import__("conftest").make_config()
+    rows = small_split["source"].select(range(4))
+    data_args = DataArguments(train_scale=[0.3, 1.0])
+
+    def pixels(seed):
+        ds = _with_transform(jdata.build_joint_dataset(rows, None), config, True, data_args, seed)
+        return torch.stack(ds[:4]["pixel_values"])
+
+    assert torch.equal(pixels(0), pixels(0))  # a function of the batch and the seed
+    assert not torch.equal(pixels(0), pixels(1))  # another seed, other crops and flips
