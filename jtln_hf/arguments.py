@@ -16,7 +16,7 @@ from typing import Any
 from .cost import COST_NORMALIZATIONS
 from .data import did_you_mean
 
-METHODS = ("finetune", "consecutive", "joint", "jtln")
+METHODS = ("finetune", "consecutive", "joint", "jtln", "cotuning")
 MODES = (*METHODS, "compare")
 #: ``--cost`` values computed from the backbone's pooled features, and the distance each uses.
 FEATURE_COSTS = {"features-ot": "ot", "features-mmd": "mmd", "features-centroid": "centroid"}
@@ -167,6 +167,11 @@ class JTLNArguments:
                   f"{DEFAULT_COST_WARMUP_STEPS}, or 0 for features-* on a pretrained backbone."},
     )  # fmt: skip
     cost_samples_per_class: int = field(default=200, metadata={"help": "Source images per class for a features-* cost."})
+    cotuning_weight: float = field(
+        default=2.3,
+        metadata={"help": "λ_ct of the cotuning method: weight of the soft source term (TLlib's default 2.3). Its "
+                  "relationship p(y_s|y_t) is read after --cost_warmup_steps source-only steps."},
+    )  # fmt: skip
 
     def __post_init__(self):
         _choice(self.mode, MODES, "--mode")
@@ -180,6 +185,8 @@ class JTLNArguments:
                 f"--cost {self.cost!r} is neither one of {list(COST_KINDS)}{did_you_mean(self.cost, COST_KINDS)} "
                 "nor a .npy/.csv file."
             )
+        if not (math.isfinite(self.cotuning_weight) and self.cotuning_weight >= 0):
+            raise ValueError(f"--cotuning_weight must be a finite number >= 0, got {self.cotuning_weight}.")
         if self.cost_warmup_steps is not None and self.cost_warmup_steps < 0:
             raise ValueError(f"--cost_warmup_steps must be >= 0, got {self.cost_warmup_steps}.")
 
@@ -195,6 +202,11 @@ def cost_kind(data: DataArguments, jtln: JTLNArguments) -> str:
         return jtln.cost
     embedded = not data.two_datasets and data.dataset in (None, "fashion-mnist")
     return "prior" if embedded else DEFAULT_FEATURE_COST
+
+
+def cotuning_warmup_steps(jtln: JTLNArguments) -> int:
+    """Source-only steps before Co-Tuning reads its relationship: the source head must know its task first."""
+    return jtln.cost_warmup_steps if jtln.cost_warmup_steps is not None else DEFAULT_COST_WARMUP_STEPS
 
 
 def cost_warmup_steps(model: ModelArguments, jtln: JTLNArguments, data: DataArguments | None = None) -> int:
@@ -263,8 +275,13 @@ def check_arguments(data: DataArguments, model: ModelArguments, jtln: JTLNArgume
                          "(or pass --mode compare).")  # fmt: skip
     methods = jtln.run_methods
     uses_ot = "jtln" in methods
+    if "cotuning_weight" in given and "cotuning" not in methods:
+        raise ValueError(f"--cotuning_weight has no effect: no method of this run ({', '.join(methods)}) is cotuning; "
+                         "drop it, or run cotuning.")  # fmt: skip
     if not uses_ot:
         for name in OT_FLAGS:
+            if name == "cost_warmup_steps" and "cotuning" in methods:
+                continue  # the relationship of Co-Tuning is read after the warm-up too
             if name in given:
                 raise ValueError(f"--{name} has no effect: no method of this run ({', '.join(methods)}) uses the OT "
                                  "term; drop it, or run jtln.")  # fmt: skip
@@ -272,7 +289,7 @@ def check_arguments(data: DataArguments, model: ModelArguments, jtln: JTLNArgume
         kind = cost_kind(data, jtln)
         unused = {"cost_warmup_steps": MODEL_COSTS, "cost_samples_per_class": tuple(FEATURE_COSTS)}
         for name, kinds in unused.items():
-            if name in given and kind not in kinds:
+            if name in given and kind not in kinds and not (name == "cost_warmup_steps" and "cotuning" in methods):
                 raise ValueError(f"--{name} is only used by {' / '.join(kinds)} costs and --cost is {kind}: drop it, "
                                  "or pass such a cost.")  # fmt: skip
         if kind == "constant" and "cost_normalization" in given:
@@ -310,5 +327,6 @@ __all__ = [
     "ModelArguments",
     "check_arguments",
     "cost_kind",
+    "cotuning_warmup_steps",
     "cost_warmup_steps",
 ]

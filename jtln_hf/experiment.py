@@ -45,7 +45,9 @@ from .arguments import (
     ModelArguments,
     cost_kind,
     cost_warmup_steps,
+    cotuning_warmup_steps,
 )
+from .cotuning import CoTuningTrainer
 from .backbones import check_backbone
 from .configuration_jtln import JointImageClassifierConfig
 from .cost import (
@@ -299,13 +301,14 @@ def _stage_args(args: JTLNTrainingArguments, name: str, **overrides: Any) -> JTL
     return dataclasses.replace(args, output_dir=str(Path(args.output_dir) / "runs" / name), **overrides)
 
 
-def _train(model, args, train_ds, eval_ds=None) -> JTLNTrainer:
+def _train(model, args, train_ds, eval_ds=None, trainer_cls: type[JTLNTrainer] = JTLNTrainer,
+           **trainer_kwargs: Any) -> JTLNTrainer:  # fmt: skip
     """Train one stage; write ``train_results.json``, ``all_results.json`` and ``trainer_state.json``.
 
     The same files transformers' example scripts write (``save_metrics`` / ``save_state``, main
     process only), so the stage's log history and throughput can be read without TensorBoard.
     """
-    trainer = JTLNTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds)
+    trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, **trainer_kwargs)
     result = trainer.train(resume_from_checkpoint=_resume_value(args.resume_from_checkpoint, args.output_dir))
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
@@ -364,13 +367,15 @@ def train_target_only(model, exp, args, data_args, name: str) -> JTLNTrainer:
     return _train(model, stage, train_ds, _stage_eval_dataset(stage, exp, model.config, data_args))
 
 
-def train_joint(model, exp, args, data_args, name: str, ot_loss_weight: float) -> JTLNTrainer:
-    """Both heads on mixed batches, with the OT term when ``ot_loss_weight > 0``."""
+def train_joint(model, exp, args, data_args, name: str, ot_loss_weight: float, trainer_cls: type[JTLNTrainer] = JTLNTrainer,
+                **trainer_kwargs: Any) -> JTLNTrainer:  # fmt: skip
+    """Both heads on mixed batches, with the OT term when ``ot_loss_weight > 0`` (``trainer_cls``: e.g. Co-Tuning)."""
     train_ds = _with_transform(
         jdata.build_joint_dataset(exp.source, exp.target), model.config, True, data_args, args.seed
     )
     stage = _stage_args(args, name, ot_loss_weight=ot_loss_weight)
-    return _train(model, stage, train_ds, _stage_eval_dataset(stage, exp, model.config, data_args))
+    return _train(model, stage, train_ds, _stage_eval_dataset(stage, exp, model.config, data_args), trainer_cls,
+                  **trainer_kwargs)  # fmt: skip
 
 
 def predict_outputs(
@@ -436,13 +441,10 @@ def resolve_cost(
     elif kind == "relationship":
         if model is None:
             raise ValueError("--cost relationship needs a model whose source head predicts on the target images.")
-        outputs, labels = predict_outputs(model, exp.target, data_args, ("source_logits",))
-        probs = torch.softmax(torch.as_tensor(outputs["source_logits"], dtype=torch.float64), -1).numpy()
-        relationship = category_relationship(probs, labels, len(exp.target_names))
-        raw = cost_from_relationship(relationship, normalize="none")
+        raw = cost_from_relationship(relationship_of(model, exp, data_args), normalize="none")
         after = f"after {warmup_steps} source-only warm-up steps" if warmup_steps else "from the initial weights"
         how = (
-            f"-log p(y_s | y_t): the source head's mean prediction on the {len(labels)} labelled images of each "
+            f"-log p(y_s | y_t): the source head's mean prediction on the {len(exp.target)} labelled images of each "
             f"target class (Co-Tuning's category relationship), {after}"
         )
     elif kind in FEATURE_COSTS:
@@ -474,6 +476,13 @@ def resolve_cost(
     return normalize_cost(raw, norm), f"{how}; normalisation: {norm}."
 
 
+def relationship_of(model: JointImageClassifier, exp: ExperimentData, data_args: DataArguments) -> np.ndarray:
+    """Co-Tuning's :math:`p(y_s \\mid y_t)`, shape ``(L_t, L_s)``, from ``model``'s source head on the labelled target images."""
+    outputs, labels = predict_outputs(model, exp.target, data_args, ("source_logits",))
+    probs = torch.softmax(torch.as_tensor(outputs["source_logits"], dtype=torch.float64), -1).numpy()
+    return category_relationship(probs, labels, len(exp.target_names))
+
+
 def _min_class_size(ds: datasets.Dataset) -> int:
     return int(np.bincount(ds.select_columns(["label"]).with_format("numpy")[:]["label"]).min())
 
@@ -486,6 +495,7 @@ class RunResult:
     train_seconds: float
     model: JointImageClassifier
     cost_description: str = ""
+    steps: str = ""  # what the run trained, e.g. "200 warm-up + 500": the budget every table states
 
 
 def run_method(
@@ -511,6 +521,7 @@ def run_method(
     name = f"{method}-seed{seed}"
     start = time.perf_counter()
     description = ""
+    warmup = 0
     if method == "finetune":
         last = train_target_only(model, exp, args, data_args, name)
     elif method == "consecutive":
@@ -518,6 +529,15 @@ def run_method(
         last = train_target_only(model, exp, args, data_args, f"{name}-target")
     elif method == "joint":
         last = train_joint(model, exp, args, data_args, name, ot_loss_weight=0.0)
+    elif method == "cotuning":
+        warmup = cotuning_warmup_steps(jtln_args)
+        if warmup:
+            train_source_only(model, exp, args, data_args, f"{name}-warmup", warmup)
+        relationship = relationship_of(model, exp, data_args)
+        last = train_joint(model, exp, args, data_args, name, ot_loss_weight=0.0, trainer_cls=CoTuningTrainer,
+                           relationship=relationship, cotuning_weight=jtln_args.cotuning_weight)  # fmt: skip
+        description = (f"Co-Tuning: p(y_s | y_t) read after {warmup} source-only warm-up steps, soft source term "
+                       f"weight {jtln_args.cotuning_weight:g}.")  # fmt: skip
     else:
         if fixed_cost is not None:
             cost, description = fixed_cost
@@ -529,9 +549,18 @@ def run_method(
         model.set_cost_matrix(cost)
         last = train_joint(model, exp, args, data_args, name, ot_loss_weight=args.ot_loss_weight)
     seconds = time.perf_counter() - start
+    steps = _steps_text(method, args, warmup if method in ("jtln", "cotuning") else 0)
     metrics = evaluate_model(model, exp, data_args, args, log_to=last)
     logger.warning(f"{method} seed {seed}: accuracy {metrics['accuracy']:.4f} ({seconds:.0f} s)")
-    return RunResult(method, seed, metrics, seconds, model, description)
+    return RunResult(method, seed, metrics, seconds, model, description, steps)
+
+
+def _steps_text(method: str, args: JTLNTrainingArguments, warmup: int) -> str:
+    """The training budget of one run: consecutive trains twice, warm-ups add source-only steps."""
+    length = str(args.max_steps) if args.max_steps > 0 else f"{args.num_train_epochs:g} epochs"
+    if method == "consecutive":
+        return f"{length} source + {length} target"
+    return f"{warmup} warm-up + {length}" if warmup else length
 
 
 def evaluate_model(
@@ -586,7 +615,8 @@ def summarize(runs: list[RunResult]) -> dict[str, dict[str, Any]]:
     summary: dict[str, dict[str, Any]] = {}
     for method in dict.fromkeys(r.method for r in runs):
         mine = [r for r in runs if r.method == method]
-        entry: dict[str, Any] = {"seeds": [r.seed for r in mine], "train_seconds": sum(r.train_seconds for r in mine)}
+        entry: dict[str, Any] = {"seeds": [r.seed for r in mine], "train_seconds": sum(r.train_seconds for r in mine),
+                                 "steps": mine[0].steps}  # fmt: skip
         keys = ["accuracy", "mean_per_class_accuracy"]
         keys += [k for k in ("validation_accuracy", "validation_mean_per_class_accuracy") if k in mine[0].metrics]
         for key in keys:
@@ -605,6 +635,7 @@ METHOD_TITLES = {
     "consecutive": "consecutive fine-tuning, source then target",
     "joint": "joint fine-tuning, two heads, no OT",
     "jtln": "JTLN (joint + OT)",
+    "cotuning": "Co-Tuning (joint + soft source labels)",
 }
 
 
@@ -618,8 +649,8 @@ def results_markdown(summary: dict[str, dict[str, Any]], caption: str = "") -> s
     paired = paired_summary(summary)
     diff_head = f" − {BASELINE} (points, 95% CI, wins) |" if paired else ""
     lines = [
-        f"| method | accuracy (%) |{diff_head} mean per-class accuracy (%) | seeds | train time (s) |",
-        "|---|---|" + ("---|" if paired else "") + "---|---|---|",
+        f"| method | accuracy (%) |{diff_head} mean per-class accuracy (%) | steps per seed | seeds | train time (s) |",
+        "|---|---|" + ("---|" if paired else "") + "---|---|---|---|",
     ]
     best = max(summary, key=lambda m: summary[m]["accuracy"]["mean"])
     for method, entry in summary.items():
@@ -630,7 +661,7 @@ def results_markdown(summary: dict[str, dict[str, Any]], caption: str = "") -> s
         diff_text = f" {paired[method].to_text() if method in paired else '—'} |" if paired else ""
         lines.append(
             f"| {METHOD_TITLES[method]} | {acc_text} |{diff_text} {100 * mpc['mean']:.1f} ± {100 * mpc['std']:.1f} "
-            f"| {len(entry['seeds'])} | {entry['train_seconds']:.0f} |"
+            f"| {entry.get('steps', '')} | {len(entry['seeds'])} | {entry['train_seconds']:.0f} |"
         )
     table = "\n".join(lines)
     if paired:
@@ -656,7 +687,8 @@ def write_results(output_dir: str | Path, summary: dict, runs: list[RunResult], 
         "summary": summary,
         "paired": {f"{m}-{BASELINE}": d.to_dict() for m, d in paired_summary(summary).items()},
         "runs": [
-            {"method": r.method, "seed": r.seed, "train_seconds": r.train_seconds, **r.metrics} for r in runs
+            {"method": r.method, "seed": r.seed, "steps": r.steps, "train_seconds": r.train_seconds, **r.metrics}
+            for r in runs
         ],
     }
     atomic_write_text(output_dir / "results.json", json.dumps(payload, indent=2) + "\n")
@@ -773,7 +805,7 @@ def run_experiment(
     data_args: DataArguments, model_args: ModelArguments, jtln_args: JTLNArguments, args: JTLNTrainingArguments,
     plan: ExperimentPlan | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Run ``jtln_args.mode`` for every seed; write results (and the first seed's model).
+    """Run ``jtln_args.mode`` for every seed; write results and the first seed's model (JTLN's, if it ran).
 
     ``plan`` (from :func:`plan_experiment`) is made here when not given.
     """
@@ -782,15 +814,16 @@ def run_experiment(
     runs: list[RunResult] = []
     keep: RunResult | None = None
     keep_exp: ExperimentData | None = None
+    keep_method = "jtln" if "jtln" in methods else methods[-1]  # the model that is saved (first seed)
     start = time.perf_counter()
     for seed in jtln_args.seeds:
         exp = plan.data[seed]
         for method in methods:
             run = run_method(method, exp, plan.config, data_args, model_args, jtln_args, args, seed, plan.fixed_cost)
-            if keep is None and method == methods[-1]:
+            if keep is None and method == keep_method:
                 keep, keep_exp = run, exp
             else:
-                run.model = None  # free memory: only the first seed's last method is saved
+                run.model = None  # free memory: only the first seed's JTLN (or last method) is saved
             runs.append(run)
     wall = time.perf_counter() - start
     summary = summarize(runs)

@@ -31,7 +31,8 @@ METHOD_LABELS = {
     "jtln": "JTLN",
 }
 #: One colour per method, the same in both panels of the comparison figure.
-METHOD_COLOURS = {"finetune": "tab:gray", "consecutive": "tab:orange", "joint": "tab:blue", "jtln": "tab:green"}
+METHOD_COLOURS = {"finetune": "tab:gray", "consecutive": "tab:orange", "joint": "tab:blue", "jtln": "tab:green",
+                  "cotuning": "tab:purple"}  # fmt: skip
 _ANNOTATE_MAX = 15  # write the value in each cell up to this many rows/columns
 _DPI = 150
 

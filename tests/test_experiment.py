@@ -151,3 +151,42 @@ def test_training_augmentation_is_salted_with_the_run_seed(small_split):
 
     assert torch.equal(pixels(0), pixels(0))  # a function of the batch and the seed
     assert not torch.equal(pixels(0), pixels(1))  # another seed, other crops and flips
+
+
+def test_cotuning_adds_the_soft_source_term_with_the_relationship(tmp_path):
+    """Co-Tuning's loss on a batch = the joint objective + λ_ct · soft CE of the source head (by hand)."""
+    import torch
+
+    from conftest import make_model, make_trainer
+    from jtln_hf.cotuning import CoTuningTrainer
+
+    model = make_model(num_target=2, num_source=3)
+    relationship = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    pixels = torch.randn(6, 1, 28, 28)
+    labels, domain = torch.tensor([0, 2, 1, 0, 1, 1]), torch.tensor([0, 0, 0, 1, 1, 1])
+    inputs = {"pixel_values": pixels, "labels": labels, "domain": domain}
+    plain = make_trainer(model, None, tmp_path / "a", ot_loss_weight=0.0)
+    co = CoTuningTrainer(model=model, args=plain.args, relationship=relationship, cotuning_weight=2.3)
+    model.eval()
+    with torch.no_grad():
+        joint_loss = plain.compute_loss(model, inputs)
+        total = co.compute_loss(model, inputs)
+        out = model(pixel_values=pixels)
+    target = domain == 1
+    log_p = torch.log_softmax(out.source_logits[target].double(), -1)
+    soft = -(relationship.double()[labels[target]] * log_p).sum(-1).mean()
+    assert float(total) == pytest.approx(float(joint_loss) + 2.3 * float(soft), rel=1e-5)
+    with pytest.raises(ValueError, match=r"relationship has shape \(3, 3\) but the model needs \(L_t, L_s\) = \(2, 3\)"):
+        CoTuningTrainer(model=model, args=plain.args, relationship=torch.ones(3, 3) / 3)
+
+
+def test_cotuning_runs_as_a_method_and_states_its_steps(tmp_path):
+    data_args = DataArguments(shots=2, max_eval_samples=40)
+    model_args = ModelArguments(backbone="test_resnet")
+    jtln_args = JTLNArguments(mode="cotuning", seeds=[0], cost_warmup_steps=2)
+    args = make_args(tmp_path / "run", max_steps=2, per_device_train_batch_size=8)
+    plan = plan_experiment(data_args, model_args, jtln_args, args)
+    run = run_method("cotuning", plan.data[0], plan.config, data_args, model_args, jtln_args, args, 0)
+    assert run.steps == "2 warm-up + 2" and "Co-Tuning" in run.cost_description
+    state = (tmp_path / "run" / "runs" / "cotuning-seed0" / "trainer_state.json").read_text()
+    assert '"cotuning"' in state  # the soft source term is logged beside ce_target, ce_source, ot

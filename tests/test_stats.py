@@ -126,7 +126,7 @@ def test_without_joint_there_is_no_paired_column(tmp_path):
     write_results(tmp_path, summarize(runs), runs, {}, "")
     assert json.loads((tmp_path / "results.json").read_text())["paired"] == {}
     md = (tmp_path / "results.md").read_text()
-    assert "− joint" not in md and "—" not in md and md.splitlines()[1] == "|---|---|---|---|---|"
+    assert "− joint" not in md and "—" not in md and md.splitlines()[1] == "|---|---|---|---|---|---|"
 
 
 def test_the_card_shows_the_paired_column(tmp_path):

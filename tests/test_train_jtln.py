@@ -40,8 +40,8 @@ def test_compare_writes_table_and_json(compare_run):
     assert results["max_steps"] == 12 and results["shots"] == 3 and results["seeds"] == [0, 3]
     assert results["source_classes"] == ["T-shirt/top", "Trouser", "Pullover", "Dress", "Sneaker"]
     assert results["target_classes"] == ["Shirt", "Coat", "Sandal", "Bag", "Ankle boot"]
-    assert set(results["summary"]) == {"finetune", "consecutive", "joint", "jtln"}
-    assert len(results["runs"]) == 8
+    assert set(results["summary"]) == {"finetune", "consecutive", "joint", "jtln", "cotuning"}
+    assert len(results["runs"]) == 10
     for method, entry in results["summary"].items():
         per_seed = entry["accuracy"]["per_seed"]
         assert len(per_seed) == 2 and all(0.0 <= a <= 1.0 for a in per_seed)
@@ -112,7 +112,7 @@ def two_dataset_run(tmp_path_factory):
 def test_two_datasets_end_to_end(two_dataset_run):
     run_dir, proc = two_dataset_run
     results = json.loads((run_dir / "results.json").read_text())
-    assert set(results["summary"]) == {"finetune", "consecutive", "joint", "jtln"}
+    assert set(results["summary"]) == {"finetune", "consecutive", "joint", "jtln", "cotuning"}
     assert results["source_classes"] == ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                                          "Sneaker", "Bag", "Ankle boot"]  # fmt: skip
     assert results["target_classes"] == [str(d) for d in range(10)]
@@ -121,7 +121,7 @@ def test_two_datasets_end_to_end(two_dataset_run):
     # what transformers' examples write, per stage; no empty folders
     stages = {p.name for p in (run_dir / "runs").iterdir()}
     assert stages == {"finetune-seed0", "consecutive-seed0-source", "consecutive-seed0-target", "joint-seed0",
-                      "jtln-seed0-warmup", "jtln-seed0"}  # fmt: skip
+                      "jtln-seed0-warmup", "jtln-seed0", "cotuning-seed0-warmup", "cotuning-seed0"}  # fmt: skip
     for stage in stages:
         files = {p.name for p in (run_dir / "runs" / stage).iterdir()}
         assert {"train_results.json", "all_results.json", "trainer_state.json"} <= files, stage
