@@ -31,6 +31,7 @@ from transformers.trainer_utils import seed_worker
 from .data import SOURCE, TARGET, PairedBatchSampler, collate
 from .image_processing_jtln import JointImageClassifierImageProcessor
 from .loss import JTLNLoss, split_rows
+from .ot import OBJECTIVES
 from .metrics import compute_classification_metrics
 
 LOSS_PARTS = ("ce_target", "ce_source", "ot")
@@ -63,6 +64,15 @@ class JTLNTrainingArguments(TrainingArguments):
     ot_detach_target: bool = field(
         default=False, metadata={"help": "Stop the OT gradient into the target head (OT then only shapes h_s)."}
     )
+    ot_objective: str = field(
+        default="paper",
+        metadata={
+            "help": "OT value and gradient: paper (logs <γ,C> but back-propagates the gradient of <γ,C> - εH(γ): "
+            "the paper's, inconsistent), entropic (<γ,C> - εH(γ)) or kl (<γ,C> + ε KL(γ‖a⊗b), zero gradient "
+            "under a constant cost); the last two log the value they differentiate.",
+            "choices": list(OBJECTIVES),
+        },
+    )
     source_fraction: float = field(
         default=0.5, metadata={"help": "Share of source rows in every per-device training batch."}
     )
@@ -90,6 +100,12 @@ class JTLNTrainingArguments(TrainingArguments):
             raise ValueError(f"ot_iterations must be >= 1, got {self.ot_iterations}.")
         if self.ot_tol is not None and not (math.isfinite(self.ot_tol) and self.ot_tol > 0):
             raise ValueError(f"ot_tol must be a finite number > 0 (e.g. 1e-4) or unset, got {self.ot_tol}.")
+        if self.ot_objective not in OBJECTIVES:
+            raise ValueError(
+                f"ot_objective must be one of {', '.join(OBJECTIVES)}, got {self.ot_objective!r}: paper (the "
+                "paper's: logs <γ,C>, back-propagates the entropic gradient), entropic (<γ,C> - εH(γ)) or kl "
+                "(<γ,C> + ε KL(γ‖a⊗b))."
+            )
 
 
 class JTLNTrainer(Trainer):
@@ -120,6 +136,7 @@ class JTLNTrainer(Trainer):
             ot_method=self.args.ot_method,
             ot_detach_target=self.args.ot_detach_target,
             ot_tol=self.args.ot_tol,
+            ot_objective=self.args.ot_objective,
         )
         self._part_sums: dict[str, torch.Tensor] = {}
         self._train_composition: tuple[int, int] | None = None  # (batch size, source rows) per device batch
