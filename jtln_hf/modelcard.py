@@ -113,7 +113,7 @@ def mean_transport_plan(
 
 
 def training_hyperparameters(args, *, steps: int | None = None, ot_used: bool = True) -> dict[str, Any]:
-    """The card's hyper-parameter rows: λ_s, λ_ot, OT settings (ε, iterations, tol, solver, objective), steps, batch."""
+    """The card's hyper-parameter rows: λ_s, λ_ot, the OT settings (ε, iterations, tol, solver, objective), batch."""
     batch = args.per_device_train_batch_size
     n_source = round(batch * args.source_fraction)
     precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"

@@ -7,6 +7,13 @@ shared by the whole batch.  This module solves those ``B`` problems together wit
 number of Sinkhorn iterations (Cuturi 2013) and differentiates them with the dual potentials
 (envelope theorem, Frogner et al. 2015) instead of back-propagating through the iterations.
 
+The envelope gradient is that of a *regularised* value, so ``objective`` says what is returned:
+``"paper"`` (default for now) returns the linear cost :math:`\langle\gamma, C\rangle`, as the
+paper does, with the gradient of :math:`\langle\gamma, C\rangle - \varepsilon H(\gamma)` --
+value and gradient of different functions; ``"entropic"`` returns that entropic value and
+``"kl"`` :math:`\langle\gamma, C\rangle + \varepsilon\,\mathrm{KL}(\gamma\,\|\,a\otimes b)`,
+each with its own gradient (see :func:`wasserstein_loss`; ``tests/test_ot_objective.py``).
+
 Why by hand rather than POT: ``ot.batch.solve_batch(..., grad="autodiff")`` expects one cost
 per problem and records every iteration for autograd; at B=128, a 1000x256 cost and 50
 iterations it took 73 ms and 13 GiB on an H200, against ~6 ms and ~5 MiB for the kernel-domain
@@ -351,8 +358,8 @@ def _kernel_scalings(
 
 
 def _log_potentials(
-    a: torch.Tensor, b: torch.Tensor, C_eps: torch.Tensor, iterations: int, tol: float | None = None,
-    rows: bool = False,
+    a: torch.Tensor, b: torch.Tensor, C_eps: torch.Tensor, iterations: int,
+    tol: float | None = None, rows: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, int]:
     """Log-domain Sinkhorn on potentials in units of epsilon: f/eps (B, L_s), g/eps (B, L_t).
 
@@ -462,11 +469,13 @@ class _WassersteinFn(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, source_probs, target_probs, cost, epsilon, iterations, method, tol, check_inputs, objective
+        ctx, source_probs, target_probs, cost, epsilon, iterations, method, tol, check_inputs,
+        objective,
     ):
         with torch.autocast(device_type=source_probs.device.type, enabled=False):
             a, b, C, method, c_min, iterations = _prepare(
-                source_probs, target_probs, cost, epsilon, iterations, method, tol, check_inputs, objective
+                source_probs, target_probs, cost, epsilon, iterations, method, tol, check_inputs,
+                objective,
             )
             f, g, value = _solve(
                 a, b, C, c_min, float(epsilon), iterations, method, "value", tol, objective
@@ -535,9 +544,10 @@ def wasserstein_loss(
         \nabla_a W_{KL} = f - \varepsilon\log a, \quad \nabla_b W_{KL} = g - \varepsilon\log b,
 
     up to a constant (Frogner et al. 2015; Feydy et al. 2019 for the KL form, whose dual
-    potentials are :math:`f - \varepsilon\log a`, :math:`g - \varepsilon\log b`).  Each is **centred** (its row mean
-    subtracted): only sum-zero directions stay on the simplex, and the centred vector is the
-    gradient's projection onto that tangent space, e.g. for ``source_probs``
+    potentials are :math:`f - \varepsilon\log a`, :math:`g - \varepsilon\log b`).  Each is
+    **centred** (its row mean subtracted): only sum-zero directions stay on the simplex, and
+    the centred vector is the gradient's projection onto that tangent space, e.g. for
+    ``source_probs``
 
     .. math::
         \nabla_{a_b} = \bar g_b\,\big(\phi_b - \tfrac{1}{L_s}\textstyle\sum_i \phi_{b,i}\big),
@@ -551,11 +561,12 @@ def wasserstein_loss(
 
     * ``"paper"`` (the default for now, JTLN's and Frogner et al.'s choice) is
       **inconsistent**: it returns :math:`\langle\gamma^*, C\rangle` but back-propagates
-      :math:`\nabla W_H`, the gradient of a different function.  The difference is
-      :math:`-\varepsilon\nabla H(\gamma^*)`, a hidden confidence penalty: under a constant
-      cost the value is flat, yet the gradient is
-      :math:`\varepsilon(\log a - \overline{\log a})`, which pushes both histograms towards
-      one-hot.  Finite differences of the returned value do not match its gradient.
+      :math:`\nabla W_H`, the gradient of a different function.  The difference is the
+      gradient of :math:`-\varepsilon H(\gamma^*(a, b))`, a hidden confidence penalty
+      (Pereyra et al. 2017): under a constant cost the value is flat, yet the gradient is
+      :math:`\varepsilon(\log a - \overline{\log a})`, and descending it raises the
+      histograms' entropy (pushes them towards uniform).  Finite differences of the returned
+      value do not match its gradient.
     * ``"entropic"`` returns :math:`W_H` and its gradient (the same gradient as "paper"):
       consistent.  :math:`W_H` can be negative (:math:`\ge \mathrm{OT}_0 - \varepsilon(H(a)
       + H(b))`); under a constant cost it is :math:`c - \varepsilon(H(a) + H(b))`.
@@ -664,6 +675,8 @@ def wasserstein_loss(
     B. Schmitzer, "Stabilized sparse scaling algorithms for entropy regularized transport
     problems", SIAM J. Sci. Comput. 2019.
     G. Peyré, M. Cuturi, "Computational optimal transport", Found. Trends Mach. Learn. 2019.
+    G. Pereyra, G. Tucker, J. Chorowski, Ł. Kaiser, G. Hinton, "Regularizing neural networks by
+    penalizing confident output distributions", ICLR workshop 2017.
     J. Feydy, T. Séjourné, F.-X. Vialard, S. Amari, A. Trouvé, G. Peyré, "Interpolating between
     optimal transport and MMD using Sinkhorn divergences", AISTATS 2019 (the KL form).
     """
