@@ -1,15 +1,16 @@
 """``objective``: which value ``wasserstein_loss`` returns, and whether its gradient is that value's.
 
-References, all float64 and independent of our solver:
+References (float64 unless said otherwise), independent of our solver:
 
 * values: POT run to convergence, ``ot.solve(M, a, b, reg=eps, reg_type=...)`` per row and
   ``ot.batch.solve_batch(M, reg=eps, a=a, b=b, reg_type=...)`` for the batch, ``res.value_linear``
   for "paper" and ``res.value`` for "entropic" (``reg_type="entropy"``) and "kl"
-  (``reg_type="KL"`` / ``"kl"``).  POT's conventions, read in its source (POT 0.9.7):
+  (``reg_type="KL"`` / ``"kl"``).  POT's conventions, read in its source (POT 0.9.7.post1):
   ``reg_type="entropy"`` adds ``reg * sum(T log T)``, i.e. H(T) = -sum T log T, with no
   ``-sum T`` term (``ot/solvers/_linear.py``; ``ot/batch/_utils.py::entropy_batch``), and
   ``"KL"`` adds ``reg * sum T log(T / (a b^T))`` (``nx.kl_div`` without its mass term);
-  both add 1e-16 inside the logarithm;
+  both add 1e-16 inside the logarithm.  With H(T) = -sum T (log T - 1) instead, the value would
+  be lower by exactly eps (plans have mass 1), with the same gradient;
 * gradients: central finite differences *on the simplex*: the logits are perturbed and the
   histograms are their softmax, so the derivative compared is d value / d logits, the one
   training uses, and the FD of POT's value is compared with our autograd gradient.
