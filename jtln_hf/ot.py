@@ -325,14 +325,18 @@ def _converged(row_error: torch.Tensor, tol: float) -> bool:
     return row_error.numel() == 0 or row_error.max().item() <= tol
 
 
+_Maybe = torch.Tensor | None
+
+
 def _kernel_scalings(
     a: torch.Tensor, b: torch.Tensor, K: torch.Tensor, iterations: int, tol: float | None = None,
-    rows: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, int]:
+    rows: bool = False, denominators: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, _Maybe, _Maybe, _Maybe, int]:
     """Sinkhorn scalings u (B, L_s), v (B, L_t) with plan u_i K_ij v_j (Cuturi 2013, Alg. 1).
 
     Returns ``(u, v, Kv, Ktu, Kv_next, iterations_run)``: ``u = a / Kv`` and ``v = b / Ktu`` are
-    the last updates (their denominators give the KL potentials without a log of a ratio), and
+    the last updates (their denominators give the KL potentials without a log of a ratio; kept
+    only with ``denominators``, else ``None``, so that they cost no memory otherwise), and
     ``Kv_next`` is ``K v`` for the final ``v`` (the plan's row sums are ``u * Kv_next``) when a
     ``tol`` test computed it or ``rows`` asks for it, else ``None``.
     After the ``v`` update the plan's column sums are exactly ``b``; its row sums are
@@ -342,11 +346,16 @@ def _kernel_scalings(
     Kt = K.t().contiguous()
     v = torch.ones_like(b)
     Kv_next = None
+    Kv = Ktu = None
     for it in range(iterations):
-        Kv = v @ Kt if Kv_next is None else Kv_next
-        u = a / Kv
-        Ktu = u @ K
-        v = b / Ktu
+        if denominators:
+            Kv = v @ Kt if Kv_next is None else Kv_next
+            u = a / Kv
+            Ktu = u @ K
+            v = b / Ktu
+        else:
+            u = a / (v @ Kt if Kv_next is None else Kv_next)
+            v = b / (u @ K)
         Kv_next = None
         if _test_due(it, iterations, tol):
             Kv_next = v @ Kt
@@ -359,23 +368,31 @@ def _kernel_scalings(
 
 def _log_potentials(
     a: torch.Tensor, b: torch.Tensor, C_eps: torch.Tensor, iterations: int,
-    tol: float | None = None, rows: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, int]:
+    tol: float | None = None, rows: bool = False, denominators: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, _Maybe, _Maybe, _Maybe, int]:
     """Log-domain Sinkhorn on potentials in units of epsilon: f/eps (B, L_s), g/eps (B, L_t).
 
     Returns ``(f, g, lse_f, lse_g, lse_next, iterations_run)`` with ``f = log a - lse_f`` and
-    ``g = log b - lse_g`` the last updates and ``lse_next = LSE_j(g_j - C_ij)`` for the final
+    ``g = log b - lse_g`` the last updates (``lse_f``, ``lse_g`` kept only with
+    ``denominators``, else ``None``) and ``lse_next = LSE_j(g_j - C_ij)`` for the final
     ``g`` when a ``tol`` test computed it or ``rows`` asks for it, else ``None``; ``tol`` as in
     :func:`_kernel_scalings`, the row sums being ``exp(f_i + lse_next_i)``.
     """
     log_a, log_b = a.log(), b.log()
     g = torch.zeros_like(b)
     lse_next = None
+    lse_f = lse_g = None
     for it in range(iterations):
-        lse_f = torch.logsumexp(g[:, None, :] - C_eps, dim=2) if lse_next is None else lse_next
-        f = log_a - lse_f
-        lse_g = torch.logsumexp(f[:, :, None] - C_eps, dim=1)
-        g = log_b - lse_g
+        if denominators:
+            lse_f = torch.logsumexp(g[:, None, :] - C_eps, dim=2) if lse_next is None else lse_next
+            f = log_a - lse_f
+            lse_g = torch.logsumexp(f[:, :, None] - C_eps, dim=1)
+            g = log_b - lse_g
+        else:
+            lse = torch.logsumexp(g[:, None, :] - C_eps, dim=2) if lse_next is None else lse_next
+            f = log_a - lse
+            del lse
+            g = log_b - torch.logsumexp(f[:, :, None] - C_eps, dim=1)
         lse_next = None
         if _test_due(it, iterations, tol):
             lse_next = torch.logsumexp(g[:, None, :] - C_eps, dim=2)
@@ -414,10 +431,11 @@ def _solve(
     """
     C_shift = C - c_min  # a new tensor: the in-place steps below never touch ``cost``
     linear = want == "value" and objective == "paper"
+    kl = want == "value" and objective == "kl"
     if method == "kernel":
         K = (C_shift / -epsilon).exp_()
         u, v, Kv, Ktu, Kv_next, _ = _kernel_scalings(
-            a, b, K, iterations, tol, rows=want == "value" and not linear
+            a, b, K, iterations, tol, rows=want == "value" and not linear, denominators=kl
         )
         if want == "plan":
             return epsilon * u.log() + c_min, epsilon * v.log(), u[:, :, None] * K * v[:, None, :]
@@ -426,7 +444,7 @@ def _solve(
             return epsilon * u.log() + c_min, epsilon * v.log(), value
         if want == "none":
             return epsilon * u.log() + c_min, epsilon * v.log(), None
-        if objective == "kl":  # u = a / Kv: eps log u - eps log a = -eps log Kv; likewise v
+        if kl:  # u = a / Kv: eps log u - eps log a = -eps log Kv; likewise v
             f, g = -epsilon * Kv.log(), -epsilon * Ktu.log()
         else:
             f, g = epsilon * u.log(), epsilon * v.log()
@@ -434,7 +452,7 @@ def _solve(
     else:
         C_eps = C_shift / epsilon
         f, g, lse_f, lse_g, lse_next, _ = _log_potentials(
-            a, b, C_eps, iterations, tol, rows=want == "value" and not linear
+            a, b, C_eps, iterations, tol, rows=want == "value" and not linear, denominators=kl
         )
         if want == "plan" or linear:
             plan = torch.exp(f[:, :, None] + g[:, None, :] - C_eps)
@@ -443,7 +461,7 @@ def _solve(
         if want == "none":
             return epsilon * f + c_min, epsilon * g, None
         rows = (f + lse_next).exp()
-        if objective == "kl":  # f = log a - lse_f: f - log a = -lse_f; likewise g
+        if kl:  # f = log a - lse_f: f - log a = -lse_f; likewise g
             f, g = -lse_f, -lse_g
         f, g = epsilon * f, epsilon * g
     # <r, f + min C> + <b, g>, with sum(r) = sum(b) = 1: min C added once, as for the linear value
