@@ -20,7 +20,14 @@ includes the allocator's and libraries' own pages.  For our variants the table a
 largest relative difference of the values from POT's *converged* Sinkhorn (float64, stopThr
 1e-12) on 8 of the rows.  Prints a table and the ratios (POT time / ours, our memory / POT memory).
 
+``--objective`` (``paper``, ``entropic`` or ``kl``, see :func:`jtln_hf.ot.wasserstein_loss`) is
+passed to our variants; the accuracy reference is then POT's value of that objective
+(``ot.sinkhorn2`` for ``paper``, ``ot.solve(..., reg_type="entropy" / "KL")`` otherwise) and
+``pot-batch`` returns ``solve_batch``'s ``value`` with the matching ``reg_type`` (``pot-loop``
+always returns the linear cost: its time does not depend on it).
+
     python benchmarks/bench_ot.py                    # CPU, both shapes
+    python benchmarks/bench_ot.py --objective kl     # the KL objective
     python benchmarks/bench_ot.py --device cuda      # GPU
 """
 
@@ -50,33 +57,34 @@ def _problem(batch, ls, lt, device, seed=0):
 
 TOL = 1e-5
 _METHODS: dict[tuple[int, float], str] = {}
+POT_REG_TYPE = {"paper": "entropy", "entropic": "entropy", "kl": "KL"}
 
 
-def _ours(variant, x, y, cost, epsilon, iterations):
+def _ours(variant, x, y, cost, epsilon, iterations, objective="paper"):
     from jtln_hf.ot import resolve_method, wasserstein_loss
 
     if variant == "ours":
-        return wasserstein_loss(x, y, cost, epsilon=epsilon, iterations=iterations)
+        return wasserstein_loss(x, y, cost, epsilon=epsilon, iterations=iterations, objective=objective)
     key = (id(cost), epsilon)
     if key not in _METHODS:  # resolved once per cost, as JTLNLoss does: it reads the cost on the host
         _METHODS[key] = resolve_method(cost, epsilon=epsilon)
     method = _METHODS[key]
     tol = TOL if variant == "ours-tol" else None
     return wasserstein_loss(x, y, cost, epsilon=epsilon, iterations=iterations, method=method, tol=tol,
-                            check_inputs=False)  # fmt: skip
+                            check_inputs=False, objective=objective)  # fmt: skip
 
 
-def _step(variant, a, b, cost, epsilon, iterations):
+def _step(variant, a, b, cost, epsilon, iterations, objective="paper"):
     import ot
     import torch
 
     x, y = a.clone().requires_grad_(), b.clone().requires_grad_()
     if variant.startswith("ours"):
-        loss = _ours(variant, x, y, cost, epsilon, iterations).sum()
+        loss = _ours(variant, x, y, cost, epsilon, iterations, objective).sum()
     elif variant == "pot-batch":
         res = ot.batch.solve_batch(
             M=cost.expand(x.shape[0], *cost.shape), reg=epsilon, a=x, b=y, max_iter=iterations, tol=0.0,
-            method="sinkhorn", reg_type="entropy", grad="autodiff",
+            method="sinkhorn", reg_type=POT_REG_TYPE[objective].lower(), grad="autodiff",
         )  # fmt: skip
         loss = res.value.sum()
     else:
@@ -108,7 +116,7 @@ def _profiled_peak_mib(fn):
     return max((sum(s) for s in sizes), default=0) / 2**20
 
 
-def _accuracy(variant, a, b, cost, epsilon, iterations, rows=8):
+def _accuracy(variant, a, b, cost, epsilon, iterations, objective="paper", rows=8):
     """Largest relative difference of our values from POT's converged Sinkhorn (float64) on ``rows`` rows."""
     import numpy as np
     import ot
@@ -117,18 +125,22 @@ def _accuracy(variant, a, b, cost, epsilon, iterations, rows=8):
     from jtln_hf.ot import PROB_FLOOR
 
     idx = torch.linspace(0, a.shape[0] - 1, rows).long()
-    ours = _ours(variant, a[idx], b[idx], cost, epsilon, iterations).double().cpu().numpy()
+    ours = _ours(variant, a[idx], b[idx], cost, epsilon, iterations, objective).double().cpu().numpy()
 
     def simplex(p):  # the histograms our solver sees: floored and renormalised
         p = p.double().clamp_min(PROB_FLOOR)
         return (p / p.sum(dim=1, keepdim=True)).cpu().numpy()
 
     sa, sb, c = simplex(a[idx]), simplex(b[idx]), cost.double().cpu().numpy()
-    ref = np.array([ot.sinkhorn2(sa[i], sb[i], c, epsilon, numItermax=100_000, stopThr=1e-12) for i in range(rows)])
+    if objective == "paper":
+        ref = np.array([ot.sinkhorn2(sa[i], sb[i], c, epsilon, numItermax=100_000, stopThr=1e-12) for i in range(rows)])
+    else:
+        ref = np.array([ot.solve(c, sa[i], sb[i], reg=epsilon, reg_type=POT_REG_TYPE[objective], max_iter=100_000,
+                                 tol=1e-12).value for i in range(rows)])  # fmt: skip
     return float(np.max(np.abs(ours - ref) / np.abs(ref)))
 
 
-def _measure(variant, shape, device, epsilon, iterations, repeats):
+def _measure(variant, shape, device, epsilon, iterations, repeats, objective="paper"):
     """Median seconds per forward+backward, peak memory above the inputs (MiB), and accuracy.
 
     GPU: ``max_memory_allocated`` minus what was allocated before. CPU: the peak of the profiler's
@@ -144,11 +156,11 @@ def _measure(variant, shape, device, epsilon, iterations, repeats):
     base = torch.cuda.memory_allocated() if device == "cuda" else _peak_rss_mib()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    _step(variant, a, b, cost, epsilon, iterations)  # warm-up (allocator, kernels)
+    _step(variant, a, b, cost, epsilon, iterations, objective)  # warm-up (allocator, kernels)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        _step(variant, a, b, cost, epsilon, iterations)
+        _step(variant, a, b, cost, epsilon, iterations, objective)
         times.append(time.perf_counter() - start)
     result = {"seconds": statistics.median(times)}
     if device == "cuda":
@@ -156,9 +168,9 @@ def _measure(variant, shape, device, epsilon, iterations, repeats):
     else:
         result["rss_mib"] = max(_peak_rss_mib() - base, 0.0)
         if variant != "pot-loop":  # thousands of small ops: the profiled pass would take many minutes
-            result["peak_mib"] = _profiled_peak_mib(lambda: _step(variant, a, b, cost, epsilon, iterations))
+            result["peak_mib"] = _profiled_peak_mib(lambda: _step(variant, a, b, cost, epsilon, iterations, objective))
     if variant.startswith("ours"):
-        result["rel_err"] = _accuracy(variant, a, b, cost, epsilon, iterations)
+        result["rel_err"] = _accuracy(variant, a, b, cost, epsilon, iterations, objective)
     return result
 
 
@@ -169,7 +181,8 @@ def child(args):
     import jtln_hf.ot  # noqa: F401
 
     torch.set_num_threads(args.threads)
-    print(json.dumps(_measure(args.variant, args.shape, args.device, args.epsilon, args.iterations, args.repeats)))
+    print(json.dumps(_measure(args.variant, args.shape, args.device, args.epsilon, args.iterations, args.repeats,
+                              args.objective)))  # fmt: skip
 
 
 def main():
@@ -181,6 +194,8 @@ def main():
     p.add_argument("--iterations", type=int, default=50)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--objective", default="paper", choices=["paper", "entropic", "kl"],
+                   help="wasserstein_loss(objective=...) of our variants (and the reference's value)")
     p.add_argument("--variant", help=argparse.SUPPRESS)
     p.add_argument("--shape", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -192,7 +207,8 @@ def main():
             repeats = args.repeats if variant.startswith("ours") else max(1, args.repeats // 2)
             cmd = [sys.executable, __file__, "--variant", variant, "--shape", shape, "--device", args.device,
                    "--epsilon", str(args.epsilon), "--iterations", str(args.iterations),
-                   "--repeats", str(repeats), "--threads", str(args.threads)]  # fmt: skip
+                   "--repeats", str(repeats), "--threads", str(args.threads),
+                   "--objective", args.objective]  # fmt: skip
             # A fixed mmap threshold: glibc then returns every large freed block to the system at
             # once, so the child's peak RSS tracks its live tensors instead of allocator leftovers.
             env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
@@ -201,7 +217,8 @@ def main():
                 rows[shape, variant] = {"error": out.stderr.strip().splitlines()[-1][:120]}
             else:
                 rows[shape, variant] = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"device={args.device} threads={args.threads} epsilon={args.epsilon} iterations={args.iterations}")
+    print(f"device={args.device} threads={args.threads} epsilon={args.epsilon} iterations={args.iterations} "
+          f"objective={args.objective}")  # fmt: skip
     rss = args.device != "cuda"
     print(f"| shape (B, L_s, L_t) | variant | ms (fwd+bwd) | peak MiB (tensors) |{' peak RSS rise MiB |' * rss} "
           "time / ours | ours mem / this mem | max rel. diff. from POT converged |")  # fmt: skip

@@ -102,14 +102,18 @@ def main():
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--channels_last", action="store_true")
+    p.add_argument("--objective", default="paper", choices=["paper", "entropic", "kl"],
+                   help="ot_objective of the two JTLN variants")
     args = p.parse_args()
 
     model, x, labels, domain, n_source = build(args)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     losses = {
         "joint": JTLNLoss(ot_loss_weight=0.0),
-        "jtln": JTLNLoss(ot_loss_weight=1.0, ot_epsilon=args.epsilon, ot_iterations=args.iterations),
-        "jtln-tol": JTLNLoss(ot_loss_weight=1.0, ot_epsilon=args.epsilon, ot_iterations=args.iterations, ot_tol=args.tol),
+        "jtln": JTLNLoss(ot_loss_weight=1.0, ot_epsilon=args.epsilon, ot_iterations=args.iterations,
+                         ot_objective=args.objective),
+        "jtln-tol": JTLNLoss(ot_loss_weight=1.0, ot_epsilon=args.epsilon, ot_iterations=args.iterations,
+                             ot_tol=args.tol, ot_objective=args.objective),
     }
     steps = {name: make_step(model, x, labels, domain, n_source, loss, optimizer, args) for name, loss in losses.items()}
     for _ in range(args.warmup):
@@ -125,7 +129,7 @@ def main():
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"{device}: {args.backbone} {args.image_size}px batch {args.batch} (half target), "
           f"cost {args.num_source_labels}x{args.num_target_labels}, eps {args.epsilon}, {args.iterations} it., "
-          f"bf16={args.bf16} channels_last={args.channels_last}")  # fmt: skip
+          f"bf16={args.bf16} channels_last={args.channels_last}, ot_objective {args.objective}")  # fmt: skip
     print(" | ".join(f"{name} step {1e3 * m:.2f} ms" for name, m in med.items()))
     print(f"JTLN / joint = {med['jtln'] / med['joint']:.3f}x | JTLN (tol {args.tol:g}) / joint = "
           f"{med['jtln-tol'] / med['joint']:.3f}x   (ratio of medians)")  # fmt: skip

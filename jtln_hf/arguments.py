@@ -238,7 +238,7 @@ TWO_DATASET_FLAGS = (
 #: Flags that only matter when a method trains with the OT term.
 OT_FLAGS = (
     "cost", "cost_normalization", "cost_warmup_steps", "cost_samples_per_class", "ot_loss_weight", "ot_epsilon",
-    "ot_iterations", "ot_tol", "ot_method", "ot_detach_target",
+    "ot_iterations", "ot_tol", "ot_method", "ot_detach_target", "ot_objective",
 )  # fmt: skip
 
 

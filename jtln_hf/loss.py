@@ -47,6 +47,11 @@ class JTLNLoss(nn.Module):
         ot_detach_target: stop the OT gradient into the target head, so OT only constrains the
             source head (the paper calls OT "a constraint on the source classifier"; whether the
             target head also receives it is not stated, our default lets both heads learn from it).
+        ot_objective: what the OT term is, as ``objective`` in :func:`jtln_hf.ot.wasserstein_loss`:
+            ``"paper"`` (default for now) logs ``<γ, C>`` but back-propagates the gradient of
+            ``<γ, C> - εH(γ)`` (the paper's inconsistent choice, a hidden confidence penalty);
+            ``"entropic"`` uses ``<γ, C> - εH(γ)`` and ``"kl"`` ``<γ, C> + ε KL(γ ‖ a⊗b)`` as both
+            the value (logged as ``ot``) and the function differentiated.
     """
 
     def __init__(
@@ -58,12 +63,13 @@ class JTLNLoss(nn.Module):
         ot_method: str = "auto",
         ot_detach_target: bool = False,
         ot_tol: float | None = None,
+        ot_objective: str = "paper",
     ) -> None:
         super().__init__()
         for name, value in (("source_loss_weight", source_loss_weight), ("ot_loss_weight", ot_loss_weight)):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
-        _check_settings(ot_epsilon, ot_iterations, ot_method, ot_tol)  # names the bad setting and the fix
+        _check_settings(ot_epsilon, ot_iterations, ot_method, ot_tol, ot_objective)  # names the bad setting and the fix
         self.source_loss_weight = source_loss_weight
         self.ot_loss_weight = ot_loss_weight
         self.ot_epsilon = ot_epsilon
@@ -71,6 +77,7 @@ class JTLNLoss(nn.Module):
         self.ot_method = ot_method
         self.ot_detach_target = ot_detach_target
         self.ot_tol = ot_tol
+        self.ot_objective = ot_objective
         self._method_for: tuple[torch.Tensor, tuple, str] | None = None  # (cost, (version, ε, method), solver)
         self._pending: tuple[torch.Tensor, torch.cuda.Event | None] | None = None
 
@@ -164,6 +171,9 @@ class JTLNLoss(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Return ``{"loss", "ce_target", "ce_source", "ot"}`` (scalars; parts unweighted).
 
+        ``ot`` is the mean over target rows of the ``ot_objective``'s value, the same tensor that
+        enters ``loss`` (for ``"entropic"`` and ``"kl"`` also the function whose gradient flows).
+
         Args:
             logits: target-head scores, (B, L_t).
             source_logits: source-head scores, (B, L_s).
@@ -206,6 +216,7 @@ class JTLNLoss(nn.Module):
                 method=self._solver_for(cost),
                 tol=self.ot_tol,
                 check_inputs=False,
+                objective=self.ot_objective,
             )
             ot = ot.mean() if ot.numel() else ot.sum()
         else:

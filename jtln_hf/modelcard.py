@@ -113,7 +113,7 @@ def mean_transport_plan(
 
 
 def training_hyperparameters(args, *, steps: int | None = None, ot_used: bool = True) -> dict[str, Any]:
-    """The card's hyper-parameter rows: λ_s, λ_ot, ε, iterations, steps, batch, source:target ratio."""
+    """The card's hyper-parameter rows: λ_s, λ_ot, the OT settings (ε, iterations, tol, solver, objective), batch."""
     batch = args.per_device_train_batch_size
     n_source = round(batch * args.source_fraction)
     precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
@@ -127,6 +127,7 @@ def training_hyperparameters(args, *, steps: int | None = None, ot_used: bool = 
         "Sinkhorn iterations (ot_iterations)": args.ot_iterations,
         "Sinkhorn stopping tolerance (ot_tol)": "none (fixed iterations)" if args.ot_tol is None else args.ot_tol,
         "Sinkhorn solver (ot_method)": args.ot_method,
+        "OT value and gradient (ot_objective)": args.ot_objective,
         "optimiser": (
             f"{getattr(args.optim, 'value', args.optim)}, lr {args.learning_rate:g}, weight decay "
             f"{args.weight_decay:g}, {getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)} schedule"

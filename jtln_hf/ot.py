@@ -7,6 +7,13 @@ shared by the whole batch.  This module solves those ``B`` problems together wit
 number of Sinkhorn iterations (Cuturi 2013) and differentiates them with the dual potentials
 (envelope theorem, Frogner et al. 2015) instead of back-propagating through the iterations.
 
+The envelope gradient is that of a *regularised* value, so ``objective`` says what is returned:
+``"paper"`` (default for now) returns the linear cost :math:`\langle\gamma, C\rangle`, as the
+paper does, with the gradient of :math:`\langle\gamma, C\rangle - \varepsilon H(\gamma)` --
+value and gradient of different functions; ``"entropic"`` returns that entropic value and
+``"kl"`` :math:`\langle\gamma, C\rangle + \varepsilon\,\mathrm{KL}(\gamma\,\|\,a\otimes b)`,
+each with its own gradient (see :func:`wasserstein_loss`; ``tests/test_ot_objective.py``).
+
 Why by hand rather than POT: ``ot.batch.solve_batch(..., grad="autodiff")`` expects one cost
 per problem and records every iteration for autograd; at B=128, a 1000x256 cost and 50
 iterations it took 73 ms and 13 GiB on an H200, against ~6 ms and ~5 MiB for the kernel-domain
@@ -55,6 +62,7 @@ import torch
 __all__ = [
     "CHECK_EVERY",
     "KERNEL_MAX_RANGE",
+    "OBJECTIVES",
     "PROB_FLOOR",
     "WassersteinLoss",
     "resolve_method",
@@ -79,6 +87,9 @@ CHECK_EVERY = 10
 
 _METHODS = ("auto", "kernel", "log")
 
+#: What :func:`wasserstein_loss` returns and differentiates (see its ``objective`` parameter).
+OBJECTIVES = ("paper", "entropic", "kl")
+
 
 def _positive_finite(value) -> bool:
     try:
@@ -87,8 +98,20 @@ def _positive_finite(value) -> bool:
         return False
 
 
-def _check_settings(epsilon: float, iterations: int, method: str, tol: float | None = None) -> int:
+def _check_objective(objective: str) -> None:
+    if objective not in OBJECTIVES:
+        raise ValueError(
+            f"objective must be one of {OBJECTIVES}, got {objective!r}: 'paper' (value <gamma, C>, "
+            "gradient of the entropic value: inconsistent, the paper's), 'entropic' "
+            "(<gamma, C> - eps H(gamma)) or 'kl' (<gamma, C> + eps KL(gamma | a b^T))"
+        )
+
+
+def _check_settings(
+    epsilon: float, iterations: int, method: str, tol: float | None = None, objective: str = "paper"
+) -> int:
     """Validate the solver settings (no tensor work); return ``iterations`` as an int."""
+    _check_objective(objective)
     if tol is not None and not _positive_finite(tol):
         raise ValueError(
             f"tol must be None (fixed iterations) or a finite number > 0, got {tol!r}: "
@@ -221,6 +244,7 @@ def _prepare(
     method: str,
     tol: float | None = None,
     check_inputs: bool = True,
+    objective: str = "paper",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str, float | torch.Tensor, int]:
     """Validate, floor and renormalise the histograms, cast, and resolve ``method``.
 
@@ -230,7 +254,7 @@ def _prepare(
     ``check_inputs=False``: then only shapes, devices and settings are checked, ``method``
     must already be resolved and ``c_min`` stays a 0-d tensor on the device.
     """
-    iterations = _check_settings(epsilon, iterations, method, tol)
+    iterations = _check_settings(epsilon, iterations, method, tol, objective)
     if not check_inputs and method == "auto":
         raise ValueError(
             "check_inputs=False needs method='kernel' or 'log' (choosing between them reads the "
@@ -301,103 +325,181 @@ def _converged(row_error: torch.Tensor, tol: float) -> bool:
     return row_error.numel() == 0 or row_error.max().item() <= tol
 
 
+_Maybe = torch.Tensor | None
+
+
 def _kernel_scalings(
-    a: torch.Tensor, b: torch.Tensor, K: torch.Tensor, iterations: int, tol: float | None = None
-) -> tuple[torch.Tensor, torch.Tensor, int]:
+    a: torch.Tensor, b: torch.Tensor, K: torch.Tensor, iterations: int, tol: float | None = None,
+    rows: bool = False, denominators: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, _Maybe, _Maybe, _Maybe, int]:
     """Sinkhorn scalings u (B, L_s), v (B, L_t) with plan u_i K_ij v_j (Cuturi 2013, Alg. 1).
 
-    Returns ``(u, v, iterations_run)``.  After the ``v`` update the plan's column sums are
-    exactly ``b``; its row sums are ``u * (K v)``, which ``tol`` tests against ``a``.  The
-    ``K v`` of a test is the next iteration's, so a test costs no extra product.
+    Returns ``(u, v, Kv, Ktu, Kv_next, iterations_run)``: ``u = a / Kv`` and ``v = b / Ktu`` are
+    the last updates (their denominators give the KL potentials without a log of a ratio; kept
+    only with ``denominators``, else ``None``, so that they cost no memory otherwise), and
+    ``Kv_next`` is ``K v`` for the final ``v`` (the plan's row sums are ``u * Kv_next``) when a
+    ``tol`` test computed it or ``rows`` asks for it, else ``None``.
+    After the ``v`` update the plan's column sums are exactly ``b``; its row sums are
+    ``u * (K v)``, which ``tol`` tests against ``a``.  The ``K v`` of a test is the next
+    iteration's, so a test costs no extra product.
     """
     Kt = K.t().contiguous()
     v = torch.ones_like(b)
-    u, Kv = a, None
+    Kv_next = None
+    Kv = Ktu = None
     for it in range(iterations):
-        u = a / (v @ Kt if Kv is None else Kv)
-        v = b / (u @ K)
-        Kv = None
+        if denominators:
+            Kv = v @ Kt if Kv_next is None else Kv_next
+            u = a / Kv
+            Ktu = u @ K
+            v = b / Ktu
+        else:
+            u = a / (v @ Kt if Kv_next is None else Kv_next)
+            v = b / (u @ K)
+        Kv_next = None
         if _test_due(it, iterations, tol):
-            Kv = v @ Kt
-            if _converged((u * Kv - a).abs().sum(dim=1), tol):
-                return u, v, it + 1
-    return u, v, iterations
+            Kv_next = v @ Kt
+            if _converged((u * Kv_next - a).abs().sum(dim=1), tol):
+                return u, v, Kv, Ktu, Kv_next, it + 1
+    if rows and Kv_next is None:
+        Kv_next = v @ Kt
+    return u, v, Kv, Ktu, Kv_next, iterations
 
 
 def _log_potentials(
-    a: torch.Tensor, b: torch.Tensor, C_eps: torch.Tensor, iterations: int, tol: float | None = None
-) -> tuple[torch.Tensor, torch.Tensor, int]:
+    a: torch.Tensor, b: torch.Tensor, C_eps: torch.Tensor, iterations: int,
+    tol: float | None = None, rows: bool = False, denominators: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, _Maybe, _Maybe, _Maybe, int]:
     """Log-domain Sinkhorn on potentials in units of epsilon: f/eps (B, L_s), g/eps (B, L_t).
 
-    Returns ``(f, g, iterations_run)``; ``tol`` as in :func:`_kernel_scalings`, the row sums
-    being ``exp(f_i + LSE_j(g_j - C_ij))``, whose LSE the next iteration reuses.
+    Returns ``(f, g, lse_f, lse_g, lse_next, iterations_run)`` with ``f = log a - lse_f`` and
+    ``g = log b - lse_g`` the last updates (``lse_f``, ``lse_g`` kept only with
+    ``denominators``, else ``None``) and ``lse_next = LSE_j(g_j - C_ij)`` for the final
+    ``g`` when a ``tol`` test computed it or ``rows`` asks for it, else ``None``; ``tol`` as in
+    :func:`_kernel_scalings`, the row sums being ``exp(f_i + lse_next_i)``.
     """
     log_a, log_b = a.log(), b.log()
     g = torch.zeros_like(b)
-    f, lse = log_a, None
+    lse_next = None
+    lse_f = lse_g = None
     for it in range(iterations):
-        f = log_a - (torch.logsumexp(g[:, None, :] - C_eps, dim=2) if lse is None else lse)
-        g = log_b - torch.logsumexp(f[:, :, None] - C_eps, dim=1)
-        lse = None
+        if denominators:
+            lse_f = torch.logsumexp(g[:, None, :] - C_eps, dim=2) if lse_next is None else lse_next
+            f = log_a - lse_f
+            lse_g = torch.logsumexp(f[:, :, None] - C_eps, dim=1)
+            g = log_b - lse_g
+        else:
+            lse = torch.logsumexp(g[:, None, :] - C_eps, dim=2) if lse_next is None else lse_next
+            f = log_a - lse
+            del lse
+            g = log_b - torch.logsumexp(f[:, :, None] - C_eps, dim=1)
+        lse_next = None
         if _test_due(it, iterations, tol):
-            lse = torch.logsumexp(g[:, None, :] - C_eps, dim=2)
-            if _converged(((f + lse).exp() - a).abs().sum(dim=1), tol):
-                return f, g, it + 1
-    return f, g, iterations
+            lse_next = torch.logsumexp(g[:, None, :] - C_eps, dim=2)
+            if _converged(((f + lse_next).exp() - a).abs().sum(dim=1), tol):
+                return f, g, lse_f, lse_g, lse_next, it + 1
+    if rows and lse_next is None:
+        lse_next = torch.logsumexp(g[:, None, :] - C_eps, dim=2)
+    return f, g, lse_f, lse_g, lse_next, iterations
 
 
 def _solve(
     a: torch.Tensor, b: torch.Tensor, C: torch.Tensor, c_min: float | torch.Tensor,
     epsilon: float, iterations: int, method: str, want: str, tol: float | None = None,
+    objective: str = "paper",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Potentials f, g (gamma = exp((f_i + g_j - C_ij)/eps)) and optionally a third output.
+    """Potentials ``f, g`` and optionally a third output.
 
-    ``want``: ``"value"`` (<gamma, C> per row), ``"plan"`` (gamma, (B, L_s, L_t)) or
-    ``"none"``.  Both domains work on the shifted cost ``C - min C`` (the plan does not
-    change; the potentials get ``min C`` back on ``f``, the value gets it back as ``min C``
+    ``want``: ``"value"`` (the ``objective``'s value per row), ``"plan"`` (gamma, (B, L_s, L_t))
+    or ``"none"``.  The potentials are the plan's, gamma = exp((f_i + g_j - C_ij)/eps), except
+    with ``want="value"`` and an ``objective`` other than ``"paper"``, where they are only used
+    centred and are returned without ``min C``: the plan's for ``"entropic"``, the KL
+    problem's ``f - eps log a``, ``g - eps log b`` for ``"kl"`` (computed as ``-eps log`` of the
+    last updates' denominators, so that a constant cost gives exactly constant rows).
+
+    Values, with ``r`` the plan's row sums (``a`` once converged) and its column sums ``b``
+    (exact after the last update): ``"paper"`` <gamma, C>; ``"entropic"``
+    <gamma, C> + eps sum gamma log gamma = <r, f> + <b, g>; ``"kl"`` that minus
+    eps (<r, log a> + <b, log b>) = <r, f - eps log a> + <b, g - eps log b>.  These are the
+    primal values of the returned plan (not the dual <a, f> + <b, g>, which differs before
+    convergence), each for one more ``(B, L_s, L_t)`` product (kernel) or reduction (log), as
+    the linear value costs.  Both domains work on the shifted cost ``C - min C`` (the plan does
+    not change; the potentials get ``min C`` back on ``f``, the value gets it back as ``min C``
     times the plan's mass, exactly 1 after the column update), which keeps the float32
     exponents within ``(max C - min C) / eps`` instead of ``max C / eps`` and the value's
     rounding proportional to ``max C - min C`` instead of ``max C``.
     """
     C_shift = C - c_min  # a new tensor: the in-place steps below never touch ``cost``
+    linear = want == "value" and objective == "paper"
+    kl = want == "value" and objective == "kl"
     if method == "kernel":
         K = (C_shift / -epsilon).exp_()
-        u, v, _ = _kernel_scalings(a, b, K, iterations, tol)
-        extra = None
-        if want == "value":  # <gamma, C - min C> + min C: the plan has mass 1 (sum of b)
-            extra = (u * (v @ C_shift.mul_(K).t())).sum(dim=1) + c_min  # K * (C - min C), in place
-        elif want == "plan":
-            extra = u[:, :, None] * K * v[:, None, :]
-        return epsilon * u.log() + c_min, epsilon * v.log(), extra
-    C_eps = C_shift / epsilon
-    f, g, _ = _log_potentials(a, b, C_eps, iterations, tol)
-    extra = None
-    if want != "none":
-        plan = torch.exp(f[:, :, None] + g[:, None, :] - C_eps)
-        extra = (plan * C_shift).sum(dim=(1, 2)) + c_min if want == "value" else plan
-    return epsilon * f + c_min, epsilon * g, extra
+        u, v, Kv, Ktu, Kv_next, _ = _kernel_scalings(
+            a, b, K, iterations, tol, rows=want == "value" and not linear, denominators=kl
+        )
+        if want == "plan":
+            return epsilon * u.log() + c_min, epsilon * v.log(), u[:, :, None] * K * v[:, None, :]
+        if linear:  # <gamma, C - min C> + min C: the plan has mass 1 (sum of b)
+            value = (u * (v @ C_shift.mul_(K).t())).sum(dim=1) + c_min  # K * (C - min C), in place
+            return epsilon * u.log() + c_min, epsilon * v.log(), value
+        if want == "none":
+            return epsilon * u.log() + c_min, epsilon * v.log(), None
+        if kl:  # u = a / Kv: eps log u - eps log a = -eps log Kv; likewise v
+            f, g = -epsilon * Kv.log(), -epsilon * Ktu.log()
+        else:
+            f, g = epsilon * u.log(), epsilon * v.log()
+        rows = u * Kv_next
+    else:
+        C_eps = C_shift / epsilon
+        f, g, lse_f, lse_g, lse_next, _ = _log_potentials(
+            a, b, C_eps, iterations, tol, rows=want == "value" and not linear, denominators=kl
+        )
+        if want == "plan" or linear:
+            plan = torch.exp(f[:, :, None] + g[:, None, :] - C_eps)
+            extra = (plan * C_shift).sum(dim=(1, 2)) + c_min if linear else plan
+            return epsilon * f + c_min, epsilon * g, extra
+        if want == "none":
+            return epsilon * f + c_min, epsilon * g, None
+        rows = (f + lse_next).exp()
+        if kl:  # f = log a - lse_f: f - log a = -lse_f; likewise g
+            f, g = -lse_f, -lse_g
+        f, g = epsilon * f, epsilon * g
+    # <r, f + min C> + <b, g>, with sum(r) = sum(b) = 1: min C added once, as for the linear value
+    return f, g, (rows * f).sum(dim=1) + (b * g).sum(dim=1) + c_min
 
 
-def _centred(t: torch.Tensor) -> torch.Tensor:
-    """``t`` minus its row means, subtracted in float64 so that float32 rows sum to ~0 exactly."""
+def _centred(t: torch.Tensor, exact: bool = False) -> torch.Tensor:
+    """``t`` minus its row means, subtracted in float64 so that float32 rows sum to ~0 exactly.
+
+    ``exact=True`` first subtracts each row's first entry (the same result up to rounding), so
+    that a row of equal entries becomes exactly zero: the mean of ``L`` equal float64 numbers
+    need not round back to that number.
+    """
     wide = torch.float32 if t.device.type == "mps" else torch.float64
     w = t.to(wide)
+    if exact:
+        w = w - w[:, :1]
     return (w - w.mean(dim=1, keepdim=True)).to(t.dtype)
 
 
 class _WassersteinFn(torch.autograd.Function):
-    """Value <gamma*, C>; backward = centred dual potentials (envelope theorem)."""
+    """Value of ``objective``; backward = its centred dual potentials (envelope theorem)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx, source_probs, target_probs, cost, epsilon, iterations, method, tol, check_inputs
+        ctx, source_probs, target_probs, cost, epsilon, iterations, method, tol, check_inputs,
+        objective,
     ):
         with torch.autocast(device_type=source_probs.device.type, enabled=False):
             a, b, C, method, c_min, iterations = _prepare(
-                source_probs, target_probs, cost, epsilon, iterations, method, tol, check_inputs
+                source_probs, target_probs, cost, epsilon, iterations, method, tol, check_inputs,
+                objective,
             )
-            f, g, value = _solve(a, b, C, c_min, float(epsilon), iterations, method, "value", tol)
-        ctx.save_for_backward(_centred(f), _centred(g))
+            f, g, value = _solve(
+                a, b, C, c_min, float(epsilon), iterations, method, "value", tol, objective
+            )
+        exact = objective == "kl"  # a constant cost then gives an exactly zero gradient
+        ctx.save_for_backward(_centred(f, exact), _centred(g, exact))
         ctx.dtypes = (source_probs.dtype, target_probs.dtype)
         return value
 
@@ -409,7 +511,7 @@ class _WassersteinFn(torch.autograd.Function):
             grad_a = (grad_out[:, None] * f_c).to(ctx.dtypes[0])
         if ctx.needs_input_grad[1]:
             grad_b = (grad_out[:, None] * g_c).to(ctx.dtypes[1])
-        return grad_a, grad_b, None, None, None, None, None, None
+        return grad_a, grad_b, None, None, None, None, None, None, None
 
 
 def wasserstein_loss(
@@ -422,8 +524,9 @@ def wasserstein_loss(
     method: str = "auto",
     tol: float | None = None,
     check_inputs: bool = True,
+    objective: str = "paper",
 ) -> torch.Tensor:
-    r"""Per-row transport cost of the entropic OT plan between two batches of histograms.
+    r"""Per-row entropic OT loss between two batches of histograms, with envelope gradients.
 
     For every row :math:`b` it solves (Cuturi 2013)
 
@@ -433,22 +536,70 @@ def wasserstein_loss(
         H(\gamma) = -\sum_{ij} \gamma_{ij}\log\gamma_{ij},
 
     :math:`U(a, b) = \{\gamma \ge 0 : \gamma 1 = a,\ \gamma^\top 1 = b\}`, with a fixed number
-    of Sinkhorn iterations, and returns the linear part :math:`\langle \gamma^*_b, C\rangle =
-    \sum_{ij} \gamma^*_b[i,j]\, C[i,j]` (what ``ot.sinkhorn2`` returns).
-
-    The gradient is **not** that of the returned value: following Frogner et al. (2015, §4 and
-    Algorithm 1) it is the gradient of the regularised value
-    :math:`W_\varepsilon(a, b) = \langle\gamma^*, C\rangle - \varepsilon H(\gamma^*) =
-    \langle f, a\rangle + \langle g, b\rangle`, which by the envelope theorem is the dual
-    potential pair, centred because only sum-zero (simplex-tangent) directions are allowed:
+    of Sinkhorn iterations, and returns, per ``objective``, one value of that plan:
 
     .. math::
-        \nabla_{a_b} = \bar g_b\,(f_b - \tfrac{1}{L_s}\textstyle\sum_i f_{b,i}), \qquad
-        \nabla_{b_b} = \bar g_b\,(g_b - \tfrac{1}{L_t}\textstyle\sum_j g_{b,j}),
+        \text{paper:}\ \langle\gamma^*, C\rangle, \qquad
+        \text{entropic:}\ W_H = \langle\gamma^*, C\rangle - \varepsilon H(\gamma^*), \qquad
+        \text{kl:}\ W_{KL} = \langle\gamma^*, C\rangle
+            + \varepsilon\,\mathrm{KL}(\gamma^* \,\|\, a \otimes b),
 
-    :math:`\bar g_b` being the incoming gradient.  Nothing is back-propagated through the
-    iterations, and only ``f, g`` (not the plan) are kept for backward.  No gradient flows into
-    ``cost``: it is treated as a constant (detached if it requires grad).  The floor and
+    :math:`\mathrm{KL}(\gamma\,\|\,a\otimes b) = \sum_{ij}\gamma_{ij}\log\frac{\gamma_{ij}}{a_i
+    b_j}`.  These are POT's conventions: ``ot.sinkhorn2`` / ``res.value_linear`` for "paper",
+    ``res.value`` of ``ot.solve(M, a, b, reg=epsilon, reg_type="entropy")`` (and of
+    ``ot.batch.solve_batch``, whose ``entropy_batch`` is the same :math:`H`, without the
+    :math:`-\sum\gamma` term some authors add) for "entropic", and of ``reg_type="KL"`` for "kl".
+    All three have the same plan, since :math:`\mathrm{KL}(\gamma\,\|\,a\otimes b) = -H(\gamma)
+    + H(a) + H(b)` on :math:`U(a, b)`, so :math:`W_{KL} = W_H + \varepsilon(H(a) + H(b))`.
+
+    The gradient is the envelope gradient (Frogner et al. 2015, §4 and Algorithm 1) of the
+    regularised value: with Sinkhorn's potentials :math:`f, g`
+    (:math:`\gamma^*_{ij} = e^{(f_i + g_j - C_{ij})/\varepsilon}`, :func:`sinkhorn_potentials`),
+    :math:`W_H = \langle f, a\rangle + \langle g, b\rangle` at convergence and
+
+    .. math::
+        \nabla_a W_H = f, \quad \nabla_b W_H = g, \qquad
+        \nabla_a W_{KL} = f - \varepsilon\log a, \quad \nabla_b W_{KL} = g - \varepsilon\log b,
+
+    up to a constant (Frogner et al. 2015; Feydy et al. 2019 for the KL form, whose dual
+    potentials are :math:`f - \varepsilon\log a`, :math:`g - \varepsilon\log b`).  Each is
+    **centred** (its row mean subtracted): only sum-zero directions stay on the simplex, and
+    the centred vector is the gradient's projection onto that tangent space, e.g. for
+    ``source_probs``
+
+    .. math::
+        \nabla_{a_b} = \bar g_b\,\big(\phi_b - \tfrac{1}{L_s}\textstyle\sum_i \phi_{b,i}\big),
+        \qquad \phi = f \ \text{(paper, entropic)}, \quad \phi = f - \varepsilon\log a
+        \ \text{(kl)},
+
+    :math:`\bar g_b` being the incoming gradient (the same for ``target_probs`` with ``g``).
+    Through a softmax the constant is irrelevant anyway (its Jacobian maps constant vectors
+    to 0), so ``d loss / d logits`` is the true derivative of the regularised value along the
+    simplex.
+
+    * ``"paper"`` (the default for now, JTLN's and Frogner et al.'s choice) is
+      **inconsistent**: it returns :math:`\langle\gamma^*, C\rangle` but back-propagates
+      :math:`\nabla W_H`, the gradient of a different function.  The difference is the
+      gradient of :math:`-\varepsilon H(\gamma^*(a, b))`, a hidden confidence penalty
+      (Pereyra et al. 2017): under a constant cost the value is flat, yet the gradient is
+      :math:`\varepsilon(\log a - \overline{\log a})`, and descending it raises the
+      histograms' entropy (pushes them towards uniform).  Finite differences of the returned
+      value do not match its gradient.
+    * ``"entropic"`` returns :math:`W_H` and its gradient (the same gradient as "paper"):
+      consistent.  :math:`W_H` can be negative (:math:`\ge \mathrm{OT}_0 - \varepsilon(H(a)
+      + H(b))`); under a constant cost it is :math:`c - \varepsilon(H(a) + H(b))`.
+    * ``"kl"`` returns :math:`W_{KL} \ge \langle\gamma^*, C\rangle \ge 0` and its gradient:
+      consistent, and under a constant cost the value is the constant and the gradient is
+      exactly zero: the KL potentials are computed as :math:`-\varepsilon\log` of the last
+      Sinkhorn updates' denominators (:math:`K v`, :math:`K^\top u` or their log-sum-exps),
+      whose rows a constant cost makes exactly equal (tested on CPU, both domains), and they
+      are centred by first subtracting each row's first entry.
+
+    The values are the primal values of the returned (possibly unconverged) plan, as POT
+    computes ``res.value`` from its plan; the envelope gradients are exact at convergence.
+    Nothing is back-propagated through the iterations, and only two centred ``(B, L)``
+    potentials (not the plan) are kept for backward, for every objective.  No gradient flows
+    into ``cost``: it is treated as a constant (detached if it requires grad).  The floor and
     renormalisation below are not differentiated either (the centred potentials are passed
     straight to the inputs).
 
@@ -489,11 +640,16 @@ def wasserstein_loss(
         synchronise; ``method`` must then be ``"kernel"`` or ``"log"``, resolved beforehand with
         :func:`resolve_method` (which also checks the cost; pass it the compute dtype, float32
         unless both histograms are float64), and NaN inputs give NaN outputs.
+    objective : {"paper", "entropic", "kl"}
+        Which value is returned and differentiated, see above.  ``"paper"`` (default):
+        :math:`\langle\gamma^*, C\rangle` with the gradient of :math:`W_H` (inconsistent);
+        ``"entropic"``: :math:`W_H`; ``"kl"``: :math:`W_{KL}`.  The two consistent ones cost
+        the same as "paper" (one ``(B, L_s, L_t)`` product or reduction for the value).
 
     Returns
     -------
     torch.Tensor, shape (B,)
-        :math:`\langle\gamma^*_b, C\rangle`.  Computed and returned in float32 (autocast is
+        The ``objective``'s value per row.  Computed and returned in float32 (autocast is
         disabled inside; half/bfloat16 inputs are upcast), or in float64 when both histograms
         are float64.  Gradients come back in each input's dtype.  ``B = 0`` gives an empty
         tensor that back-propagates zero-size gradients.
@@ -504,7 +660,8 @@ def wasserstein_loss(
         On a non-2-D or mis-shaped ``cost``, differing batch sizes, non-finite or negative
         cost entries, NaN, infinite or negative histogram entries (logits passed instead of
         probabilities, or a network that already diverged), ``epsilon`` not finite and
-        ``> 0``, ``iterations`` not an integer ``>= 1``, an unknown ``method``, or
+        ``> 0``, ``iterations`` not an integer ``>= 1``, an unknown ``method`` or
+        ``objective``, or
         ``method="kernel"`` where :math:`(\max C - \min C)/\varepsilon` exceeds
         :data:`KERNEL_MAX_RANGE` (the kernel would underflow; ``"auto"`` switches to the log
         domain there instead).  Each message names the problem and the fix.
@@ -536,9 +693,13 @@ def wasserstein_loss(
     B. Schmitzer, "Stabilized sparse scaling algorithms for entropy regularized transport
     problems", SIAM J. Sci. Comput. 2019.
     G. Peyré, M. Cuturi, "Computational optimal transport", Found. Trends Mach. Learn. 2019.
+    G. Pereyra, G. Tucker, J. Chorowski, Ł. Kaiser, G. Hinton, "Regularizing neural networks by
+    penalizing confident output distributions", ICLR workshop 2017.
+    J. Feydy, T. Séjourné, F.-X. Vialard, S. Amari, A. Trouvé, G. Peyré, "Interpolating between
+    optimal transport and MMD using Sinkhorn divergences", AISTATS 2019 (the KL form).
     """
     return _WassersteinFn.apply(
-        source_probs, target_probs, cost, epsilon, iterations, method, tol, check_inputs
+        source_probs, target_probs, cost, epsilon, iterations, method, tol, check_inputs, objective
     )
 
 
@@ -605,23 +766,26 @@ class WassersteinLoss(torch.nn.Module):
 
     Parameters
     ----------
-    epsilon, iterations, method
-        As in :func:`wasserstein_loss`.
+    epsilon, iterations, method, tol, objective
+        As in :func:`wasserstein_loss` (``objective="paper"``, the default, returns the linear
+        cost but back-propagates the entropic value's gradient; ``"entropic"`` and ``"kl"``
+        return the value they differentiate).
     reduction : {"mean", "sum", "none"}
         How the (B,) per-row costs are reduced.  ``"mean"`` of an empty batch is 0 (not NaN).
     """
 
     def __init__(
         self, epsilon: float = 0.1, iterations: int = 50, method: str = "auto",
-        reduction: str = "mean", tol: float | None = None,
+        reduction: str = "mean", tol: float | None = None, objective: str = "paper",
     ) -> None:
         super().__init__()
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-        _check_settings(epsilon, iterations, method, tol)
+        _check_settings(epsilon, iterations, method, tol, objective)
         self.epsilon, self.iterations, self.method, self.reduction, self.tol = (
             epsilon, iterations, method, reduction, tol
         )
+        self.objective = objective
 
     def forward(
         self, source_probs: torch.Tensor, target_probs: torch.Tensor, cost: torch.Tensor
@@ -629,6 +793,7 @@ class WassersteinLoss(torch.nn.Module):
         loss = wasserstein_loss(
             source_probs, target_probs, cost,
             epsilon=self.epsilon, iterations=self.iterations, method=self.method, tol=self.tol,
+            objective=self.objective,
         )
         if self.reduction == "none":
             return loss
@@ -637,4 +802,5 @@ class WassersteinLoss(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return (f"epsilon={self.epsilon}, iterations={self.iterations}, "
-                f"method={self.method!r}, reduction={self.reduction!r}, tol={self.tol}")
+                f"method={self.method!r}, reduction={self.reduction!r}, tol={self.tol}, "
+                f"objective={self.objective!r}")

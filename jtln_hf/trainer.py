@@ -31,6 +31,7 @@ from transformers.trainer_utils import seed_worker
 from .data import SOURCE, TARGET, PairedBatchSampler, collate
 from .image_processing_jtln import JointImageClassifierImageProcessor
 from .loss import JTLNLoss, split_rows
+from .ot import OBJECTIVES
 from .metrics import compute_classification_metrics
 
 LOSS_PARTS = ("ce_target", "ce_source", "ot")
@@ -72,6 +73,15 @@ class JTLNObjectiveArguments:
         kw_only=True, default=False,
         metadata={"help": "Stop the OT gradient into the target head (OT then only shapes h_s)."},
     )
+    ot_objective: str = field(
+        kw_only=True, default="paper",
+        metadata={
+            "help": "OT value and gradient: paper (logs <γ,C> but back-propagates the gradient of <γ,C> - εH(γ): "
+            "the paper's, inconsistent), entropic (<γ,C> - εH(γ)) or kl (<γ,C> + ε KL(γ‖a⊗b), zero gradient "
+            "under a constant cost); the last two log the value they differentiate.",
+            "choices": list(OBJECTIVES),
+        },
+    )
     source_fraction: float = field(
         kw_only=True, default=0.5, metadata={"help": "Share of source rows in every per-device training batch."}
     )
@@ -107,6 +117,12 @@ class JTLNTrainingArguments(TrainingArguments, JTLNObjectiveArguments):
             raise ValueError(f"ot_iterations must be >= 1, got {self.ot_iterations}.")
         if self.ot_tol is not None and not (math.isfinite(self.ot_tol) and self.ot_tol > 0):
             raise ValueError(f"ot_tol must be a finite number > 0 (e.g. 1e-4) or unset, got {self.ot_tol}.")
+        if self.ot_objective not in OBJECTIVES:
+            raise ValueError(
+                f"ot_objective must be one of {', '.join(OBJECTIVES)}, got {self.ot_objective!r}: paper (the "
+                "paper's: logs <γ,C>, back-propagates the entropic gradient), entropic (<γ,C> - εH(γ)) or kl "
+                "(<γ,C> + ε KL(γ‖a⊗b))."
+            )
 
 
 def jtln_loss_from_args(args: JTLNTrainingArguments) -> JTLNLoss:
@@ -119,6 +135,7 @@ def jtln_loss_from_args(args: JTLNTrainingArguments) -> JTLNLoss:
         ot_method=args.ot_method,
         ot_detach_target=args.ot_detach_target,
         ot_tol=args.ot_tol,
+        ot_objective=args.ot_objective,
     )
 
 

@@ -47,6 +47,7 @@ DEFAULT_GRID: dict[str, dict[str, str]] = {
     "features-centroid": {"cost": "features-centroid"},
     "relationship": {"cost": "relationship"},
     "constant cost (control)": {"cost": "constant"},
+    "Co-Tuning (baseline, not JTLN)": {"method": "cotuning"},
 }
 BASELINE = "joint"
 _POOLS: dict[str, Any] = {}  # per worker process: the data, loaded once per data flags
@@ -74,12 +75,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def default_grid() -> dict[str, dict[str, str]]:
+    """:data:`DEFAULT_GRID` without the objective setting that is already the default."""
+    from jtln_hf.trainer import JTLNTrainingArguments
+
+    default = JTLNTrainingArguments.__dataclass_fields__["ot_objective"].default
+    return {name: o for name, o in DEFAULT_GRID.items() if o != {"ot_objective": default}}
+
+
 def _argv(base: list[str], overrides: dict[str, str], method: str, seed: int, out: Path, fraction: float) -> list[str]:
+    """One run's recipe flags; the key ``method`` of ``overrides`` picks the method (default jtln)."""
     argv = list(base)
     if "--target_validation_fraction" not in base:
         argv += ["--target_validation_fraction", str(fraction)]
     for flag, value in overrides.items():
-        argv += [f"--{flag}", value]
+        if flag != "method":
+            argv += [f"--{flag}", value]
     return argv + ["--mode", method, "--seeds", str(seed), "--output_dir", str(out)]
 
 
@@ -89,7 +100,7 @@ def run_job(job: tuple[str, str, int, list[str]]) -> dict[str, Any]:
 
     from train_jtln import parse_args
 
-    from jtln_hf.arguments import check_arguments, cost_warmup_steps
+    from jtln_hf.arguments import check_arguments, cost_warmup_steps, cotuning_warmup_steps
     from jtln_hf.experiment import load_pools, plan_experiment, run_method
 
     setting, method, seed, argv = job
@@ -101,7 +112,8 @@ def run_job(job: tuple[str, str, int, list[str]]) -> dict[str, Any]:
     plan = plan_experiment(data_args, model_args, jtln_args, args, pools=_POOLS[key])
     start = time.perf_counter()
     run = run_method(method, plan.data[seed], plan.config, data_args, model_args, jtln_args, args, seed, plan.fixed_cost)
-    warmup = cost_warmup_steps(model_args, jtln_args, data_args) if method == "jtln" else 0
+    warmup = {"jtln": cost_warmup_steps(model_args, jtln_args, data_args),
+              "cotuning": cotuning_warmup_steps(jtln_args)}.get(method, 0)  # fmt: skip
     return {"setting": setting, "method": method, "seed": seed, "seconds": time.perf_counter() - start,
             "metrics": run.metrics, "cost": run.cost_description, "max_steps": args.max_steps,
             "warmup_steps": warmup}  # fmt: skip
@@ -179,13 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     base = argv[argv.index("--") + 1:] if "--" in argv else []
     own = argv[: argv.index("--")] if "--" in argv else argv
     opts = build_parser().parse_args(own)
-    grid = dict(opts.vary) if opts.vary else dict(DEFAULT_GRID)
+    grid = dict(opts.vary) if opts.vary else default_grid()
     out = Path(opts.output_dir)
     jobs = [(BASELINE, BASELINE, seed, _argv(base, {}, BASELINE, seed, out / "runs" / BASELINE / f"seed{seed}",
                                           opts.validation_fraction)) for seed in opts.seeds]  # fmt: skip
     for name, overrides in grid.items():
         folder = "-".join(f"{k}={v}" for k, v in overrides.items()) or "default"
-        jobs += [(name, "jtln", seed, _argv(base, overrides, "jtln", seed, out / "runs" / folder / f"seed{seed}",
+        method = overrides.get("method", "jtln")
+        jobs += [(name, method, seed, _argv(base, overrides, method, seed, out / "runs" / folder / f"seed{seed}",
                                             opts.validation_fraction)) for seed in opts.seeds]  # fmt: skip
     try:  # every setting's flags are checked before anything trains
         from train_jtln import parse_args

@@ -21,6 +21,7 @@ from ot.batch import solve_batch
 
 from jtln_hf.ot import (
     KERNEL_MAX_RANGE,
+    OBJECTIVES,
     PROB_FLOOR,
     WassersteinLoss,
     sinkhorn_potentials,
@@ -167,14 +168,16 @@ def test_gradient_matches_finite_differences(method):
         assert math.isclose(fd, analytic, rel_tol=1e-6, abs_tol=1e-8), (fd, analytic)
 
 
-def test_no_gradient_into_cost_and_no_plan_saved():
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_no_gradient_into_cost_and_no_plan_saved(objective, method):
     a, b, C = problem(B=4, Ls=6, Lt=3)
     C = C.float().requires_grad_()
     x = a.float().requires_grad_()
     shapes = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append(t.shape) or t,
                                                   lambda t: t):
-        loss = wasserstein_loss(x, b.float(), C, method="log")
+        loss = wasserstein_loss(x, b.float(), C, method=method, objective=objective)
     loss.sum().backward()
     assert C.grad is None and x.grad is not None
     assert shapes and all(len(s) == 2 for s in shapes)  # f and g only, never (B, L_s, L_t)
@@ -303,14 +306,15 @@ def test_validation_batch_and_rank():
 
 # 10. empty batch, module ----------------------------------------------------------------------
 @pytest.mark.parametrize("method", METHODS)
-def test_empty_batch(method):
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_empty_batch(method, objective):
     a = torch.empty(0, 6, requires_grad=True)
     b = torch.empty(0, 4, requires_grad=True)
-    out = wasserstein_loss(a, b, torch.rand(6, 4), method=method)
+    out = wasserstein_loss(a, b, torch.rand(6, 4), method=method, objective=objective)
     assert out.shape == (0,) and out.dtype == torch.float32
     out.sum().backward()
     assert a.grad.shape == (0, 6) and b.grad.shape == (0, 4)
-    mean = WassersteinLoss(method=method)(a, b, torch.rand(6, 4))
+    mean = WassersteinLoss(method=method, objective=objective)(a, b, torch.rand(6, 4))
     assert mean.item() == 0.0
     assert transport_plan(a, b, torch.rand(6, 4), method=method).shape == (0, 6, 4)
 

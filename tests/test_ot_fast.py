@@ -8,6 +8,8 @@
   ``tol=1e-5`` on the benchmark's problem size (B=128, 1000x256).
 * ``check_inputs=False``: the same numbers as the checked call, without reading any tensor on
   the host (``Tensor.item``/``tolist``/``__bool__``/``__float__`` are made to raise).
+
+Both properties are checked for every ``objective`` (values and gradients).
 """
 
 from __future__ import annotations
@@ -18,7 +20,15 @@ import ot
 import pytest
 import torch
 
-from jtln_hf.ot import CHECK_EVERY, PROB_FLOOR, resolve_method, sinkhorn_potentials, transport_plan, wasserstein_loss
+from jtln_hf.ot import (
+    CHECK_EVERY,
+    OBJECTIVES,
+    PROB_FLOOR,
+    resolve_method,
+    sinkhorn_potentials,
+    transport_plan,
+    wasserstein_loss,
+)
 
 
 def peaked_problem(B, Ls, Lt, seed=0, dtype=torch.float32, sharp=(3.0, 5.0)):
@@ -36,16 +46,20 @@ def row_error(a, b, C, eps, iterations, method):
     return (plan.sum(dim=2) - a / a.sum(dim=1, keepdim=True)).abs().sum(dim=1).max().item()
 
 
+@pytest.mark.parametrize("objective", OBJECTIVES)
 @pytest.mark.parametrize("method", ["kernel", "log"])
 @pytest.mark.parametrize("tol", [1e-3, 1e-5])
-def test_tol_stops_at_the_first_test_that_meets_it(method, tol):
+def test_tol_stops_at_the_first_test_that_meets_it(method, tol, objective):
     a, b, C = peaked_problem(6, 40, 12, dtype=torch.float64)
     eps, maximum = 0.05, 400
     stop = next(k for k in range(CHECK_EVERY, maximum, CHECK_EVERY) if row_error(a, b, C, eps, k, method) <= tol)
     assert CHECK_EVERY < stop < maximum  # a real early stop, not the first test nor the maximum
-    got = wasserstein_loss(a, b, C, epsilon=eps, iterations=maximum, method=method, tol=tol)
-    want = wasserstein_loss(a, b, C, epsilon=eps, iterations=stop, method=method)
+    x, y = a.clone().requires_grad_(), b.clone().requires_grad_()
+    got = wasserstein_loss(x, y, C, epsilon=eps, iterations=maximum, method=method, tol=tol, objective=objective)
+    want = wasserstein_loss(x, y, C, epsilon=eps, iterations=stop, method=method, objective=objective)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+    grads = torch.autograd.grad(got.sum(), (x, y)), torch.autograd.grad(want.sum(), (x, y))
+    torch.testing.assert_close(*grads, rtol=0, atol=0)
     f, g = sinkhorn_potentials(a, b, C, epsilon=eps, iterations=maximum, method=method, tol=tol)
     f_want, g_want = sinkhorn_potentials(a, b, C, epsilon=eps, iterations=stop, method=method)
     torch.testing.assert_close((f, g), (f_want, g_want), rtol=0, atol=0)
@@ -127,16 +141,17 @@ def no_host_reads():
         yield
 
 
+@pytest.mark.parametrize("objective", OBJECTIVES)
 @pytest.mark.parametrize("method", ["kernel", "log"])
-def test_unchecked_call_matches_and_never_reads_on_the_host(method):
+def test_unchecked_call_matches_and_never_reads_on_the_host(method, objective):
     a, b, C = peaked_problem(5, 9, 4)
     C = C + 0.25  # a cost with min > 0 exercises the device-side shift by min C
     x, y = a.clone().requires_grad_(), b.clone().requires_grad_()
-    want = wasserstein_loss(x, y, C, epsilon=0.1, method=method)
+    want = wasserstein_loss(x, y, C, epsilon=0.1, method=method, objective=objective)
     want_grads = torch.autograd.grad(want.sum(), (x, y))
     assert resolve_method(C, epsilon=0.1, method=method) == method
     with no_host_reads():
-        got = wasserstein_loss(x, y, C, epsilon=0.1, method=method, check_inputs=False)
+        got = wasserstein_loss(x, y, C, epsilon=0.1, method=method, check_inputs=False, objective=objective)
         got_grads = torch.autograd.grad(got.sum(), (x, y))
         plan = transport_plan(a, b, C, epsilon=0.1, method=method, check_inputs=False)
     torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -23,6 +23,8 @@ What is asserted, and why these bounds:
   and the bound ``0 <= <γ_ε, C> - OT_0 <= ε min(H(a), H(b))`` against ``ot.emd2`` holds (it
   follows from the optimality of γ_ε for the regularised problem and ``max(H(a), H(b)) <=
   H(γ) <= H(a) + H(b)`` for every coupling γ).
+* The same for ``objective="entropic"`` and ``"kl"``: value = POT's ``res.value`` formula on
+  POT's plan after the same iterations, gradient = the centred (KL: shifted) potentials.
 * Hand-computed cases: ``L_s = 1`` or ``L_t = 1`` (the only coupling is the other histogram),
   near-zero rows (the floor makes them uniform).
 
@@ -161,6 +163,66 @@ def test_float64_equals_pot_for_the_same_iterations(p, method):
     assert (plan >= 0).all()
     np.testing.assert_allclose(plan.sum(1).numpy(), floored(b), rtol=1e-12, atol=1e-15)
     assert (value >= C.min() - 1e-12).all() and (value <= C.max() + 1e-12).all()
+
+
+def objective_value(plan: np.ndarray, C: np.ndarray, a: np.ndarray, b: np.ndarray, eps: float, objective: str):
+    """POT's formula for ``objective`` (``ot.solve``'s ``res.value``) on given plans, float64; 0 log 0 = 0."""
+    positive = plan > 0
+    log_plan = np.log(np.where(positive, plan, 1.0))
+    reg = plan * log_plan  # reg_type="entropy": + eps sum P log P, i.e. H(P) = -sum P log P
+    if objective == "kl":  # reg_type="KL": + eps sum P log(P / (a b^T))
+        reg = reg - np.where(positive, plan * np.log(a[:, :, None] * b[:, None, :]), 0.0)
+    return (plan * C).sum((1, 2)) + eps * reg.sum((1, 2))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(p=problem_strategy, method=st.sampled_from(["auto", "log", "kernel"]),
+       objective=st.sampled_from(["entropic", "kl"]))
+def test_objectives_float64_equal_pots_formula_on_pots_iterates(p, method, objective):
+    """'entropic' / 'kl' over the same extreme problems: the value is POT's formula on POT's plan
+    after the same iterations, the gradient the centred potentials (minus eps log a, eps log b for
+    'kl'). Measured over 400 random problems: value error <= 9e-12 eps R, gradient <= 6e-14 eps R."""
+    a, b, C, eps = build(p)
+    n = p["iterations"]
+    if method == "kernel" and np.ptp(C) / eps > KERNEL_MAX_RANGE[torch.float64]:
+        method = "log"
+    x, y = torch.tensor(a, requires_grad=True), torch.tensor(b, requires_grad=True)
+    value = wasserstein_loss(x, y, torch.tensor(C), epsilon=eps, iterations=n, method=method, objective=objective)
+    value.sum().backward()
+    for t in (value, x.grad, y.grad):
+        assert torch.isfinite(t).all()
+    A, B = floored(a), floored(b)
+    ref_plan, ref_f, ref_g = pot_same_iterations(A, B, C, eps, n)
+    if objective == "kl":
+        ref_f, ref_g = ref_f - eps * np.log(A), ref_g - eps * np.log(B)
+    scale = 1e-9 * max(1.0, np.ptp(C) / eps) * eps + 1e-12
+    np.testing.assert_allclose(value.detach().numpy(), objective_value(ref_plan, C, A, B, eps, objective),
+                               rtol=0, atol=scale)  # fmt: skip
+    np.testing.assert_allclose(x.grad.numpy(), ref_f - ref_f.mean(1, keepdims=True), rtol=0, atol=scale)
+    np.testing.assert_allclose(y.grad.numpy(), ref_g - ref_g.mean(1, keepdims=True), rtol=0, atol=scale)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(p=problem_strategy, dtype=st.sampled_from(LOW_PRECISION), objective=st.sampled_from(["entropic", "kl"]))
+def test_objectives_low_precision_is_finite_and_close_to_float64(p, dtype, objective):
+    """As test 2 below, with the bound scaled by the value's size: the entropy term reaches
+    eps (H(a) + H(b)) ~ 40 at eps = 10, and float32 rounds it relatively (measured <= 3.4e-6
+    absolute there, against 1.5e-6 for the unscaled bound)."""
+    a, b, C, eps = build(p)
+    n = p["iterations"]
+    x, y = torch.tensor(a).to(dtype).requires_grad_(), torch.tensor(b).to(dtype).requires_grad_()
+    Ct = torch.tensor(C).to(dtype)
+    value = wasserstein_loss(x, y, Ct, epsilon=eps, iterations=n, objective=objective)
+    value.sum().backward()
+    assert value.dtype == torch.float32 and x.grad.dtype == y.grad.dtype == dtype
+    for t in (value, x.grad.float(), y.grad.float()):
+        assert torch.isfinite(t).all()
+    a64, b64, C64 = (t.detach().double().numpy() for t in (x, y, Ct))
+    A, B = floored(a64), floored(b64)
+    ref_plan, _, _ = pot_same_iterations(A, B, C64, eps, n)
+    want = objective_value(ref_plan, C64, A, B, eps, objective)
+    tol = (1e-6 + 5e-7 * max(np.ptp(C64) / eps, 1.0)) * np.maximum(1.0, np.abs(want))
+    assert (np.abs(value.detach().double().numpy() - want) <= tol).all()
 
 
 # ------------------------------------------------------ 2. float32 / float16 / bfloat16 inputs
