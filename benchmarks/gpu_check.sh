@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared GPU check (< 5 minutes on one H200): the OT benchmark, the step-ratio benchmark at
-# the FINDINGS shape, and a 200-step bf16 training of the embedded default.
+# the shape of docs/design.md ("Speed"), and a 200-step bf16 training of the embedded default.
 #
 #     bash benchmarks/gpu_prepare.sh        # first, on a machine with PyPI: .whl/ and .gpu_data/
 #     bash benchmarks/gpu_check.sh [OUT_DIR]                         # on the GPU machine

@@ -148,7 +148,7 @@ def normalize_cost(cost: Any, method: str = "minmax") -> np.ndarray:
 
     Notes
     -----
-    Why ``"column"`` exists (FINDINGS.md, Lesson 1): in the OT term every prediction of
+    Why ``"column"`` exists (docs/design.md, "Decisions"): in the OT term every prediction of
     target class ``j`` costs at least :math:`\min_i C_{ij}`. A target class with no cheap
     source class (``Bag`` in the Fashion-MNIST prior, whose column is all 0.8 or 1) is thus
     penalised as a whole and the target head is pushed away from it. Shifting each column to

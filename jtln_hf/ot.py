@@ -17,7 +17,7 @@ each with its own gradient (see :func:`wasserstein_loss`; ``tests/test_ot_object
 Why by hand rather than POT: ``ot.batch.solve_batch(..., grad="autodiff")`` expects one cost
 per problem and records every iteration for autograd; at B=128, a 1000x256 cost and 50
 iterations it took 73 ms and 13 GiB on an H200, against ~6 ms and ~5 MiB for the kernel-domain
-solver below with envelope gradients (``FINDINGS.md``, speed section).  POT is kept as the
+solver below with envelope gradients (``docs/design.md``, "Speed").  POT is kept as the
 independent reference in ``tests/test_ot.py``.
 
 Two solvers:

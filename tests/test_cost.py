@@ -24,7 +24,7 @@ from jtln_hf.cost import (
 
 FM_SOURCE = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Sneaker"]
 FM_TARGET = ["Shirt", "Coat", "Sandal", "Bag", "Ankle boot"]
-# FINDINGS.md, "The prior cost used", typed by hand.
+# The hand-written prior of docs/design.md, typed here by hand (not read from the shipped CSV).
 FM_PRIOR = np.array(
     [
         [0.0, 0.5, 1.0, 0.8, 1.0],

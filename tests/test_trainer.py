@@ -169,7 +169,7 @@ def test_gradient_accumulation_equals_one_big_batch(small_split, tmp_path):
         before = _params(model)
         trainer = make_trainer(model, joint, tmp_path / name, per_device_train_batch_size=bs,
                                gradient_accumulation_steps=acc, max_steps=2, **_sgd_args())
-        if name == "doubled":  # the pitfall of DESIGN.md: Trainer believes the loss is pre-scaled
+        if name == "doubled":  # the pitfall in docs/design.md: Trainer believes the loss is pre-scaled
             trainer.model_accepts_loss_kwargs = True
         seen = []
         loader = trainer.get_train_dataloader
