@@ -465,6 +465,15 @@ def build_joint_dataset(source: datasets.Dataset | None, target: datasets.Datase
     return datasets.concatenate_datasets(parts)
 
 
+def source_rows_per_batch(batch_size: int, source_fraction: float) -> int:
+    """Source rows in a batch: ``batch_size x source_fraction`` rounded half up.
+
+    Python's ``round`` rounds half to even, which gave batch 2 at fraction 0.25 no source row;
+    every place that needs the count (sampler, trainer, recipe, card) calls this function.
+    """
+    return int(math.floor(batch_size * source_fraction + 0.5))
+
+
 class PairedBatchSampler(Sampler[list[int]]):
     """Per-device batches of exactly ``n_source`` source rows and ``n_target`` target rows.
 
@@ -485,7 +494,7 @@ class PairedBatchSampler(Sampler[list[int]]):
     Args:
         domains: the ``domain`` column of the training dataset (0 source, 1 target).
         batch_size: rows per per-device batch.
-        source_fraction: share of source rows per batch; ``n_source = round(batch_size * fraction)``.
+        source_fraction: share of source rows per batch; ``n_source`` = :func:`source_rows_per_batch`.
         seed: base seed.
         drop_last: drop the last, incomplete global source batch instead of topping it up.
         num_replicas: number of processes the batches are sharded over.
@@ -510,7 +519,7 @@ class PairedBatchSampler(Sampler[list[int]]):
             raise ValueError(f"domain values must be 0 (source) or 1 (target), found {sorted(unknown)}.")
         self.source_rows = np.flatnonzero(domains == SOURCE)
         self.target_rows = np.flatnonzero(domains == TARGET)
-        self.n_source = round(batch_size * source_fraction)
+        self.n_source = source_rows_per_batch(batch_size, source_fraction)
         self.n_target = batch_size - self.n_source
         if self.n_source and not len(self.source_rows):
             raise ValueError(

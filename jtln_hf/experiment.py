@@ -331,11 +331,12 @@ def _resume_value(value: str | bool | None, stage_dir: str) -> str | None:
 
 def target_batch_size(args: JTLNTrainingArguments) -> int:
     """Target rows per step in joint batches: what every method sees per step."""
-    return max(1, args.per_device_train_batch_size - round(args.per_device_train_batch_size * args.source_fraction))
+    batch = args.per_device_train_batch_size
+    return max(1, batch - jdata.source_rows_per_batch(batch, args.source_fraction))
 
 
 def source_batch_size(args: JTLNTrainingArguments) -> int:
-    return max(1, round(args.per_device_train_batch_size * args.source_fraction))
+    return max(1, jdata.source_rows_per_batch(args.per_device_train_batch_size, args.source_fraction))
 
 
 def _eval_dataset(ds: datasets.Dataset, config: JointImageClassifierConfig, data_args: DataArguments):

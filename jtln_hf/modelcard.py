@@ -21,6 +21,7 @@ import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from . import figures as _figures
+from .data import source_rows_per_batch
 from .io import atomic_write_text
 
 TEMPLATE_PATH = Path(__file__).parent / "resources" / "model_card_template.md"
@@ -115,7 +116,7 @@ def mean_transport_plan(
 def training_hyperparameters(args, *, steps: int | None = None, ot_used: bool = True) -> dict[str, Any]:
     """The card's hyper-parameter rows: λ_s, λ_ot, the OT settings (ε, iterations, tol, solver, objective), batch."""
     batch = args.per_device_train_batch_size
-    n_source = round(batch * args.source_fraction)
+    n_source = source_rows_per_batch(batch, args.source_fraction)
     precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
     return {
         "steps": steps if steps is not None else args.max_steps,

@@ -289,6 +289,7 @@ def _check_composition(batches, domains, n_source, n_target):
 COMPOSITIONS = [
     (8, 0.5, 4), (7, 0.5, 4), (16, 0.25, 4), (7, 0.25, 2), (5, 0.25, 1), (8, 0.0, 0), (3, 0.0, 0),
     (8, 1.0, 8), (1, 1.0, 1), (1, 0.0, 0), (12, 0.75, 9), (10, 0.3, 3),
+    (2, 0.25, 1), (5, 0.5, 3), (6, 0.25, 2),  # halves round up (Python's round gave 0, 2, 2)
 ]
 
 
