@@ -1,4 +1,4 @@
-"""Experiments: the four training methods of the paper's table, run on the same data and seeds.
+"""Experiments: the four training methods of the paper's table and Co-Tuning, on the same data and seeds.
 
 ``recipes/train_jtln.py`` is the command line; this module holds what it runs, so tests and
 notebooks can call it too. Methods (Lu, Chen & Saidi 2017, Table 1):
@@ -6,10 +6,13 @@ notebooks can call it too. Methods (Lu, Chen & Saidi 2017, Table 1):
 * ``finetune``    -- target only (the target head alone learns; source data unused);
 * ``consecutive`` -- source only for ``max_steps``, then target only for ``max_steps``;
 * ``joint``       -- both heads on mixed batches, no OT (``ot_loss_weight = 0``);
-* ``jtln``        -- joint + the OT term under the cost matrix C.
+* ``jtln``        -- joint + the OT term under the cost matrix C;
+* ``cotuning``    -- joint + Co-Tuning's soft source labels (You et al. 2020), a baseline.
 
 Every method sees the same target images per step (``per_device_train_batch_size x
 (1 - source_fraction)``), the same k-shot target images and the same initial weights for a seed.
+The step budgets differ and every table says so: ``consecutive`` trains two stages, and ``jtln``
+with a ``features-*``/``relationship`` cost and ``cotuning`` add source-only warm-up steps.
 
 The data come in one of two shapes: one dataset split by class (the paper's benchmark), or a
 source dataset and a separate target dataset (:mod:`jtln_hf.sources` opens either).

@@ -3,8 +3,8 @@
 
 With no arguments and no network this runs the embedded default: Fashion-MNIST (Debian package
 ``dataset-fashion-mnist``) split into 5 source classes and 5 target classes with 5 labelled images
-each, the four methods of the paper's table (target-only, consecutive, joint, JTLN) on seeds 0 1 2,
-and prints the comparison table.
+each, the four methods of the paper's table (target-only, consecutive, joint, JTLN) and Co-Tuning
+on seeds 0 1 2, and prints the comparison table with each method's paired difference to joint.
 
 examples:
   python recipes/train_jtln.py                                   # the embedded default
