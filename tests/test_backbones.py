@@ -106,3 +106,14 @@ def test_cached_weights_are_found_in_the_hf_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(backbones.hub_constants, "HF_HUB_CACHE", str(tmp_path))
     assert backbones.cached_weights("test_resnet") == str(snapshot / "model.safetensors")
     backbones.check_backbone("test_resnet", pretrained=True, checkpoint=None)  # no error
+
+
+def test_pretrained_weights_keep_the_pretrained_data_config(tmp_path, fashion_mnist):
+    """No --in_chans/--image_size: timm's pretrained config decides size, mean and std, not the data."""
+    path, _ = _timm_weights(tmp_path, ".safetensors", in_chans=3)
+    model = build_model(build_config(ModelArguments(backbone="test_resnet", backbone_checkpoint=str(path)),
+                                     DataArguments(), _exp(fashion_mnist)), seed=0)  # fmt: skip
+    expected = timm.data.resolve_data_config({}, model=timm.create_model("test_resnet", pretrained=False))
+    assert model.config.data_config["input_size"] == list(expected["input_size"])  # 3 x 160 x 160
+    assert model.config.data_config["mean"] == pytest.approx(list(expected["mean"]))
+    assert model.config.data_config["std"] == pytest.approx(list(expected["std"]))

@@ -1,0 +1,83 @@
+"""The recipe's argument dataclasses: defaults that depend on the set-up, and cross-checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from jtln_hf.arguments import (
+    DEFAULT_COST_WARMUP_STEPS,
+    DataArguments,
+    JTLNArguments,
+    ModelArguments,
+    check_arguments,
+    cost_kind,
+    cost_warmup_steps,
+    cotuning_warmup_steps,
+)
+
+
+def test_default_cost_is_the_prior_on_fashion_mnist_and_features_mmd_elsewhere():
+    assert cost_kind(DataArguments(), JTLNArguments()) == "prior"
+    assert cost_kind(DataArguments(source_dataset="a", target_dataset="b"), JTLNArguments()) == "features-mmd"
+    assert cost_kind(DataArguments(dataset="org/flowers"), JTLNArguments()) == "features-mmd"
+    assert cost_kind(DataArguments(), JTLNArguments(cost="relationship")) == "relationship"
+
+
+@pytest.mark.parametrize(
+    "cost,pretrained,expected",
+    [
+        ("features-mmd", False, DEFAULT_COST_WARMUP_STEPS),
+        ("features-mmd", True, 0),  # pretrained features need no source warm-up
+        ("relationship", True, DEFAULT_COST_WARMUP_STEPS),  # the source head is new even on pretrained features
+        ("prior", False, 0),  # no model, no warm-up
+        ("constant", True, 0),
+    ],
+)
+def test_warmup_steps_follow_the_cost_and_the_weights(cost, pretrained, expected):
+    model = ModelArguments(pretrained_backbone=pretrained)
+    assert cost_warmup_steps(model, JTLNArguments(cost=cost), DataArguments()) == expected
+    given = cost_warmup_steps(model, JTLNArguments(cost=cost, cost_warmup_steps=7), DataArguments())
+    assert given == (7 if cost in ("features-mmd", "relationship") else 0)  # the flag wins where a model is read
+    assert ModelArguments(backbone_checkpoint="w.safetensors").pretrained  # a checkpoint implies pretrained
+
+
+def test_cotuning_always_warms_the_source_head_up():
+    assert cotuning_warmup_steps(JTLNArguments()) == DEFAULT_COST_WARMUP_STEPS
+    assert cotuning_warmup_steps(JTLNArguments(cost_warmup_steps=3)) == 3
+
+
+def _check(given, data=None, model=None, jtln=None):
+    check_arguments(data or DataArguments(), model or ModelArguments(), jtln or JTLNArguments(), None, set(given))
+
+
+def test_flags_of_the_other_data_shape_are_rejected():
+    two = DataArguments(source_dataset="a", target_dataset="b")
+    with pytest.raises(ValueError, match="--image_column applies to --dataset; with --source_dataset/--target_dataset "
+                                         "use --source_image_column / --target_image_column"):  # fmt: skip
+        _check({"image_column"}, data=two)
+    with pytest.raises(ValueError, match="--target_test_fraction applies to --source_dataset/--target_dataset runs"):
+        _check({"target_test_fraction"})
+    with pytest.raises(ValueError, match="exclude each other"):
+        _check({"dataset"}, data=two)
+    with pytest.raises(ValueError, match="--dataset_root is only read for 'fgvc-aircraft'"):
+        _check(set(), data=DataArguments(dataset_root="x"))
+
+
+def test_flags_no_method_uses_are_rejected_and_used_ones_pass():
+    with pytest.raises(ValueError, match="--ot_objective has no effect"):
+        _check({"ot_objective"}, jtln=JTLNArguments(mode="joint"))
+    with pytest.raises(ValueError, match="--cotuning_weight has no effect"):
+        _check({"cotuning_weight"}, jtln=JTLNArguments(mode="jtln"))
+    _check({"cost_warmup_steps"}, jtln=JTLNArguments(mode="cotuning"))  # Co-Tuning's warm-up
+    _check({"ot_epsilon", "cost", "cost_warmup_steps"}, jtln=JTLNArguments(mode="jtln", cost="relationship"))
+    with pytest.raises(ValueError, match="--cost_normalization has no effect on --cost constant"):
+        _check({"cost_normalization"}, jtln=JTLNArguments(mode="jtln", cost="constant"))
+
+
+def test_values_are_checked_with_a_suggestion():
+    with pytest.raises(ValueError, match=r"--cost 'relationshp' is neither .*\(did you mean 'relationship'\?\)"):
+        JTLNArguments(cost="relationshp")
+    with pytest.raises(ValueError, match=r"--target_validation_fraction must be in \(0, 1\)"):
+        DataArguments(target_validation_fraction=1.5)
+    with pytest.raises(ValueError, match="--shots must be >= 1"):
+        DataArguments(shots=-1)
