@@ -863,6 +863,8 @@ def run_experiment(
         "ot_epsilon": args.ot_epsilon,
         "ot_iterations": args.ot_iterations,
         "ot_tol": args.ot_tol,
+        "ot_objective": args.ot_objective,
+        "cotuning_weight": jtln_args.cotuning_weight if "cotuning" in methods else None,
         "seeds": list(jtln_args.seeds),
         "wall_seconds": wall,
     }
