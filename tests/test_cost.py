@@ -9,9 +9,7 @@ import ot
 import pytest
 
 from jtln_hf.cost import (
-    COST_NORMALIZATIONS,
     FASHION_MNIST_PRIOR_PATH,
-    FEATURE_COST_METHODS,
     MMD_BANDWIDTH_MULTIPLIERS,
     cost_from_features,
     cost_from_hierarchy,
@@ -34,11 +32,6 @@ FM_PRIOR = np.array(
         [1.0, 1.0, 0.0, 0.8, 0.0],
     ]
 )
-
-
-def test_constants():
-    assert COST_NORMALIZATIONS == ("none", "minmax", "max", "column")
-    assert FEATURE_COST_METHODS == ("ot", "mmd", "centroid")
 
 
 # ----------------------------------------------------------------------------- relation

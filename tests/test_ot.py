@@ -24,6 +24,7 @@ from jtln_hf.ot import (
     OBJECTIVES,
     PROB_FLOOR,
     WassersteinLoss,
+    resolve_method,
     sinkhorn_potentials,
     transport_plan,
     wasserstein_loss,
@@ -205,11 +206,11 @@ def test_auto_picks_log_for_tiny_epsilon_and_kernel_otherwise():
     tiny.sum().backward()
     assert torch.isfinite(tiny).all() and torch.isfinite(x.grad).all()
     assert torch.isfinite(y.grad).all()
-    assert torch.equal(tiny, wasserstein_loss(a, b, C, epsilon=1e-3, iterations=200,
-                                              method="log"))
-    auto = wasserstein_loss(a, b, C, epsilon=0.1)
-    assert torch.equal(auto, wasserstein_loss(a, b, C, epsilon=0.1, method="kernel"))
-    assert not torch.equal(auto, wasserstein_loss(a, b, C, epsilon=0.1, method="log"))
+    # the choice itself, from resolve_method (the documented rule: range / ε against KERNEL_MAX_RANGE)
+    assert resolve_method(C, epsilon=1e-3, method="auto") == "log"
+    assert (C.max() - C.min()) / 0.1 <= KERNEL_MAX_RANGE[torch.float32]
+    assert resolve_method(C, epsilon=0.1, method="auto") == "kernel"
+    assert torch.equal(tiny, wasserstein_loss(a, b, C, epsilon=1e-3, iterations=200, method="log"))
 
 
 # 6. autocast and dtypes -------------------------------------------------------------------------
