@@ -38,6 +38,9 @@ import torch
 from PIL import Image as PILImage
 from torch.utils.data import Sampler
 
+from .image_processing_jtln import CHANNEL_MODES as PROCESSOR_CHANNEL_MODES
+from .image_processing_jtln import to_mode
+
 #: Where Debian's ``dataset-fashion-mnist`` puts the idx files; ``JTLN_FASHION_MNIST_DIR`` overrides it
 #: (e.g. on a machine where the package cannot be installed and the files were copied instead).
 FASHION_MNIST_DIR = Path(os.environ.get("JTLN_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
@@ -229,8 +232,8 @@ def build_transform(data_config: dict[str, Any], training: bool, **train_kwargs:
     return timm.data.create_transform(**cfg, is_training=False)
 
 
-#: PIL mode each backbone channel count is converted to.
-CHANNEL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+#: PIL mode each backbone channel count is converted to (shared with the image processor).
+CHANNEL_MODES = PROCESSOR_CHANNEL_MODES
 #: Image errors the batch transform and :func:`check_images` turn into a message naming the row.
 IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, PILImage.DecompressionBombError)
 
@@ -346,9 +349,8 @@ def _seed_generators(batch_key: bytes, position: int) -> None:
 
 
 def _to_mode(image: Any, mode: str) -> PILImage.Image:
-    if not isinstance(image, PILImage.Image):
-        image = PILImage.fromarray(np.asarray(image))
-    return image if image.mode == mode else image.convert(mode)
+    """The image processor's conversion (:func:`jtln_hf.image_processing_jtln.to_mode`): training = inference."""
+    return to_mode(image, mode)
 
 
 def check_images(ds: datasets.Dataset, name: str = "dataset", *, full_decode: bool | None = None) -> None:

@@ -67,9 +67,10 @@ class JointImageClassifierImageProcessor(BaseImageProcessor):
             k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items() if k in DATA_CONFIG_KEYS
         }
         channels = int(self.data_config["input_size"][0])
-        if channels not in (1, 3):
-            raise ValueError(f"input_size has {channels} channels: only 1 (grayscale) and 3 (RGB) are supported.")
-        self._mode = "L" if channels == 1 else "RGB"
+        if channels not in CHANNEL_MODES:
+            raise ValueError(f"input_size has {channels} channels: only 1 (grayscale), 3 (RGB) and 4 (RGBA) are "
+                             "supported.")  # fmt: skip
+        self._mode = CHANNEL_MODES[channels]
         timm_config = {k: tuple(v) if isinstance(v, list) else v for k, v in self.data_config.items()}
         self._transform = timm.data.create_transform(**timm_config, is_training=False)
 
@@ -80,7 +81,7 @@ class JointImageClassifierImageProcessor(BaseImageProcessor):
 
     @property
     def image_mode(self) -> str:
-        """PIL mode every image is converted to: ``"L"`` (one channel) or ``"RGB"`` (three)."""
+        """PIL mode every image is converted to: ``"L"``, ``"RGB"`` or ``"RGBA"`` (1, 3 or 4 channels)."""
         return self._mode
 
     @property
@@ -96,17 +97,7 @@ class JointImageClassifierImageProcessor(BaseImageProcessor):
         """
         if isinstance(image, (str, os.PathLike)):
             image = load_image(str(image))
-        if isinstance(image, torch.Tensor):
-            image = image.detach().cpu().numpy()
-        if isinstance(image, np.ndarray):
-            image = _array_to_pil(image)
-        if not isinstance(image, PIL.Image.Image):
-            raise TypeError(f"unsupported image type {type(image).__name__}: pass PIL images, numpy arrays or tensors.")
-        if image.mode == self._mode:
-            return image
-        if image.mode == "P":
-            image = image.convert("RGBA")
-        return image.convert(self._mode)
+        return to_mode(image, self._mode)
 
     def preprocess(
         self, images: Any, return_tensors: str | None = "pt", **kwargs: Any
@@ -128,6 +119,31 @@ class JointImageClassifierImageProcessor(BaseImageProcessor):
         output = {k: copy.deepcopy(v) for k, v in self.__dict__.items() if not k.startswith("_")}
         output["image_processor_type"] = type(self).__name__
         return output
+
+
+#: PIL mode of each supported channel count (training uses the same: ``jtln_hf.data``).
+CHANNEL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+
+
+def to_mode(image: Any, mode: str) -> PIL.Image.Image:
+    """A PIL image, ``(H, W)``/``(H, W, C)``/``(C, H, W)`` array or tensor, as a PIL image in ``mode``.
+
+    The one conversion that training (``jtln_hf.data.make_batch_transform``) and inference (this
+    processor) share, so both see the same pixels: float arrays are taken to be in [0, 1]; a
+    palette image goes through RGBA first, so its transparency is kept for 4-channel models (and,
+    as in timm's loaders, dropped by the conversion to RGB or L).
+    """
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    if isinstance(image, np.ndarray):
+        image = _array_to_pil(image)
+    if not isinstance(image, PIL.Image.Image):
+        raise TypeError(f"unsupported image type {type(image).__name__}: pass PIL images, numpy arrays or tensors.")
+    if image.mode == mode:
+        return image
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    return image.convert(mode)
 
 
 def _flat_images(images: Any) -> list[Any]:

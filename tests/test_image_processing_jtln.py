@@ -56,9 +56,13 @@ def test_any_mode_and_size_one_channel(mode, size):
     image = _image(mode, size)
     out = processor(image)["pixel_values"]
     assert out.shape == (1, 1, 28, 28) and torch.isfinite(out).all()
-    # the same pixels as the image converted to grayscale by PIL first (P goes through RGBA)
-    gray = (image.convert("RGBA") if mode == "P" else image).convert("L")
-    torch.testing.assert_close(out, processor(gray)["pixel_values"], rtol=0, atol=0)
+    # an independent reference for the conversion: ITU-R 601 luma of the image's RGB pixels
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float64) if mode not in ("I", "1", "L", "LA") else None
+    if rgb is not None:
+        luma = rgb @ np.array([0.299, 0.587, 0.114])
+        converted = np.asarray(image_processing_jtln.to_mode(image, "L"), dtype=np.float64)
+        assert np.abs(converted - luma).max() <= 1.0
+    torch.testing.assert_close(out, _reference(FMNIST, [image], 1), rtol=0, atol=0)  # training = inference
 
 
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P"])
@@ -106,10 +110,31 @@ def test_save_and_auto_load_round_trip(tmp_path):
 def test_clear_errors():
     with pytest.raises(ValueError, match="needs a timm data_config"):
         JointImageClassifierImageProcessor()
-    with pytest.raises(ValueError, match="only 1 .* and 3 .* are supported"):
+    with pytest.raises(ValueError, match=r"only 1 \(grayscale\), 3 \(RGB\) and 4 \(RGBA\) are supported"):
         JointImageClassifierImageProcessor(data_config={**FMNIST, "input_size": [2, 28, 28]})
     processor = JointImageClassifierImageProcessor(data_config=FMNIST)
     with pytest.raises(TypeError, match="unsupported image type"):
         processor([object()])
     with pytest.raises(ValueError, match="cannot read an image of shape"):
         processor(np.zeros((5, 6, 7), dtype=np.uint8))
+
+
+def _transparent_palette(seed: int = 3) -> Image.Image:
+    image = _image("P", (30, 24), seed=seed)
+    image.info["transparency"] = 0  # palette entry 0 is transparent
+    return image
+
+
+@pytest.mark.parametrize("in_chans", [1, 3, 4])
+def test_training_and_inference_see_the_same_pixels_for_every_mode(in_chans):
+    """Pixel for pixel: the processor against the training code's evaluation transform (same data config)."""
+    config = {**RGB32, "input_size": [in_chans, 32, 32], "mean": [0.5] * in_chans, "std": [0.25] * in_chans}
+    images = [_image(m, (41, 29), seed=k) for k, m in enumerate(["L", "RGB", "RGBA", "P", "LA", "I", "1", "CMYK"])]
+    images.append(_transparent_palette())
+    processor = JointImageClassifierImageProcessor(data_config=config)
+    out = processor(images)["pixel_values"]
+    assert out.shape == (len(images), in_chans, 32, 32)
+    torch.testing.assert_close(out, _reference(config, images, in_chans), rtol=0, atol=0)
+    if in_chans == 4:  # the palette's transparency reaches a 4-channel model as alpha
+        alpha = np.asarray(image_processing_jtln.to_mode(images[-1], "RGBA"))[..., 3]
+        assert set(np.unique(alpha)) == {0, 255}
