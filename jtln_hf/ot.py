@@ -8,7 +8,7 @@ number of Sinkhorn iterations (Cuturi 2013) and differentiates them with the dua
 (envelope theorem, Frogner et al. 2015) instead of back-propagating through the iterations.
 
 The envelope gradient is that of a *regularised* value, so ``objective`` says what is returned:
-``"paper"`` (default for now) returns the linear cost :math:`\langle\gamma, C\rangle`, as the
+``"paper"`` (this function's default; training uses ``"entropic"``) returns the linear cost :math:`\langle\gamma, C\rangle`, as the
 paper does, with the gradient of :math:`\langle\gamma, C\rangle - \varepsilon H(\gamma)` --
 value and gradient of different functions; ``"entropic"`` returns that entropic value and
 ``"kl"`` :math:`\langle\gamma, C\rangle + \varepsilon\,\mathrm{KL}(\gamma\,\|\,a\otimes b)`,
@@ -577,7 +577,7 @@ def wasserstein_loss(
     to 0), so ``d loss / d logits`` is the true derivative of the regularised value along the
     simplex.
 
-    * ``"paper"`` (the default for now, JTLN's and Frogner et al.'s choice) is
+    * ``"paper"`` (this function's default, JTLN's and Frogner et al.'s choice) is
       **inconsistent**: it returns :math:`\langle\gamma^*, C\rangle` but back-propagates
       :math:`\nabla W_H`, the gradient of a different function.  The difference is the
       gradient of :math:`-\varepsilon H(\gamma^*(a, b))`, a hidden confidence penalty

@@ -74,7 +74,7 @@ class JTLNObjectiveArguments:
         metadata={"help": "Stop the OT gradient into the target head (OT then only shapes h_s)."},
     )
     ot_objective: str = field(
-        kw_only=True, default="paper",
+        kw_only=True, default="entropic",
         metadata={
             "help": "OT value and gradient: paper (logs <γ,C> but back-propagates the gradient of <γ,C> - εH(γ): "
             "the paper's, inconsistent), entropic (<γ,C> - εH(γ)) or kl (<γ,C> + ε KL(γ‖a⊗b), zero gradient "

@@ -146,8 +146,12 @@ def ce_by_hand(scores, labels) -> float:
     return float(-torch.log_softmax(scores, dim=1)[torch.arange(len(labels)), labels].mean())
 
 
-def ot_by_hand(source_logits, logits, cost, eps) -> float:
-    """Mean over rows of <gamma, C>, gamma = POT's entropic plan between the two heads' softmaxes."""
+def ot_by_hand(source_logits, logits, cost, eps, objective: str = "entropic") -> float:
+    """Mean over rows of the OT term, gamma = POT's converged entropic plan between the two heads' softmaxes.
+
+    ``objective``: ``"paper"`` <gamma, C>; ``"entropic"`` <gamma, C> + eps sum gamma log gamma (POT's
+    ``reg_type="entropy"``, the training default); ``"kl"`` <gamma, C> + eps KL(gamma || a b^T).
+    """
     a = torch.softmax(source_logits.detach().double(), 1).numpy()
     b = torch.softmax(logits.detach().double(), 1).numpy()
     C = cost.detach().double().cpu().numpy()
@@ -156,16 +160,23 @@ def ot_by_hand(source_logits, logits, cost, eps) -> float:
     for ai, bi in zip(a, b):
         plan = ot.sinkhorn(ai, bi, C, reg=eps, method=method, numItermax=20000, stopThr=1e-13)
         np.testing.assert_allclose(plan.sum(1), ai, atol=1e-9)  # a converged plan
-        values.append(float((plan * C).sum()))
+        value = float((plan * C).sum())
+        positive = plan > 0
+        if objective == "entropic":
+            value += eps * float((plan[positive] * np.log(plan[positive])).sum())
+        elif objective == "kl":
+            prior = np.outer(ai, bi)
+            value += eps * float((plan[positive] * np.log(plan[positive] / prior[positive])).sum())
+        values.append(value)
     return float(np.mean(values)) if values else 0.0
 
 
-def objective_by_hand(logits, source_logits, labels, domain, cost, lam_s, lam_ot, eps):
-    """(total, ce_target, ce_source, ot) of the paper's objective on one batch (float64)."""
+def objective_by_hand(logits, source_logits, labels, domain, cost, lam_s, lam_ot, eps, objective="entropic"):
+    """(total, ce_target, ce_source, ot) of the JTLN objective on one batch (float64)."""
     t, s = domain == 1, domain == 0
     ce_t = ce_by_hand(logits[t], labels[t])
     ce_s = ce_by_hand(source_logits[s], labels[s])
-    ot_value = ot_by_hand(source_logits[t], logits[t], cost, eps)
+    ot_value = ot_by_hand(source_logits[t], logits[t], cost, eps, objective)
     return ce_t + lam_s * ce_s + lam_ot * ot_value, ce_t, ce_s, ot_value
 
 

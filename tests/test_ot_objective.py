@@ -340,7 +340,8 @@ def test_unknown_objective_is_refused_everywhere(tmp_path):
         JTLNLoss(ot_objective="sharp")
     with pytest.raises(ValueError, match=r"ot_objective must be one of paper, entropic, kl, got 'sharp'"):
         make_args(tmp_path, ot_objective="sharp")
-    assert make_args(tmp_path).ot_objective == "paper"
+    assert make_args(tmp_path).ot_objective == "entropic"  # the training default, chosen by recipes/sweep.py
+    assert JTLNLoss().ot_objective == "entropic"
 
 
 def test_trainer_passes_ot_objective_to_the_loss(small_split, tmp_path):
