@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 from .cost import COST_NORMALIZATIONS
 from .data import did_you_mean
@@ -242,8 +241,7 @@ OT_FLAGS = (
 )  # fmt: skip
 
 
-def check_arguments(data: DataArguments, model: ModelArguments, jtln: JTLNArguments, training: Any,
-                    given: set[str]) -> None:  # fmt: skip
+def check_arguments(data: DataArguments, model: ModelArguments, jtln: JTLNArguments, given: set[str]) -> None:
     """Raise a one-line ``ValueError`` for flags that contradict each other or would be ignored.
 
     ``given`` holds the names of the flags set on the command line or in ``--config`` (a flag left

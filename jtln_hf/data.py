@@ -105,23 +105,6 @@ def load_fashion_mnist(split: str = "train", data_dir: str | Path = FASHION_MNIS
     )
 
 
-def load_hub_dataset(
-    name: str,
-    split: str,
-    *,
-    image_column: str = "image",
-    label_column: str = "label",
-    **load_kwargs: Any,
-) -> datasets.Dataset:
-    """A Hub (or local) dataset through ``datasets.load_dataset``, renamed to ``image``/``label``.
-
-    A label column that is not a ``ClassLabel`` is class-encoded (``class_encode_column``).
-    Needs the network for Hub names (the online path).
-    """
-    ds = datasets.load_dataset(name, split=split, **load_kwargs)
-    return standardize_columns(ds, image_column=image_column, label_column=label_column)
-
-
 def standardize_columns(
     ds: datasets.Dataset, *, image_column: str = "image", label_column: str = "label"
 ) -> datasets.Dataset:
@@ -271,7 +254,7 @@ def make_batch_transform(transform: Callable, in_chans: int, *, seed: int = 0) -
     mode = CHANNEL_MODES[in_chans]
 
     def apply(batch: dict[str, list]) -> dict[str, list]:
-        images = [_to_mode(_decode(img, batch, k), mode) for k, img in enumerate(batch["image"])]
+        images = [to_mode(_decode(img, batch, k), mode) for k, img in enumerate(batch["image"])]
         keys = _row_keys(batch, images)
         batch_key = hashlib.blake2b(repr((seed, keys)).encode(), digest_size=16).digest()
         pixel_values = []
@@ -346,11 +329,6 @@ def _seed_generators(batch_key: bytes, position: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.default_generator.manual_seed(seed)  # CPU only: CUDA generators are left alone
-
-
-def _to_mode(image: Any, mode: str) -> PILImage.Image:
-    """The image processor's conversion (:func:`jtln_hf.image_processing_jtln.to_mode`): training = inference."""
-    return to_mode(image, mode)
 
 
 def check_images(ds: datasets.Dataset, name: str = "dataset", *, full_decode: bool | None = None) -> None:

@@ -105,7 +105,7 @@ def run_job(job: tuple[str, str, int, list[str]]) -> dict[str, Any]:
 
     setting, method, seed, argv = job
     data_args, model_args, jtln_args, args, given, _ = parse_args(argv)
-    check_arguments(data_args, model_args, jtln_args, args, given)
+    check_arguments(data_args, model_args, jtln_args, given)
     key = repr(dataclasses.asdict(data_args))
     if key not in _POOLS:
         _POOLS[key] = load_pools(data_args)
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
 
         for _, _, _, job_argv in jobs:
             parsed = parse_args(job_argv)
-            check_arguments(*parsed[:5])
+            check_arguments(*parsed[:3], parsed[4])
     except ValueError as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2

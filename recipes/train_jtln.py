@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = _split_debug(list(sys.argv[1:] if argv is None else argv))[1]
     try:
         data_args, model_args, jtln_args, training_args, given, debug = parse_args(argv)
-        check_arguments(data_args, model_args, jtln_args, training_args, given)
+        check_arguments(data_args, model_args, jtln_args, given)
         if training_args.push_to_hub:
             try:  # before hours of training, not after
                 check_can_push(hub_repo_id(training_args), training_args.hub_token)

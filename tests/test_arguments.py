@@ -47,7 +47,7 @@ def test_cotuning_always_warms_the_source_head_up():
 
 
 def _check(given, data=None, model=None, jtln=None):
-    check_arguments(data or DataArguments(), model or ModelArguments(), jtln or JTLNArguments(), None, set(given))
+    check_arguments(data or DataArguments(), model or ModelArguments(), jtln or JTLNArguments(), set(given))
 
 
 def test_flags_of_the_other_data_shape_are_rejected():

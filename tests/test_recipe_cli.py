@@ -148,6 +148,6 @@ def test_shipped_configs_parse_and_pass_the_cross_checks(name):
 
     path = REPO / "recipes" / "configs" / name
     data, model, jtln, training, given, _ = recipe.parse_args(["--config", str(path), "--bf16", "false"])  # CPU
-    check_arguments(data, model, jtln, training, given)
+    check_arguments(data, model, jtln, given)
     loaded = yaml.safe_load(path.read_text())
     assert all(key in given for key in loaded)
