@@ -55,7 +55,7 @@ class JointImageClassifierConfig(PretrainedConfig):
 
     model_type = "jtln"
     # Trainer.evaluate collects every output field except these as predictions: keep only `logits`.
-    keys_to_ignore_at_inference = ["source_logits", "pooled", "hidden_states"]
+    keys_to_ignore_at_inference = ["source_logits", "pooler_output", "hidden_states"]
 
     backbone: str = "resnet18"
     backbone_kwargs: dict[str, Any] | None = None

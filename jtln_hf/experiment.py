@@ -34,7 +34,6 @@ import datasets
 import numpy as np
 import torch
 from transformers import set_seed
-from transformers.integrations import TensorBoardCallback
 from transformers.utils import logging
 
 from . import data as jdata
@@ -382,36 +381,22 @@ def train_joint(model, exp, args, data_args, name: str, ot_loss_weight: float, t
                   **trainer_kwargs)  # fmt: skip
 
 
+def quiet_args(args: JTLNTrainingArguments, output_dir: str | None = None) -> JTLNTrainingArguments:
+    """Arguments of a trainer that only predicts or evaluates: no OT term, no push, no loggers."""
+    return dataclasses.replace(args, output_dir=output_dir or args.output_dir, push_to_hub=False, ot_loss_weight=0.0,
+                               report_to="none", eval_strategy="no")  # fmt: skip
+
+
 def predict_outputs(
-    model, ds: datasets.Dataset, data_args: DataArguments, fields: tuple[str, ...], batch_size: int = 256
+    model, ds: datasets.Dataset, data_args: DataArguments, args: JTLNTrainingArguments, fields: tuple[str, ...]
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Model outputs ``fields`` (e.g. ``pooled``, ``logits``, ``source_logits``) and labels of ``ds``.
+    """Model outputs ``fields`` (e.g. ``pooler_output``, ``logits``, ``source_logits``) and labels of ``ds``.
 
-    Runs under the eval transform, in eval mode and without gradients; returns
-    ``({field: (N, ...)}, labels (N,))``.
+    Under the eval transform, through :meth:`jtln_hf.trainer.JTLNTrainer.predict_outputs`
+    (``Trainer.predict``: batched, gathered over processes); every process must call it.
     """
-    loader = torch.utils.data.DataLoader(
-        _with_transform(ds, model.config, False, data_args), batch_size=batch_size, collate_fn=jdata.collate
-    )
-    device = next(model.parameters()).device
-    outputs: dict[str, list[torch.Tensor]] = {name: [] for name in fields}
-    labels = []
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for batch in loader:
-            out = model(pixel_values=batch["pixel_values"].to(device))
-            for name in fields:
-                outputs[name].append(getattr(out, name).float().cpu())
-            labels.append(batch["labels"])
-    model.train(was_training)
-    return {name: torch.cat(parts).numpy() for name, parts in outputs.items()}, torch.cat(labels).numpy()
-
-
-def extract_features(model, ds: datasets.Dataset, data_args: DataArguments, batch_size: int = 256):
-    """Pooled backbone features (N, D) and labels (N,) of ``ds`` under the eval transform."""
-    outputs, labels = predict_outputs(model, ds, data_args, ("pooled",), batch_size)
-    return outputs["pooled"], labels
+    trainer = JTLNTrainer(model=model, args=quiet_args(args))
+    return trainer.predict_outputs(_with_transform(ds, model.config, False, data_args), fields)
 
 
 def resolve_cost(
@@ -421,6 +406,7 @@ def resolve_cost(
     model: JointImageClassifier | None = None,
     seed: int = 0,
     warmup_steps: int = 0,
+    args: JTLNTrainingArguments | None = None,
 ) -> tuple[np.ndarray, str]:
     """The cost matrix C for ``--cost`` (or its default) and a sentence saying how it was built.
 
@@ -445,7 +431,7 @@ def resolve_cost(
     elif kind == "relationship":
         if model is None:
             raise ValueError("--cost relationship needs a model whose source head predicts on the target images.")
-        raw = cost_from_relationship(relationship_of(model, exp, data_args), normalize="none")
+        raw = cost_from_relationship(relationship_of(model, exp, data_args, args), normalize="none")
         after = f"after {warmup_steps} source-only warm-up steps" if warmup_steps else "from the initial weights"
         how = (
             f"-log p(y_s | y_t): the source head's mean prediction on the {len(exp.target)} labelled images of each "
@@ -457,8 +443,8 @@ def resolve_cost(
         source = jdata.sample_shots(
             exp.source, min(jtln_args.cost_samples_per_class, _min_class_size(exp.source)), seed=seed
         )
-        xs, ys = extract_features(model, source, data_args)
-        xt, yt = extract_features(model, exp.target, data_args)
+        features = [predict_outputs(model, ds, data_args, args, ("pooler_output",)) for ds in (source, exp.target)]
+        (xs, ys), (xt, yt) = [(outputs["pooler_output"], labels) for outputs, labels in features]
         raw = cost_from_features(
             xs, ys, xt, yt, method=FEATURE_COSTS[kind],
             num_source_labels=len(exp.source_names), num_target_labels=len(exp.target_names), seed=seed,
@@ -480,9 +466,10 @@ def resolve_cost(
     return normalize_cost(raw, norm), f"{how}; normalisation: {norm}."
 
 
-def relationship_of(model: JointImageClassifier, exp: ExperimentData, data_args: DataArguments) -> np.ndarray:
+def relationship_of(model: JointImageClassifier, exp: ExperimentData, data_args: DataArguments,
+                    args: JTLNTrainingArguments) -> np.ndarray:  # fmt: skip
     """Co-Tuning's :math:`p(y_s \\mid y_t)`, shape ``(L_t, L_s)``, from ``model``'s source head on the labelled target images."""
-    outputs, labels = predict_outputs(model, exp.target, data_args, ("source_logits",))
+    outputs, labels = predict_outputs(model, exp.target, data_args, args, ("source_logits",))
     probs = torch.softmax(torch.as_tensor(outputs["source_logits"], dtype=torch.float64), -1).numpy()
     return category_relationship(probs, labels, len(exp.target_names))
 
@@ -537,7 +524,7 @@ def run_method(
         warmup = cotuning_warmup_steps(jtln_args)
         if warmup:
             train_source_only(model, exp, args, data_args, f"{name}-warmup", warmup)
-        relationship = relationship_of(model, exp, data_args)
+        relationship = relationship_of(model, exp, data_args, args)
         last = train_joint(model, exp, args, data_args, name, ot_loss_weight=0.0, trainer_cls=CoTuningTrainer,
                            relationship=relationship, cotuning_weight=jtln_args.cotuning_weight)  # fmt: skip
         description = (f"Co-Tuning: p(y_s | y_t) read after {warmup} source-only warm-up steps, soft source term "
@@ -549,7 +536,7 @@ def run_method(
             warmup = cost_warmup_steps(model_args, jtln_args, data_args)
             if warmup:
                 train_source_only(model, exp, args, data_args, f"{name}-warmup", warmup)
-            cost, description = resolve_cost(jtln_args, data_args, exp, model, seed, warmup)
+            cost, description = resolve_cost(jtln_args, data_args, exp, model, seed, warmup, args)
         model.set_cost_matrix(cost)
         last = train_joint(model, exp, args, data_args, name, ot_loss_weight=args.ot_loss_weight)
     seconds = time.perf_counter() - start
@@ -571,36 +558,22 @@ def evaluate_model(
     model, exp: ExperimentData, data_args: DataArguments, args: JTLNTrainingArguments,
     log_to: JTLNTrainer | None = None,
 ) -> dict[str, float]:  # fmt: skip
-    """Target test metrics (accuracy, mean per-class accuracy, top-k), keys without ``eval_``.
+    """Target test metrics (accuracy, mean per-class accuracy, top-k, loss), keys without ``eval_``.
 
-    With a validation set (``--target_validation_fraction``) its accuracy and mean per-class
-    accuracy are added as ``validation_*``: what settings are chosen on. The metrics are written
-    to ``eval_results.json`` (and ``all_results.json``) in the folder of ``log_to``, the method's
-    last training stage. With ``--report_to tensorboard`` the test metrics are also written (as
-    ``eval/accuracy`` ...) into that stage's TensorBoard run at its last step, so each run's curves
-    end with its test metrics (and no stray ``runs/`` folder appears in the cwd).
+    ``log_to``, the method's last training stage, evaluates its own model (``Trainer.evaluate``):
+    the metrics join that stage's log history and loggers at its last step (with ``--report_to
+    tensorboard`` its curves end with the test metrics) and ``eval_results.json`` is written in its
+    folder; its ``loss`` is that stage's objective on the test images. Without ``log_to`` a
+    trainer without the OT term evaluates. With a validation set (``--target_validation_fraction``)
+    its accuracy and mean per-class accuracy are added as ``validation_*``: what settings are
+    chosen on.
     """
-    report_to = [r for r in args.report_to if r != "tensorboard"]
-    stage_dir = log_to.args.output_dir if log_to is not None else str(Path(args.output_dir) / "runs" / "eval")
-    eval_args = dataclasses.replace(args, output_dir=stage_dir, push_to_hub=False, ot_loss_weight=0.0,
-                                    report_to=report_to or "none")  # fmt: skip
-    eval_ds = _eval_dataset(exp.target_test, model.config, data_args)
-    board = None
-    if log_to is not None and "tensorboard" in args.report_to:
-        board = next((cb for cb in log_to.callback_handler.callbacks if isinstance(cb, TensorBoardCallback)), None)
-    trainer = JTLNTrainer(model=model, args=eval_args, eval_dataset=eval_ds, callbacks=[board] if board else None)
-    if board is not None:
-        trainer.state.global_step = log_to.state.global_step
-    try:
-        metrics = trainer.evaluate()
-    finally:
-        if board is not None and board.tb_writer is not None:
-            board.tb_writer.close()
-            board.tb_writer = None
+    trainer = log_to if log_to is not None else JTLNTrainer(
+        model=model, args=quiet_args(args, str(Path(args.output_dir) / "runs" / "eval")))  # fmt: skip
+    metrics = trainer.evaluate(_eval_dataset(exp.target_test, model.config, data_args))
     if exp.target_validation is not None:
-        quiet = JTLNTrainer(model=model, args=eval_args)
-        metrics.update(quiet.evaluate(_eval_dataset(exp.target_validation, model.config, data_args),
-                                      metric_key_prefix="validation"))  # fmt: skip
+        metrics.update(trainer.evaluate(_eval_dataset(exp.target_validation, model.config, data_args),
+                                        metric_key_prefix="validation"))  # fmt: skip
     trainer.save_metrics("eval", metrics)
     keep = ("accuracy", "mean_per_class_accuracy", "loss")
     out = {}
@@ -712,6 +685,7 @@ def save_model(
     the card ``README.md`` and its figures: the cost matrix, the mean transport plan over
     ``exp.target_test`` (when the model has a cost matrix and ``exp`` is given) and, for a
     comparison (``summary`` of several methods), the bar chart. ``--push_to_hub`` uploads it as is.
+    Every process must call it (the plan is a gathered forward pass); the main process writes.
     """
     model = run.model
     hyper: dict[str, Any] = {
@@ -724,7 +698,7 @@ def save_model(
         hyper["steps"] = f"{args.max_steps} source-only, then {args.max_steps} target-only"
     plan, plan_images = None, None
     if exp is not None and has_cost(model):
-        outputs, _ = predict_outputs(model, exp.target_test, data_args, ("source_logits", "logits"))
+        outputs, _ = predict_outputs(model, exp.target_test, data_args, args, ("source_logits", "logits"))
         plan = mean_transport_plan(
             outputs["source_logits"], outputs["logits"], model.cost_matrix.detach().cpu(),
             epsilon=args.ot_epsilon, iterations=args.ot_iterations, method=args.ot_method, tol=args.ot_tol,
@@ -753,6 +727,8 @@ def save_model(
         save_model_folder(model, folder)
         write_model_card(folder, model, plan=plan, plan_images=plan_images, summary=summary, **card_kwargs)
 
+    if not args.should_save:  # under `accelerate launch`: the plan above needs every process, the files one
+        return Path(output_dir) / "model"
     return atomic_write_dir(Path(output_dir) / "model", write)
 
 
@@ -868,7 +844,9 @@ def run_experiment(
         "seeds": list(jtln_args.seeds),
         "wall_seconds": wall,
     }
-    table = write_results(args.output_dir, summary, runs, meta, caption)
+    table = results_markdown(summary, caption)
+    if args.should_save:
+        write_results(args.output_dir, summary, runs, meta, caption)
     save_model(
         keep, args.output_dir, args, jtln_args, data_args, table if len(methods) > 1 else None,
         exp=keep_exp, summary=summary if len(methods) > 1 else None,

@@ -75,8 +75,9 @@ class JointClassifierOutput(ModelOutput):
             Hub widget treat the model as an ordinary target-task classifier.
         source_logits (`torch.Tensor` of shape `(batch_size, num_source_labels)`):
             Source-head scores (before softmax).
-        pooled (`torch.Tensor` of shape `(batch_size, num_features)`):
-            Pooled backbone features shared by both heads (used for feature-based costs).
+        pooler_output (`torch.Tensor` of shape `(batch_size, num_features)`):
+            Pooled backbone features shared by both heads (used for feature-based costs); named as in
+            transformers' vision models.
         hidden_states (`tuple(torch.Tensor)`, *optional*, returned when `output_hidden_states=True`):
             The backbone's intermediate feature maps (timm `forward_intermediates`).
     """
@@ -84,7 +85,7 @@ class JointClassifierOutput(ModelOutput):
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     source_logits: torch.Tensor | None = None
-    pooled: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
@@ -248,7 +249,7 @@ class JointImageClassifier(JointImageClassifierPreTrainedModel):
             output = (logits, source_logits, pooled) + ((hidden_states,) if hidden_states is not None else ())
             return ((loss,) + output) if loss is not None else output
         return JointClassifierOutput(
-            loss=loss, logits=logits, source_logits=source_logits, pooled=pooled, hidden_states=hidden_states
+            loss=loss, logits=logits, source_logits=source_logits, pooler_output=pooled, hidden_states=hidden_states
         )
 
     @torch.no_grad()

@@ -27,12 +27,15 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import seed_worker
+from transformers.utils import logging
 
 from .data import SOURCE, TARGET, PairedBatchSampler, collate
 from .image_processing_jtln import JointImageClassifierImageProcessor
 from .loss import JTLNLoss, split_rows
 from .ot import OBJECTIVES
 from .metrics import compute_classification_metrics
+
+logger = logging.get_logger(__name__)
 
 LOSS_PARTS = ("ce_target", "ce_source", "ot")
 
@@ -163,6 +166,8 @@ class JTLNTrainer(Trainer):
         self._part_sums: dict[str, torch.Tensor] = {}
         self._train_composition: tuple[int, int] | None = None  # (batch size, source rows) per device batch
         self._part_count = 0
+        self._output_fields: tuple[str, ...] | None = None  # set by predict_outputs
+        self._card_plan: tuple[np.ndarray | None, int | None] | None = None  # set by push_to_hub
         config = self.accelerator.unwrap_model(self.model).config
         for ds in [self.train_dataset] + _as_list(self.eval_dataset):
             if ds is not None:
@@ -254,7 +259,7 @@ class JTLNTrainer(Trainer):
 
         Replaces transformers' generic card, so ``push_to_hub`` publishes it. The card shows the
         label sets, the cost matrix (heatmap), the mean transport plan over ``eval_dataset``
-        when there is one (heatmap), the hyper-parameters and the latest evaluation metrics.
+        when there is one (heatmap, :meth:`card_transport_plan`), the hyper-parameters and the latest evaluation metrics.
         ``dataset`` (Hub dataset ids), ``license``, ``tags`` and ``finetuned_from`` (the base
         model) go to the metadata; ``language``, ``tasks``, ``dataset_tags`` and ``dataset_args``
         are not used (the task is image classification, the data images); other keyword
@@ -266,16 +271,13 @@ class JTLNTrainer(Trainer):
         from . import modelcard  # imported here: it pulls in matplotlib, which training does not need
 
         model = self.accelerator.unwrap_model(self.model)
-        plan, plan_images = None, None
-        eval_dataset = self.eval_dataset if not isinstance(self.eval_dataset, dict) else None
-        if eval_dataset is not None and modelcard.has_cost(model):
-            source_logits, logits = self._predict_both_heads(eval_dataset)
-            plan = modelcard.mean_transport_plan(
-                source_logits, logits, model.cost_matrix.detach().cpu(),
-                epsilon=self.args.ot_epsilon, iterations=self.args.ot_iterations, method=self.args.ot_method,
-                tol=self.args.ot_tol,
-            )  # fmt: skip
-            plan_images = len(logits)
+        if self._card_plan is not None:  # from push_to_hub, computed on every process
+            plan, plan_images = self._card_plan
+        elif self.args.world_size == 1:
+            plan, plan_images = self.card_transport_plan()
+        else:  # called on the main process alone: a forward pass here could not gather the others'
+            logger.warning("create_model_card: no transport plan (call push_to_hub, which computes it on every process).")
+            plan, plan_images = None, None
         metrics = {}
         for entry in self.state.log_history:  # the latest value of each evaluation metric
             metrics.update({k.removeprefix("eval_"): v for k, v in entry.items()
@@ -293,25 +295,78 @@ class JTLNTrainer(Trainer):
             tags=[tags] if isinstance(tags, str) else tags, base_model=finetuned_from, **kwargs,
         )  # fmt: skip
 
-    def _predict_both_heads(self, dataset) -> tuple[np.ndarray, np.ndarray]:
-        """Source and target logits of the model on ``dataset``, on this process only (no grad).
+    # ------------------------------------------------------------------------- prediction
+    def predict_outputs(self, dataset, fields: tuple[str, ...] = ("logits",)) -> tuple[dict[str, np.ndarray], Any]:
+        """The model's output ``fields`` on every row of ``dataset``, in row order, and its labels.
 
-        A plain DataLoader, not ``get_eval_dataloader``: that one is sharded over processes and
-        this runs on process zero alone.
+        The one forward pass over a dataset outside training (the card's transport plan, the
+        features of ``features-*`` costs, Co-Tuning's relationship): :meth:`Trainer.predict`, so
+        it is batched by ``per_device_eval_batch_size``, runs in eval mode under the evaluation's
+        precision, is sharded over processes and gathered back (FSDP and DDP safe). Every process
+        must call it; each gets the whole arrays. Labels are not passed to the model (no loss is
+        computed); they come back as ``label_ids`` (None when ``dataset`` has none).
+
+        Parameters
+        ----------
+        dataset : datasets.Dataset
+            Rows whose transform yields ``pixel_values`` (and ``labels``).
+        fields : tuple of str
+            Fields of :class:`~jtln_hf.modeling_jtln.JointClassifierOutput`, e.g. ``("source_logits", "logits")``
+            or ``("pooler_output",)``.
+
+        Returns
+        -------
+        outputs : dict of str to numpy.ndarray
+            ``{field: (N, ...) float32 array}``.
+        label_ids : numpy.ndarray or None
         """
+        saved = self._output_fields, self.compute_metrics
+        self._output_fields, self.compute_metrics = tuple(fields), None
+        try:
+            result = self.predict(dataset, metric_key_prefix="predict")
+        finally:
+            self._output_fields, self.compute_metrics = saved
+        predictions = result.predictions if isinstance(result.predictions, tuple) else (result.predictions,)
+        return {name: np.asarray(p, dtype=np.float32) for name, p in zip(fields, predictions)}, result.label_ids
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Trainer's step, or under :meth:`predict_outputs` the forward pass alone, returning the asked fields."""
+        if self._output_fields is None:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            outputs = model(pixel_values=inputs["pixel_values"])
+        return None, tuple(getattr(outputs, name).detach().float() for name in self._output_fields), inputs.get("labels")
+
+    def card_transport_plan(self) -> tuple[np.ndarray | None, int | None]:
+        """The mean transport plan over ``eval_dataset`` for the card, and its image count (None, None without one).
+
+        A forward pass through :meth:`predict_outputs`: every process must call it.
+        """
+        from .modelcard import has_cost, mean_transport_plan
+
         model = self.accelerator.unwrap_model(self.model)
-        device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
-        source, target = [], []
-        with torch.no_grad():
-            loader = DataLoader(dataset, batch_size=self.args.per_device_eval_batch_size, collate_fn=self.data_collator)
-            for batch in loader:
-                out = model(pixel_values=batch["pixel_values"].to(device))
-                source.append(out.source_logits.float().cpu())
-                target.append(out.logits.float().cpu())
-        model.train(was_training)
-        return torch.cat(source).numpy(), torch.cat(target).numpy()
+        eval_dataset = self.eval_dataset if not isinstance(self.eval_dataset, dict) else None
+        if eval_dataset is None or not has_cost(model):
+            return None, None
+        outputs, _ = self.predict_outputs(eval_dataset, ("source_logits", "logits"))
+        plan = mean_transport_plan(
+            outputs["source_logits"], outputs["logits"], model.cost_matrix.detach().cpu(),
+            epsilon=self.args.ot_epsilon, iterations=self.args.ot_iterations, method=self.args.ot_method,
+            tol=self.args.ot_tol,
+        )  # fmt: skip
+        return plan, len(outputs["logits"])
+
+    def push_to_hub(self, *args: Any, **kwargs: Any):
+        """:meth:`Trainer.push_to_hub`, with the card's transport plan computed on every process first.
+
+        Trainer hands the card to the main process alone; a forward pass there would wait forever
+        for the other processes under FSDP. So the plan is computed here, where all processes are.
+        """
+        self._card_plan = self.card_transport_plan()
+        try:
+            return super().push_to_hub(*args, **kwargs)
+        finally:
+            self._card_plan = None
 
 
 def check_labels(dataset, num_source_labels: int, num_target_labels: int) -> None:

@@ -87,10 +87,19 @@ def main() -> None:
     trainer.compositions = []
     trainer.train()
     prediction = trainer.predict(eval_ds)
+    outputs, labels = trainer.predict_outputs(eval_ds, ("logits", "pooler_output"))
     rank = int(os.environ.get("RANK", 0))
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / f"rank{rank}.json").write_text(
-        json.dumps({"world_size": trainer.accelerator.num_processes, "compositions": trainer.compositions})
+        json.dumps({
+            "world_size": trainer.accelerator.num_processes,
+            "compositions": trainer.compositions,
+            # every process gets every row's outputs, in order (gathered, padding dropped)
+            "predicted_rows": len(outputs["logits"]),
+            "pooler_shape": list(outputs["pooler_output"].shape),
+            "labels_in_order": labels.tolist() == eval_ds.select_columns(["label"]).with_format("numpy")[:]["label"].tolist(),
+            "max_diff_to_predict": float(abs(outputs["logits"] - prediction.predictions).max()),
+        })
     )
     if trainer.is_world_process_zero():
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]

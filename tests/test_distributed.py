@@ -67,3 +67,13 @@ def test_evaluation_gathers_every_row_once(runs):
     b = json.loads((one / "history.json").read_text())
     assert a["num_predictions"] == b["num_predictions"] == 101  # odd count: no padding duplicates kept
     assert a["accuracy"] == pytest.approx(b["accuracy"], abs=1e-9)
+
+
+def test_predict_outputs_gives_every_process_every_row(runs):
+    """JTLNTrainer.predict_outputs (cost features, the card's plan) is gathered: each process holds all 101 rows."""
+    two, _ = runs
+    for rank in (0, 1):
+        record = json.loads((two / f"rank{rank}.json").read_text())
+        assert record["predicted_rows"] == 101 and record["pooler_shape"][0] == 101
+        assert record["labels_in_order"]
+        assert record["max_diff_to_predict"] < 1e-5  # the same logits as Trainer.predict's

@@ -39,15 +39,15 @@ def test_output_shapes_and_fields(tiny_model):
     num_features = tiny_model.backbone.num_features
     assert out.logits.shape == (B, L_T)
     assert out.source_logits.shape == (B, L_S)
-    assert out.pooled.shape == (B, num_features)
+    assert out.pooler_output.shape == (B, num_features)
     assert out.loss is None and out.hidden_states is None
     # logits are the target head, source_logits the source head, both on `pooled`
-    torch.testing.assert_close(out.logits, out.pooled @ tiny_model.target_head.weight.T + tiny_model.target_head.bias)
+    torch.testing.assert_close(out.logits, out.pooler_output @ tiny_model.target_head.weight.T + tiny_model.target_head.bias)
     torch.testing.assert_close(
-        out.source_logits, out.pooled @ tiny_model.source_head.weight.T + tiny_model.source_head.bias
+        out.source_logits, out.pooler_output @ tiny_model.source_head.weight.T + tiny_model.source_head.bias
     )
     # pooled = the timm backbone's own pooled features (num_classes=0 -> forward returns them)
-    torch.testing.assert_close(out.pooled, tiny_model.backbone(_inputs()))
+    torch.testing.assert_close(out.pooler_output, tiny_model.backbone(_inputs()))
 
 
 def test_hidden_states_when_asked(tiny_model):
@@ -59,7 +59,7 @@ def test_hidden_states_when_asked(tiny_model):
     # the same predictions with or without the intermediates
     plain = tiny_model(x)
     torch.testing.assert_close(out.logits, plain.logits)
-    torch.testing.assert_close(out.pooled, plain.pooled)
+    torch.testing.assert_close(out.pooler_output, plain.pooler_output)
     # the config default is honoured too
     tiny_model.config.output_hidden_states = True
     assert tiny_model(x).hidden_states is not None
@@ -80,7 +80,7 @@ def test_tuple_output_order(tiny_model):
     x, labels = _inputs(), torch.tensor([0, 1, 2, 3, 0])
     ref = tiny_model(x, labels=labels)
     loss, logits, source_logits, pooled = tiny_model(x, labels=labels, return_dict=False)
-    for a, b in ((loss, ref.loss), (logits, ref.logits), (source_logits, ref.source_logits), (pooled, ref.pooled)):
+    for a, b in ((loss, ref.loss), (logits, ref.logits), (source_logits, ref.source_logits), (pooled, ref.pooler_output)):
         torch.testing.assert_close(a, b)
     assert len(tiny_model(x, return_dict=False)) == 3
 

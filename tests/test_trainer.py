@@ -380,3 +380,22 @@ def test_short_fashion_mnist_training_learns_the_target_task(fashion_mnist_task,
     assert "eval_top_4_accuracy" in metrics  # 5 target classes: top-k lowered from 5 to 4
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert logs[-1]["ce_target"] < logs[0]["ce_target"] and logs[-1]["ce_source"] < logs[0]["ce_source"]
+
+
+# ----------------------------------------------------------------------------- prediction
+def test_predict_outputs_is_the_model_on_every_row_in_order(small_split, tmp_path):
+    """Trainer.predict with batches of 4 over 13 rows: every row once, in order, as the model alone computes it."""
+    model = make_model(num_target=2)
+    rows = small_split["test"].select(range(13))
+    trainer = make_trainer(model, small_split["joint"], tmp_path, per_device_eval_batch_size=4)
+    outputs, labels = trainer.predict_outputs(rows, ("source_logits", "pooler_output", "logits"))
+    batch = [rows[i] for i in range(len(rows))]
+    model.eval()
+    with torch.no_grad():
+        expected = model(pixel_values=torch.stack([r["pixel_values"] for r in batch]))
+    for name in ("source_logits", "pooler_output", "logits"):
+        assert outputs[name].shape == tuple(getattr(expected, name).shape)
+        np.testing.assert_allclose(outputs[name], getattr(expected, name).numpy(), rtol=1e-5, atol=1e-5)
+    assert labels.tolist() == [r["labels"] for r in batch]
+    # the trainer's ordinary evaluation is untouched by the prediction mode
+    assert set(trainer.evaluate(rows)) >= {"eval_loss", "eval_accuracy"}
