@@ -6,14 +6,13 @@
 * :func:`plot_compare` -- the comparison: each method's seed-paired difference to joint
   fine-tuning (per-seed dots, mean and 95 % interval, zero line) and accuracy per method.
 
-Each ``plot_*`` function writes one PNG (through a temporary file renamed into place) and returns
+Each ``plot_*`` function writes one PNG (atomically, :func:`jtln_hf.io.atomic_write`) and returns
 its path; :func:`heatmap` and :func:`compare_figure` return the ``matplotlib.figure.Figure``.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from .io import atomic_write
 from .stats import BASELINE, PairedDifference, paired_summary
 
 #: Short method names for the comparison figure (the table in results.md has the long ones).
@@ -38,21 +38,8 @@ _DPI = 150
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    """``fig.savefig`` to a temporary sibling, then rename onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=_DPI, bbox_inches="tight", format="png")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a figure is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """``fig.savefig`` as PNG onto ``path`` through :func:`jtln_hf.io.atomic_write` (never half a figure)."""
+    return atomic_write(path, lambda f: fig.savefig(f, dpi=_DPI, bbox_inches="tight", format="png"))
 
 
 def heatmap(

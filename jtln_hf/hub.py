@@ -8,10 +8,12 @@ A Hub-ready folder holds everything a user needs, with or without jtln_hf instal
   (``JointImageClassifierImageProcessor.save_pretrained``);
 * ``README.md``, the model card, and its figures (``*.png``, :mod:`jtln_hf.modelcard`).
 
-:func:`push_model_folder` uploads such a folder in one commit (``HfApi.create_repo`` then
-``HfApi.create_commit``) and turns the ways it can fail (no token, a rejected token, no write
-access, no network, offline mode) into a :class:`HubPushError` that names the problem and the fix.
-It only reads the folder, so a failed push leaves the local output as it was.
+:func:`push_model_folder` uploads such a folder (``HfApi.create_repo`` then
+``HfApi.upload_folder``, which leaves out hidden files and ``__pycache__``:
+:data:`PUSH_IGNORE_PATTERNS`) and turns the ways it can fail (an invalid repository id, no token,
+a rejected token, no write access, no network, offline mode) into a :class:`HubPushError` that
+names the problem and the fix. It only reads the folder, so a failed push leaves the local output
+as it was.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, constants, get_token
-from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
+from huggingface_hub import CommitInfo, HfApi, constants, get_token
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalTokenNotFoundError, OfflineModeIsEnabled
+from huggingface_hub.utils import filter_repo_objects, validate_repo_id
 
 from .image_processing_jtln import JointImageClassifierImageProcessor
 
@@ -40,23 +43,36 @@ def save_model_folder(model, folder: str | os.PathLike) -> Path:
     return folder
 
 
-def folder_files(folder: str | os.PathLike) -> list[str]:
-    """The files a push uploads: every file under ``folder`` except hidden ones (``.*``), as POSIX paths."""
-    folder = Path(folder)
-    files = []
-    for path in sorted(folder.rglob("*")):
-        relative = path.relative_to(folder)
-        if path.is_file() and not any(part.startswith(".") or part == "__pycache__" for part in relative.parts):
-            files.append(relative.as_posix())
-    return files
+#: What a push leaves out (``HfApi.upload_folder``'s ``ignore_patterns``, matched against paths
+#: relative to the folder): hidden files and folders (e.g. a crashed write's ``.<name>.*.tmp``)
+#: and ``__pycache__`` folders (``upload_folder`` itself always leaves out ``.git``).
+PUSH_IGNORE_PATTERNS = (".*", "*/.*", "__pycache__/", "*/__pycache__/")
 
 
 def _fix_later(folder: Path, repo_id: str) -> str:
     return f"The trained model is intact in {folder}; push it without retraining with `hf upload {repo_id} {folder} .`"
 
 
+def _invalid_repo_id(repo_id: str, err: HFValidationError) -> str:
+    return (
+        f"cannot push to {repo_id}: not a valid repository id ({str(err).splitlines()[0]}). Pass --hub_model_id "
+        "user/name or org/name (letters, digits, '-', '_', '.'; at most 96 characters)."
+    )
+
+
 def check_can_push(repo_id: str, token: str | None = None) -> None:
-    """Fail early (before training) when no Hugging Face token is available to push ``repo_id``."""
+    """Fail early (before training) when a push to ``repo_id`` cannot work.
+
+    Raises
+    ------
+    HubPushError
+        ``repo_id`` is not a valid repository id (``huggingface_hub.utils.validate_repo_id``), or
+        no Hugging Face token is available.
+    """
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise HubPushError(_invalid_repo_id(repo_id, err)) from err
     if token or get_token():
         return
     raise HubPushError(
@@ -74,7 +90,10 @@ def push_model_folder(
     revision: str | None = None,
     commit_message: str = "Upload JTLN model (jtln_hf)",
 ) -> CommitInfo:
-    """Create ``repo_id`` if needed and upload every file of ``folder`` to it in one commit.
+    """Create ``repo_id`` if needed and upload ``folder`` to it with ``HfApi.upload_folder``.
+
+    Every file is uploaded except hidden ones and ``__pycache__`` (:data:`PUSH_IGNORE_PATTERNS`);
+    a model folder is one commit (``upload_folder`` splits only very large folders).
 
     Parameters
     ----------
@@ -99,24 +118,25 @@ def push_model_folder(
     Raises
     ------
     HubPushError
-        No token, a token the Hub rejects, no write access to the repository, Hub unreachable or
-        offline mode; the message names the fix. The local folder is left untouched.
+        Nothing to push, an invalid repository id, no token, a token the Hub rejects, no write
+        access to the repository, Hub unreachable or offline mode; the message names the fix. The
+        local folder is left untouched.
     """
     from . import __version__
 
     folder = Path(folder)
-    files = folder_files(folder)
-    if not files:
+    if not _has_files_to_push(folder):
         raise HubPushError(f"nothing to push: {folder} has no files (save the model there first).")
     api = HfApi(token=token, library_name="jtln_hf", library_version=__version__)
-    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in files]
     try:
         repo = api.create_repo(repo_id, private=private, exist_ok=True)
-        return api.create_commit(
-            repo_id=repo.repo_id, operations=operations, commit_message=commit_message, revision=revision
-        )
-    except HubPushError:
-        raise
+        # a new list: upload_folder appends its default patterns to the one it is given
+        return api.upload_folder(
+            repo_id=repo.repo_id, folder_path=folder, ignore_patterns=list(PUSH_IGNORE_PATTERNS),
+            commit_message=commit_message, revision=revision,
+        )  # fmt: skip
+    except HFValidationError as err:
+        raise HubPushError(f"{_invalid_repo_id(repo_id, err)} {_fix_later(folder, repo_id)}") from err
     except LocalTokenNotFoundError as err:
         raise HubPushError(
             f"cannot push to {repo_id}: no Hugging Face token found. Log in with `hf auth login` (or set HF_TOKEN, "
@@ -150,6 +170,12 @@ def push_model_folder(
         ) from err
 
 
+def _has_files_to_push(folder: Path) -> bool:
+    """Whether ``upload_folder`` would upload anything: a file not left out by :data:`PUSH_IGNORE_PATTERNS`."""
+    files = (path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
+    return next(filter_repo_objects(files, ignore_patterns=list(PUSH_IGNORE_PATTERNS)), None) is not None
+
+
 def _network_errors() -> tuple[type[BaseException], ...]:
     """Connection-level exception types of the HTTP clients huggingface_hub may use."""
     errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
@@ -163,4 +189,4 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-__all__ = ["HubPushError", "check_can_push", "folder_files", "push_model_folder", "save_model_folder"]
+__all__ = ["PUSH_IGNORE_PATTERNS", "HubPushError", "check_can_push", "push_model_folder", "save_model_folder"]

@@ -27,7 +27,8 @@ import PIL.Image
 import timm.data
 import torch
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
-from transformers.image_utils import load_image
+from transformers.image_transforms import to_pil_image
+from transformers.image_utils import ChannelDimension, load_image
 
 #: Keys of a timm data config that ``timm.data.create_transform`` understands.
 DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
@@ -147,7 +148,12 @@ def to_mode(image: Any, mode: str) -> PIL.Image.Image:
 
 
 def _flat_images(images: Any) -> list[Any]:
-    """A single image or a batch as a list of single images."""
+    """A single image or a batch as a list of single images.
+
+    Not ``transformers.image_utils.make_flat_list_of_images``: it needs every image to have the
+    same number of dimensions (3 by default), so it refuses ``(H, W)`` grayscale arrays, paths
+    and URLs, and lists mixing images with lists of images, all of which this processor accepts.
+    """
     if isinstance(images, (list, tuple)):
         return [img for item in images for img in _flat_images(item)]
     if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
@@ -156,15 +162,20 @@ def _flat_images(images: Any) -> list[Any]:
 
 
 def _array_to_pil(array: np.ndarray) -> PIL.Image.Image:
-    """``(H, W)``, ``(H, W, C)`` or ``(C, H, W)`` (C in 1, 3, 4) as a PIL image."""
-    if array.ndim == 3:
-        if array.shape[-1] not in (1, 3, 4) and array.shape[0] in (1, 3, 4):
-            array = np.moveaxis(array, 0, -1)
-        if array.shape[-1] == 1:
-            array = array[..., 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+    """``(H, W)``, ``(H, W, C)`` or ``(C, H, W)`` (C in 1, 3, 4) as a PIL image (transformers' ``to_pil_image``).
+
+    Two things are decided here rather than by ``to_pil_image``: the channel axis (the last one
+    unless only the first has 1, 3 or 4 entries; its own guess knows 1 and 3 channels only and
+    prefers the first axis), and the conversion to uint8 (:func:`_to_uint8` takes every float
+    image to be in [0, 1], rounds and clips; ``to_pil_image`` truncates, rejects floats just
+    outside [0, 1], and reads a float image of whole numbers, e.g. a 0/1 mask, as 0-255).
+    """
+    image = array[..., None] if array.ndim == 2 else array  # (H, W): one channel, last
+    channels_first = image.ndim == 3 and image.shape[-1] not in (1, 3, 4) and image.shape[0] in (1, 3, 4)
+    if image.ndim != 3 or image.shape[0 if channels_first else -1] not in (1, 3, 4):
         raise ValueError(f"cannot read an image of shape {array.shape}: expected (H, W), (H, W, C) or (C, H, W).")
-    return PIL.Image.fromarray(np.ascontiguousarray(_to_uint8(array)))
+    layout = ChannelDimension.FIRST if channels_first else ChannelDimension.LAST
+    return to_pil_image(_to_uint8(image), input_data_format=layout)
 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:

@@ -4,9 +4,10 @@ Each writer puts the new content in a temporary sibling (a hidden ``.<name>.<ran
 in the same folder, hence on the same file system) and renames it into place: readers see the
 old version or the new one, never a mixture.
 
-* :func:`atomic_write_text` -- ``os.replace`` of a temporary file (atomic on POSIX), with the
-  data and then the folder entry flushed to disk (``fsync``), so a power cut after the call
-  returns keeps the new file.
+* :func:`atomic_write` -- a file written by a callback into a temporary file, then
+  ``os.replace``-d onto the target (atomic on POSIX), with the data and then the folder entry
+  flushed to disk (``fsync``), so a power cut after the call returns keeps the new file; the one
+  temporary-file-and-rename of the package (:func:`atomic_write_text`, the card's figures).
 * :func:`atomic_write_dir` -- a folder (a saved model with its card) written into a temporary
   folder, then swapped in with one ``renameat2(RENAME_EXCHANGE)`` on Linux (an atomic swap of
   two folders); where the system lacks it, with two renames (old -> ``.<name>.old``, new ->
@@ -30,8 +31,9 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
-__all__ = ["atomic_write_dir", "atomic_write_text", "latest_complete_checkpoint"]
+__all__ = ["atomic_write", "atomic_write_dir", "atomic_write_text", "latest_complete_checkpoint"]
 
 _RENAME_EXCHANGE = 2  # linux/fs.h
 _AT_FDCWD = -100
@@ -61,19 +63,38 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` through a temporary file in the same folder, then rename.
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[IO], None], *, mode: str = "wb", encoding: str | None = None
+) -> Path:
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it onto ``path``.
 
-    If anything fails before the rename, ``path`` keeps its previous content and the temporary
-    file is removed.
+    The one temporary-file-and-rename of the package, so every output file (results, card,
+    figures) gets the same guarantees: readers see the previous content or the new one, never a
+    part; if ``write`` or anything before the rename fails, ``path`` is left as it was and the
+    temporary file is removed; after return, data and folder entry are on disk (``fsync``).
+
+    Parameters
+    ----------
+    path : path
+        The file to (re)write; its folder is created if needed.
+    write : callable
+        Writes the whole content into the open file it is given (e.g. ``fig.savefig(f)``).
+    mode, encoding : str
+        How the temporary file is opened: ``"wb"`` (default) for bytes, ``"w"`` with an
+        ``encoding`` for text.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file open()'s usual mode
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, mode, encoding=encoding) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -82,6 +103,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`atomic_write`)."""
+    return atomic_write(path, lambda f: f.write(text), mode="w", encoding="utf-8")
 
 
 def _exchange(a: Path, b: Path) -> None:

@@ -3,7 +3,8 @@
 The remote-code test runs in a fresh Python process in which ``import jtln_hf`` raises
 ImportError (a meta-path blocker installed by ``sitecustomize``, checked inside the process), with
 HF_HOME and HF_MODULES_CACHE in a temporary folder. Pushing is tested offline by replacing the
-two HTTP-level calls ``HfApi.create_repo`` and ``HfApi.create_commit``.
+two Hub calls ``HfApi.create_repo`` and ``HfApi.upload_folder`` (the fake selects the files as
+``upload_folder`` does, with huggingface_hub's ``filter_repo_objects`` and the patterns given).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import ast
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,14 +25,15 @@ import requests
 import torch
 from conftest import make_model
 from huggingface_hub import CommitInfo, HfApi, RepoUrl
-from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalTokenNotFoundError, OfflineModeIsEnabled
+from huggingface_hub.utils import filter_repo_objects
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import dynamic_module_utils, pipeline
 
 import jtln_hf
 from jtln_hf import ClassPrediction, JointImageClassifierImageProcessor
-from jtln_hf.hub import HubPushError, check_can_push, folder_files, push_model_folder, save_model_folder
+from jtln_hf.hub import HubPushError, check_can_push, push_model_folder, save_model_folder
 
 PACKAGE = Path(jtln_hf.__file__).parent
 CODE_FILES = ("configuration_jtln.py", "modeling_jtln.py", "image_processing_jtln.py")
@@ -68,7 +71,7 @@ def saved(tmp_path_factory):
 # ----------------------------------------------------------------------------------- remote code
 def test_folder_has_weights_config_processor_and_code(saved):
     model, folder = saved
-    assert folder_files(folder) == HUB_FILES
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == HUB_FILES
     config = json.loads((folder / "config.json").read_text())
     assert config["auto_map"] == {
         "AutoConfig": "configuration_jtln.JointImageClassifierConfig",
@@ -231,34 +234,40 @@ def _snapshot(folder: Path) -> dict[str, str]:
 
 @pytest.fixture
 def fake_hub(monkeypatch):
-    """Replace the two HTTP-level calls of a push; record what they were given."""
-    calls = {"create_repo": [], "create_commit": []}
+    """Replace the two Hub calls of a push; record what they were given and the files uploaded."""
+    calls = {"create_repo": [], "upload_folder": []}
 
     def create_repo(self, repo_id, **kwargs):
         calls["create_repo"].append({"repo_id": repo_id, **kwargs})
         return RepoUrl(f"https://huggingface.co/{repo_id}")
 
-    def create_commit(self, repo_id, operations, **kwargs):
-        files = {op.path_in_repo: Path(op.path_or_fileobj).read_bytes() for op in operations}
-        calls["create_commit"].append({"repo_id": repo_id, "files": files, **kwargs})
+    def upload_folder(self, *, repo_id, folder_path, allow_patterns=None, ignore_patterns=None, **kwargs):
+        folder = Path(folder_path)
+        names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        kept = filter_repo_objects(names, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns)
+        files = {name: (folder / name).read_bytes() for name in kept}
+        calls["upload_folder"].append({"repo_id": repo_id, "files": files, **kwargs})
         return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/123abc", commit_message="m",
                           commit_description="", oid="123abc")  # fmt: skip
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     return calls
 
 
 def test_push_uploads_every_file_in_one_commit(saved, fake_hub, tmp_path):
     _, folder = saved
     (folder / ".partial.tmp").write_text("hidden files are not pushed")
+    (folder / "__pycache__").mkdir()
+    (folder / "__pycache__" / "modeling_jtln.cpython-312.pyc").write_bytes(b"nor is __pycache__")
     try:
         commit = push_model_folder(folder, "tester/jtln-tiny", private=True, revision="dev")
     finally:
         (folder / ".partial.tmp").unlink()
+        shutil.rmtree(folder / "__pycache__")
     assert commit.oid == "123abc"
     assert fake_hub["create_repo"] == [{"repo_id": "tester/jtln-tiny", "private": True, "exist_ok": True}]
-    (call,) = fake_hub["create_commit"]
+    (call,) = fake_hub["upload_folder"]
     assert call["repo_id"] == "tester/jtln-tiny" and call["revision"] == "dev"
     assert sorted(call["files"]) == HUB_FILES
     assert call["files"]["model.safetensors"] == (folder / "model.safetensors").read_bytes()
@@ -277,8 +286,10 @@ def _http_error(status: int) -> HfHubHTTPError:
     (httpx2.ConnectError("[Errno -3] Temporary failure in name resolution"), "cannot be reached (ConnectError"),
     (requests.exceptions.ConnectionError("Max retries exceeded"), "cannot be reached (ConnectionError"),
     (OfflineModeIsEnabled("offline"), "HF_HUB_OFFLINE=1 is set"),
+    (HFValidationError("Repo id must be in the form 'repo_name' or 'namespace/repo_name'"),
+     "not a valid repository id (Repo id must be in the form"),
 ])  # fmt: skip
-@pytest.mark.parametrize("failing", ["create_repo", "create_commit"])
+@pytest.mark.parametrize("failing", ["create_repo", "upload_folder"])
 def test_push_failures_name_the_problem_and_keep_the_folder(saved, fake_hub, monkeypatch, error, expected, failing):
     _, folder = saved
     before = _snapshot(folder)
@@ -307,6 +318,13 @@ def test_missing_token_is_caught_before_training(monkeypatch, tmp_path):
     check_can_push("tester/jtln-tiny", token="hf_given")  # an explicit token is enough
     monkeypatch.setenv("HF_TOKEN", "hf_from_env")
     check_can_push("tester/jtln-tiny")
+
+
+@pytest.mark.parametrize("repo_id", ["tester/jtln tiny", "a/b/c", "tester/-jtln", "x" * 97])
+def test_invalid_repo_id_is_caught_before_training(repo_id):
+    with pytest.raises(HubPushError, match=r"not a valid repository id .*--hub_model_id user/name") as info:
+        check_can_push(repo_id, token="hf_given")
+    assert isinstance(info.value.__cause__, HFValidationError)
 
 
 def test_push_of_an_empty_folder_is_refused(tmp_path):

@@ -52,6 +52,56 @@ class _HalfWriter:
         self._f.close()
 
 
+# ---------------------------------------------------------------------------------- atomic_write
+def test_write_callback_puts_the_bytes_on_disk(tmp_path):
+    import stat
+
+    target = tmp_path / "plot.png"
+    old = os.umask(0o022)
+    try:
+        assert jio.atomic_write(target, lambda f: f.write(b"\x89PNG v1")) == target
+    finally:
+        os.umask(old)
+    assert target.read_bytes() == b"\x89PNG v1" and leftovers(tmp_path) == []
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644  # not mkstemp's 0600
+
+
+def test_write_callback_failure_leaves_nothing_half_written(tmp_path):
+    def half(f):
+        f.write(b"v2, first half")
+        f.flush()  # on disk in the temporary file
+        raise RuntimeError("killed while drawing (injected)")
+
+    target = tmp_path / "plot.png"
+    jio.atomic_write(target, lambda f: f.write(b"v1"))
+    with pytest.raises(RuntimeError, match="injected"):
+        jio.atomic_write(target, half)
+    assert target.read_bytes() == b"v1" and leftovers(tmp_path) == []
+    with pytest.raises(RuntimeError, match="injected"):  # a new file is not created at all
+        jio.atomic_write(tmp_path / "new.png", half)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plot.png"]
+
+
+def test_figures_are_saved_through_atomic_write(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from jtln_hf import figures
+
+    target = tmp_path / "cost_matrix.png"
+    figures.plot_cost_matrix([[0.0, 1.0], [1.0, 0.0]], ["a", "b"], ["c", "d"], target)
+    before = target.read_bytes()
+    assert before.startswith(b"\x89PNG") and leftovers(tmp_path) == []
+
+    def half_savefig(self, f, **kwargs):
+        f.write(before[: len(before) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device (injected)")
+
+    monkeypatch.setattr(Figure, "savefig", half_savefig)
+    with pytest.raises(OSError, match="injected"):
+        figures.plot_cost_matrix([[1.0, 0.0], [0.0, 1.0]], ["a", "b"], ["c", "d"], target)
+    assert target.read_bytes() == before and leftovers(tmp_path) == []
+
+
 # ----------------------------------------------------------------------------- atomic_write_text
 def test_text_write_replaces_content(tmp_path):
     target = tmp_path / "results.json"

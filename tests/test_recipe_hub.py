@@ -1,6 +1,6 @@
 """The recipe's Hub and logging flags, run in this process on real Fashion-MNIST (a few steps).
 
-``--push_to_hub --hub_model_id`` with ``HfApi.create_repo``/``HfApi.create_commit`` replaced
+``--push_to_hub --hub_model_id`` with ``HfApi.create_repo``/``HfApi.upload_folder`` replaced
 (nothing reaches the network): the exact files pushed and the card's content; failures keep the
 local output. ``--report_to tensorboard``: the event files, read back with TensorBoard's own
 ``EventAccumulator``, hold the loss parts and the evaluation metrics as separate scalars.
@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl, constants
 from huggingface_hub.errors import LocalTokenNotFoundError
+from huggingface_hub.utils import filter_repo_objects
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,14 +49,16 @@ def _fake_hub(monkeypatch, calls):
         calls.append(("create_repo", repo_id, kwargs))
         return RepoUrl(f"https://huggingface.co/{repo_id}")
 
-    def create_commit(self, repo_id, operations, **kwargs):
-        files = {op.path_in_repo: Path(op.path_or_fileobj).read_bytes() for op in operations}
-        calls.append(("create_commit", repo_id, files))
+    def upload_folder(self, *, repo_id, folder_path, allow_patterns=None, ignore_patterns=None, **kwargs):
+        folder = Path(folder_path)  # the files upload_folder selects, with huggingface_hub's own filter
+        names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        kept = filter_repo_objects(names, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns)
+        calls.append(("upload_folder", repo_id, {name: (folder / name).read_bytes() for name in kept}))
         return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/abc", commit_message="m",
                           commit_description="", oid="abc")  # fmt: skip
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +79,8 @@ def pushed_run(tmp_path_factory):
 def test_push_sends_the_model_folder_once(pushed_run, capsys):
     status, out, calls = pushed_run
     assert status == 0
-    # one repository creation and one commit, for the final model folder only (no stage pushed)
-    assert [c[0] for c in calls] == ["create_repo", "create_commit"]
+    # one repository creation and one folder upload, for the final model folder only (no stage pushed)
+    assert [c[0] for c in calls] == ["create_repo", "upload_folder"]
     assert calls[0][1] == REPO_ID and calls[0][2]["exist_ok"] is True
     _, repo_id, files = calls[1]
     assert repo_id == REPO_ID and sorted(files) == MODEL_FILES
