@@ -18,7 +18,8 @@ loss never makes the host wait for the device: the solver is chosen once per cos
 (:func:`jtln_hf.ot.resolve_method`) and called with ``check_inputs=False``, and the checks of
 the step (NaN/inf histograms, rows of the wrong domain) are copied to pinned host memory
 without blocking and read at the next step, when they have long been computed.  On a CPU they
-are read at once.  ``ot_tol`` adds one read per test (every 10 Sinkhorn iterations).
+are read at once.  ``ot_tol`` adds one read per test (every 10 Sinkhorn iterations).  Under DDP,
+:class:`~jtln_hf.trainer.JTLNTrainer` has a failed check raised on every process at its next log.
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ class JTLNLoss(nn.Module):
         self.ot_objective = ot_objective
         self._method_for: tuple[torch.Tensor, tuple, str] | None = None  # (cost, (version, ε, method), solver)
         self._pending: tuple[torch.Tensor, torch.cuda.Event | None] | None = None
+        self.defer_errors = False  # JTLNTrainer sets it on several processes: see flush_checks
+        self.deferred_error: tuple[int, ValueError] | None = None  # (checks read when it failed, error)
+        self._checks_read = 0
 
     def check(
         self, cost: torch.Tensor, num_source_labels: int | None = None, num_target_labels: int | None = None
@@ -143,6 +147,12 @@ class JTLNLoss(nn.Module):
         Raises ``ValueError`` naming the problem and the fix if that step's histograms held NaN
         or infinite values (a network whose logits already diverged), or if the row positions it
         was given did not select rows of the right domains.
+
+        Under DDP a process raising alone (say its shard diverged) would leave the others blocked
+        in the next gradient all-reduce until the process group's timeout. So when
+        ``defer_errors`` is set (:class:`~jtln_hf.trainer.JTLNTrainer` sets it on several
+        processes) the first failure is kept in ``deferred_error`` as ``(checks read, error)``
+        and training goes on; the trainer raises it on every process at its next log.
         """
         if self._pending is None:
             return
@@ -150,16 +160,14 @@ class JTLNLoss(nn.Module):
         self._pending = None
         if event is not None:
             event.synchronize()
-        values = stats.tolist()
-        if values[0]:
-            raise ValueError(
-                f"{int(values[0])} row(s) given as source_rows/target_rows belong to the other domain: the "
-                "positions must match `domain` (JTLNTrainer derives them from its PairedBatchSampler's n_source "
-                "source rows per batch; a custom train dataloader must keep that composition)"
-            )
-        if len(values) > 1:
-            _check_histogram_values("source_probs", values[1], values[2])
-            _check_histogram_values("target_probs", values[3], values[4])
+        self._checks_read += 1
+        try:
+            _raise_if_failed(stats.tolist())
+        except ValueError as error:
+            if not self.defer_errors:
+                raise
+            if self.deferred_error is None:
+                self.deferred_error = (self._checks_read, error)
 
     def forward(
         self,
@@ -227,6 +235,19 @@ class JTLNLoss(nn.Module):
             self._queue_check(torch.stack([t.float() for t in stats]))
         loss = ce_target + self.source_loss_weight * ce_source + self.ot_loss_weight * ot
         return {"loss": loss, "ce_target": ce_target, "ce_source": ce_source, "ot": ot}
+
+
+def _raise_if_failed(values: list[float]) -> None:
+    """Raise the ``ValueError`` of a deferred check's stats (wrong-domain rows, histogram ranges)."""
+    if values[0]:
+        raise ValueError(
+            f"{int(values[0])} row(s) given as source_rows/target_rows belong to the other domain: the "
+            "positions must match `domain` (JTLNTrainer derives them from its PairedBatchSampler's n_source "
+            "source rows per batch; a custom train dataloader must keep that composition)"
+        )
+    if len(values) > 1:
+        _check_histogram_values("source_probs", values[1], values[2])
+        _check_histogram_values("target_probs", values[3], values[4])
 
 
 def split_rows(domain: torch.Tensor, num_source: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -163,6 +163,8 @@ class JTLNTrainer(Trainer):
         if not isinstance(self.args, JTLNTrainingArguments):
             raise TypeError("JTLNTrainer needs JTLNTrainingArguments (it adds the JTLN loss weights).")
         self.jtln_loss = jtln_loss_from_args(self.args)
+        # on several processes a failed check must stop every one of them: see _raise_on_every_process
+        self.jtln_loss.defer_errors = self.accelerator.num_processes > 1
         self._part_sums: dict[str, torch.Tensor] = {}
         self._train_composition: tuple[int, int] | None = None  # (batch size, source rows) per device batch
         self._part_count = 0
@@ -231,15 +233,65 @@ class JTLNTrainer(Trainer):
         loss = parts["loss"]
         return (loss, outputs) if return_outputs else loss
 
+    def predict(self, *args, **kwargs):
+        """As :meth:`transformers.Trainer.predict`; on several processes, a failed check raises on all."""
+        output = super().predict(*args, **kwargs)
+        self._raise_on_every_process()  # predict does not log: its checks meet here
+        return output
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add the mean of each loss part since the last log (averaged over processes)."""
+        """Add the mean of each loss part since the last log (averaged over processes).
+
+        Raises the ``ValueError`` of a failed check (NaN logits, wrong-domain rows); on several
+        processes, on every process (see :meth:`_raise_on_every_process`).
+        """
         self.jtln_loss.flush_checks()  # the last step's NaN check, before its loss is reported
+        self._raise_on_every_process()
         if "loss" in logs and self._part_count:
             stacked = torch.stack([self._part_sums[name] for name in LOSS_PARTS]) / self._part_count
             stacked = self.accelerator.reduce(stacked, reduction="mean")
             logs.update({name: round(float(v), 6) for name, v in zip(LOSS_PARTS, stacked)})
             self._part_sums, self._part_count = {}, 0
         super().log(logs, start_time)
+
+    def _raise_on_every_process(self) -> None:
+        """On several processes, raise a check that failed on any of them on all of them.
+
+        Problem: a process whose shard diverged (NaN logits) raised alone, in its loss, and the
+        others waited in the next gradient all-reduce until the process group's timeout. Fix: the
+        loss keeps the failure (:meth:`jtln_hf.loss.JTLNLoss.flush_checks`) and its process trains
+        on to the next point where all processes meet anyway: ``log`` (Trainer calls it on every
+        process: logging steps, after evaluation, end of training) and the end of ``predict``.
+        There one integer is all-reduced, the MIN of ``checks read x world size + rank`` (the
+        first failure wins: a NaN reaches every process with the next gradients), and only on
+        failure that process broadcasts its message, which every process raises. One collective
+        per log and none per step, so the healthy path still never waits for the device; the
+        price is a failure raised up to ``logging_steps`` steps late. One process: nothing to do
+        (the loss raises at once).
+        """
+        loss = self.jtln_loss
+        if not loss.defer_errors:
+            return
+        loss.flush_checks()
+        failed, loss.deferred_error = loss.deferred_error, None
+        if not torch.distributed.is_initialized():  # no process group left to tell (destroyed): raise here
+            if failed:
+                raise failed[1]
+            return
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        none = torch.iinfo(torch.int64).max
+        key = torch.tensor(failed[0] * world + rank if failed else none, device=self.accelerator.device)
+        torch.distributed.all_reduce(key, op=torch.distributed.ReduceOp.MIN)
+        key = int(key)
+        if key == none:
+            return
+        source = key % world
+        message = [str(failed[1]) if rank == source else None]
+        torch.distributed.broadcast_object_list(message, src=source, device=self.accelerator.device)
+        raise ValueError(
+            f"rank {source} of {world} failed its check: {message[0]}. Every rank stops here, at its first log "
+            "after the failure (rather than the other ranks waiting in the next all-reduce until the timeout)."
+        )
 
     # ------------------------------------------------------------------------------- card
     def create_model_card(

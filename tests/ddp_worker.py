@@ -4,7 +4,8 @@ Real Fashion-MNIST rows, deterministic transforms (no augmentation, so that both
 identical pixels) and a LayerNorm backbone (timm ``test_vit``, patch 4: no batch statistics), so
 that 2 processes x batch b and 1 process x batch 2b compute the same objective on the same rows.
 Each process writes the composition of every batch it trained on; process 0 writes the logged
-loss history and the gathered evaluation predictions.
+loss history and the gathered evaluation predictions. ``--nan_rank`` makes one process's logits
+NaN at one training step (NaN images), for the test that every process then raises.
 """
 
 from __future__ import annotations
@@ -47,7 +48,12 @@ def main() -> None:
     p.add_argument("--batch", type=int, required=True, help="per-device batch")
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--eval_rows", type=int, default=101)
+    p.add_argument("--logging_steps", type=int, default=1)
+    p.add_argument("--ddp_timeout", type=int, default=1800, help="process group timeout, seconds")
+    p.add_argument("--nan_rank", type=int, default=-1, help="this process's images are NaN at --nan_step")
+    p.add_argument("--nan_step", type=int, default=2, help="1-based training forward pass")
     a = p.parse_args()
+    rank = int(os.environ.get("RANK", 0))
 
     train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
     source, target = split_by_classes(train, ["Trouser", "Dress", "Sneaker"], ["Shirt", "Bag"])
@@ -67,6 +73,17 @@ def main() -> None:
     )
     cost = torch.tensor([[0.0, 1.0], [0.4, 1.0], [1.0, 0.0]])
     model = JointImageClassifier(config, cost_matrix=cost)
+    if rank == a.nan_rank:
+        forwards = []
+
+        def poison(module, args, kwargs):
+            if module.training:
+                forwards.append(1)
+                if len(forwards) == a.nan_step:
+                    return args, {**kwargs, "pixel_values": torch.full_like(kwargs["pixel_values"], float("nan"))}
+            return None
+
+        model.register_forward_pre_hook(poison, with_kwargs=True)
     args = JTLNTrainingArguments(
         output_dir=str(a.out / "trainer"),
         use_cpu=True,
@@ -75,7 +92,8 @@ def main() -> None:
         per_device_train_batch_size=a.batch,
         per_device_eval_batch_size=16,
         learning_rate=1e-3,
-        logging_steps=1,
+        logging_steps=a.logging_steps,
+        ddp_timeout=a.ddp_timeout,
         save_strategy="no",
         report_to="none",
         disable_tqdm=True,
@@ -88,7 +106,6 @@ def main() -> None:
     trainer.train()
     prediction = trainer.predict(eval_ds)
     outputs, labels = trainer.predict_outputs(eval_ds, ("logits", "pooler_output"))
-    rank = int(os.environ.get("RANK", 0))
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / f"rank{rank}.json").write_text(
         json.dumps({

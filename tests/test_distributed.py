@@ -1,9 +1,14 @@
-"""Two CPU processes (torchrun, gloo) against one: per-process batch ratio, same loss curve, gathered eval."""
+"""Two CPU processes (torchrun, gloo) against one: per-process batch ratio, same loss curve, gathered eval.
+
+And a failed check on one process (NaN logits) raises on both, rather than leaving the other
+blocked in an all-reduce until the timeout.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -77,3 +82,37 @@ def test_predict_outputs_gives_every_process_every_row(runs):
         assert record["predicted_rows"] == 101 and record["pooler_shape"][0] == 101
         assert record["labels_in_order"]
         assert record["max_diff_to_predict"] < 1e-5  # the same logits as Trainer.predict's
+
+
+PG_TIMEOUT = 60  # process group timeout (s), far below the 30 min default: a hang ends in a gloo timeout
+
+
+def test_a_failed_check_on_one_rank_raises_on_every_rank(tmp_path):
+    """Rank 1's images turn NaN at step 2 (logging every 3 steps): both ranks raise the same error.
+
+    Rank 1 used to raise alone in its loss, leaving rank 0 in the gradient all-reduce (NCCL: until
+    the timeout; gloo: until rank 1 exits, then "Connection closed by peer"). Now both raise at the
+    log of step 3, naming rank 1 (rank 0's own check fails at step 3, once the NaN gradients reached
+    it: the first failure is the one reported). The processes are started without torchrun, whose
+    agent would kill rank 0 when rank 1 exits and so hide a hang; each writes to its own file.
+    """
+    port = str(_free_port())
+    cmd = [sys.executable, str(WORKER), "--out", str(tmp_path), "--batch", "8", "--steps", "6", "--logging_steps", "3",
+           "--nan_rank", "1", "--nan_step", "2", "--ddp_timeout", str(PG_TIMEOUT)]  # fmt: skip
+    procs, logs = [], [tmp_path / f"rank{rank}.log" for rank in (0, 1)]
+    for rank, log in enumerate(logs):
+        env = {**ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+               "RANK": str(rank), "LOCAL_RANK": str(rank)}  # fmt: skip
+        with log.open("w") as out:
+            procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT))
+    try:
+        codes = [proc.wait(timeout=PG_TIMEOUT + 90) for proc in procs]  # start-up, then at most one timeout
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    expected = r"ValueError: rank 1 of 2 failed its check: source_probs contains NaN.*max_grad_norm.*Every rank stops"
+    for rank, (code, log) in enumerate(zip(codes, logs)):
+        text = log.read_text()
+        assert code != 0 and re.search(expected, text), f"rank {rank} (exit {code}):\n{text[-4000:]}"

@@ -176,6 +176,21 @@ def test_nan_logits_raise_with_the_fix():
         JTLNLoss()(logits, source_logits, labels, domain, cost)
 
 
+def test_deferred_errors_keep_the_first_failure_and_go_on():
+    """defer_errors (JTLNTrainer on several processes): no raise in the step, the first failure kept."""
+    logits, source_logits, labels, domain, cost = batch(seed=7)
+    loss_fn = JTLNLoss()
+    loss_fn.defer_errors = True
+    loss_fn(logits, source_logits, labels, domain, cost)  # check 1 passes
+    bad = source_logits.clone()
+    bad[domain == 1] = float("nan")
+    for _ in range(2):  # checks 2 and 3 fail: the process trains on, check 2 is the one kept
+        parts = loss_fn(logits, bad, labels, domain, cost)
+    assert torch.isnan(parts["loss"])
+    index, error = loss_fn.deferred_error
+    assert index == 2 and isinstance(error, ValueError) and "source_probs contains NaN" in str(error)
+
+
 def test_ot_tol_reaches_the_converged_value():
     """ot_tol=1e-6 gives POT's converged OT term to 1e-4 relative, on peaked histograms."""
     logits, source_logits, labels, domain, cost = batch(seed=8, scale=4.0)  # peaked: slow to converge
