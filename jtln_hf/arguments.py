@@ -13,21 +13,12 @@ import math
 from dataclasses import dataclass, field
 
 from .cost import COST_NORMALIZATIONS
+from .cost_builders import COST_BUILDERS, DEFAULT_COST_WARMUP_STEPS, DEFAULT_FEATURE_COST, cost_kind
 from .data import did_you_mean
+from .methods import METHOD_REGISTRY, METHODS
 
-METHODS = ("finetune", "consecutive", "joint", "jtln", "cotuning")
+#: ``--mode``: one registered method (:data:`jtln_hf.methods.METHOD_REGISTRY`), or all of ``--methods``.
 MODES = (*METHODS, "compare")
-#: ``--cost`` values computed from the backbone's pooled features, and the distance each uses.
-FEATURE_COSTS = {"features-ot": "ot", "features-mmd": "mmd", "features-centroid": "centroid"}
-#: ``--cost`` values computed from the source head's predictions on the labelled target images.
-MODEL_COSTS = (*FEATURE_COSTS, "relationship")
-#: ``constant`` (every entry 1) is a control: OT then cannot prefer any class pair, so what it
-#: changes is the objective's entropy term alone.
-COST_KINDS = ("prior", *MODEL_COSTS, "constant")
-#: The cost of a two-dataset run when ``--cost`` is not given: the paper's fc7-MKMMD, on pooled features.
-DEFAULT_FEATURE_COST = "features-mmd"
-#: Source-only steps before a ``features-*`` cost is computed, for a backbone trained from scratch.
-DEFAULT_COST_WARMUP_STEPS = 200
 
 
 def _choice(value: str, choices: tuple[str, ...], flag: str) -> None:
@@ -148,13 +139,14 @@ class JTLNArguments:
     _argument_group_name = "JTLN: methods and cost"
 
     mode: str = field(default="compare", metadata={"help": f"One of {MODES}."})
-    methods: list[str] = field(default_factory=lambda: list(METHODS), metadata={"help": "Methods of --mode compare."})
+    methods: list[str] = field(default_factory=lambda: list(METHOD_REGISTRY),
+                               metadata={"help": "Methods of --mode compare."})  # fmt: skip
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Seeds (k-shot draw, init, data order)."})
     cost: str | None = field(
         default=None,
-        metadata={"help": f"{' | '.join(COST_KINDS)} | path to a .npy/.csv cost. relationship: -log p(y_s|y_t) from "
-                  "the source head after the warm-up; constant: a control without class structure. Default: prior "
-                  f"on the embedded Fashion-MNIST split, else {DEFAULT_FEATURE_COST}."},
+        metadata={"help": "; ".join(f"{b.name}: {b.help}" for b in COST_BUILDERS.values()) + "; or a .npy/.csv "
+                  f"file. Default: prior when the data has one (the embedded Fashion-MNIST split), else "
+                  f"{DEFAULT_FEATURE_COST}."},
     )  # fmt: skip
     cost_normalization: str = field(
         default="column",
@@ -173,15 +165,15 @@ class JTLNArguments:
     )  # fmt: skip
 
     def __post_init__(self):
-        _choice(self.mode, MODES, "--mode")
+        _choice(self.mode, (*METHOD_REGISTRY, "compare"), "--mode")
         for method in self.methods:
-            _choice(method, METHODS, "--methods")
+            _choice(method, tuple(METHOD_REGISTRY), "--methods")
         _choice(self.cost_normalization, COST_NORMALIZATIONS, "--cost_normalization")
         if not self.seeds:
             raise ValueError("--seeds needs at least one seed.")
-        if self.cost is not None and self.cost not in COST_KINDS and not self.cost.lower().endswith((".npy", ".csv")):
+        if self.cost is not None and self.cost not in COST_BUILDERS and not self.cost.lower().endswith((".npy", ".csv")):
             raise ValueError(
-                f"--cost {self.cost!r} is neither one of {list(COST_KINDS)}{did_you_mean(self.cost, COST_KINDS)} "
+                f"--cost {self.cost!r} is neither one of {list(COST_BUILDERS)}{did_you_mean(self.cost, COST_BUILDERS)} "
                 "nor a .npy/.csv file."
             )
         if not (math.isfinite(self.cotuning_weight) and self.cotuning_weight >= 0):
@@ -193,33 +185,6 @@ class JTLNArguments:
     def run_methods(self) -> list[str]:
         """The methods this run trains, in order."""
         return list(dict.fromkeys(self.methods)) if self.mode == "compare" else [self.mode]
-
-
-def cost_kind(data: DataArguments, jtln: JTLNArguments) -> str:
-    """``--cost``, or its default: ``prior`` on one Fashion-MNIST dataset, else :data:`DEFAULT_FEATURE_COST`."""
-    if jtln.cost is not None:
-        return jtln.cost
-    embedded = not data.two_datasets and data.dataset in (None, "fashion-mnist")
-    return "prior" if embedded else DEFAULT_FEATURE_COST
-
-
-def cotuning_warmup_steps(jtln: JTLNArguments) -> int:
-    """Source-only steps before Co-Tuning reads its relationship: the source head must know its task first."""
-    return jtln.cost_warmup_steps if jtln.cost_warmup_steps is not None else DEFAULT_COST_WARMUP_STEPS
-
-
-def cost_warmup_steps(model: ModelArguments, jtln: JTLNArguments, data: DataArguments | None = None) -> int:
-    """Source-only steps before the cost is computed: 0 for costs that need no model.
-
-    ``--cost_warmup_steps`` when given; else 0 for a ``features-*`` cost on pretrained features,
-    :data:`DEFAULT_COST_WARMUP_STEPS` otherwise (the relationship always needs a trained source head).
-    """
-    kind = cost_kind(data, jtln) if data is not None else jtln.cost
-    if kind not in MODEL_COSTS:
-        return 0
-    if jtln.cost_warmup_steps is not None:
-        return jtln.cost_warmup_steps
-    return 0 if model.pretrained and kind in FEATURE_COSTS else DEFAULT_COST_WARMUP_STEPS
 
 
 #: Flags of ``--dataset`` and their two-dataset counterparts (a flag of the other shape is ignored).
@@ -234,13 +199,6 @@ TWO_DATASET_FLAGS = (
     "source_dataset_config", "source_split", "source_image_column", "source_label_column", "target_dataset_config",
     "target_train_split", "target_test_split", "target_image_column", "target_label_column",
 )  # fmt: skip
-#: Flags that only matter when a method trains with the OT term.
-OT_FLAGS = (
-    "cost", "cost_normalization", "cost_warmup_steps", "cost_samples_per_class", "ot_loss_weight", "ot_epsilon",
-    "ot_iterations", "ot_tol", "ot_method", "ot_detach_target", "ot_objective",
-)  # fmt: skip
-
-
 def check_arguments(data: DataArguments, model: ModelArguments, jtln: JTLNArguments, given: set[str]) -> None:
     """Raise a one-line ``ValueError`` for flags that contradict each other or would be ignored.
 
@@ -272,27 +230,26 @@ def check_arguments(data: DataArguments, model: ModelArguments, jtln: JTLNArgume
         raise ValueError(f"--methods chooses what --mode compare runs; with --mode {jtln.mode} drop it "
                          "(or pass --mode compare).")  # fmt: skip
     methods = jtln.run_methods
-    uses_ot = "jtln" in methods
-    if "cotuning_weight" in given and "cotuning" not in methods:
-        raise ValueError(f"--cotuning_weight has no effect: no method of this run ({', '.join(methods)}) is cotuning; "
-                         "drop it, or run cotuning.")  # fmt: skip
-    if not uses_ot:
-        for name in OT_FLAGS:
-            if name == "cost_warmup_steps" and "cotuning" in methods:
-                continue  # the relationship of Co-Tuning is read after the warm-up too
-            if name in given:
-                raise ValueError(f"--{name} has no effect: no method of this run ({', '.join(methods)}) uses the OT "
-                                 "term; drop it, or run jtln.")  # fmt: skip
-    else:
+    registered = [METHOD_REGISTRY[m] for m in methods]
+    uses_ot = any(m.uses_ot for m in registered)
+    for name in {flag for m in METHOD_REGISTRY.values() for flag in m.flags} & given:
+        readers = [m.name for m in METHOD_REGISTRY.values() if name in m.flags]
+        if not any(name in m.flags for m in registered):
+            raise ValueError(f"--{name} has no effect: no method of this run ({', '.join(methods)}) reads it; drop it, "
+                             f"or run {' or '.join(readers)}.")  # fmt: skip
+    if uses_ot:
         kind = cost_kind(data, jtln)
-        unused = {"cost_warmup_steps": MODEL_COSTS, "cost_samples_per_class": tuple(FEATURE_COSTS)}
+        builder = COST_BUILDERS.get(kind)
+        unused = {"cost_warmup_steps": [b.name for b in COST_BUILDERS.values() if b.from_model],
+                  "cost_samples_per_class": [b.name for b in COST_BUILDERS.values() if b.samples]}  # fmt: skip
         for name, kinds in unused.items():
-            if name in given and kind not in kinds and not (name == "cost_warmup_steps" and "cotuning" in methods):
+            also_read = any(name in m.flags for m in registered if not m.uses_ot)  # e.g. Co-Tuning's warm-up
+            if name in given and kind not in kinds and not also_read:
                 raise ValueError(f"--{name} is only used by {' / '.join(kinds)} costs and --cost is {kind}: drop it, "
                                  "or pass such a cost.")  # fmt: skip
-        if kind == "constant" and "cost_normalization" in given:
-            raise ValueError("--cost_normalization has no effect on --cost constant (every entry is 1): drop it.")
-    if not set(methods) & {"joint", "jtln"} and "source_fraction" in given:
+        if builder is not None and not builder.normalized and "cost_normalization" in given:
+            raise ValueError(f"--cost_normalization has no effect on --cost {kind}: drop it.")
+    if not any(m.joint_batches for m in registered) and "source_fraction" in given:
         raise ValueError("--source_fraction sets the source share of joint batches; no method of this run trains "
                          "joint batches: drop it.")  # fmt: skip
     if methods == ["finetune"] and "source_loss_weight" in given:
@@ -313,18 +270,9 @@ def _one_dataset_counterpart(name: str) -> str:
 
 
 __all__ = [
-    "COST_KINDS",
-    "DEFAULT_COST_WARMUP_STEPS",
-    "DEFAULT_FEATURE_COST",
-    "FEATURE_COSTS",
-    "METHODS",
-    "MODEL_COSTS",
     "MODES",
     "DataArguments",
     "JTLNArguments",
     "ModelArguments",
     "check_arguments",
-    "cost_kind",
-    "cotuning_warmup_steps",
-    "cost_warmup_steps",
 ]

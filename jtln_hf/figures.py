@@ -23,16 +23,15 @@ from matplotlib.figure import Figure
 from .io import atomic_write
 from .stats import BASELINE, PairedDifference, paired_summary
 
-#: Short method names for the comparison figure (the table in results.md has the long ones).
-METHOD_LABELS = {
-    "finetune": "target only",
-    "consecutive": "consecutive",
-    "joint": "joint (no OT)",
-    "jtln": "JTLN",
-}
-#: One colour per method, the same in both panels of the comparison figure.
-METHOD_COLOURS = {"finetune": "tab:gray", "consecutive": "tab:orange", "joint": "tab:blue", "jtln": "tab:green",
-                  "cotuning": "tab:purple"}  # fmt: skip
+def _method(name: str) -> Any:
+    """The method's figure label and colour, from :data:`jtln_hf.methods.METHOD_REGISTRY`."""
+    from types import SimpleNamespace
+
+    from .methods import METHOD_REGISTRY  # here: the registry pulls in training, drawing a heatmap does not
+
+    return METHOD_REGISTRY.get(name) or SimpleNamespace(label=name, colour="tab:brown")
+
+
 _ANNOTATE_MAX = 15  # write the value in each cell up to this many rows/columns
 _DPI = 150
 
@@ -137,7 +136,7 @@ def _difference_panel(ax, paired: Mapping[str, PairedDifference]) -> None:
     methods = list(paired)
     for i, method in enumerate(methods):
         d = paired[method]
-        colour = METHOD_COLOURS.get(method, "tab:purple")
+        colour = _method(method).colour
         ax.scatter(_spread(i - 0.12, d.n), 100 * np.asarray(d.per_seed), s=22, color=colour, alpha=0.75,
                    zorder=3, label="one seed" if i == 0 else None)  # fmt: skip
         yerr = None
@@ -148,7 +147,7 @@ def _difference_panel(ax, paired: Mapping[str, PairedDifference]) -> None:
                     elinewidth=1.4, zorder=4, label=label)  # fmt: skip
     ax.axhline(0.0, color="0.3", linewidth=1.0, zorder=2)
     ax.set_xticks(range(len(methods)), labels=[
-        f"{METHOD_LABELS.get(m, m)}\n{paired[m].to_text()}" for m in methods], fontsize=8.5)  # fmt: skip
+        f"{_method(m).label}\n{paired[m].to_text()}" for m in methods], fontsize=8.5)  # fmt: skip
     ax.set_xlim(-0.6, len(methods) - 0.4)
     values = [0.0] + [100 * v for d in paired.values() for v in (*d.per_seed, *(d.ci95 or ()))]
     lo, hi = min(values), max(values)
@@ -156,7 +155,7 @@ def _difference_panel(ax, paired: Mapping[str, PairedDifference]) -> None:
     ax.set_ylim(lo - pad, hi + pad)  # zero always in view
     ax.set_ylabel(f"accuracy − {BASELINE} (percentage points)")
     seeds = sorted({d.n for d in paired.values()})
-    ax.set_title(f"Difference to {METHOD_LABELS.get(BASELINE, BASELINE)}, paired by seed "
+    ax.set_title(f"Difference to {_method(BASELINE).label}, paired by seed "
                  f"({'/'.join(map(str, seeds))} seed{'s' if seeds != [1] else ''})", fontsize=10)  # fmt: skip
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
@@ -174,7 +173,7 @@ def _accuracy_panel(ax, summary: Mapping[str, Mapping[str, Any]]) -> None:
                          atol=1e-6) for m in per_class)  # fmt: skip
     for i, method in enumerate(methods):
         acc = summary[method]["accuracy"]
-        colour = METHOD_COLOURS.get(method, "tab:purple")
+        colour = _method(method).colour
         ax.scatter(_spread(i - 0.12, len(accuracies[method])), accuracies[method], s=22, color=colour,
                    alpha=0.75, zorder=3, label="accuracy, one seed" if i == 0 else None)  # fmt: skip
         ax.errorbar([i + 0.14], [100 * acc["mean"]], yerr=[100 * acc["std"]], fmt="D", color="black", markersize=6,
@@ -184,7 +183,7 @@ def _accuracy_panel(ax, summary: Mapping[str, Mapping[str, Any]]) -> None:
             ax.errorbar([i + 0.3], [100 * mpc["mean"]], yerr=[100 * mpc["std"]], fmt="s", mfc="white", color="0.35",
                         markersize=6, capsize=4, zorder=4,
                         label="mean per-class accuracy, mean ± std" if i == 0 else None)  # fmt: skip
-    ax.set_xticks(range(len(methods)), labels=[METHOD_LABELS.get(m, m) for m in methods], fontsize=8.5)
+    ax.set_xticks(range(len(methods)), labels=[_method(m).label for m in methods], fontsize=8.5)
     ax.set_xlim(-0.6, len(methods) - 0.4)
     ax.set_ylabel("target test accuracy (%)")
     ax.set_title("Target test accuracy (axis not from 0)", fontsize=10)
@@ -218,8 +217,6 @@ def compare_figure(summary: Mapping[str, Mapping[str, Any]]) -> Figure:
 
 
 __all__ = [
-    "METHOD_COLOURS",
-    "METHOD_LABELS",
     "compare_figure",
     "heatmap",
     "plot_compare",

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,23 +37,88 @@ FGVC_AIRCRAFT = "fgvc-aircraft"
 DATA_FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".arrow": "arrow"}
 
 
+@dataclass(frozen=True)
+class KnownDataset:
+    """What is special about a dataset the package knows by name; every other spec is read generically.
+
+    Attributes
+    ----------
+    name : str
+        The spec (``--dataset fashion-mnist``).
+    open : callable
+        ``open(root, splits) -> DatasetDict``: its splits (``root`` from ``--dataset_root``).
+    hub_id : str or None
+        The Hub id a model card cites in its metadata (None: no Hub copy to cite).
+    target_classes : tuple of str, optional
+        The target classes when the dataset is split by class and ``--target_classes`` is not
+        given (the paper's benchmark shape); without them the flag is required.
+    data_config : dict, optional
+        timm data config of a backbone trained from scratch on it, instead of one read from the
+        images (:func:`image_stats`).
+    prior_cost : Path, optional
+        A hand-written source-target prior (labelled CSV): ``--cost prior``, and the default cost
+        when the dataset is split by class.
+    """
+
+    name: str
+    open: Callable[[str | None, Sequence[str] | None], datasets.DatasetDict]
+    hub_id: str | None = None
+    target_classes: tuple[str, ...] | None = None
+    data_config: dict[str, Any] | None = None
+    prior_cost: Path | None = None
+
+
+def _open_fashion_mnist(root: str | None, splits: Sequence[str] | None) -> datasets.DatasetDict:
+    from .data import load_fashion_mnist
+
+    return datasets.DatasetDict({"train": load_fashion_mnist("train"), "test": load_fashion_mnist("test")})
+
+
+def _open_fgvc_aircraft(root: str | None, splits: Sequence[str] | None) -> datasets.DatasetDict:
+    if not root:
+        raise ValueError(
+            "--dataset fgvc-aircraft needs --dataset_root DIR: the folder holding fgvc-aircraft-2013b "
+            "(jtln_hf.fgvc_aircraft.load_fgvc_aircraft(DIR, download=True) fetches it)."
+        )
+    from .fgvc_aircraft import load_fgvc_aircraft
+
+    known = ("train", "val", "trainval", "test")
+    wanted = [s for s in dict.fromkeys(splits or known) if s in known]  # each split is built on first use
+    return datasets.DatasetDict({s: load_fgvc_aircraft(root, s) for s in wanted})
+
+
+def _known_datasets() -> dict[str, KnownDataset]:
+    from .cost import FASHION_MNIST_PRIOR_PATH
+    from .data import DEFAULT_TARGET_CLASSES, FASHION_MNIST_DATA_CONFIG
+
+    return {
+        FASHION_MNIST: KnownDataset(FASHION_MNIST, _open_fashion_mnist, "zalando-datasets/fashion_mnist",
+                                    DEFAULT_TARGET_CLASSES, FASHION_MNIST_DATA_CONFIG, FASHION_MNIST_PRIOR_PATH),
+        FGVC_AIRCRAFT: KnownDataset(FGVC_AIRCRAFT, _open_fgvc_aircraft),
+    }
+
+
+def known_dataset(spec: str | None) -> KnownDataset | None:
+    """The :class:`KnownDataset` named by ``spec``, or None for a folder, a data file or a Hub id."""
+    return _known_datasets().get(spec) if spec else None
+
+
 def is_local_spec(spec: str) -> bool:
     """Whether ``spec`` names something on this machine (so it must not be written as a Hub id)."""
-    return spec in (FASHION_MNIST,) or os.path.exists(spec) or bool(glob.glob(spec)) or spec.startswith(("/", "."))
+    return spec == FASHION_MNIST or os.path.exists(spec) or bool(glob.glob(spec)) or spec.startswith(("/", "."))
 
 
 def hub_dataset_id(spec: str) -> str | None:
     """The Hub id to cite for ``spec`` in a model card's metadata, or ``None`` for local data."""
-    if spec == FASHION_MNIST:
-        return "zalando-datasets/fashion_mnist"
-    if spec == FGVC_AIRCRAFT or is_local_spec(spec):
-        return None
-    return spec
+    known = known_dataset(spec)
+    if known is not None:
+        return known.hub_id
+    return None if is_local_spec(spec) else spec
 
 
 def display_name(spec: str) -> str:
     """How to name ``spec`` in tables and cards: a local path by its last part (no paths of this machine)."""
-    if spec not in (FASHION_MNIST, FGVC_AIRCRAFT) and is_local_spec(spec):
+    if known_dataset(spec) is None and is_local_spec(spec):
         return Path(spec.rstrip("/")).name or spec
     return spec
 
@@ -80,21 +145,9 @@ def open_dataset(spec: str, *, config_name: str | None = None, root: str | None 
     ValueError
         When a local path holds nothing ``datasets`` can read, or ``fgvc-aircraft`` has no root.
     """
-    if spec == FASHION_MNIST:
-        from .data import load_fashion_mnist
-
-        return datasets.DatasetDict({"train": load_fashion_mnist("train"), "test": load_fashion_mnist("test")})
-    if spec == FGVC_AIRCRAFT:
-        if not root:
-            raise ValueError(
-                "--dataset fgvc-aircraft needs --dataset_root DIR: the folder holding fgvc-aircraft-2013b "
-                "(jtln_hf.fgvc_aircraft.load_fgvc_aircraft(DIR, download=True) fetches it)."
-            )
-        from .fgvc_aircraft import load_fgvc_aircraft
-
-        known = ("train", "val", "trainval", "test")
-        wanted = [s for s in dict.fromkeys(splits or known) if s in known]
-        return datasets.DatasetDict({s: load_fgvc_aircraft(root, s) for s in wanted})
+    known = known_dataset(spec)
+    if known is not None:
+        return known.open(root, splits)
     path = Path(spec)
     if path.is_dir():
         if any((path / name).is_file() for name in ("dataset_dict.json", "state.json")):
@@ -199,11 +252,13 @@ __all__ = [
     "FASHION_MNIST",
     "FGVC_AIRCRAFT",
     "ImageStats",
+    "KnownDataset",
     "data_config_from_stats",
     "display_name",
     "hub_dataset_id",
     "image_stats",
     "is_local_spec",
+    "known_dataset",
     "open_dataset",
     "pick_split",
 ]

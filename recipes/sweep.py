@@ -100,8 +100,9 @@ def run_job(job: tuple[str, str, int, list[str]]) -> dict[str, Any]:
 
     from train_jtln import parse_args
 
-    from jtln_hf.arguments import check_arguments, cost_warmup_steps, cotuning_warmup_steps
-    from jtln_hf.experiment import load_pools, plan_experiment, run_method
+    from jtln_hf.arguments import check_arguments
+    from jtln_hf.experiment import load_pools, plan_experiment
+    from jtln_hf.methods import run_method
 
     setting, method, seed, argv = job
     data_args, model_args, jtln_args, args, given, _ = parse_args(argv)
@@ -112,11 +113,9 @@ def run_job(job: tuple[str, str, int, list[str]]) -> dict[str, Any]:
     plan = plan_experiment(data_args, model_args, jtln_args, args, pools=_POOLS[key])
     start = time.perf_counter()
     run = run_method(method, plan.data[seed], plan.config, data_args, model_args, jtln_args, args, seed, plan.fixed_cost)
-    warmup = {"jtln": cost_warmup_steps(model_args, jtln_args, data_args),
-              "cotuning": cotuning_warmup_steps(jtln_args)}.get(method, 0)  # fmt: skip
     return {"setting": setting, "method": method, "seed": seed, "seconds": time.perf_counter() - start,
             "metrics": run.metrics, "cost": run.cost_description, "max_steps": args.max_steps,
-            "warmup_steps": warmup}  # fmt: skip
+            "warmup_steps": run.warmup_steps}  # fmt: skip
 
 
 def summarize_sweep(records: list[dict[str, Any]], settings: list[str]) -> list[dict[str, Any]]:

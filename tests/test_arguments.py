@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from jtln_hf.arguments import (
-    DEFAULT_COST_WARMUP_STEPS,
-    DataArguments,
-    JTLNArguments,
-    ModelArguments,
-    check_arguments,
-    cost_kind,
-    cost_warmup_steps,
-    cotuning_warmup_steps,
-)
+from jtln_hf.arguments import DataArguments, JTLNArguments, ModelArguments, check_arguments
+from jtln_hf.cost_builders import DEFAULT_COST_WARMUP_STEPS, cost_kind, cost_warmup_steps
+from jtln_hf.methods import cotuning_warmup_steps
 
 
 def test_default_cost_is_the_prior_on_fashion_mnist_and_features_mmd_elsewhere():

@@ -9,7 +9,8 @@ import pytest
 
 from jtln_hf import backbones
 from jtln_hf.arguments import DataArguments, ModelArguments
-from jtln_hf.experiment import ExperimentData, build_config, build_model
+from jtln_hf.experiment import ExperimentData, build_config
+from jtln_hf.methods import build_model
 from jtln_hf.modelcard import render_model_card
 
 

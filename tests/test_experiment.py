@@ -11,7 +11,8 @@ import pytest
 from conftest import make_args, write_digits_folder
 from jtln_hf import data as jdata
 from jtln_hf.arguments import DataArguments, JTLNArguments, ModelArguments
-from jtln_hf.experiment import build_config, load_pools, plan_experiment, prepare_data, run_method
+from jtln_hf.experiment import build_config, load_pools, plan_experiment, prepare_data
+from jtln_hf.methods import run_method
 
 
 def _paths(ds: datasets.Dataset) -> set[str]:
@@ -112,10 +113,10 @@ def test_validation_metrics_are_reported(tmp_path, digits_folder):
 
 
 def test_epochs_name_the_length(tmp_path, digits_folder):
-    from jtln_hf.experiment import _length
+    from jtln_hf.methods import stage_length
 
-    assert _length(make_args(tmp_path, max_steps=7)) == "7 steps"
-    assert _length(dataclasses.replace(make_args(tmp_path), max_steps=-1, num_train_epochs=2)) == "2 epochs"
+    assert stage_length(make_args(tmp_path, max_steps=7)) == "7 steps"
+    assert stage_length(dataclasses.replace(make_args(tmp_path), max_steps=-1, num_train_epochs=2)) == "2 epochs"
 
 
 @pytest.mark.parametrize("cost", ["relationship", "constant"])
@@ -139,7 +140,7 @@ def test_relationship_and_constant_costs_run(tmp_path, cost):
 def test_training_augmentation_is_salted_with_the_run_seed(small_split):
     import torch
 
-    from jtln_hf.experiment import _with_transform
+    from jtln_hf.methods import _with_transform
 
     config = __import__("conftest").make_config()
     rows = small_split["source"].select(range(4))

@@ -31,9 +31,9 @@ recipe = _load_recipe()
 @pytest.fixture
 def no_training(monkeypatch):
     """Any training stage makes the test fail: every error below must come before the first step."""
-    from jtln_hf import experiment
+    from jtln_hf import methods
 
-    monkeypatch.setattr(experiment, "_train", lambda *a, **k: pytest.fail("a training stage ran"))
+    monkeypatch.setattr(methods, "_train", lambda *a, **k: pytest.fail("a training stage ran"))
 
 
 def _fails(capsys, tmp_path, *argv: str) -> str:

@@ -18,7 +18,8 @@ from matplotlib.container import ErrorbarContainer
 from PIL import Image
 
 from jtln_hf import figures
-from jtln_hf.experiment import RunResult, summarize, write_results
+from jtln_hf.methods import METHOD_REGISTRY, RunResult
+from jtln_hf.results import summarize, write_results
 from jtln_hf.modelcard import COMPARE_FIGURE, write_model_card
 from jtln_hf.stats import paired_difference, paired_summary
 
@@ -167,7 +168,7 @@ def test_compare_png(tmp_path, n_seeds, with_joint):
     fig = figures.compare_figure(summary)
     assert len(fig.axes) == (2 if with_joint else 1)
     accuracy = fig.axes[-1]
-    assert [t.get_text() for t in accuracy.get_xticklabels()] == [figures.METHOD_LABELS[m] for m in methods]
+    assert [t.get_text() for t in accuracy.get_xticklabels()] == [METHOD_REGISTRY[m].label for m in methods]
     assert accuracy.get_ylim()[0] > 50  # the axis is fitted to the values, not started at 0 %
     expected = sorted(100 * a for m in methods for a in summary[m]["accuracy"]["per_seed"])
     np.testing.assert_allclose(_dots(accuracy), expected)
@@ -177,7 +178,7 @@ def test_compare_png(tmp_path, n_seeds, with_joint):
     diff = fig.axes[0]
     paired = paired_summary(summary)
     assert [t.get_text() for t in diff.get_xticklabels()] == [
-        f"{figures.METHOD_LABELS[m]}\n{paired[m].to_text()}" for m in ("finetune", "consecutive", "jtln")]
+        f"{METHOD_REGISTRY[m].label}\n{paired[m].to_text()}" for m in ("finetune", "consecutive", "jtln")]
     assert "joint" in diff.get_ylabel() and "points" in diff.get_ylabel()
     np.testing.assert_allclose(_dots(diff), sorted(100 * v for d in paired.values() for v in d.per_seed), atol=1e-9)
     for (mean, ends), d in zip(_bars(diff), paired.values()):

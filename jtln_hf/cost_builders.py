@@ -1,0 +1,228 @@
+"""The ``--cost`` registry: each name maps to the builder of the source-target cost matrix C.
+
+A builder turns :class:`CostInputs` (the run's data, and a way to run the model on it) into the
+raw ``(L_s, L_t)`` matrix and a sentence for the model card; :func:`build_cost` then normalises
+it (``--cost_normalization``). ``--help`` lists the registry's names and help texts, and the
+argument checks read its flags, so a new cost is one :func:`register_cost` call here. Any other
+``--cost`` value is a ``.npy``/``.csv`` file (:func:`jtln_hf.cost.load_cost`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import datasets
+import numpy as np
+
+from .cost import category_relationship, cost_from_features, cost_from_relationship, load_cost, normalize_cost
+from .data import sample_shots
+from .sources import FASHION_MNIST, known_dataset
+
+if TYPE_CHECKING:
+    from .arguments import DataArguments, JTLNArguments, ModelArguments
+
+#: ``predict(dataset, fields) -> ({field: array}, labels)``: the model's outputs on a dataset's rows.
+Predict = Callable[[datasets.Dataset, tuple[str, ...]], tuple[dict[str, np.ndarray], np.ndarray]]
+#: Source-only steps before a model-computed cost, for a backbone trained from scratch.
+DEFAULT_COST_WARMUP_STEPS = 200
+#: The cost when ``--cost`` is not given and the data has no prior: the paper's fc7-MKMMD.
+DEFAULT_FEATURE_COST = "features-mmd"
+
+
+@dataclass
+class CostInputs:
+    """What a cost builder may read.
+
+    ``source`` / ``target`` are the source training set and the k-shot target set (labels in
+    their own spaces); ``predict`` runs the (warmed-up) model on a dataset, None before a model
+    exists; ``prior`` is the data's hand-written prior file, if it has one.
+    """
+
+    source: datasets.Dataset
+    target: datasets.Dataset
+    source_names: list[str]
+    target_names: list[str]
+    predict: Predict | None = None
+    prior: Path | None = None
+    seed: int = 0
+    warmup_steps: int = 0
+    samples_per_class: int = 200
+
+
+@dataclass(frozen=True)
+class CostBuilder:
+    """One ``--cost`` name: its builder, its ``--help`` text and what it needs.
+
+    ``from_model``: computed from the model (per seed, after ``--cost_warmup_steps`` source-only
+    steps); ``warmup_when_pretrained``: whether those steps also default to 200 on a pretrained
+    backbone (features are meaningful without them, a source head is not); ``samples``: reads
+    ``--cost_samples_per_class``; ``normalized``: ``--cost_normalization`` applies.
+    """
+
+    name: str
+    help: str
+    build: Callable[[CostInputs], tuple[np.ndarray, str]]
+    from_model: bool = False
+    warmup_when_pretrained: bool = True
+    samples: bool = False
+    normalized: bool = True
+
+
+COST_BUILDERS: dict[str, CostBuilder] = {}
+
+
+def register_cost(name: str, help: str, **flags: bool) -> Callable:
+    """Decorator: register ``build(inputs) -> (C, description)`` as ``--cost name``."""
+
+    def register(build: Callable[[CostInputs], tuple[np.ndarray, str]]) -> Callable:
+        COST_BUILDERS[name] = CostBuilder(name, help, build, **flags)
+        return build
+
+    return register
+
+
+def _after(inputs: CostInputs) -> str:
+    return f"after {inputs.warmup_steps} source-only warm-up steps" if inputs.warmup_steps else "from the initial weights"
+
+
+def _needs_model(inputs: CostInputs, name: str) -> Predict:
+    if inputs.predict is None:
+        raise ValueError(f"--cost {name} is computed from a model: pass CostInputs.predict.")
+    return inputs.predict
+
+
+@register_cost("prior", "the data's hand-written prior (shipped for Fashion-MNIST)")
+def _prior(inputs: CostInputs) -> tuple[np.ndarray, str]:
+    if inputs.prior is None:
+        raise ValueError("--cost prior: this data has no hand-written prior; pass a features-* cost or a .npy/.csv file.")
+    try:
+        raw = load_cost(inputs.prior, inputs.source_names, inputs.target_names)
+    except ValueError as err:
+        raise ValueError(f"--cost prior ({inputs.prior.name}) does not fit these classes ({err}): pass a "
+                         "features-* cost or a .npy/.csv file.") from None  # fmt: skip
+    return raw, f"Hand-written prior relation between the classes ({inputs.prior.name})"
+
+
+def _feature_builder(distance: str) -> Callable[[CostInputs], tuple[np.ndarray, str]]:
+    def build(inputs: CostInputs) -> tuple[np.ndarray, str]:
+        predict = _needs_model(inputs, f"features-{distance}")
+        smallest = int(np.bincount(inputs.source.select_columns(["label"]).with_format("numpy")[:]["label"]).min())
+        source = sample_shots(inputs.source, min(inputs.samples_per_class, smallest), seed=inputs.seed)
+        (xs, ys), (xt, yt) = [
+            (outputs["pooler_output"], labels)
+            for outputs, labels in (predict(ds, ("pooler_output",)) for ds in (source, inputs.target))
+        ]
+        raw = cost_from_features(
+            xs, ys, xt, yt, method=distance, num_source_labels=len(inputs.source_names),
+            num_target_labels=len(inputs.target_names), seed=inputs.seed,
+        )  # fmt: skip
+        return raw, (f"{distance} distance between the pooled backbone features of each source class ({len(xs)} "
+                     f"images) and each target class ({len(xt)} labelled images), {_after(inputs)}")  # fmt: skip
+
+    return build
+
+
+for _distance, _help in (("ot", "exact OT (W2) between the classes' pooled features"),
+                         ("mmd", "multi-kernel MMD between them (the paper's fc7-MKMMD)"),
+                         ("centroid", "distance between their centroids")):  # fmt: skip
+    register_cost(f"features-{_distance}", _help, from_model=True, warmup_when_pretrained=False, samples=True)(
+        _feature_builder(_distance)
+    )
+
+
+def relationship_of(predict: Predict, target: datasets.Dataset, num_target_labels: int) -> np.ndarray:
+    """Co-Tuning's :math:`p(y_s \\mid y_t)`, shape ``(L_t, L_s)``: the source head's mean softmax per target class.
+
+    ``target`` holds the labelled target images; see :func:`jtln_hf.cost.category_relationship`.
+    """
+    outputs, labels = predict(target, ("source_logits",))
+    z = outputs["source_logits"].astype(np.float64)
+    probs = np.exp(z - z.max(-1, keepdims=True))
+    return category_relationship(probs / probs.sum(-1, keepdims=True), labels, num_target_labels)
+
+
+@register_cost("relationship", "-log p(y_s|y_t) from the source head on the labelled target images", from_model=True)
+def _relationship(inputs: CostInputs) -> tuple[np.ndarray, str]:
+    relationship = relationship_of(_needs_model(inputs, "relationship"), inputs.target, len(inputs.target_names))
+    raw = cost_from_relationship(relationship, normalize="none")
+    return raw, (f"-log p(y_s | y_t): the source head's mean prediction on the {len(inputs.target)} labelled images "
+                 f"of each target class (Co-Tuning's category relationship), {_after(inputs)}")  # fmt: skip
+
+
+@register_cost("constant", "every entry 1: a control without class structure", normalized=False)
+def _constant(inputs: CostInputs) -> tuple[np.ndarray, str]:
+    return np.ones((len(inputs.source_names), len(inputs.target_names))), "Constant cost (every entry 1): a control with no class structure"
+
+
+def load_file_cost(path: str, inputs: CostInputs) -> tuple[np.ndarray, str]:
+    """``--cost PATH``: a ``.npy`` or labelled ``.csv`` matrix, rows and columns looked up by class name."""
+    if not Path(path).is_file():
+        raise ValueError(f"--cost {path}: no such file; pass an existing .npy/.csv cost file.")
+    try:
+        raw = load_cost(path, inputs.source_names, inputs.target_names)
+    except ValueError as err:
+        raise ValueError(f"--cost {path}: {err}") from None
+    return raw, f"Loaded from {Path(path).name}"
+
+
+def build_cost(kind: str, inputs: CostInputs, normalization: str) -> tuple[np.ndarray, str]:
+    """The cost matrix C for ``--cost kind`` (a registered name or a file) and a sentence saying how it was built."""
+    builder = COST_BUILDERS.get(kind)
+    raw, how = builder.build(inputs) if builder else load_file_cost(kind, inputs)
+    if builder is not None and not builder.normalized:
+        return raw, f"{how}."
+    return normalize_cost(raw, normalization), f"{how}; normalisation: {normalization}."
+
+
+# ------------------------------------------------------------------------ defaults from arguments
+def data_prior(data: DataArguments) -> Path | None:
+    """The hand-written prior of the run's data (Fashion-MNIST's), else None; it serves any classes it names."""
+    specs = [data.source_dataset, data.target_dataset] if data.two_datasets else [data.dataset or FASHION_MNIST]
+    known = [k for k in map(known_dataset, specs) if k is not None and k.prior_cost is not None]
+    return known[0].prior_cost if known else None
+
+
+def cost_kind(data: DataArguments, jtln: JTLNArguments) -> str:
+    """``--cost``, or its default: the prior of one dataset split by class if it has one, else :data:`DEFAULT_FEATURE_COST`."""
+    if jtln.cost is not None:
+        return jtln.cost
+    return "prior" if not data.two_datasets and data_prior(data) is not None else DEFAULT_FEATURE_COST
+
+
+def is_model_cost(kind: str) -> bool:
+    """Whether ``--cost kind`` is computed from the model (per seed), not fixed before training."""
+    return kind in COST_BUILDERS and COST_BUILDERS[kind].from_model
+
+
+def cost_warmup_steps(model: ModelArguments, jtln: JTLNArguments, data: DataArguments | None = None) -> int:
+    """Source-only steps before the cost is computed: 0 for costs that need no model.
+
+    ``--cost_warmup_steps`` when given; else 0 for a feature cost on pretrained features,
+    :data:`DEFAULT_COST_WARMUP_STEPS` otherwise (a relationship always needs a trained source head).
+    """
+    kind = cost_kind(data, jtln) if data is not None else jtln.cost
+    if kind is None or not is_model_cost(kind):
+        return 0
+    if jtln.cost_warmup_steps is not None:
+        return jtln.cost_warmup_steps
+    return 0 if model.pretrained and not COST_BUILDERS[kind].warmup_when_pretrained else DEFAULT_COST_WARMUP_STEPS
+
+
+__all__ = [
+    "COST_BUILDERS",
+    "DEFAULT_COST_WARMUP_STEPS",
+    "DEFAULT_FEATURE_COST",
+    "CostBuilder",
+    "CostInputs",
+    "build_cost",
+    "cost_kind",
+    "cost_warmup_steps",
+    "data_prior",
+    "is_model_cost",
+    "load_file_cost",
+    "register_cost",
+    "relationship_of",
+]

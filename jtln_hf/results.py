@@ -1,0 +1,167 @@
+"""Results of a comparison: the per-method summary, the Markdown table, ``results.json`` and the model folder.
+
+:func:`summarize` reduces the runs of every seed to a mean and a sample standard deviation per
+method; :func:`results_markdown` writes the table every README and card shows, with each
+method's seed-paired difference to joint fine-tuning (:mod:`jtln_hf.stats`); :func:`save_model`
+writes the Hub-ready ``model/`` folder (weights, code, card, figures).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .hub import save_model_folder
+from .io import atomic_write_dir, atomic_write_text
+from .methods import METHOD_REGISTRY, RunResult, predict_outputs
+from .modelcard import has_cost, mean_transport_plan, training_hyperparameters, write_model_card
+from .sources import FASHION_MNIST, display_name, hub_dataset_id
+from .stats import BASELINE, paired_summary
+
+if TYPE_CHECKING:
+    from .arguments import DataArguments, JTLNArguments
+    from .experiment import ExperimentData
+    from .trainer import JTLNTrainingArguments
+
+
+def summarize(runs: list[RunResult]) -> dict[str, dict[str, Any]]:
+    """Mean and sample standard deviation (ddof=1) of each metric per method."""
+    summary: dict[str, dict[str, Any]] = {}
+    for method in dict.fromkeys(r.method for r in runs):
+        mine = [r for r in runs if r.method == method]
+        entry: dict[str, Any] = {"seeds": [r.seed for r in mine], "train_seconds": sum(r.train_seconds for r in mine),
+                                 "steps": mine[0].steps}  # fmt: skip
+        keys = ["accuracy", "mean_per_class_accuracy"]
+        keys += [k for k in ("validation_accuracy", "validation_mean_per_class_accuracy") if k in mine[0].metrics]
+        for key in keys:
+            values = np.array([r.metrics[key] for r in mine])
+            entry[key] = {
+                "mean": float(values.mean()),
+                "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                "per_seed": values.tolist(),
+            }
+        summary[method] = entry
+    return summary
+
+
+
+def results_markdown(summary: dict[str, dict[str, Any]], caption: str = "") -> str:
+    """The comparison table: mean ± std (over seeds) of target test accuracy, in percent.
+
+    When joint fine-tuning ran with other methods, a column gives each method's seed-paired
+    difference to it in percentage points (:func:`jtln_hf.stats.paired_difference`): mean
+    [95 % Student-t interval], seeds won / seeds paired; "—" on joint's own row.
+    """
+    paired = paired_summary(summary)
+    diff_head = f" − {BASELINE} (points, 95% CI, wins) |" if paired else ""
+    lines = [
+        f"| method | accuracy (%) |{diff_head} mean per-class accuracy (%) | steps per seed | seeds | train time (s) |",
+        "|---|---|" + ("---|" if paired else "") + "---|---|---|---|",
+    ]
+    best = max(summary, key=lambda m: summary[m]["accuracy"]["mean"])
+    for method, entry in summary.items():
+        acc, mpc = entry["accuracy"], entry["mean_per_class_accuracy"]
+        acc_text = f"{100 * acc['mean']:.1f} ± {100 * acc['std']:.1f}"
+        if method == best:
+            acc_text = f"**{acc_text}**"
+        diff_text = f" {paired[method].to_text() if method in paired else '—'} |" if paired else ""
+        lines.append(
+            f"| {METHOD_REGISTRY[method].title} | {acc_text} |{diff_text} {100 * mpc['mean']:.1f} ± {100 * mpc['std']:.1f} "
+            f"| {entry.get('steps', '')} | {len(entry['seeds'])} | {entry['train_seconds']:.0f} |"
+        )
+    table = "\n".join(lines)
+    if paired:
+        table += (
+            f"\n\n− {BASELINE}: accuracy minus {BASELINE} fine-tuning's on the same seed (same target images and "
+            "initial weights), in percentage points: mean [95% Student-t interval, n − 1 degrees of freedom], "
+            f"seeds where the method beats {BASELINE} / seeds paired."
+        )
+    return f"{caption}\n\n{table}\n" if caption else table + "\n"
+
+
+def write_results(output_dir: str | Path, summary: dict, runs: list[RunResult], meta: dict[str, Any], caption: str) -> str:
+    """Write ``results.json`` and ``results.md`` atomically; return the Markdown table.
+
+    ``results.json`` holds ``meta``, the ``summary``, every run's metrics and ``"paired"``:
+    ``{"<method>-joint": PairedDifference.to_dict()}`` of the accuracy (fractions), for every
+    method but joint; empty when joint did not run.
+    """
+    output_dir = Path(output_dir)
+    table = results_markdown(summary, caption)
+    payload = {
+        **meta,
+        "summary": summary,
+        "paired": {f"{m}-{BASELINE}": d.to_dict() for m, d in paired_summary(summary).items()},
+        "runs": [
+            {"method": r.method, "seed": r.seed, "steps": r.steps, "train_seconds": r.train_seconds, **r.metrics}
+            for r in runs
+        ],
+    }
+    atomic_write_text(output_dir / "results.json", json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(output_dir / "results.md", table)
+    return table
+
+
+def save_model(
+    run: RunResult, output_dir: str | Path, args: JTLNTrainingArguments, jtln_args: JTLNArguments,
+    data_args: DataArguments, results_table: str | None = None, *, exp: ExperimentData | None = None,
+    summary: dict[str, dict[str, Any]] | None = None,
+) -> Path:  # fmt: skip
+    """Write the Hub-ready ``output_dir/model`` folder, atomically.
+
+    It holds the weights (safetensors), ``config.json`` and ``preprocessor_config.json`` with their
+    remote code (``configuration_jtln.py``, ``modeling_jtln.py``, ``image_processing_jtln.py``),
+    the card ``README.md`` and its figures: the cost matrix, the mean transport plan over
+    ``exp.target_test`` (when the model has a cost matrix and ``exp`` is given) and, for a
+    comparison (``summary`` of several methods), the bar chart. ``--push_to_hub`` uploads it as is.
+    Every process must call it (the plan is a gathered forward pass); the main process writes.
+    """
+    model = run.model
+    hyper: dict[str, Any] = {
+        "method": METHOD_REGISTRY[run.method].title,
+        "seed": run.seed,
+        "labelled images per target class": data_args.shots or "all",
+        **training_hyperparameters(args, ot_used=run.method == "jtln"),
+    }
+    if run.method == "consecutive":
+        hyper["steps"] = f"{args.max_steps} source-only, then {args.max_steps} target-only"
+    plan, plan_images = None, None
+    if exp is not None and has_cost(model):
+        outputs, _ = predict_outputs(model, exp.target_test, data_args, args, ("source_logits", "logits"))
+        plan = mean_transport_plan(
+            outputs["source_logits"], outputs["logits"], model.cost_matrix.detach().cpu(),
+            epsilon=args.ot_epsilon, iterations=args.ot_iterations, method=args.ot_method, tol=args.ot_tol,
+        )  # fmt: skip
+        plan_images = len(outputs["logits"])
+    specs = [data_args.source_dataset, data_args.target_dataset] if data_args.two_datasets else [
+        data_args.dataset or FASHION_MNIST]  # fmt: skip
+    dataset_ids = [i for i in dict.fromkeys(hub_dataset_id(spec) for spec in specs) if i]  # local data: no id
+    test_split = data_args.target_test_split if data_args.two_datasets else data_args.test_split
+    if data_args.target_test_fraction is not None:
+        test_split = f"{data_args.target_test_fraction:g} of {data_args.target_train_split}"
+    data_name = display_name(specs[-1])
+    target_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    card_kwargs = dict(
+        repo_id=args.hub_model_id or f"your-name/{Path(output_dir).resolve().name}",
+        cost_description=run.cost_description or "No cost matrix was used (no OT term).",
+        hyperparameters=hyper,
+        results_table=results_table,
+        metrics={k: v for k, v in run.metrics.items() if k != "loss"},
+        datasets=dataset_ids,
+        dataset_name=f"{data_name} {test_split} split, target classes ({', '.join(target_names)})",
+        eval_dataset=hub_dataset_id(specs[-1]) or data_name,
+    )
+
+    def write(folder: Path) -> None:
+        save_model_folder(model, folder)
+        write_model_card(folder, model, plan=plan, plan_images=plan_images, summary=summary, **card_kwargs)
+
+    if not args.should_save:  # under `accelerate launch`: the plan above needs every process, the files one
+        return Path(output_dir) / "model"
+    return atomic_write_dir(Path(output_dir) / "model", write)
+
+
+__all__ = ["results_markdown", "save_model", "summarize", "write_results"]
