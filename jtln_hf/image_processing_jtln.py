@@ -4,8 +4,8 @@ The processor holds the model's timm data config (``config.data_config``: ``inpu
 ``interpolation``, ``mean``, ``std``, ``crop_pct``, ``crop_mode``) and applies
 ``timm.data.create_transform(**data_config, is_training=False)``, i.e. exactly the evaluation
 transform used in training. Before that, every image is converted to the backbone's channel
-count (``"L"`` for one channel, ``"RGB"`` for three), so grayscale, RGB, RGBA and palette images
-of any size all work.
+count (``"L"`` for one channel, ``"RGB"`` for three, ``"RGBA"`` for four), so grayscale, RGB, RGBA
+and palette images of any size all work.
 
 Why not transformers' ``TimmWrapperImageProcessor``: it applies the same timm transform but does
 not convert the image mode (an RGB image fed to a one-channel model fails in ``Normalize``), and
@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
 import timm.data
 import torch
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
@@ -94,10 +95,11 @@ class JointImageClassifierImageProcessor(BaseImageProcessor):
         """One image (PIL, path/URL, ``(H, W)``, ``(H, W, C)`` or ``(C, H, W)`` array/tensor) as PIL in ``image_mode``.
 
         Arrays of floats are taken to be in [0, 1]; palette and transparent images are flattened
-        (palette -> RGBA -> RGB drops the alpha channel, as timm's own loaders do).
+        (palette -> RGBA -> RGB drops the alpha channel, as timm's own loaders do). A local file is
+        opened as training decodes it (:func:`open_image`), so a 4-channel model keeps its alpha.
         """
         if isinstance(image, (str, os.PathLike)):
-            image = load_image(str(image))
+            image = open_image(image)
         return to_mode(image, self._mode)
 
     def preprocess(
@@ -145,6 +147,24 @@ def to_mode(image: Any, mode: str) -> PIL.Image.Image:
     if image.mode == "P":
         image = image.convert("RGBA")
     return image.convert(mode)
+
+
+def open_image(source: str | os.PathLike) -> PIL.Image.Image:
+    """A local image file in its own mode, as ``datasets.Image`` decodes it for training; else ``load_image``.
+
+    transformers' ``load_image`` converts every image to RGB, which dropped the alpha channel of
+    RGBA/LA files that a 4-channel model sees in training. A local file is opened with PIL
+    instead, its EXIF orientation applied when it has one (as ``datasets`` does), and its mode
+    kept for :func:`to_mode`. URLs and base64 strings still go through ``load_image`` (RGB).
+    """
+    path = os.fspath(source)
+    if not os.path.isfile(path):
+        return load_image(path)
+    image = PIL.Image.open(path)
+    image.load()
+    if image.getexif().get(PIL.Image.ExifTags.Base.Orientation) is not None:
+        image = PIL.ImageOps.exif_transpose(image)
+    return image
 
 
 def _flat_images(images: Any) -> list[Any]:

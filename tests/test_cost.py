@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import ot
 import pytest
+from scipy.optimize import linear_sum_assignment
 
 from jtln_hf.cost import (
     FASHION_MNIST_PRIOR_PATH,
@@ -20,10 +20,9 @@ from jtln_hf.cost import (
     validate_cost,
 )
 
-FM_SOURCE = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Sneaker"]
-FM_TARGET = ["Shirt", "Coat", "Sandal", "Bag", "Ankle boot"]
-# The hand-written prior of docs/design.md, typed here by hand (not read from the shipped CSV).
-FM_PRIOR = np.array(
+# A prior-like input for normalize_cost: values in [0, 1], a free source class in every column but
+# column 3, whose cheapest entry is 0.8 (the case "column" normalisation exists for).
+PRIOR_LIKE = np.array(
     [
         [0.0, 0.5, 1.0, 0.8, 1.0],
         [1.0, 1.0, 1.0, 1.0, 1.0],
@@ -114,18 +113,48 @@ def test_features_ot_hand_cases():
     assert one.shape == (1, 1) and one[0, 0] == pytest.approx(math.sqrt(5.0))
 
 
-def test_features_ot_matches_pot_on_random_data():
+def _w2_by_assignment(x: np.ndarray, y: np.ndarray) -> float:
+    """W2 of two equal-size uniform point sets: an optimal plan is a permutation (Birkhoff), found
+    by the Hungarian method on squared distances computed here with numpy (no POT)."""
+    d2 = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
+    rows, cols = linear_sum_assignment(d2)
+    return math.sqrt(d2[rows, cols].mean())
+
+
+def _w2_one_dimensional(x: np.ndarray, y: np.ndarray) -> float:
+    """W2 of two uniform 1-D point sets of any sizes, from their quantile functions:
+    W2^2 = integral over t in (0, 1) of (F^-1(t) - G^-1(t))^2, piecewise constant between the cuts k/n."""
+    x, y = np.sort(x), np.sort(y)
+    cuts = np.union1d(np.arange(len(x) + 1) / len(x), np.arange(len(y) + 1) / len(y))
+    mids = (cuts[:-1] + cuts[1:]) / 2
+    qx, qy = x[np.floor(mids * len(x)).astype(int)], y[np.floor(mids * len(y)).astype(int)]
+    return math.sqrt(float(((qx - qy) ** 2 * np.diff(cuts)).sum()))
+
+
+def test_one_dimensional_reference_by_hand():
+    # {0} vs {1, 3}: half the mass moves by 1, half by 3 -> W2^2 = (1 + 9) / 2 (as in the hand case above)
+    assert _w2_one_dimensional(np.array([0.0]), np.array([1.0, 3.0])) == pytest.approx(math.sqrt(5.0))
+    # {0, 3} vs {1, 2, 6}: cuts 0, 1/3, 1/2, 2/3, 1; quantile pairs (0, 1), (0, 2), (3, 2), (3, 6)
+    # -> squared gaps 1, 4, 1, 9 weighted 1/3, 1/6, 1/6, 1/3
+    expected = 1 / 3 + 4 / 6 + 1 / 6 + 9 / 3
+    assert _w2_one_dimensional(np.array([3.0, 0.0]), np.array([6.0, 1.0, 2.0])) == pytest.approx(math.sqrt(expected))
+
+
+def test_features_ot_against_an_assignment_and_quantile_functions():
+    """fc7-OT on random features, against references that do not use POT: the Hungarian method
+    (equal class sizes, 4-D) and the 1-D quantile formula (unequal class sizes)."""
     rng = np.random.default_rng(1)
-    xs, ys = rng.normal(size=(30, 4)), rng.normal(size=(25, 4)) + 0.5
-    ls, lt = np.repeat([0, 1, 2], 10), np.array([0] * 12 + [1] * 13)
+    xs, ys = rng.normal(size=(30, 4)), rng.normal(size=(20, 4)) + 0.5
+    ls, lt = np.repeat([0, 1, 2], 10), np.repeat([0, 1], 10)
     cost = cost_from_features(xs, ls, ys, lt, method="ot", max_per_class=None, normalize="none")
-    expected = np.empty((3, 2))
-    for i in range(3):
-        for j in range(2):
-            a, b = xs[ls == i], ys[lt == j]
-            m = ot.dist(a, b)  # squared Euclidean
-            expected[i, j] = math.sqrt(ot.emd2(np.full(len(a), 1 / len(a)), np.full(len(b), 1 / len(b)), m))
-    np.testing.assert_allclose(cost, expected, rtol=1e-10)
+    expected = [[_w2_by_assignment(xs[ls == i], ys[lt == j]) for j in range(2)] for i in range(3)]
+    np.testing.assert_allclose(cost, expected, rtol=1e-9)
+
+    xs, ys = rng.normal(size=(11, 1)), 2.0 * rng.normal(size=(8, 1)) + 1.0
+    ls, lt = np.array([0] * 7 + [1] * 4), np.array([0] * 5 + [1] * 3)
+    cost = cost_from_features(xs, ls, ys, lt, method="ot", max_per_class=None, normalize="none")
+    expected = [[_w2_one_dimensional(xs[ls == i, 0], ys[lt == j, 0]) for j in range(2)] for i in range(2)]
+    np.testing.assert_allclose(cost, expected, rtol=1e-9)
 
 
 def test_features_subsampling_is_seeded():
@@ -225,13 +254,45 @@ def test_load_errors(tmp_path):
         load_cost(tmp_path / "c.txt")
 
 
-def test_shipped_fashion_mnist_prior():
-    assert FASHION_MNIST_PRIOR_PATH.is_file()
-    cost = load_cost(FASHION_MNIST_PRIOR_PATH, FM_SOURCE, FM_TARGET)
-    np.testing.assert_array_equal(cost, FM_PRIOR)
-    # reordering by name works on the shipped file too
-    swapped = load_cost(FASHION_MNIST_PRIOR_PATH, FM_SOURCE[::-1], ["Bag", "Shirt"])
-    np.testing.assert_array_equal(swapped, FM_PRIOR[::-1][:, [3, 0]])
+def test_shipped_fashion_mnist_prior_says_what_the_design_says():
+    """The shipped prior checked against what it is documented to encode (docs/design.md), not
+    against a copy of its entries: rows are the embedded split's source classes and columns its
+    target classes, in that order; the similar pairs are free; trousers teach nothing; no source
+    class is a bag."""
+    from jtln_hf import data as jdata
+
+    source, target = list(jdata.DEFAULT_SOURCE_CLASSES), list(jdata.DEFAULT_TARGET_CLASSES)
+    assert set(source + target) <= set(jdata.FASHION_MNIST_LABELS)
+    cost = load_cost(FASHION_MNIST_PRIOR_PATH, source, target)  # by name: raises if a name is missing
+    np.testing.assert_array_equal(load_cost(FASHION_MNIST_PRIOR_PATH), cost)  # the file's order is the split's
+    validate_cost(cost, 5, 5)  # finite, >= 0
+    assert cost.min() == 0.0 and cost.max() == 1.0  # a [0, 1] scale: 0 free, 1 unrelated
+    S, T = {n: i for i, n in enumerate(source)}, {n: j for j, n in enumerate(target)}
+
+    # a T-shirt is a shirt, a pullover a coat-like warm top, a sneaker a shoe: free, the column's cheapest
+    for s, t in [("T-shirt/top", "Shirt"), ("Pullover", "Coat"), ("Sneaker", "Sandal"), ("Sneaker", "Ankle boot")]:
+        assert cost[S[s], T[t]] == 0.0, (s, t)
+        assert cost[S[s], T[t]] == cost[:, T[t]].min(), (s, t)
+    # footwear is cheap only from the sneaker; the tops only from the tops
+    for t in ("Sandal", "Ankle boot"):
+        assert all(cost[S[s], T[t]] > cost[S["Sneaker"], T[t]] for s in source if s != "Sneaker")
+    for t in ("Shirt", "Coat"):
+        tops = min(cost[S["T-shirt/top"], T[t]], cost[S["Pullover"], T[t]])
+        assert all(cost[S[s], T[t]] > tops for s in ("Trouser", "Dress", "Sneaker"))
+    # trousers resemble no target class: the row is the most expensive in every column
+    assert np.all(cost[S["Trouser"]] == cost.max(axis=0))
+    # no source class is a bag: the Bag column has no free entry (why "column" normalisation is the
+    # default), and column normalisation gives it one
+    assert cost[:, T["Bag"]].min() > 0
+    assert np.all(cost[:, [T[t] for t in target if t != "Bag"]].min(axis=0) == 0.0)
+    np.testing.assert_array_equal(normalize_cost(cost, "column").min(axis=0), np.zeros(5))
+
+    # rows are source classes and columns target classes, not a symmetric relation: names on the
+    # wrong axis are refused; reordering by name moves rows and columns with their names
+    with pytest.raises(ValueError, match=r"source labels \[.*\] not found"):
+        load_cost(FASHION_MNIST_PRIOR_PATH, target, source)
+    swapped = load_cost(FASHION_MNIST_PRIOR_PATH, source[::-1], ["Bag", "Shirt"])
+    np.testing.assert_array_equal(swapped, cost[::-1][:, [T["Bag"], T["Shirt"]]])
 
 
 # ----------------------------------------------------------------------------- normalize
@@ -250,11 +311,11 @@ def test_normalize_modes():
         normalize_cost(c, "zscore")
 
 
-def test_normalize_column_on_fashion_mnist_prior():
-    np.testing.assert_array_equal(normalize_cost(FM_PRIOR, "minmax"), FM_PRIOR)  # min 0, max 1
-    expected = FM_PRIOR.copy()
-    expected[:, 3] = [0.0, 0.2, 0.0, 0.0, 0.0]  # Bag column (0.8 / 1.0) shifted by its min 0.8
-    out = normalize_cost(FM_PRIOR, "column")
+def test_normalize_column_on_a_prior_like_matrix():
+    np.testing.assert_array_equal(normalize_cost(PRIOR_LIKE, "minmax"), PRIOR_LIKE)  # min 0, max 1
+    expected = PRIOR_LIKE.copy()
+    expected[:, 3] = [0.0, 0.2, 0.0, 0.0, 0.0]  # column 3 (0.8 / 1.0) shifted by its min 0.8
+    out = normalize_cost(PRIOR_LIKE, "column")
     np.testing.assert_allclose(out, expected, atol=1e-12)
     np.testing.assert_array_equal(out.min(axis=0), np.zeros(5))
 

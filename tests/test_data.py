@@ -341,6 +341,45 @@ def test_tiny_source_set_repeats_rows_only_when_it_must():
     assert len(source) == 8 and set(source) == {0, 1, 2}
 
 
+@pytest.mark.parametrize("num_replicas", [1, 2])
+def test_last_batch_top_up_as_documented(num_replicas):
+    """PairedBatchSampler's docstring: each epoch visits the source rows once; the last batch is topped up
+    with source rows it does not already hold (so no batch repeats a row: the source set is larger than a
+    batch here); with several processes the global batch is topped up; every batch keeps its composition.
+
+    By hand: 10 source rows (0..9), 4 target rows (10..13), 4 source + 4 target rows per global batch
+    (batch 8 on one process, 4 on each of two) -> 3 global batches; the last holds the 2 source rows
+    the first two did not visit plus 2 rows repeated from those two batches; drop_last drops it instead."""
+    domains = _domains(10, 4)
+    batch_size = 8 // num_replicas
+    sampler = PairedBatchSampler(domains, batch_size, source_fraction=0.5, seed=3, num_replicas=num_replicas)
+    all_source = set(range(10))
+    for epoch in range(4):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == 3 * num_replicas
+        for batch in batches:  # the composition, the last batch included: n_source source rows, then targets
+            assert domains[batch].tolist() == [0] * (batch_size // 2) + [1] * (batch_size // 2)
+        # whole global batches: the num_replicas consecutive per-device batches of step k
+        glob = [sum(batches[k * num_replicas:(k + 1) * num_replicas], []) for k in range(3)]
+        source = [[i for i in b if domains[i] == 0] for b in glob]
+        earlier = source[0] + source[1]
+        assert len(set(earlier)) == 8  # the first two batches: 8 distinct rows
+        unvisited = all_source - set(earlier)
+        assert len(unvisited) == 2 and unvisited <= set(source[2])  # the last batch finishes the epoch ...
+        top_up = set(source[2]) - unvisited
+        assert len(top_up) == 2 and top_up <= set(earlier)  # ... topped up with rows of earlier batches
+        assert len(set(source[2])) == 4  # no row twice in the last (global) batch
+        counts = Counter(i for b in source for i in b)
+        assert sorted(counts.values()) == [1] * 8 + [2] * 2  # so exactly the 2 top-up rows repeat in the epoch
+        for b in glob:  # target rows: 4 per global batch, one fresh permutation of the 4 target rows each
+            assert sorted(i for i in b if domains[i] == 1) == [10, 11, 12, 13]
+    dropped = PairedBatchSampler(domains, batch_size, source_fraction=0.5, seed=3, num_replicas=num_replicas,
+                                 drop_last=True)
+    rows = [i for b in dropped for i in b if domains[i] == 0]
+    assert len(dropped) == 2 * num_replicas and len(rows) == len(set(rows)) == 8  # no top-up, no repeat
+
+
 @pytest.mark.parametrize("batch_size,fraction", [(8, 0.5), (7, 0.25), (8, 0.0), (4, 0.75), (16, 0.5)])
 def test_target_rows_resampled_evenly(batch_size, fraction):
     domains = _domains(60, 7, interleave=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 import torch
@@ -138,3 +139,96 @@ def test_training_and_inference_see_the_same_pixels_for_every_mode(in_chans):
     if in_chans == 4:  # the palette's transparency reaches a 4-channel model as alpha
         alpha = np.asarray(image_processing_jtln.to_mode(images[-1], "RGBA"))[..., 3]
         assert set(np.unique(alpha)) == {0, 255}
+
+
+# ------------------------------------------------------------- a palette image, expected by hand
+# Four palette entries, one per 16x16 quadrant of a 32x32 image; entry 3 may be transparent.
+PALETTE = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (200, 100, 50)]
+# PIL's ITU-R 601-2 luma, L = (299 R + 587 G + 114 B) / 1000 rounded: 76.245, 149.685, 29.07, 124.2
+LUMA = [76, 150, 29, 124]
+IDENTITY32 = {"input_size": [1, 32, 32], "interpolation": "bilinear", "mean": [0.5], "std": [0.25],
+              "crop_pct": 1.0, "crop_mode": "center"}  # fmt: skip
+
+
+def _quadrant_palette(transparent: bool) -> Image.Image:
+    index = np.zeros((32, 32), dtype=np.uint8)
+    index[:16, 16:], index[16:, :16], index[16:, 16:] = 1, 2, 3
+    image = Image.fromarray(index, "P")
+    image.putpalette([v for colour in PALETTE for v in colour])
+    if transparent:
+        image.info["transparency"] = 3
+    return image
+
+
+def _quadrants(values) -> np.ndarray:
+    """A 32x32 array holding values[k] in quadrant k (top-left, top-right, bottom-left, bottom-right)."""
+    out = np.empty((32, 32), dtype=np.float64)
+    out[:16, :16], out[:16, 16:], out[16:, :16], out[16:, 16:] = values
+    return out
+
+
+@pytest.mark.parametrize("transparent", [False, True])
+@pytest.mark.parametrize("in_chans", [1, 3, 4])
+def test_palette_image_pixels_by_hand(in_chans, transparent):
+    """Palette colours (and transparency) to normalised pixels, expected values typed by hand.
+
+    1 channel: the luma of each palette colour (transparency ignored); 3 channels: the palette
+    colours; 4 channels: the colours and alpha 0 on the transparent entry, 255 elsewhere.
+    """
+    config = {**IDENTITY32, "input_size": [in_chans, 32, 32], "mean": [0.5] * in_chans, "std": [0.25] * in_chans}
+    if in_chans == 1:
+        channels = [LUMA]
+    else:
+        channels = [[colour[c] for colour in PALETTE] for c in range(3)]
+        if in_chans == 4:
+            channels.append([255, 255, 255, 0 if transparent else 255])
+    expected = torch.from_numpy(np.stack([(_quadrants(v) / 255 - 0.5) / 0.25 for v in channels])).float()
+    image = _quadrant_palette(transparent)
+    out = JointImageClassifierImageProcessor(data_config=config)(image)["pixel_values"][0]
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(_reference(config, [image], in_chans)[0], expected, rtol=0, atol=1e-5)  # training too
+
+
+# --------------------------------------------------- files: what training decodes = what inference reads
+FILE_MODES = ["L", "RGB", "RGBA", "LA", "P", "P+transparency", "I;16"]
+
+
+def _file_image(mode: str, seed: int) -> Image.Image:
+    if mode == "P+transparency":
+        image = _image("P", (41, 29), seed=seed)
+        image.info["transparency"] = 0
+        return image
+    if mode == "I;16":  # a 16-bit grayscale PNG, values spread over 0..65535
+        values = np.random.default_rng(seed).integers(0, 65536, size=(29, 41)).astype(np.uint16)
+        return Image.fromarray(values)
+    return _image(mode, (41, 29), seed=seed)
+
+
+@pytest.mark.parametrize("in_chans", [1, 3, 4])
+def test_image_files_training_and_inference_agree_pixel_for_pixel(in_chans, tmp_path):
+    """The same PNG files through training (build_joint_dataset -> undecoded bytes -> make_batch_transform)
+    and through the processor (given the path, or the opened PIL image): the same tensors, for every mode.
+
+    Given a path, the processor used transformers' load_image, which converts to RGB: RGBA and LA files
+    lost their alpha channel for 4-channel models (training keeps it)."""
+    config = {**RGB32, "input_size": [in_chans, 32, 32], "mean": [0.5] * in_chans, "std": [0.25] * in_chans}
+    paths = []
+    for k, mode in enumerate(FILE_MODES):
+        paths.append(str(tmp_path / f"{k}.png"))
+        _file_image(mode, seed=k).save(paths[-1])
+    target = datasets.Dataset.from_dict({"image": paths, "label": [0] * len(paths)}).cast_column("image",
+                                                                                                datasets.Image())
+    transform = jdata.make_batch_transform(jdata.build_transform(config, training=False), in_chans)
+    joint = jdata.build_joint_dataset(None, target).with_transform(transform)
+    trained = torch.stack(joint[: len(paths)]["pixel_values"])
+    processor = JointImageClassifierImageProcessor(data_config=config)
+    from_paths = processor(paths)["pixel_values"]
+    from_pil = processor([Image.open(p) for p in paths])["pixel_values"]
+    assert trained.shape == (len(paths), in_chans, 32, 32)
+    for k, mode in enumerate(FILE_MODES):
+        torch.testing.assert_close(from_paths[k], trained[k], rtol=0, atol=0, msg=lambda m, mode=mode: f"{mode}: {m}")
+        torch.testing.assert_close(from_pil[k], trained[k], rtol=0, atol=0, msg=lambda m, mode=mode: f"{mode}: {m}")
+    if in_chans == 4:  # the files' alpha reaches the model: varying for RGBA/LA, two levels for the palette
+        for k in (FILE_MODES.index("RGBA"), FILE_MODES.index("LA"), FILE_MODES.index("P+transparency")):
+            assert len(torch.unique(from_paths[k][3])) > 1, FILE_MODES[k]
+        assert torch.all(from_paths[FILE_MODES.index("RGB")][3] == (1.0 - 0.5) / 0.25)  # opaque: alpha 255
