@@ -94,6 +94,44 @@ class JointImageClassifierConfig(PretrainedConfig):
         return {v: k for k, v in (self.source_id2label or {}).items()}
 
 
+def check_cost_matrix(cost, num_source_labels: int | None = None, num_target_labels: int | None = None) -> None:
+    """Raise a ``ValueError`` naming the problem and the fix when ``cost`` is not a valid ground cost C.
+
+    The one check of a cost matrix, used by the model (`set_cost_matrix`), the loss, the OT solver
+    and `jtln_hf.cost`. A valid C is a 2-D tensor of finite, non-negative entries with at least one
+    row and column, of shape ``(num_source_labels, num_target_labels)`` (rows = source classes,
+    columns = target classes) when those are given. It lives here because this file travels with
+    every checkpoint (remote code), so the model can run it without jtln_hf installed.
+    """
+    import torch
+
+    cost = torch.as_tensor(cost).detach()
+    expected = (num_source_labels, num_target_labels)
+    if None not in expected and tuple(cost.shape) != expected:
+        raise ValueError(
+            f"cost matrix has shape {tuple(cost.shape)} but the model has L_s={expected[0]} source "
+            f"and L_t={expected[1]} target classes: build it with rows = source classes and "
+            f"columns = target classes, shape {expected}."
+        )
+    if cost.dim() != 2 or cost.numel() == 0:
+        raise ValueError(
+            f"cost must be a 2-D (L_s, L_t) matrix with at least one row and one column, got shape {tuple(cost.shape)}."
+        )
+    bad = ~torch.isfinite(cost)
+    if bad.any():
+        i, j = (int(v) for v in bad.nonzero()[0])
+        raise ValueError(
+            f"cost matrix has a non-finite entry at (source {i}, target {j}) = {cost[i, j].item()}: "
+            "every entry must be a finite number; replace missing pairs by a large finite cost."
+        )
+    if (cost < 0).any():
+        i, j = (int(v) for v in (cost < 0).nonzero()[0])
+        raise ValueError(
+            f"cost matrix has a negative entry at (source {i}, target {j}) = {cost[i, j].item():g}: "
+            "optimal-transport costs must be >= 0; shift it (e.g. jtln_hf.cost.normalize_cost)."
+        )
+
+
 # `save_pretrained` writes `auto_map` and copies this file: `AutoConfig` then loads the checkpoint
 # with `trust_remote_code=True` where jtln_hf is not installed.
 JointImageClassifierConfig.register_for_auto_class()

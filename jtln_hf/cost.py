@@ -34,6 +34,8 @@ import numpy as np
 import ot
 from scipy.spatial.distance import pdist
 
+from .configuration_jtln import check_cost_matrix
+
 __all__ = [
     "COST_NORMALIZATIONS",
     "FEATURE_COST_METHODS",
@@ -194,26 +196,11 @@ def validate_cost(cost: Any, num_source_labels: int, num_target_labels: int) -> 
     Raises
     ------
     ValueError
-        If the matrix is not 2-D or has the wrong shape, contains NaN/inf (the message names
-        the first bad ``(row, col)``), or has a negative entry (OT ground costs must be
-        ``>= 0``).
+        From :func:`jtln_hf.configuration_jtln.check_cost_matrix`, the one check every consumer
+        runs: wrong shape, NaN/inf or a negative entry (the message names the first bad entry).
     """
     c = _to_numpy(cost)
-    expected = (int(num_source_labels), int(num_target_labels))
-    if c.ndim != 2 or c.shape != expected:
-        raise ValueError(
-            f"cost matrix has shape {tuple(c.shape)} but the model has L_s={expected[0]} source "
-            f"and L_t={expected[1]} target classes: build it with rows = source classes and "
-            "columns = target classes"
-        )
-    _check_finite(c)
-    neg = c < 0
-    if neg.any():
-        pos = _first_bad(neg)
-        raise ValueError(
-            f"cost matrix has a negative value ({c[pos]}) at (row, col) = {pos}: OT costs must "
-            "be >= 0; shift the matrix or rescale it with normalize_cost(cost, 'minmax')"
-        )
+    check_cost_matrix(c, int(num_source_labels), int(num_target_labels))
     return c
 
 

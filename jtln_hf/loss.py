@@ -29,6 +29,7 @@ import math
 import torch
 from torch import nn
 
+from .configuration_jtln import check_cost_matrix
 from .data import SOURCE, TARGET
 from .ot import _check_histogram_values, _check_settings, resolve_method, wasserstein_loss
 
@@ -72,7 +73,10 @@ class JTLNLoss(nn.Module):
         for name, value in (("source_loss_weight", source_loss_weight), ("ot_loss_weight", ot_loss_weight)):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
-        _check_settings(ot_epsilon, ot_iterations, ot_method, ot_tol, ot_objective)  # names the bad setting and the fix
+        try:  # the solver's own check, named as the loss's settings are
+            _check_settings(ot_epsilon, ot_iterations, ot_method, ot_tol, ot_objective)
+        except ValueError as err:
+            raise ValueError(f"ot_{err}") from None
         self.source_loss_weight = source_loss_weight
         self.ot_loss_weight = ot_loss_weight
         self.ot_epsilon = ot_epsilon
@@ -99,12 +103,7 @@ class JTLNLoss(nn.Module):
         """
         if not self.ot_loss_weight:
             return
-        expected = (num_source_labels, num_target_labels)
-        if None not in expected and tuple(cost.shape) != expected:
-            raise ValueError(
-                f"cost matrix has shape {tuple(cost.shape)} but the model has L_s={expected[0]} source and "
-                f"L_t={expected[1]} target classes: rows = source classes, columns = target classes."
-            )
+        check_cost_matrix(cost, num_source_labels, num_target_labels)
         self._solver_for(cost)
         if not bool(torch.any(cost != 0)):
             raise ValueError(

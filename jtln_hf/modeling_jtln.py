@@ -27,38 +27,11 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.utils import cached_file
 from transformers.utils import ModelOutput
 
-from .configuration_jtln import JointImageClassifierConfig
+from .configuration_jtln import JointImageClassifierConfig, check_cost_matrix
 
 # Set while `from_pretrained` builds the model: the checkpoint holds the backbone weights, so timm
 # must not be asked to download its own.
 _LOADING_CHECKPOINT = contextvars.ContextVar("jtln_loading_checkpoint", default=False)
-
-
-def check_cost_matrix(cost: torch.Tensor, num_source_labels: int, num_target_labels: int) -> None:
-    """Raise a ``ValueError`` that names the problem and the fix when ``cost`` is not a valid C.
-
-    A valid ground cost has shape ``(L_s, L_t)`` (rows = source classes, columns = target
-    classes), and finite, non-negative entries.
-    """
-    if cost.dim() != 2 or tuple(cost.shape) != (num_source_labels, num_target_labels):
-        raise ValueError(
-            f"cost matrix has shape {tuple(cost.shape)} but the model has L_s={num_source_labels} source "
-            f"and L_t={num_target_labels} target classes: build it with rows = source classes and "
-            f"columns = target classes, shape ({num_source_labels}, {num_target_labels})."
-        )
-    bad = ~torch.isfinite(cost)
-    if bad.any():
-        i, j = (int(v) for v in bad.nonzero()[0])
-        raise ValueError(
-            f"cost matrix has a non-finite entry at (source {i}, target {j}) = {cost[i, j].item()}: "
-            "every entry must be a finite number; replace missing pairs by a large finite cost."
-        )
-    if (cost < 0).any():
-        i, j = (int(v) for v in (cost < 0).nonzero()[0])
-        raise ValueError(
-            f"cost matrix has a negative entry at (source {i}, target {j}) = {cost[i, j].item():g}: "
-            "optimal-transport costs must be >= 0; shift it (e.g. jtln_hf.cost.normalize_cost)."
-        )
 
 
 @dataclass

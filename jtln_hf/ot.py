@@ -59,6 +59,8 @@ import operator
 
 import torch
 
+from .configuration_jtln import check_cost_matrix
+
 __all__ = [
     "CHECK_EVERY",
     "KERNEL_MAX_RANGE",
@@ -130,19 +132,6 @@ def _check_settings(
     if iterations < 1:
         raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
     return iterations
-
-
-def _check_cost_values(c_min: float, c_max: float) -> None:
-    if not (math.isfinite(c_min) and math.isfinite(c_max)):
-        raise ValueError(
-            "cost contains NaN or infinite entries: every C[i, j] must be finite; replace "
-            "missing pairs by a large finite cost"
-        )
-    if c_min < 0:
-        raise ValueError(
-            f"cost has negative entries (min {c_min:.4g}): ground costs must be >= 0; "
-            "shift it, e.g. cost - cost.min()"
-        )
 
 
 def _check_histogram_values(name: str, lo: float, hi: float) -> None:
@@ -222,16 +211,9 @@ def resolve_method(
     _check_settings(epsilon, iterations, method)
     if dtype not in KERNEL_MAX_RANGE:
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-    if cost.dim() != 2:
-        raise ValueError(
-            "cost must be a 2-D (L_s, L_t) matrix shared by the batch, "
-            f"got shape {tuple(cost.shape)}"
-        )
-    if cost.numel() == 0:
-        raise ValueError(f"cost needs at least one row and one column, got {tuple(cost.shape)}")
+    check_cost_matrix(cost)
     C = cost.detach().to(dtype)
     c_min, c_max = torch.stack([C.min(), C.max()]).tolist()
-    _check_cost_values(c_min, c_max)
     return _resolve_method(method, c_min, c_max, epsilon, dtype)
 
 
@@ -307,7 +289,8 @@ def _prepare(
                   for t in (p.detach().min(), p.detach().max())]
     values = torch.stack(stats).tolist()  # the one sync
     c_min, c_max = values[:2]
-    _check_cost_values(c_min, c_max)
+    if not (math.isfinite(c_min) and math.isfinite(c_max) and c_min >= 0):
+        check_cost_matrix(C)  # min/max found NaN, inf or a negative entry: raise with its position
     if bs:
         _check_histogram_values("source_probs", values[2], values[3])
         _check_histogram_values("target_probs", values[4], values[5])

@@ -16,8 +16,6 @@ For the Hub it also defaults ``processing_class`` to the model's
 
 from __future__ import annotations
 
-import math
-
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,23 +107,9 @@ class JTLNTrainingArguments(TrainingArguments, JTLNObjectiveArguments):
         super().__post_init__()
         if self.dataloader_pin_memory and not torch.cuda.is_available():
             self.dataloader_pin_memory = False  # nothing to pin to; silences torch's warning
-        for name in ("source_loss_weight", "ot_loss_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
         if not 0.0 <= self.source_fraction <= 1.0:
             raise ValueError(f"source_fraction must be in [0, 1], got {self.source_fraction}.")
-        if self.ot_epsilon <= 0:
-            raise ValueError(f"ot_epsilon must be > 0, got {self.ot_epsilon}.")
-        if self.ot_iterations < 1:
-            raise ValueError(f"ot_iterations must be >= 1, got {self.ot_iterations}.")
-        if self.ot_tol is not None and not (math.isfinite(self.ot_tol) and self.ot_tol > 0):
-            raise ValueError(f"ot_tol must be a finite number > 0 (e.g. 1e-4) or unset, got {self.ot_tol}.")
-        if self.ot_objective not in OBJECTIVES:
-            raise ValueError(
-                f"ot_objective must be one of {', '.join(OBJECTIVES)}, got {self.ot_objective!r}: paper (the "
-                "paper's: logs <γ,C>, back-propagates the entropic gradient), entropic (<γ,C> - εH(γ)) or kl "
-                "(<γ,C> + ε KL(γ‖a⊗b))."
-            )
+        jtln_loss_from_args(self)  # the loss weights and OT settings, checked where the loss checks them
 
 
 def jtln_loss_from_args(args: JTLNTrainingArguments) -> JTLNLoss:

@@ -332,14 +332,14 @@ def test_validate_cost():
         validate_cost(np.zeros(6), 2, 3)
     bad = np.zeros((2, 3))
     bad[1, 0] = np.nan
-    with pytest.raises(ValueError, match=r"\(row, col\) = \(1, 0\)"):
+    with pytest.raises(ValueError, match=r"non-finite entry at \(source 1, target 0\) = nan"):
         validate_cost(bad, 2, 3)
     bad[1, 0] = np.inf
     with pytest.raises(ValueError, match="non-finite"):
         validate_cost(bad, 2, 3)
     neg = np.zeros((2, 3))
     neg[0, 2] = -0.1
-    with pytest.raises(ValueError, match=r"negative value .* \(0, 2\).*>= 0"):
+    with pytest.raises(ValueError, match=r"negative entry at \(source 0, target 2\) = -0.1.*>= 0"):
         validate_cost(neg, 2, 3)
 
 

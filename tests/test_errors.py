@@ -148,9 +148,9 @@ def test_loss_check_names_every_cost_problem():
     loss = JTLNLoss(ot_loss_weight=1.0, ot_epsilon=0.05, ot_method="kernel")
     with pytest.raises(ValueError, match=r"shape \(2, 3\) but the model has L_s=3 source and L_t=2 target"):
         loss.check(torch.rand(2, 3), 3, 2)
-    with pytest.raises(ValueError, match=r"cost contains NaN or infinite entries.*replace missing pairs"):
+    with pytest.raises(ValueError, match=r"non-finite entry at \(source 0, target 1\) = nan.*replace missing pairs"):
         loss.check(torch.tensor([[0.0, float("nan")], [1.0, 0.0]]))
-    with pytest.raises(ValueError, match=r"negative entries \(min -1\).*shift it"):
+    with pytest.raises(ValueError, match=r"negative entry at \(source 0, target 1\) = -1.*shift it"):
         loss.check(torch.tensor([[0.0, -1.0], [1.0, 0.0]]))
     with pytest.raises(ValueError, match=r"method='kernel' needs \(max C - min C\) / epsilon <= 50.*use "
                                          r"method='log' or 'auto'"):
@@ -314,3 +314,29 @@ def test_any_image_mode_is_converted_to_the_backbone_channels(mode, in_chans):
     batch = jdata.collate([joint[0], joint[1]])
     assert batch["pixel_values"].shape == (2, in_chans, 28, 28)
     assert torch.isfinite(model(pixel_values=batch["pixel_values"]).logits).all()
+
+
+@pytest.mark.parametrize("bad,message", [
+    (torch.tensor([[0.0, 1.0], [float("nan"), 0.0], [1.0, 1.0]]), r"non-finite entry at \(source 1, target 0\) = nan"),
+    (torch.tensor([[0.0, 1.0], [0.5, 0.0], [1.0, -2.0]]), r"negative entry at \(source 2, target 1\) = -2"),
+])
+def test_every_consumer_of_a_cost_gives_the_one_check_message(bad, message):
+    """Model, cost helpers, loss and solver all run configuration_jtln.check_cost_matrix: one message."""
+    from jtln_hf.configuration_jtln import check_cost_matrix
+    from jtln_hf.cost import validate_cost
+
+    model = make_model(num_target=2)  # L_s = 3, L_t = 2
+    a, b = torch.full((1, 3), 1 / 3), torch.full((1, 2), 0.5)
+    consumers = {
+        "check_cost_matrix": lambda: check_cost_matrix(bad, 3, 2),
+        "set_cost_matrix": lambda: model.set_cost_matrix(bad),
+        "validate_cost": lambda: validate_cost(bad.numpy(), 3, 2),
+        "JTLNLoss.check": lambda: JTLNLoss(ot_loss_weight=1.0).check(bad, 3, 2),
+        "wasserstein_loss": lambda: wasserstein_loss(a, b, bad),
+    }
+    messages = {}
+    for name, call in consumers.items():
+        with pytest.raises(ValueError, match=message) as err:
+            call()
+        messages[name] = str(err.value)
+    assert len(set(messages.values())) == 1, messages

@@ -177,7 +177,7 @@ def test_solver_resolved_once_per_cost_version(monkeypatch):
     cost.mul_(2.0)  # edited in place (e.g. model.set_cost_matrix): checked and resolved again
     loss_fn(logits, source_logits, labels, domain, cost)
     assert len(calls) == 2
-    with pytest.raises(ValueError, match="cost has negative entries"):
+    with pytest.raises(ValueError, match=r"negative entry at \(source 0, target 0\)"):
         cost[0, 0] = -1.0
         loss_fn(logits, source_logits, labels, domain, cost)
 

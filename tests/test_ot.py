@@ -294,9 +294,9 @@ def test_two_by_two_closed_form(method, eps):
     ({}, torch.rand(5, 4), r"cost has shape \(5, 4\) but source_probs has 6 columns and "
                            r"target_probs 4: cost must be \(L_s, L_t\) = \(6, 4\)"),
     ({}, torch.rand(6, 4, 1), r"cost must be a 2-D \(L_s, L_t\).*\(6, 4, 1\)"),
-    ({}, torch.tensor([[float("nan")] * 4] * 6), "NaN or infinite"),
-    ({}, torch.full((6, 4), float("inf")), "NaN or infinite"),
-    ({}, torch.rand(6, 4) - 0.5, r"negative entries.*cost - cost.min\(\)"),
+    ({}, torch.tensor([[float("nan")] * 4] * 6), r"non-finite entry at \(source 0, target 0\) = nan"),
+    ({}, torch.full((6, 4), float("inf")), r"non-finite entry at \(source 0, target 0\) = inf"),
+    ({}, torch.tensor([[0.5] * 4] * 5 + [[0.5, -0.5, 0.5, 0.5]]), r"negative entry at \(source 5, target 1\) = -0.5.*shift it"),
     ({"epsilon": 0.0}, torch.rand(6, 4), "epsilon must be > 0"),
     ({"epsilon": -1.0}, torch.rand(6, 4), "epsilon must be > 0"),
     ({"iterations": 0}, torch.rand(6, 4), "iterations must be an integer >= 1"),

@@ -328,12 +328,13 @@ def test_zero_cost_with_ot_raises(small_split, tmp_path):
 
 
 def test_arguments_validated(tmp_path):
-    for kw, match in [({"source_loss_weight": -1.0}, "source_loss_weight must be >= 0"),
-                      ({"ot_loss_weight": -0.1}, "ot_loss_weight must be >= 0"),
+    # the loss's own checks (one place), named after the arguments
+    for kw, match in [({"source_loss_weight": -1.0}, "source_loss_weight must be a finite number >= 0"),
+                      ({"ot_loss_weight": -0.1}, "ot_loss_weight must be a finite number >= 0"),
                       ({"source_fraction": 1.2}, "source_fraction must be in"),
                       ({"ot_epsilon": 0.0}, "ot_epsilon must be > 0"),
-                      ({"ot_iterations": 0}, "ot_iterations must be >= 1"),
-                      ({"ot_tol": 0.0}, r"ot_tol must be a finite number > 0 \(e.g. 1e-4\) or unset")]:
+                      ({"ot_iterations": 0}, "ot_iterations must be an integer >= 1"),
+                      ({"ot_tol": 0.0}, r"ot_tol must be None \(fixed iterations\) or a finite number > 0")]:
         with pytest.raises(ValueError, match=match):
             make_args(tmp_path, **kw)
     assert make_args(tmp_path).remove_unused_columns is False
