@@ -117,7 +117,7 @@ def _feature_builder(distance: str) -> Callable[[CostInputs], tuple[np.ndarray, 
         ]
         raw = cost_from_features(
             xs, ys, xt, yt, method=distance, num_source_labels=len(inputs.source_names),
-            num_target_labels=len(inputs.target_names), seed=inputs.seed,
+            num_target_labels=len(inputs.target_names), seed=inputs.seed, normalize="none",  # build_cost normalises
         )  # fmt: skip
         return raw, (f"{distance} distance between the pooled backbone features of each source class ({len(xs)} "
                      f"images) and each target class ({len(xt)} labelled images), {_after(inputs)}")  # fmt: skip

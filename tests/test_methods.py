@@ -1,0 +1,60 @@
+"""The method registry: every consumer reads it, and a new method is one registration."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from conftest import make_args
+
+from jtln_hf.arguments import DataArguments, JTLNArguments, ModelArguments, check_arguments
+from jtln_hf.experiment import plan_experiment
+from jtln_hf.methods import (
+    METHOD_REGISTRY,
+    METHODS,
+    Trained,
+    register_method,
+    run_method,
+    train_target_only,
+)
+from jtln_hf.results import results_markdown, summarize
+
+
+def test_registry_holds_the_paper_methods_and_the_baseline_in_order():
+    assert METHODS == ("finetune", "consecutive", "joint", "jtln", "cotuning")
+    assert [m for m in METHODS if METHOD_REGISTRY[m].uses_ot] == ["jtln"]
+    assert [m for m in METHODS if METHOD_REGISTRY[m].joint_batches] == ["joint", "jtln", "cotuning"]
+    assert len({METHOD_REGISTRY[m].colour for m in METHODS}) == len(METHODS)  # one colour each in the figure
+
+
+def test_method_flags_are_checked_from_the_registry():
+    data, model = DataArguments(), ModelArguments()
+    with pytest.raises(ValueError, match=r"--cotuning_weight has no effect: .* or run cotuning"):
+        check_arguments(data, model, JTLNArguments(mode="jtln"), {"cotuning_weight"})
+    with pytest.raises(ValueError, match=r"--ot_epsilon has no effect: .* or run jtln"):
+        check_arguments(data, model, JTLNArguments(mode="compare", methods=["joint", "cotuning"]), {"ot_epsilon"})
+    check_arguments(data, model, JTLNArguments(mode="cotuning"), {"cotuning_weight", "cost_warmup_steps"})
+
+
+def test_a_registered_method_runs_and_reports_under_its_title(request, tmp_path):
+    """A new method is one register_method call: --mode accepts it, run_method trains it, the table names it."""
+    request.addfinalizer(lambda: METHOD_REGISTRY.pop("half", None))
+    stages = []
+
+    @register_method("half", "target only, half the steps", "half", "tab:olive")
+    def _half(run):
+        stages.append(run.name)
+        args = dataclasses.replace(run.args, max_steps=max(1, run.args.max_steps // 2))
+        return Trained(train_target_only(run.model, run.exp, args, run.data_args, run.name), "half budget")
+
+    data_args = DataArguments(shots=2, max_eval_samples=30)
+    model_args = ModelArguments(backbone="test_resnet")
+    jtln_args = JTLNArguments(mode="half", seeds=[0])
+    check_arguments(data_args, model_args, jtln_args, {"mode"})
+    args = make_args(tmp_path / "run", max_steps=2, per_device_train_batch_size=8)
+    plan = plan_experiment(data_args, model_args, jtln_args, args)
+    assert plan.methods == ["half"]
+    run = run_method("half", plan.data[0], plan.config, data_args, model_args, jtln_args, args, 0)
+    assert stages == ["half-seed0"] and run.cost_description == "half budget"
+    assert (tmp_path / "run" / "runs" / "half-seed0" / "eval_results.json").is_file()
+    assert "| target only, half the steps |" in results_markdown(summarize([run]))
