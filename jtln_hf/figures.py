@@ -202,7 +202,7 @@ def compare_figure(summary: Mapping[str, Mapping[str, Any]]) -> Figure:
     seed and mean ± std, on an axis fitted to the values (bars from 0 % made 86.7 and 88.3 look
     equal); mean per-class accuracy is added only where it differs from accuracy.
 
-    ``summary`` is :func:`jtln_hf.experiment.summarize`'s output: per method ``"seeds"`` and
+    ``summary`` is :func:`jtln_hf.results.summarize`'s output: per method ``"seeds"`` and
     ``{"accuracy"|"mean_per_class_accuracy": {"mean", "std", "per_seed"}}``.
     """
     methods = list(summary)

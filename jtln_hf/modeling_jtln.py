@@ -3,7 +3,7 @@
 The model only computes predictions (and the plain target cross-entropy when labels are given);
 the joint objective with its optimal-transport term lives in ``jtln_hf.loss``, so that this
 file stays small and imports only torch, timm, transformers and the configuration file. That
-lets ``save_pretrained`` copy both files beside the weights for ``trust_remote_code=True`` users
+lets ``save_pretrained`` copy the files beside the weights for ``trust_remote_code=True`` users
 (both classes are registered with ``register_for_auto_class``, so ``config.json`` gets an
 ``auto_map``).
 
@@ -42,7 +42,7 @@ class JointClassifierOutput(ModelOutput):
     Args:
         loss (`torch.Tensor` of shape `()`, *optional*, returned when `labels` is provided):
             Cross-entropy of the target head against `labels` (target classes). The joint JTLN
-            objective is computed by `JTLNTrainer`, not here.
+            objective is `jtln_hf.loss.JTLNLoss`, which `JTLNTrainer` evaluates; not computed here.
         logits (`torch.Tensor` of shape `(batch_size, num_labels)`):
             Target-head scores (before softmax). Named `logits` so that pipelines, metrics and the
             Hub widget treat the model as an ordinary target-task classifier.

@@ -1,0 +1,52 @@
+"""The repository documents itself: README's layout and docs/design.md's module map name every module."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "jtln_hf"
+
+
+def _layout() -> str:
+    readme = (ROOT / "README.md").read_text()
+    return re.search(r"## Layout\n\n```\n(.*?)```", readme, re.S).group(1)
+
+
+def _modules() -> set[str]:
+    return {p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py"}
+
+
+def test_readme_layout_names_every_module_and_nothing_else():
+    layout = _layout()
+    named = set(re.findall(r"\b([a-z_]+\.py)\b", layout.split("recipes/")[0]))
+    assert _modules() <= named, _modules() - named
+    assert named <= _modules(), named - _modules()  # no module that is gone
+    for folder in ("metrics/", "resources/"):
+        assert folder in layout and (PACKAGE / folder).is_dir()
+    for path in ("recipes/train_jtln.py", "recipes/sweep.py", "recipes/configs/", "docs/design.md", "benchmarks/",
+                 "model_card_template.md", "Makefile", "pyproject.toml", ".ci/run"):  # fmt: skip
+        assert path in layout and (ROOT / path).exists(), path
+
+
+def test_design_module_map_names_every_module():
+    design = (ROOT / "docs" / "design.md").read_text()
+    table = design.split("## Module map")[1].split("\n## ")[0]
+    named = set(re.findall(r"`([a-z_]+\.py)`", table))
+    assert _modules() <= named, _modules() - named
+    assert named <= _modules(), named - _modules()
+
+
+def test_card_template_copy_in_the_package_is_the_top_level_one():
+    """The package ships a copy (installed wheels have no repository root); both must say the same."""
+    assert (PACKAGE / "resources" / "model_card_template.md").read_text() == (ROOT / "model_card_template.md").read_text()
+
+
+def test_nothing_cites_files_outside_the_repository():
+    texts = [p for p in ROOT.rglob("*") if p.suffix in (".py", ".md", ".yaml", ".toml") and ".venv" not in p.parts
+             and "outputs" not in p.parts and p.is_file()]  # fmt: skip
+    for path in texts:
+        text = path.read_text(errors="ignore")
+        for needle in ("FINDINGS.md", "DESIGN.md", "../shared"):
+            assert needle not in text or path == Path(__file__), (path, needle)
