@@ -50,7 +50,7 @@ PUSH_IGNORE_PATTERNS = (".*", "*/.*", "__pycache__/", "*/__pycache__/")
 
 
 def _fix_later(folder: Path, repo_id: str) -> str:
-    return f"The trained model is intact in {folder}; push it without retraining with `hf upload {repo_id} {folder} .`"
+    return f"The trained model is intact in {folder}; push it without retraining with `hf upload {repo_id} {folder} . --exclude '.*'`"
 
 
 def _invalid_repo_id(repo_id: str, err: HFValidationError) -> str:

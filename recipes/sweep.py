@@ -181,7 +181,9 @@ def sweep_figure(rows: list[dict[str, Any]], chosen: str, path: Path) -> None:
     ax.set_xlabel("test accuracy − joint training (points; dots: seeds, line: 95% CI)")
     ax.set_title("JTLN − joint, paired by seed (red: chosen on validation)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from jtln_hf.io import atomic_write
+
+    atomic_write(path, lambda f: fig.savefig(f, dpi=120, format="png"))
     plt.close(fig)
 
 

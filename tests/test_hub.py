@@ -302,7 +302,7 @@ def test_push_failures_name_the_problem_and_keep_the_folder(saved, fake_hub, mon
         push_model_folder(folder, "tester/jtln-tiny")
     message = str(info.value)
     assert expected in message
-    assert f"intact in {folder}" in message and f"hf upload tester/jtln-tiny {folder} ." in message
+    assert f"intact in {folder}" in message and f"hf upload tester/jtln-tiny {folder} . --exclude '.*'" in message
     assert info.value.__cause__ is error
     assert _snapshot(folder) == before
 
