@@ -199,6 +199,8 @@ TWO_DATASET_FLAGS = (
     "source_dataset_config", "source_split", "source_image_column", "source_label_column", "target_dataset_config",
     "target_train_split", "target_test_split", "target_image_column", "target_label_column",
 )  # fmt: skip
+
+
 def check_arguments(data: DataArguments, model: ModelArguments, jtln: JTLNArguments, given: set[str]) -> None:
     """Raise a one-line ``ValueError`` for flags that contradict each other or would be ignored.
 

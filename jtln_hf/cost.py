@@ -19,7 +19,8 @@ Builders
 * :func:`load_cost` -- a matrix saved as ``.npy`` or ``.csv`` (plain or labelled).
 
 :func:`normalize_cost` rescales a cost (see its docstring for why ``"column"`` matters) and
-:func:`validate_cost` is the shared check that every consumer of a cost matrix runs.
+:func:`validate_cost` returns a cost as float64 after the one check every consumer of a cost
+runs (:func:`jtln_hf.configuration_jtln.check_cost_matrix`).
 """
 
 from __future__ import annotations

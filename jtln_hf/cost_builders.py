@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING
 import datasets
 import numpy as np
 
-from .cost import category_relationship, cost_from_features, cost_from_relationship, load_cost, normalize_cost
+from .cost import (
+    FASHION_MNIST_PRIOR_PATH,
+    category_relationship,
+    cost_from_features,
+    cost_from_relationship,
+    load_cost,
+    normalize_cost,
+)
 from .data import sample_shots
 from .sources import FASHION_MNIST, known_dataset
 
@@ -38,7 +45,8 @@ class CostInputs:
 
     ``source`` / ``target`` are the source training set and the k-shot target set (labels in
     their own spaces); ``predict`` runs the (warmed-up) model on a dataset, None before a model
-    exists; ``prior`` is the data's hand-written prior file, if it has one.
+    exists; ``prior`` is a hand-written prior file, its rows and columns looked up by class name
+    (the data's own, else the shipped Fashion-MNIST prior, which serves any classes it names).
     """
 
     source: datasets.Dataset
@@ -46,7 +54,7 @@ class CostInputs:
     source_names: list[str]
     target_names: list[str]
     predict: Predict | None = None
-    prior: Path | None = None
+    prior: Path = FASHION_MNIST_PRIOR_PATH
     seed: int = 0
     warmup_steps: int = 0
     samples_per_class: int = 200
@@ -94,10 +102,8 @@ def _needs_model(inputs: CostInputs, name: str) -> Predict:
     return inputs.predict
 
 
-@register_cost("prior", "the data's hand-written prior (shipped for Fashion-MNIST)")
+@register_cost("prior", "a hand-written prior, rows and columns looked up by class name (shipped for Fashion-MNIST)")
 def _prior(inputs: CostInputs) -> tuple[np.ndarray, str]:
-    if inputs.prior is None:
-        raise ValueError("--cost prior: this data has no hand-written prior; pass a features-* cost or a .npy/.csv file.")
     try:
         raw = load_cost(inputs.prior, inputs.source_names, inputs.target_names)
     except ValueError as err:

@@ -21,6 +21,9 @@ Reference: K. You, Z. Kou, M. Long, J. Wang, "Co-Tuning for Transfer Learning", 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from .data import TARGET
@@ -81,6 +84,17 @@ class CoTuningTrainer(JTLNTrainer):
             self._cotuning_sum = self._cotuning_sum + term.detach()
         loss = loss + self.cotuning_weight * term
         return (loss, outputs) if return_outputs else loss
+
+    @contextlib.contextmanager
+    def target_loss_only(self) -> Iterator[None]:
+        """As :meth:`JTLNTrainer.target_loss_only`, with the soft source term off too."""
+        saved = self.cotuning_weight
+        self.cotuning_weight = 0.0
+        try:
+            with super().target_loss_only():
+                yield
+        finally:
+            self.cotuning_weight = saved
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add ``cotuning``, the mean soft source term since the last log."""

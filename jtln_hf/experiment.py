@@ -31,7 +31,7 @@ from .arguments import DataArguments, JTLNArguments, ModelArguments
 from .backbones import check_backbone
 from .configuration_jtln import JointImageClassifierConfig
 from .cost_builders import cost_kind, cost_warmup_steps, is_model_cost
-from .methods import RunResult, build_model, resolve_cost, run_method, stage_length
+from .methods import METHOD_REGISTRY, RunResult, build_model, resolve_cost, run_method, stage_length
 from .modeling_jtln import JointImageClassifier
 from .results import results_markdown, save_model, summarize, write_results
 from .sources import FASHION_MNIST, data_config_from_stats, display_name, image_stats, known_dataset, open_dataset, pick_split
@@ -261,10 +261,14 @@ def plan_experiment(
     model = build_model(config, jtln_args.seeds[0], model_args.image_size if model_args.pretrained else None)
     methods = jtln_args.run_methods
     fixed_cost = None
-    if "jtln" in methods and not is_model_cost(cost_kind(data_args, jtln_args)):
+    if _uses_ot(methods) and not is_model_cost(cost_kind(data_args, jtln_args)):
         fixed_cost = resolve_cost(jtln_args, data_args, data[jtln_args.seeds[0]])
         check_ot_settings(model, fixed_cost[0], args)
     return ExperimentPlan(methods, pools, data, config, fixed_cost)
+
+
+def _uses_ot(methods: list[str]) -> bool:
+    return any(METHOD_REGISTRY[m].uses_ot for m in methods)
 
 
 def check_ot_settings(model: JointImageClassifier, cost: np.ndarray, args: JTLNTrainingArguments) -> None:
@@ -286,7 +290,8 @@ def run_experiment(
     runs: list[RunResult] = []
     keep: RunResult | None = None
     keep_exp: ExperimentData | None = None
-    keep_method = "jtln" if "jtln" in methods else methods[-1]  # the model that is saved (first seed)
+    ot_methods = [m for m in methods if METHOD_REGISTRY[m].uses_ot]
+    keep_method = ot_methods[0] if ot_methods else methods[-1]  # the model that is saved (first seed): JTLN's
     start = time.perf_counter()
     for seed in jtln_args.seeds:
         exp = plan.data[seed]
@@ -324,9 +329,9 @@ def run_experiment(
         "backbone": model_args.backbone,
         "pretrained_backbone": model_args.pretrained,
         "input_size": list(keep.model.config.data_config["input_size"]),
-        "cost": cost_kind(data_args, jtln_args) if "jtln" in methods else None,
+        "cost": cost_kind(data_args, jtln_args) if ot_methods else None,
         "cost_normalization": jtln_args.cost_normalization,
-        "cost_warmup_steps": cost_warmup_steps(model_args, jtln_args, data_args) if "jtln" in methods else 0,
+        "cost_warmup_steps": cost_warmup_steps(model_args, jtln_args, data_args) if ot_methods else 0,
         "ot_loss_weight": args.ot_loss_weight,
         "ot_epsilon": args.ot_epsilon,
         "ot_iterations": args.ot_iterations,

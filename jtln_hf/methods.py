@@ -32,6 +32,7 @@ from transformers.utils import logging
 
 from . import data as jdata
 from .configuration_jtln import JointImageClassifierConfig
+from .cost import FASHION_MNIST_PRIOR_PATH
 from .cost_builders import (
     DEFAULT_COST_WARMUP_STEPS,
     CostInputs,
@@ -229,7 +230,8 @@ def train_joint(model, exp, args, data_args, name: str, ot_loss_weight: float, t
 def quiet_args(args: JTLNTrainingArguments, output_dir: str | None = None) -> JTLNTrainingArguments:
     """Arguments of a trainer that only predicts or evaluates: no OT term, no push, no loggers."""
     return dataclasses.replace(args, output_dir=output_dir or args.output_dir, push_to_hub=False, ot_loss_weight=0.0,
-                               report_to="none", eval_strategy="no")  # fmt: skip
+                               report_to="none", eval_strategy="no", fp16_full_eval=False,
+                               bf16_full_eval=False)  # fmt: skip  # *_full_eval would cast the model in place
 
 
 def predict_outputs(
@@ -261,7 +263,7 @@ def resolve_cost(
     predict = _predictor(model, data_args, args) if model is not None and args is not None else None
     inputs = CostInputs(
         exp.source, exp.target, list(exp.source_names), list(exp.target_names), predict=predict,
-        prior=data_prior(data_args), seed=seed, warmup_steps=warmup_steps,
+        prior=data_prior(data_args) or FASHION_MNIST_PRIOR_PATH, seed=seed, warmup_steps=warmup_steps,
         samples_per_class=jtln_args.cost_samples_per_class,
     )  # fmt: skip
     return build_cost(cost_kind(data_args, jtln_args), inputs, jtln_args.cost_normalization)
@@ -276,17 +278,18 @@ def evaluate_model(
     ``log_to``, the method's last training stage, evaluates its own model (``Trainer.evaluate``):
     the metrics join that stage's log history and loggers at its last step (with ``--report_to
     tensorboard`` its curves end with the test metrics) and ``eval_results.json`` is written in its
-    folder; its ``loss`` is that stage's objective on the test images. Without ``log_to`` a
-    trainer without the OT term evaluates. With a validation set (``--target_validation_fraction``)
-    its accuracy and mean per-class accuracy are added as ``validation_*``: what settings are
-    chosen on.
+    folder. The ``loss`` is the plain target cross-entropy for every method
+    (:meth:`JTLNTrainer.target_loss_only`), so it compares across methods. With a validation set
+    (``--target_validation_fraction``) its accuracy and mean per-class accuracy are added as
+    ``validation_*`` (what settings are chosen on), by a trainer of its own: not in the loggers.
     """
-    trainer = log_to if log_to is not None else JTLNTrainer(
-        model=model, args=quiet_args(args, str(Path(args.output_dir) / "runs" / "eval")))  # fmt: skip
-    metrics = trainer.evaluate(_eval_dataset(exp.target_test, model.config, data_args))
+    quiet = JTLNTrainer(model=model, args=quiet_args(args, str(Path(args.output_dir) / "runs" / "eval")))
+    trainer = log_to if log_to is not None else quiet
+    with trainer.target_loss_only():
+        metrics = trainer.evaluate(_eval_dataset(exp.target_test, model.config, data_args))
     if exp.target_validation is not None:
-        metrics.update(trainer.evaluate(_eval_dataset(exp.target_validation, model.config, data_args),
-                                        metric_key_prefix="validation"))  # fmt: skip
+        metrics.update(quiet.evaluate(_eval_dataset(exp.target_validation, model.config, data_args),
+                                      metric_key_prefix="validation"))  # fmt: skip
     trainer.save_metrics("eval", metrics)
     keep = ("accuracy", "mean_per_class_accuracy", "loss")
     out = {}
@@ -392,7 +395,7 @@ def run_method(
     computed in the plan, from this seed's model.
     """
     if method not in METHOD_REGISTRY:
-        raise ValueError(f"unknown method {method!r}: choose from {METHODS}.")
+        raise ValueError(f"unknown method {method!r}: choose from {list(METHOD_REGISTRY)}.")
     args = dataclasses.replace(args, seed=seed)
     model = build_model(config, seed, model_args.image_size if model_args.pretrained else None)
     start = time.perf_counter()

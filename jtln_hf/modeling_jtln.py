@@ -61,6 +61,11 @@ class JointClassifierOutput(ModelOutput):
     pooler_output: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
 
+    @property
+    def pooled(self) -> torch.Tensor | None:
+        """The former name of `pooler_output`, kept so code written against it still runs."""
+        return self.pooler_output
+
 
 @dataclass
 class ClassPrediction:

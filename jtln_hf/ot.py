@@ -117,13 +117,13 @@ def _check_settings(
     if tol is not None and not _positive_finite(tol):
         raise ValueError(
             f"tol must be None (fixed iterations) or a finite number > 0, got {tol!r}: "
-            "e.g. tol=1e-5 stops once every plan's row sums are within 1e-5 (L1) of source_probs"
+            "e.g. 1e-5 stops once every plan's row sums are within 1e-5 (L1) of source_probs"
         )
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
     if not _positive_finite(epsilon):
         raise ValueError(
-            f"epsilon must be > 0 and finite, got {epsilon!r}: pass e.g. epsilon=0.1"
+            f"epsilon must be > 0 and finite, got {epsilon!r}: e.g. 0.1"
         )
     try:
         iterations = operator.index(iterations)
@@ -211,9 +211,12 @@ def resolve_method(
     _check_settings(epsilon, iterations, method)
     if dtype not in KERNEL_MAX_RANGE:
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-    check_cost_matrix(cost)
+    if cost.dim() != 2 or cost.numel() == 0:
+        check_cost_matrix(cost)  # raises: not a matrix
     C = cost.detach().to(dtype)
-    c_min, c_max = torch.stack([C.min(), C.max()]).tolist()
+    c_min, c_max = torch.stack([C.min(), C.max()]).tolist()  # the one host read (min/max propagate NaN)
+    if not (math.isfinite(c_min) and math.isfinite(c_max) and c_min >= 0):
+        check_cost_matrix(C)  # raises, naming the first bad entry
     return _resolve_method(method, c_min, c_max, epsilon, dtype)
 
 

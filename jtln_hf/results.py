@@ -47,7 +47,6 @@ def summarize(runs: list[RunResult]) -> dict[str, dict[str, Any]]:
     return summary
 
 
-
 def results_markdown(summary: dict[str, dict[str, Any]], caption: str = "") -> str:
     """The comparison table: mean ± std (over seeds) of target test accuracy, in percent.
 
@@ -124,10 +123,9 @@ def save_model(
         "method": METHOD_REGISTRY[run.method].title,
         "seed": run.seed,
         "labelled images per target class": data_args.shots or "all",
-        **training_hyperparameters(args, ot_used=run.method == "jtln"),
+        **training_hyperparameters(args, ot_used=METHOD_REGISTRY[run.method].uses_ot),
     }
-    if run.method == "consecutive":
-        hyper["steps"] = f"{args.max_steps} source-only, then {args.max_steps} target-only"
+    hyper["steps"] = run.steps or hyper["steps"]  # the method's budget, e.g. "4 source + 4 target"
     plan, plan_images = None, None
     if exp is not None and has_cost(model):
         outputs, _ = predict_outputs(model, exp.target_test, data_args, args, ("source_logits", "logits"))

@@ -31,6 +31,9 @@ import datasets
 import numpy as np
 from PIL import Image as PILImage
 
+from .cost import FASHION_MNIST_PRIOR_PATH
+from .data import DEFAULT_TARGET_CLASSES, FASHION_MNIST_DATA_CONFIG, load_fashion_mnist
+
 FASHION_MNIST = "fashion-mnist"
 FGVC_AIRCRAFT = "fgvc-aircraft"
 #: File endings that ``datasets`` reads as data files, and the packaged builder for each.
@@ -69,8 +72,6 @@ class KnownDataset:
 
 
 def _open_fashion_mnist(root: str | None, splits: Sequence[str] | None) -> datasets.DatasetDict:
-    from .data import load_fashion_mnist
-
     return datasets.DatasetDict({"train": load_fashion_mnist("train"), "test": load_fashion_mnist("test")})
 
 
@@ -87,25 +88,30 @@ def _open_fgvc_aircraft(root: str | None, splits: Sequence[str] | None) -> datas
     return datasets.DatasetDict({s: load_fgvc_aircraft(root, s) for s in wanted})
 
 
-def _known_datasets() -> dict[str, KnownDataset]:
-    from .cost import FASHION_MNIST_PRIOR_PATH
-    from .data import DEFAULT_TARGET_CLASSES, FASHION_MNIST_DATA_CONFIG
+#: The datasets known by name (``register_known_dataset`` adds one); every other spec is read generically.
+KNOWN_DATASETS: dict[str, KnownDataset] = {}
 
-    return {
-        FASHION_MNIST: KnownDataset(FASHION_MNIST, _open_fashion_mnist, "zalando-datasets/fashion_mnist",
-                                    DEFAULT_TARGET_CLASSES, FASHION_MNIST_DATA_CONFIG, FASHION_MNIST_PRIOR_PATH),
-        FGVC_AIRCRAFT: KnownDataset(FGVC_AIRCRAFT, _open_fgvc_aircraft),
-    }
+
+def register_known_dataset(known: KnownDataset) -> KnownDataset:
+    """Make ``known.name`` a dataset spec of every flag that takes one (``--dataset`` ...)."""
+    KNOWN_DATASETS[known.name] = known
+    return known
 
 
 def known_dataset(spec: str | None) -> KnownDataset | None:
     """The :class:`KnownDataset` named by ``spec``, or None for a folder, a data file or a Hub id."""
-    return _known_datasets().get(spec) if spec else None
+    return KNOWN_DATASETS.get(spec) if spec else None
+
+
+register_known_dataset(KnownDataset(FASHION_MNIST, _open_fashion_mnist, "zalando-datasets/fashion_mnist",
+                                    DEFAULT_TARGET_CLASSES, FASHION_MNIST_DATA_CONFIG, FASHION_MNIST_PRIOR_PATH))
+register_known_dataset(KnownDataset(FGVC_AIRCRAFT, _open_fgvc_aircraft))
 
 
 def is_local_spec(spec: str) -> bool:
     """Whether ``spec`` names something on this machine (so it must not be written as a Hub id)."""
-    return spec == FASHION_MNIST or os.path.exists(spec) or bool(glob.glob(spec)) or spec.startswith(("/", "."))
+    known = known_dataset(spec) is not None  # opened from this machine (a Debian package, a root folder)
+    return known or os.path.exists(spec) or bool(glob.glob(spec)) or spec.startswith(("/", "."))
 
 
 def hub_dataset_id(spec: str) -> str | None:
@@ -252,6 +258,7 @@ __all__ = [
     "FASHION_MNIST",
     "FGVC_AIRCRAFT",
     "ImageStats",
+    "KNOWN_DATASETS",
     "KnownDataset",
     "data_config_from_stats",
     "display_name",
@@ -261,4 +268,5 @@ __all__ = [
     "known_dataset",
     "open_dataset",
     "pick_split",
+    "register_known_dataset",
 ]

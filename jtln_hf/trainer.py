@@ -1,12 +1,16 @@
 """JTLNTrainer: transformers' Trainer with the JTLN objective and paired source/target batches.
 
 Trainer keeps the loop, optimiser, schedule, mixed precision, gradient accumulation, DDP,
-checkpoints and logging. This subclass changes three things:
+checkpoints and logging. This subclass changes:
 
 * ``get_train_dataloader`` draws batches with :class:`jtln_hf.data.PairedBatchSampler`, so every
   per-device batch holds the configured share of source rows;
 * ``compute_loss`` evaluates :class:`jtln_hf.loss.JTLNLoss` on the model's two heads;
-* ``log`` adds the three parts of the loss (``ce_target``, ``ce_source``, ``ot``) as separate keys.
+* ``log`` adds the three parts of the loss (``ce_target``, ``ce_source``, ``ot``) as separate keys,
+  and with several processes a check that failed on one of them raises on all (at ``log`` and
+  at the end of ``predict``);
+* ``predict_outputs`` (through ``predict`` / ``prediction_step``) returns any model outputs over
+  a dataset, gathered over processes: the one forward pass outside training.
 
 For the Hub it also defaults ``processing_class`` to the model's
 :class:`~jtln_hf.JointImageClassifierImageProcessor` (so every saved checkpoint has its
@@ -16,6 +20,8 @@ For the Hub it also defaults ``processing_class`` to the model's
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -331,6 +337,17 @@ class JTLNTrainer(Trainer):
             tags=[tags] if isinstance(tags, str) else tags, base_model=finetuned_from, **kwargs,
         )  # fmt: skip
 
+    @contextlib.contextmanager
+    def target_loss_only(self) -> Iterator[None]:
+        """Within: the loss is the target cross-entropy alone (OT term off), e.g. for a final test loss
+        that means the same for every method. Subclasses with terms of their own turn them off too."""
+        saved = self.jtln_loss.ot_loss_weight
+        self.jtln_loss.ot_loss_weight = 0.0
+        try:
+            yield
+        finally:
+            self.jtln_loss.ot_loss_weight = saved
+
     # ------------------------------------------------------------------------- prediction
     def predict_outputs(self, dataset, fields: tuple[str, ...] = ("logits",)) -> tuple[dict[str, np.ndarray], Any]:
         """The model's output ``fields`` on every row of ``dataset``, in row order, and its labels.
@@ -338,8 +355,8 @@ class JTLNTrainer(Trainer):
         The one forward pass over a dataset outside training (the card's transport plan, the
         features of ``features-*`` costs, Co-Tuning's relationship): :meth:`Trainer.predict`, so
         it is batched by ``per_device_eval_batch_size``, runs in eval mode under the evaluation's
-        precision, is sharded over processes and gathered back (FSDP and DDP safe). Every process
-        must call it; each gets the whole arrays. Labels are not passed to the model (no loss is
+        precision, is sharded over processes and gathered back (tested with DDP; every process
+        takes part, as FSDP needs). Every process must call it; each gets the whole arrays. Labels are not passed to the model (no loss is
         computed); they come back as ``label_ids`` (None when ``dataset`` has none).
 
         Parameters

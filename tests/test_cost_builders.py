@@ -76,8 +76,8 @@ def test_prior_file_and_constant(fashion_mnist, tmp_path):
     assert how == "Loaded from c.npy; normalisation: minmax."
     constant, how = build_cost("constant", inputs, "column")
     assert np.all(constant == 1.0) and "normalisation" not in how  # a control: never normalised
-    with pytest.raises(ValueError, match="no hand-written prior"):
-        build_cost("prior", _inputs(fashion_mnist), "none")
+    with pytest.raises(ValueError, match=r"--cost prior \(fashion_mnist_prior.csv\) does not fit these classes"):
+        build_cost("prior", CostInputs(inputs.source, inputs.target, ["a", "b", "c"], TARGET), "none")
     with pytest.raises(ValueError, match="computed from a model"):
         build_cost("features-mmd", inputs, "none")
 

@@ -447,3 +447,36 @@ def test_predict_outputs_is_the_model_on_every_row_in_order(small_split, tmp_pat
     assert labels.tolist() == [r["labels"] for r in batch]
     # the trainer's ordinary evaluation is untouched by the prediction mode
     assert set(trainer.evaluate(rows)) >= {"eval_loss", "eval_accuracy"}
+
+
+def test_predict_outputs_leaves_the_trainer_as_it_was_when_predict_fails(small_split, tmp_path, monkeypatch):
+    trainer = make_trainer(make_model(num_target=2), small_split["joint"], tmp_path)
+    metrics_fn = trainer.compute_metrics
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(trainer, "predict", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        trainer.predict_outputs(small_split["test"], ("pooler_output",))
+    assert trainer.compute_metrics is metrics_fn and trainer._output_fields is None
+    monkeypatch.undo()
+    assert "eval_accuracy" in trainer.evaluate(small_split["test"].select(range(8)))  # an ordinary evaluation again
+
+
+def test_target_loss_only_turns_the_ot_term_off_and_back_on(small_split, tmp_path):
+    from conftest import ce_by_hand
+
+    model = make_model(num_target=2)
+    trainer = make_trainer(model, small_split["joint"], tmp_path, ot_loss_weight=1.0)
+    rows = small_split["test"].select(range(16))
+    full = trainer.evaluate(rows)["eval_loss"]
+    with trainer.target_loss_only():
+        plain = trainer.evaluate(rows)["eval_loss"]
+    assert trainer.jtln_loss.ot_loss_weight == 1.0 and trainer.evaluate(rows)["eval_loss"] == pytest.approx(full)
+    batch = [rows[i] for i in range(len(rows))]
+    model.eval()
+    with torch.no_grad():
+        logits = model(pixel_values=torch.stack([r["pixel_values"] for r in batch])).logits
+    assert plain == pytest.approx(ce_by_hand(logits, torch.tensor([r["labels"] for r in batch])), rel=1e-5)
+    assert full > plain  # the OT term is > 0 on these rows
