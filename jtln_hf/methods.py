@@ -283,7 +283,8 @@ def evaluate_model(
     (``--target_validation_fraction``) its accuracy and mean per-class accuracy are added as
     ``validation_*`` (what settings are chosen on), by a trainer of its own: not in the loggers.
     """
-    quiet = JTLNTrainer(model=model, args=quiet_args(args, str(Path(args.output_dir) / "runs" / "eval")))
+    stage_dir = log_to.args.output_dir if log_to is not None else str(Path(args.output_dir) / "runs" / "eval")
+    quiet = JTLNTrainer(model=model, args=quiet_args(args, stage_dir))
     trainer = log_to if log_to is not None else quiet
     with trainer.target_loss_only():
         metrics = trainer.evaluate(_eval_dataset(exp.target_test, model.config, data_args))
