@@ -242,13 +242,13 @@ def predict_outputs(
     Under the eval transform, through :meth:`jtln_hf.trainer.JTLNTrainer.predict_outputs`
     (``Trainer.predict``: batched, gathered over processes); every process must call it.
     """
-    trainer = JTLNTrainer(model=model, args=quiet_args(args))
-    return trainer.predict_outputs(_with_transform(ds, model.config, False, data_args), fields)
+    return _predictor(model, data_args, args)(ds, fields)
 
 
 def _predictor(model, data_args: DataArguments, args: JTLNTrainingArguments) -> Predict:
-    """``predict(dataset, fields)`` for a cost builder: :func:`predict_outputs` on ``model``."""
-    return lambda ds, fields: predict_outputs(model, ds, data_args, args, fields)
+    """``predict(dataset, fields)`` on ``model`` under the eval transform, one quiet trainer for every call."""
+    trainer = JTLNTrainer(model=model, args=quiet_args(args))
+    return lambda ds, fields: trainer.predict_outputs(_with_transform(ds, model.config, False, data_args), fields)
 
 
 def resolve_cost(
@@ -284,7 +284,9 @@ def evaluate_model(
     ``validation_*`` (what settings are chosen on), by a trainer of its own: not in the loggers.
     """
     stage_dir = log_to.args.output_dir if log_to is not None else str(Path(args.output_dir) / "runs" / "eval")
-    quiet = JTLNTrainer(model=model, args=quiet_args(args, stage_dir))
+    quiet = None
+    if log_to is None or exp.target_validation is not None:  # a trainer of its own only where one is needed
+        quiet = JTLNTrainer(model=model, args=quiet_args(args, stage_dir))
     trainer = log_to if log_to is not None else quiet
     with trainer.target_loss_only():
         metrics = trainer.evaluate(_eval_dataset(exp.target_test, model.config, data_args))
