@@ -401,7 +401,8 @@ def _solve(
     with ``want="value"`` and an ``objective`` other than ``"paper"``, where they are only used
     centred and are returned without ``min C``: the plan's for ``"entropic"``, the KL
     problem's ``f - eps log a``, ``g - eps log b`` for ``"kl"`` (computed as ``-eps log`` of the
-    last updates' denominators, so that a constant cost gives exactly constant rows).
+    last updates' denominators, so that a constant cost gives rows that are constant up to
+    rounding, with no cancellation of ``eps log a`` against itself).
 
     Values, with ``r`` the plan's row sums (``a`` once converged) and its column sums ``b``
     (exact after the last update): ``"paper"`` <gamma, C>; ``"entropic"``
@@ -484,7 +485,7 @@ class _WassersteinFn(torch.autograd.Function):
             f, g, value = _solve(
                 a, b, C, c_min, float(epsilon), iterations, method, "value", tol, objective
             )
-        exact = objective == "kl"  # a constant cost then gives an exactly zero gradient
+        exact = objective == "kl"  # a constant cost's (equal) rows then centre to ~0, not to a mean's rounding
         ctx.save_for_backward(_centred(f, exact), _centred(g, exact))
         ctx.dtypes = (source_probs.dtype, target_probs.dtype)
         return value
@@ -576,10 +577,14 @@ def wasserstein_loss(
       + H(b))`); under a constant cost it is :math:`c - \varepsilon(H(a) + H(b))`.
     * ``"kl"`` returns :math:`W_{KL} \ge \langle\gamma^*, C\rangle \ge 0` and its gradient:
       consistent, and under a constant cost the value is the constant and the gradient is
-      exactly zero: the KL potentials are computed as :math:`-\varepsilon\log` of the last
-      Sinkhorn updates' denominators (:math:`K v`, :math:`K^\top u` or their log-sum-exps),
-      whose rows a constant cost makes exactly equal (tested on CPU, both domains), and they
-      are centred by first subtracting each row's first entry.
+      zero up to rounding: the KL potentials are computed as :math:`-\varepsilon\log` of the
+      last Sinkhorn updates' denominators (:math:`K v`, :math:`K^\top u` or their
+      log-sum-exps), whose rows a constant cost makes equal in exact arithmetic. In floating
+      point the rows of a reduction may be summed in different orders (vectorised kernels
+      treat the tail of a row apart), so they agree to a few units of roundoff of the
+      potentials' size, not bit for bit: the gradient is at most ~``2 n u (5M + L)`` times ε
+      (``n`` iterations, ``u`` the unit roundoff, ``M ~ 2 |log PROB_FLOOR|``), i.e. zero to
+      rounding on every CPU.
 
     The values are the primal values of the returned (possibly unconverged) plan, as POT
     computes ``res.value`` from its plan; the envelope gradients are exact at convergence.
