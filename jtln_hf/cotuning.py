@@ -51,6 +51,8 @@ class CoTuningTrainer(JTLNTrainer):
         Other arguments: as :class:`~jtln_hf.trainer.JTLNTrainer` (use ``ot_loss_weight=0``).
     """
 
+    card_method = "cotuning"  # what its model card names
+
     def __init__(self, *args, relationship: torch.Tensor, cotuning_weight: float = DEFAULT_COTUNING_WEIGHT,
                  **kwargs) -> None:  # fmt: skip
         super().__init__(*args, **kwargs)

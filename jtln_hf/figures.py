@@ -34,6 +34,8 @@ def _method(name: str) -> Any:
 
 _ANNOTATE_MAX = 15  # write the value in each cell up to this many rows/columns
 _DPI = 150
+#: Width of the comparison figure (inches): 960 px at 150 dpi, about the width a model card shows it at.
+FIGURE_WIDTH_IN = 6.4
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
@@ -84,19 +86,39 @@ def heatmap(
     return fig
 
 
+#: The cost heatmap's second title line: what ``--cost_normalization`` did (see :func:`jtln_hf.cost.normalize_cost`).
+NORMALIZATION_TITLES = {
+    "none": "not rescaled",
+    "minmax": "rescaled to [0, 1]",
+    "max": "divided by its maximum",
+    "column": "rescaled to [0, 1], each column shifted to min 0",
+}
+
+
 def plot_cost_matrix(
-    cost: Any, source_labels: Sequence[str], target_labels: Sequence[str], path: str | os.PathLike
-) -> Path:
+    cost: Any, source_labels: Sequence[str], target_labels: Sequence[str], path: str | os.PathLike,
+    normalization: str | None = None,
+) -> Path:  # fmt: skip
     """Heatmap of the ground cost C (rows source classes, columns target classes).
 
-    Low cost (dark) marks a source class the OT term lets a target class borrow from.
+    Low cost (dark) is where the OT term moves a target image's probability mass cheaply. The
+    title says what ``normalization`` did: under ``"column"`` a 0 is the cheapest source class of
+    its column, not a close one (a column with no close source class has zeros all the same).
     """
-    fig = heatmap(
+    return _save(cost_figure(cost, source_labels, target_labels, normalization), path)
+
+
+def cost_figure(
+    cost: Any, source_labels: Sequence[str], target_labels: Sequence[str], normalization: str | None = None
+) -> Figure:
+    """The heatmap :func:`plot_cost_matrix` writes; its title's second line says what ``normalization`` did."""
+    title = "Cost matrix C (low = cheap to move mass)"
+    if normalization:
+        title += f"\n{normalization} normalisation: {NORMALIZATION_TITLES.get(normalization, normalization)}"
+    return heatmap(
         np.asarray(cost, dtype=float), source_labels, target_labels,
-        title="Cost matrix C (low = source class teaches target class)",
-        colorbar_label="cost C[source, target]", cmap="viridis", fmt=".2f",
+        title=title, colorbar_label="cost C[source, target]", cmap="viridis", fmt=".2f",
     )  # fmt: skip
-    return _save(fig, path)
 
 
 def plot_transport_plan(
@@ -131,6 +153,12 @@ def _per_seed(entry: Mapping[str, Any], key: str) -> np.ndarray:
     return 100 * np.asarray(entry[key].get("per_seed", [entry[key]["mean"]]), dtype=float)
 
 
+def difference_label(method: str, difference: PairedDifference) -> str:
+    """A difference panel's tick label: the method, ``mean [95 % interval]``, and ``won w/n`` on lines of their own."""
+    stats, wins = difference.to_text().rsplit(", ", 1)
+    return f"{_method(method).label}\n{stats}\nwon {wins}"
+
+
 def _difference_panel(ax, paired: Mapping[str, PairedDifference]) -> None:
     """Per-seed differences to the baseline (dots), their mean and 95 % interval (error bar), a zero line."""
     methods = list(paired)
@@ -146,8 +174,7 @@ def _difference_panel(ax, paired: Mapping[str, PairedDifference]) -> None:
         ax.errorbar([i + 0.14], [100 * d.mean], yerr=yerr, fmt="D", color="black", markersize=6, capsize=5,
                     elinewidth=1.4, zorder=4, label=label)  # fmt: skip
     ax.axhline(0.0, color="0.3", linewidth=1.0, zorder=2)
-    ax.set_xticks(range(len(methods)), labels=[
-        f"{_method(m).label}\n{paired[m].to_text()}" for m in methods], fontsize=8.5)  # fmt: skip
+    ax.set_xticks(range(len(methods)), labels=[difference_label(m, paired[m]) for m in methods], fontsize=8.5)
     ax.set_xlim(-0.6, len(methods) - 0.4)
     values = [0.0] + [100 * v for d in paired.values() for v in (*d.per_seed, *(d.ci95 or ()))]
     lo, hi = min(values), max(values)
@@ -195,10 +222,10 @@ def _accuracy_panel(ax, summary: Mapping[str, Mapping[str, Any]]) -> None:
 def compare_figure(summary: Mapping[str, Mapping[str, Any]]) -> Figure:
     """The comparison: seed-paired differences to joint fine-tuning, and accuracy per method.
 
-    Left (when joint ran with other methods): each method's accuracy minus joint's on the same
+    Top (when joint ran with other methods): each method's accuracy minus joint's on the same
     seed, in percentage points -- one dot per seed, the mean with its 95 % Student-t interval
-    (:func:`jtln_hf.stats.paired_difference`) and a zero line; the tick label repeats them as
-    ``mean [interval], wins/seeds``. Right (alone without joint): accuracy per method, one dot per
+    (:func:`jtln_hf.stats.paired_difference`) and a zero line; the tick label repeats them
+    (:func:`difference_label`). Below (alone without joint): accuracy per method, one dot per
     seed and mean ± std, on an axis fitted to the values (bars from 0 % made 86.7 and 88.3 look
     equal); mean per-class accuracy is added only where it differs from accuracy.
 
@@ -207,9 +234,10 @@ def compare_figure(summary: Mapping[str, Mapping[str, Any]]) -> Figure:
     """
     methods = list(summary)
     paired = paired_summary(summary)
-    widths = [len(paired), len(methods)] if paired else [len(methods)]
-    fig = Figure(figsize=(2.2 + 1.7 * sum(widths), 4.6), layout="constrained")
-    axes = fig.subplots(1, len(widths), squeeze=False, width_ratios=widths)[0]
+    rows = 2 if paired else 1
+    # one column of panels, 6.4 in wide: 960 px at 150 dpi, so a card shown ~800 px wide keeps 9-10 pt text readable
+    fig = Figure(figsize=(FIGURE_WIDTH_IN, 0.6 + 3.6 * rows), layout="constrained")
+    axes = fig.subplots(rows, 1, squeeze=False)[:, 0]
     if paired:
         _difference_panel(axes[0], paired)
     _accuracy_panel(axes[-1], summary)
@@ -218,6 +246,8 @@ def compare_figure(summary: Mapping[str, Mapping[str, Any]]) -> Figure:
 
 __all__ = [
     "compare_figure",
+    "cost_figure",
+    "difference_label",
     "heatmap",
     "plot_compare",
     "plot_cost_matrix",

@@ -11,7 +11,9 @@ Used by :func:`jtln_hf.results.save_model` (the recipe's ``model/`` folder) and 
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,8 +31,28 @@ COST_FIGURE = "cost_matrix.png"
 PLAN_FIGURE = "transport_plan.png"
 COMPARE_FIGURE = "compare.png"
 PAPER_URL = "https://arxiv.org/abs/1709.02995"
+HUB_URL = "https://huggingface.co"
 TAGS = ["jtln", "optimal-transport", "transfer-learning", "timm", "image-classification"]
 METRIC_NAMES = {"accuracy": "Accuracy", "mean_per_class_accuracy": "Mean per-class accuracy"}
+#: Top-k accuracy is reported only when guessing k of the L target classes at random, which scores
+#: k / L, would score at most this (top-4 of 5 classes scores 80 % by chance and says nothing).
+TOP_K_MAX_CHANCE = 0.1
+#: A target class's strongest source class ("teacher") in the mean transport plan is named only
+#: when its mass is at least this many times the runner-up's; otherwise no source class stands out.
+TEACHER_MIN_RATIO = 1.5
+#: Labels of ``[project.urls]`` that name the project's own page, in order of preference.
+PROJECT_URL_LABELS = ("homepage", "repository", "source", "source code", "code")
+#: What each ``--cost_normalization`` did to C, for the card (see :func:`jtln_hf.cost.normalize_cost`).
+NORMALIZATION_TEXT = {
+    "none": "C was used as built, not rescaled.",
+    "minmax": "C was rescaled to [0, 1] over the whole matrix (0 = its lowest entry, 1 = its highest).",
+    "max": "C was divided by its largest entry.",
+    "column": (
+        "C was rescaled to [0, 1] over the whole matrix, then each column was shifted down so that its lowest "
+        "entry is 0. A 0 therefore marks the cheapest source class *of that target class*, not a close one: a "
+        "target class with no close source class gets cost-0 source classes all the same."
+    ),
+}
 
 
 def cost_markdown(cost: Any, source_labels: Sequence[str], target_labels: Sequence[str], digits: int = 2) -> str:
@@ -55,6 +77,126 @@ def label_names(model) -> tuple[list[str], list[str]]:
 def has_cost(model) -> bool:
     """Whether the model carries a cost matrix (a model trained without OT keeps zeros)."""
     return bool(torch.any(model.cost_matrix != 0))
+
+
+def project_urls() -> dict[str, str]:
+    """The addresses the installed jtln_hf declares (``[project.urls]`` of ``pyproject.toml``), by label.
+
+    The card links only to these, to the paper, and to Hub repositories the run names (its
+    ``--hub_model_id``, its base model); no address is made up.
+    """
+    try:
+        metadata = importlib.metadata.metadata("jtln_hf")
+    except importlib.metadata.PackageNotFoundError:
+        return {}
+    urls = {}
+    for entry in metadata.get_all("Project-URL") or []:
+        label, _, url = entry.partition(",")
+        if url.strip():
+            urls[label.strip()] = url.strip()
+    if metadata.get("Home-page"):
+        urls.setdefault("Homepage", metadata["Home-page"])
+    return urls
+
+
+def package_reference() -> str:
+    """``jtln_hf <version>``, linked to the project's declared page when it has one (Markdown)."""
+    from . import __version__
+
+    by_label = {label.lower(): url for label, url in project_urls().items()}
+    url = next((by_label[label] for label in PROJECT_URL_LABELS if label in by_label), None)
+    return f"[jtln_hf]({url}) {__version__}" if url else f"jtln_hf {__version__}"
+
+
+def hub_url(repo_id: str) -> str:
+    """The Hub page of a model repository the run named."""
+    return f"{HUB_URL}/{repo_id}"
+
+
+def default_model_name(method: str | None, backbone: str, dataset: str | None = None) -> str:
+    """A repository name from the method, the backbone and the target dataset: ``jtln-resnet18-fashion-mnist``.
+
+    The name of a card whose run was given no ``--hub_model_id`` (a valid Hub repository name:
+    letters, digits and single hyphens).
+    """
+    parts = [method or "jtln", backbone.removeprefix("hf-hub:").split("/")[-1]]
+    if dataset:
+        parts.append(dataset.rstrip("/").split("/")[-1])
+    name = re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower()).strip("-")
+    return name[:96].rstrip("-")
+
+
+def top_k_of(metric: str) -> int | None:
+    """``k`` of a ``top_<k>_accuracy`` metric name, else None."""
+    match = re.fullmatch(r"top_(\d+)_accuracy", metric)
+    return int(match.group(1)) if match else None
+
+
+def reported_metrics(metrics: Mapping[str, float], num_labels: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Split target test ``metrics`` into (reported, left out) under :data:`TOP_K_MAX_CHANCE`.
+
+    A ``top_<k>_accuracy`` is reported only when ``k / num_labels <= TOP_K_MAX_CHANCE`` (its
+    chance level); ``validation_*`` metrics and the loss are not test metrics and are left to
+    the caller.
+    """
+    reported, left_out = {}, {}
+    for name, value in metrics.items():
+        k = top_k_of(name)
+        (left_out if k is not None and k / num_labels > TOP_K_MAX_CHANCE else reported)[name] = value
+    return reported, left_out
+
+
+def strongest_teachers(
+    plan: Any, source_labels: Sequence[str], target_labels: Sequence[str], ratio: float = TEACHER_MIN_RATIO
+) -> list[dict[str, Any]]:
+    """Per target class: its source classes ranked by mean plan mass, and its teacher when one stands out.
+
+    Returns one dict per target class: ``target``, ``ranked`` (``[(source, mass), ...]``, largest
+    first) and ``teacher``: the first source class when its mass is at least ``ratio`` times the
+    second's (any mass when it is the only source class), else None.
+    """
+    plan = np.asarray(plan, dtype=float)
+    out = []
+    for j, target in enumerate(target_labels):
+        order = np.argsort(-plan[:, j], kind="stable")
+        ranked = [(source_labels[i], float(plan[i, j])) for i in order]
+        bar = ratio * ranked[1][1] if len(ranked) > 1 else 0.0
+        stands_out = ranked[0][1] >= bar or bool(np.isclose(ranked[0][1], bar, rtol=1e-9, atol=0.0))  # 1.5 x 0.02
+        out.append({"target": target, "ranked": ranked, "teacher": ranked[0][0] if stands_out else None})
+    return out
+
+
+def cost_ties(
+    cost: Any, source_labels: Sequence[str], target_labels: Sequence[str], atol: float = 1e-6
+) -> dict[str, list[str]]:
+    """Target classes whose lowest cost is shared by several source classes: ``{target: [those sources]}``."""
+    cost = np.asarray(cost, dtype=float)
+    ties = {}
+    for j, target in enumerate(target_labels):
+        lowest = np.flatnonzero(cost[:, j] <= cost[:, j].min() + atol)
+        if len(lowest) > 1:
+            ties[target] = [source_labels[i] for i in lowest]
+    return ties
+
+
+def comparison_facts(summary: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """What the card says about a comparison, from :func:`jtln_hf.results.summarize`'s ``summary``.
+
+    ``methods`` (row titles, in order), ``seeds`` (when every method ran the same ones, else None),
+    ``steps`` (the one budget every method had, else None: the table's "steps per seed" column
+    gives each) and ``paired`` (whether the table has the "− joint" column).
+    """
+    from .methods import METHOD_REGISTRY  # here: the registry pulls in training, rendering a card does not
+    from .stats import paired_summary
+
+    seeds = {tuple(entry.get("seeds", ())) for entry in summary.values()}
+    steps = {str(entry.get("steps", "")) for entry in summary.values()}
+    return {
+        "methods": [METHOD_REGISTRY[m].title if m in METHOD_REGISTRY else m for m in summary],
+        "seeds": list(next(iter(seeds))) if len(seeds) == 1 else None,
+        "steps": next(iter(steps)) if len(steps) == 1 and "" not in steps else None,
+        "paired": bool(paired_summary(summary)),
+    }
 
 
 def mean_transport_plan(
@@ -149,7 +291,7 @@ def eval_results(
             dataset_name=dataset_name,
             dataset_split=split,
             metric_type=name,
-            metric_name=METRIC_NAMES.get(name, name.replace("_", " ").capitalize()),
+            metric_name=_metric_name(name),
             metric_value=round(float(value), 4),
         )
         for name, value in metrics.items()
@@ -163,18 +305,21 @@ def write_figures(
     plan: np.ndarray | None = None,
     plan_images: int | None = None,
     summary: Mapping[str, Any] | None = None,
+    cost_normalization: str | None = None,
 ) -> dict[str, str]:
     """Draw the card's PNGs into ``folder``; return ``{"cost"|"plan"|"compare": file name}`` of those drawn.
 
     The cost heatmap needs a non-zero cost matrix, the plan heatmap a ``plan`` (see
     :func:`mean_transport_plan`), the comparison (:func:`jtln_hf.figures.compare_figure`: paired
-    differences to joint, accuracy per method) a ``summary`` of several methods.
+    differences to joint, accuracy per method) a ``summary`` of several methods. The cost heatmap's
+    title names ``cost_normalization`` and what it did.
     """
     folder = Path(folder)
     source, target = label_names(model)
     drawn: dict[str, str] = {}
     if has_cost(model):
-        _figures.plot_cost_matrix(model.cost_matrix.detach().cpu().numpy(), source, target, folder / COST_FIGURE)
+        _figures.plot_cost_matrix(model.cost_matrix.detach().cpu().numpy(), source, target, folder / COST_FIGURE,
+                                  normalization=cost_normalization)  # fmt: skip
         drawn["cost"] = COST_FIGURE
     if plan is not None:
         _figures.plot_transport_plan(plan, source, target, folder / PLAN_FIGURE, num_images=plan_images)
@@ -188,10 +333,15 @@ def write_figures(
 def render_model_card(
     model,
     *,
-    repo_id: str = "your-name/your-jtln-model",
+    repo_id: str | None = None,
+    model_name: str | None = None,
+    method: str | None = None,
+    seed: int | None = None,
     cost_description: str = "",
+    cost_normalization: str | None = None,
     hyperparameters: Mapping[str, Any] | None = None,
     results_table: str | None = None,
+    summary: Mapping[str, Mapping[str, Any]] | None = None,
     metrics: Mapping[str, float] | None = None,
     datasets: list[str] | None = None,
     dataset_name: str | None = None,
@@ -202,23 +352,43 @@ def render_model_card(
     license: str = "apache-2.0",
     tags: Sequence[str] | None = None,
     base_model: str | None = None,
+    timm_export: str | None = None,
 ) -> ModelCard:
     """Render the card of ``model`` (a `JointImageClassifier`) from ``model_card_template.md``.
+
+    Every sentence that states a fact about the run is built from these arguments (or left out
+    when they do not give it); the card links only to the paper, to the project's declared
+    ``[project.urls]`` (:func:`project_urls`) and to Hub repositories named here.
 
     Parameters
     ----------
     model : JointImageClassifier
         The trained model (labels, backbone, cost matrix and data config are read from it).
-    repo_id : str
-        Hub id used in the loading examples.
+    repo_id : str, optional
+        The Hub repository the run was given (``--hub_model_id``): the card's name and the id in
+        the loading examples. Without one (or with a bare name, which goes to the pusher's
+        namespace) the examples use ``your-name/<model_name>`` and say it is a placeholder.
+    model_name : str, optional
+        The card's title and ``model-index`` name; default: ``repo_id``'s name, else
+        :func:`default_model_name` of the method, backbone and evaluation dataset.
+    method : str, optional
+        The method that trained this checkpoint (a :data:`jtln_hf.methods.METHOD_REGISTRY` name).
+    seed : int, optional
+        The seed of this checkpoint's run (named in the comparison).
     cost_description : str
         How C was built (one sentence).
+    cost_normalization : str, optional
+        The ``--cost_normalization`` applied to C (what it did is said under the cost matrix).
     hyperparameters : mapping
         Rows of the training table (see :func:`training_hyperparameters`).
     results_table : str, optional
         The comparison table (Markdown) when several methods were run.
+    summary : mapping, optional
+        The comparison's :func:`jtln_hf.results.summarize`: the methods, seeds and step budgets
+        the card states about it.
     metrics : mapping, optional
-        Target test metrics (fractions), written to the card and to the ``model-index`` metadata.
+        Target test metrics (fractions), written to the card and to the ``model-index`` metadata;
+        top-k only under :data:`TOP_K_MAX_CHANCE`, ``validation_*`` as the validation set's.
     datasets : list of str, optional
         Hub dataset ids for the metadata.
     dataset_name : str, optional
@@ -229,7 +399,8 @@ def render_model_card(
     figures : mapping, optional
         File names of the PNGs next to the card (:func:`write_figures`).
     plan : numpy.ndarray, optional
-        The mean transport plan, to name the strongest source class of each target class.
+        The mean transport plan, to name the strongest source class of each target class where
+        one stands out (:func:`strongest_teachers`, :data:`TEACHER_MIN_RATIO`).
     plan_images : int, optional
         Number of target test images the plan was averaged over.
     license : str
@@ -239,11 +410,25 @@ def render_model_card(
     base_model : str, optional
         Hub id of the model this one was fine-tuned from; default: the timm weights' Hub id when
         the backbone started pretrained.
+    timm_export : str, optional
+        Where a plain timm copy of the target network is, as ``timm.create_model`` takes it:
+        ``"hf-hub:user/name"`` (a Hub repository) or ``"local-dir:<folder>"`` (a folder of this
+        repository). None: there is none, and the card says the Hub widget does not run this model.
     """
+    from .methods import METHOD_REGISTRY  # here: the registry pulls in training, which a card does not need
+
     config = model.config
     source_labels, target_labels = label_names(model)
-    name = repo_id.split("/")[-1]
-    metrics = dict(metrics or {})
+    placeholder = not repo_id or "/" not in repo_id
+    registered = METHOD_REGISTRY.get(method) if method else None
+    intro = registered or METHOD_REGISTRY["jtln" if has_cost(model) else "joint"]  # what trained it, if not said
+    name = model_name or (repo_id.split("/")[-1] if repo_id else None) or default_model_name(
+        method, config.backbone, eval_dataset or (datasets[-1] if datasets else None))  # fmt: skip
+    shown_repo = f"your-name/{name}" if placeholder else repo_id
+    metrics = {k: v for k, v in (metrics or {}).items() if k != "loss"}
+    validation = {k.removeprefix("validation_"): v for k, v in metrics.items() if k.startswith("validation_")}
+    test_metrics, left_out = reported_metrics(
+        {k: v for k, v in metrics.items() if not k.startswith("validation_")}, len(target_labels))  # fmt: skip
     dataset_name = dataset_name or (datasets[0] if datasets else "target test set")
     pretrained_cfg = getattr(model.backbone, "pretrained_cfg", None) or {}
     if base_model is None and config.pretrained_backbone and not pretrained_cfg.get("file"):
@@ -254,41 +439,123 @@ def render_model_card(
         pipeline_tag="image-classification",
         tags=list(dict.fromkeys([*TAGS, *(tags or [])])),
         datasets=datasets,
-        metrics=sorted(metrics) or None,
+        metrics=sorted(test_metrics) or None,
         base_model=base_model,
         model_name=name,
         eval_results=eval_results(
-            metrics, dataset_type=eval_dataset or (datasets or ["custom"])[0], dataset_name=dataset_name
+            test_metrics, dataset_type=eval_dataset or (datasets or ["custom"])[0], dataset_name=dataset_name
         ) or None,
         backbone=config.backbone,
     )
     in_chans, height, width = config.data_config["input_size"]
     teachers = None
     if plan is not None:
-        plan = np.asarray(plan)
-        teachers = [(target_labels[j], source_labels[int(plan[:, j].argmax())]) for j in range(len(target_labels))]
+        teachers = [
+            f"{t['target']} ← {t['ranked'][0][0]} ({_mass(t['ranked'][0][1])} vs {_mass(t['ranked'][1][1])})"
+            if t["teacher"] and len(t["ranked"]) > 1 else f"{t['target']} ← {t['teacher']}" if t["teacher"] else
+            f"{t['target']}: none stands out ({', '.join(f'{s} {_mass(m)}' for s, m in t['ranked'][:3])})"
+            for t in strongest_teachers(plan, source_labels, target_labels)
+        ]  # fmt: skip
+    cost = model.cost_matrix.detach().cpu().numpy()
+    comparison_text, compare_alt = "", "Comparison: target test accuracy per method"
+    if results_table:
+        comparison_text, compare_alt = _comparison_text(summary, registered, seed)
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE_PATH),
         model_name=name,
-        repo_id=repo_id,
+        repo_id=shown_repo,
+        repo_placeholder=placeholder,
+        package=package_reference(),
+        method_title=intro.title,
+        method_uses_ot=intro.uses_ot,
+        source_head_trained=method != "finetune",
         paper_url=PAPER_URL,
         backbone=config.backbone,
         pretrained_backbone=bool(config.pretrained_backbone),
+        base_model=base_model,
+        base_model_url=hub_url(base_model) if base_model else None,
+        timm_export=_timm_export(timm_export),
         input_description=f"{'grayscale' if in_chans == 1 else 'RGB'} {height}×{width}",
         source_labels=source_labels,
         target_labels=target_labels,
         has_cost=has_cost(model),
         cost_description=cost_description,
-        cost_table=cost_markdown(model.cost_matrix.detach().cpu().numpy(), source_labels, target_labels),
+        cost_normalization=cost_normalization,
+        normalization_text=NORMALIZATION_TEXT.get(cost_normalization or ""),
+        cost_ties=cost_ties(cost, source_labels, target_labels) if has_cost(model) else {},
+        cost_table=cost_markdown(cost, source_labels, target_labels),
         hyperparameters=dict(hyperparameters or {}),
         results_table=results_table,
-        metrics={METRIC_NAMES.get(k, k.replace("_", " ")): f"{100 * v:.2f} %" for k, v in metrics.items()},
+        comparison_text=comparison_text,
+        compare_alt=compare_alt,
+        metrics={_metric_name(k): f"{100 * v:.2f} %" for k, v in test_metrics.items()},
+        metrics_left_out=[_left_out_text(k, len(target_labels)) for k in left_out],
+        validation_metrics={_metric_name(k): f"{100 * v:.2f} %" for k, v in validation.items()},
         dataset_name=dataset_name,
         figures=dict(figures or {}),
         teachers=teachers,
+        teacher_ratio=f"{TEACHER_MIN_RATIO:g}",
         plan_images=plan_images,
     )
+
+
+def _mass(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def _metric_name(metric: str) -> str:
+    k = top_k_of(metric)
+    return f"Top-{k} accuracy" if k is not None else METRIC_NAMES.get(metric, metric.replace("_", " ").capitalize())
+
+
+def _left_out_text(metric: str, num_labels: int) -> str:
+    k = top_k_of(metric)
+    return (
+        f"{_metric_name(metric)} is not reported: guessing {k} of the {num_labels} target classes at random scores "
+        f"{100 * k / num_labels:.0f} %. This card reports a top-k accuracy only when that chance level, k / "
+        f"{num_labels}, is at most {100 * TOP_K_MAX_CHANCE:.0f} %."
+    )
+
+
+def _timm_export(spec: str | None) -> dict[str, str]:
+    """Template facts of a ``timm_export``: ``repo`` and ``url`` (a Hub repository) or ``folder``, and ``name``."""
+    if not spec:
+        return {}
+    if spec.startswith("hf-hub:"):
+        repo = spec.removeprefix("hf-hub:")
+        return {"repo": repo, "url": hub_url(repo), "name": spec}
+    folder = spec.removeprefix("local-dir:").strip("/")
+    return {"folder": folder, "name": f"local-dir:{folder}"}
+
+
+def _comparison_text(summary, checkpoint, seed) -> tuple[str, str]:
+    """The sentences above the comparison table, and the comparison figure's alt text, from ``summary``."""
+    from .stats import BASELINE
+
+    sentences, alt = [], "Comparison: target test accuracy per method"
+    if summary:
+        facts = comparison_facts(summary)
+        n = len(facts["methods"])
+        seeds = f" and seeds ({', '.join(map(str, facts['seeds']))})" if facts["seeds"] else ""
+        sentences.append(f"Target test accuracy of the {n} methods this run compared ({'; '.join(facts['methods'])}), "
+                         f"on the same data{seeds}.")  # fmt: skip
+        if facts["steps"] is not None:
+            sentences.append(f"Every method trained the same budget per seed ({facts['steps']} steps).")
+        else:
+            sentences.append('Their training budgets differ: the "steps per seed" column gives each method\'s.')
+        if facts["paired"]:
+            sentences.append(
+                "For a seed every method sees the same target images and initial weights, so the "
+                f'"− {BASELINE}" column compares each method with {BASELINE} fine-tuning seed by seed: mean '
+                "difference in percentage points, its 95% Student-t interval and the number of seeds won."
+            )
+            alt = (f"Comparison: per-seed difference to {BASELINE} fine-tuning with mean and 95% interval; "
+                   "target test accuracy per method")  # fmt: skip
+    if checkpoint is not None:
+        on_seed = "" if seed is None else f" on seed {seed}"
+        sentences.append(f"This checkpoint is the run of {checkpoint.title}{on_seed}.")
+    return " ".join(sentences), alt
 
 
 def save_model_card(card: ModelCard, folder: str | os.PathLike) -> Path:
@@ -309,8 +576,9 @@ def write_model_card(
 
     ``render_kwargs`` go to :func:`render_model_card`. Returns the card.
     """
-    drawn = write_figures(folder, model, plan=plan, plan_images=plan_images, summary=summary)
-    card = render_model_card(model, figures=drawn, plan=plan, plan_images=plan_images, **render_kwargs)
+    drawn = write_figures(folder, model, plan=plan, plan_images=plan_images, summary=summary,
+                          cost_normalization=render_kwargs.get("cost_normalization"))  # fmt: skip
+    card = render_model_card(model, figures=drawn, plan=plan, plan_images=plan_images, summary=summary, **render_kwargs)
     save_model_card(card, folder)
     return card
 
@@ -319,9 +587,17 @@ __all__ = [
     "COMPARE_FIGURE",
     "COST_FIGURE",
     "PLAN_FIGURE",
+    "TEACHER_MIN_RATIO",
+    "TOP_K_MAX_CHANCE",
+    "comparison_facts",
     "cost_markdown",
+    "cost_ties",
+    "default_model_name",
     "eval_results",
     "mean_transport_plan",
+    "project_urls",
+    "reported_metrics",
+    "strongest_teachers",
     "render_model_card",
     "save_model_card",
     "training_hyperparameters",

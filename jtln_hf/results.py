@@ -17,7 +17,8 @@ import numpy as np
 from .hub import save_model_folder
 from .io import atomic_write_dir, atomic_write_text
 from .methods import METHOD_REGISTRY, RunResult, predict_outputs
-from .modelcard import has_cost, mean_transport_plan, training_hyperparameters, write_model_card
+from .cost_builders import COST_BUILDERS, cost_kind
+from .modelcard import default_model_name, has_cost, mean_transport_plan, training_hyperparameters, write_model_card
 from .sources import FASHION_MNIST, display_name, hub_dataset_id
 from .stats import BASELINE, paired_summary
 
@@ -142,9 +143,16 @@ def save_model(
         test_split = f"{data_args.target_test_fraction:g} of {data_args.target_train_split}"
     data_name = display_name(specs[-1])
     target_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    uses_ot = METHOD_REGISTRY[run.method].uses_ot
+    builder = COST_BUILDERS.get(cost_kind(data_args, jtln_args)) if uses_ot else None
+    normalized = uses_ot and (builder is None or builder.normalized)  # a file cost is normalised too
     card_kwargs = dict(
-        repo_id=args.hub_model_id or f"your-name/{Path(output_dir).resolve().name}",
+        repo_id=args.hub_model_id,  # None: the card names a placeholder built from method, backbone and data
+        model_name=None if args.hub_model_id else default_model_name(run.method, model.config.backbone, data_name),
+        method=run.method,
+        seed=run.seed,
         cost_description=run.cost_description or "No cost matrix was used (no OT term).",
+        cost_normalization=jtln_args.cost_normalization if normalized else None,
         hyperparameters=hyper,
         results_table=results_table,
         metrics={k: v for k, v in run.metrics.items() if k != "loss"},

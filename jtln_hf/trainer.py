@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -284,6 +283,11 @@ class JTLNTrainer(Trainer):
         )
 
     # ------------------------------------------------------------------------------- card
+    @property
+    def card_method(self) -> str:
+        """The method the card names (a :data:`jtln_hf.methods.METHOD_REGISTRY` name): JTLN, or joint without OT."""
+        return "jtln" if self.args.ot_loss_weight > 0 else "joint"
+
     def create_model_card(
         self,
         language: str | None = None,
@@ -325,11 +329,12 @@ class JTLNTrainer(Trainer):
             metrics.update({k.removeprefix("eval_"): v for k, v in entry.items()
                             if k in ("eval_accuracy", "eval_mean_per_class_accuracy")})  # fmt: skip
         datasets = [dataset] if isinstance(dataset, str) else list(dataset) if dataset else None
-        repo_id = self.hub_model_id or self.args.hub_model_id or (model_name or Path(self.args.output_dir).name)
+        repo_id = self.hub_model_id or self.args.hub_model_id  # None or a bare name: the card says "placeholder"
         kwargs.setdefault("cost_description", "")
+        kwargs.setdefault("method", self.card_method)
         modelcard.write_model_card(
             self.args.output_dir, model, plan=plan, plan_images=plan_images,
-            repo_id=repo_id if "/" in repo_id else f"your-name/{repo_id}",
+            repo_id=repo_id, model_name=model_name or (repo_id.split("/")[-1] if repo_id else None),
             hyperparameters=modelcard.training_hyperparameters(
                 self.args, steps=self.state.global_step or None, ot_used=self.args.ot_loss_weight > 0
             ),

@@ -18,6 +18,7 @@ from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl, constants
 from huggingface_hub.errors import LocalTokenNotFoundError
 from huggingface_hub.utils import filter_repo_objects
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_modelcard import declared_urls, undeclared_links
 
 REPO = Path(__file__).resolve().parents[1]
 REPO_ID = "tester/jtln-fmnist-tiny"
@@ -97,6 +98,11 @@ def test_push_sends_the_model_folder_once(pushed_run, capsys):
     assert "![Cost matrix" in text and "](transport_plan.png)" in text and "over 60 target test images" in text
     assert "| λ_ot (ot_loss_weight) | 1.0 |" in text and "| steps | 4 |" in text
     assert "normalisation: column" in text
+    # only what this run did: its repository's name, no top-4 of 5 classes, no link the project did not declare
+    assert card.data.model_name == "jtln-fmnist-tiny" and "Top-4 accuracy is not reported" in text
+    assert "top_4_accuracy" in results["runs"][0]
+    assert "top_4_accuracy" not in {r.metric_type for r in card.data.eval_results}
+    assert not undeclared_links(text, out / "model", declared_urls(REPO_ID, card.data.base_model))
 
 
 def test_tensorboard_has_loss_parts_and_eval_metrics(pushed_run):

@@ -178,7 +178,8 @@ def test_compare_png(tmp_path, n_seeds, with_joint):
     diff = fig.axes[0]
     paired = paired_summary(summary)
     assert [t.get_text() for t in diff.get_xticklabels()] == [
-        f"{METHOD_REGISTRY[m].label}\n{paired[m].to_text()}" for m in ("finetune", "consecutive", "jtln")]
+        f"{METHOD_REGISTRY[m].label}\n{paired[m].to_text().rsplit(', ', 1)[0]}\nwon {paired[m].wins}/{paired[m].n}"
+        for m in ("finetune", "consecutive", "jtln")]
     assert "joint" in diff.get_ylabel() and "points" in diff.get_ylabel()
     np.testing.assert_allclose(_dots(diff), sorted(100 * v for d in paired.values() for v in d.per_seed), atol=1e-9)
     for (mean, ends), d in zip(_bars(diff), paired.values()):
