@@ -45,6 +45,23 @@ def test_class_subsets_on_both_sides(digits_folder):
     assert set(exp.target_test["label"]) == {0, 1}
 
 
+def _assert_stratified(carved: np.ndarray, population: np.ndarray, fraction: float) -> None:
+    """``carved`` per-class counts are a stratified ``fraction`` of ``population``'s, up to rounding.
+
+    ``Dataset.train_test_split(test_size=f, stratify_by_column=...)`` carves n = ceil(f N) of N rows
+    (N - n for the other part). Per class i (N_i rows) the other part gets floor or floor + 1 of
+    (N - n) N_i / N (scikit-learn's approximate mode: floors, then the largest remainders), and
+    the carved part the rest, N_i minus that; so the carved count differs from its exact share
+    n N_i / N by less than one: |carved_i - n N_i / N| < 1. An unstratified draw of 450 from
+    1,797 misses that for some class almost surely (each class's count has a standard deviation
+    of ~5.8).
+    """
+    n = int(np.ceil(fraction * population.sum()))
+    assert carved.sum() == n  # datasets rounds the carved share up
+    share = n * population / population.sum()
+    assert np.all(np.abs(carved - share) < 1), (carved, share)
+
+
 def test_test_fraction_carves_a_stratified_split_disjoint_from_the_shots(tmp_path):
     root = write_digits_folder(tmp_path / "digits", layout="classes")  # a single split
     data_args = DataArguments(source_dataset="fashion-mnist", target_dataset=str(root), shots=5,
@@ -52,9 +69,9 @@ def test_test_fraction_carves_a_stratified_split_disjoint_from_the_shots(tmp_pat
     pools = load_pools(data_args)
     full = _per_class(datasets.load_dataset("imagefolder", data_dir=str(root), split="train"))
     test, validation = _per_class(pools.target_test), _per_class(pools.target_validation)
-    assert test.sum() == np.ceil(0.25 * 1797)  # datasets rounds the test share up and np.all(np.abs(test - 0.25 * full) <= 1)  # stratified
-    rest = full - test
-    assert np.all(np.abs(validation - 0.2 * rest) <= 1)
+    assert full.sum() == 1797
+    _assert_stratified(test, full, 0.25)  # 450 test images, stratified
+    _assert_stratified(validation, full - test, 0.2)  # then the validation set, from what is left
     exp = prepare_data(data_args, seed=0, pools=pools)
     shots, test_paths, val_paths = _paths(exp.target), _paths(exp.target_test), _paths(exp.target_validation)
     assert len(shots) == 50 and not shots & test_paths and not shots & val_paths and not test_paths & val_paths
