@@ -98,8 +98,8 @@ def _recipe():
 
 def _plan(tmp_path, *argv: str):
     """What ``recipes/train_jtln.py ARGV`` decides before training: its parsed flags, checked, and its plan."""
-    data, model, jtln, training, given, _ = _recipe().parse_args([*argv, "--output_dir", str(tmp_path), "--seeds", "0",
-                                                                  "--backbone", "test_resnet", "--use_cpu", "true"])  # fmt: skip
+    flags = [*argv, "--output_dir", str(tmp_path), "--seeds", "0", "--backbone", "test_resnet", "--use_cpu", "true"]
+    data, model, jtln, training, given, _ = _recipe().parse_args(flags)
     check_arguments(data, model, jtln, given)
     return data, jtln, plan_experiment(data, model, jtln, training)
 

@@ -79,7 +79,8 @@ def test_evaluation_gathers_every_row_once(runs):
 # 1 class token = 50 tokens, width 64, 2 heads of 32, MLP 192, depth 6, class-token pooling): the
 # length of each sum a value goes through.
 PATCH_EMBED = 1 * 4 * 4
-BLOCK = 2 * 64 + 64 + 32 + 50 + 50 + 64 + 2 * 64 + 64 + 192  # LN (mean, var), qkv, q.k, softmax, attn.v, proj, LN, fc1, fc2
+# per block: LayerNorm (mean, variance), qkv, q.k, softmax sum, attn.v, proj, LayerNorm, fc1, fc2
+BLOCK = 2 * 64 + 64 + 32 + 50 + 50 + 64 + 2 * 64 + 64 + 192
 POOLER_REDUCTIONS = PATCH_EMBED + 6 * BLOCK + 2 * 64  # + the final LayerNorm; the class token is taken, not summed
 LOGIT_REDUCTIONS = POOLER_REDUCTIONS + 64  # + the head's dot product over the 64 pooled features
 U = 2.0**-24  # float32 unit roundoff

@@ -2,8 +2,9 @@
 
 Two kinds of reference. Parity tests compare the processor with the training code's evaluation
 path (``jtln_hf.data.build_transform`` + ``make_batch_transform``): training = inference. They
-share ``to_mode`` and timm's transform with the processor by design, so they cannot catch a
-conversion both get wrong. The by-hand tests (a palette image; every mode x 1/3/4 channels,
+share ``to_mode`` and timm's transform with the processor by design (so their atol=0 comparisons are
+exact by construction: the same functions on the same image), and cannot catch a conversion both
+get wrong. The by-hand tests (a palette image; every mode x 1/3/4 channels,
 ``test_every_mode_against_pixels_by_hand``) check both paths against pixels computed with numpy
 from the stored values and PIL's documented conversion rules.
 """
@@ -312,8 +313,8 @@ def test_every_mode_against_pixels_by_hand(mode, in_chans):
     (room for a multiplication by a rounded 1/255 instead of the division). One grey level off is
     1/(255 std) >= 0.01, orders of magnitude beyond that.
     """
-    config = {"input_size": [in_chans, HAND_SIZE, HAND_SIZE], "interpolation": "bilinear",
-              "mean": HAND_MEAN[:in_chans], "std": HAND_STD[:in_chans], "crop_pct": 1.0, "crop_mode": "center"}  # fmt: skip
+    config = {"input_size": [in_chans, HAND_SIZE, HAND_SIZE], "interpolation": "bilinear", "mean": HAND_MEAN[:in_chans],
+              "std": HAND_STD[:in_chans], "crop_pct": 1.0, "crop_mode": "center"}  # fmt: skip
     image = _hand_image(mode, seed=HAND_MODES.index(mode))
     assert image.mode == mode.split("+")[0]
     x = _by_hand(image, mode == "P+transparency", in_chans).astype(np.float64)
@@ -326,7 +327,8 @@ def test_every_mode_against_pixels_by_hand(mode, in_chans):
     for name, got in (("processor", processed), ("training", trained)):
         assert got.shape == expected.shape and got.dtype == torch.float32, name
         error = np.abs(got.double().numpy() - expected)
-        assert np.all(error <= bound), f"{name}: {mode} -> {in_chans} channels, worst {float((error / bound).max()):.3g} x bound"
+        worst = float((error / bound).max())
+        assert np.all(error <= bound), f"{name}: {mode} -> {in_chans} channels, worst {worst:.3g} x bound"
 
 
 def test_luma_by_hand_is_the_documented_formula_rounded():
