@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -10,13 +15,14 @@ from jtln_hf.arguments import DataArguments, JTLNArguments, ModelArguments, chec
 from jtln_hf.cost import FASHION_MNIST_PRIOR_PATH
 from jtln_hf.cost_builders import (
     COST_BUILDERS,
+    DEFAULT_FEATURE_COST,
     CostInputs,
     build_cost,
     cost_kind,
-    data_prior,
     register_cost,
 )
-from jtln_hf.sources import known_dataset
+from jtln_hf.experiment import plan_experiment
+from jtln_hf.sources import KNOWN_DATASETS, known_dataset
 
 SOURCE = ["T-shirt/top", "Trouser", "Pullover"]
 TARGET = ["Shirt", "Coat"]
@@ -82,13 +88,74 @@ def test_prior_file_and_constant(fashion_mnist, tmp_path):
         build_cost("features-mmd", inputs, "none")
 
 
-def test_defaults_come_from_the_known_dataset():
-    assert known_dataset("fashion-mnist").prior_cost == FASHION_MNIST_PRIOR_PATH
-    assert data_prior(DataArguments()) == FASHION_MNIST_PRIOR_PATH
-    assert data_prior(DataArguments(dataset="fgvc-aircraft")) is None
-    assert data_prior(DataArguments(source_dataset="fashion-mnist", target_dataset="x")) == FASHION_MNIST_PRIOR_PATH
-    assert cost_kind(DataArguments(), JTLNArguments()) == "prior"
-    assert cost_kind(DataArguments(source_dataset="fashion-mnist", target_dataset="x"), JTLNArguments()) == "features-mmd"
+def _recipe():
+    spec = importlib.util.spec_from_file_location("train_jtln_cli", Path(__file__).resolve().parents[1] / "recipes" /
+                                                  "train_jtln.py")  # fmt: skip
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _plan(tmp_path, *argv: str):
+    """What ``recipes/train_jtln.py ARGV`` decides before training: its parsed flags, checked, and its plan."""
+    flags = [*argv, "--output_dir", str(tmp_path), "--seeds", "0", "--backbone", "test_resnet", "--use_cpu", "true"]
+    data, model, jtln, training, given, _ = _recipe().parse_args(flags)
+    check_arguments(data, model, jtln, given)
+    return data, jtln, plan_experiment(data, model, jtln, training)
+
+
+def _prior_by_hand(path, source_names, target_names) -> np.ndarray:
+    """A labelled prior CSV read with the csv module, rows/columns picked by name, then the default
+    ``--cost_normalization column`` by hand: min-max to [0, 1], then each column shifted to a minimum of 0."""
+    with open(path, newline="") as f:
+        header, *rows = list(csv.reader(f))
+    table = {row[0]: dict(zip(header[1:], map(float, row[1:]))) for row in rows}
+    cost = np.array([[table[s][t] for t in target_names] for s in source_names])
+    cost = (cost - cost.min()) / (cost.max() - cost.min())
+    return cost - cost.min(axis=0)
+
+
+def test_defaults_come_from_the_known_dataset(tmp_path, monkeypatch):
+    """The recipe's default cost is the registered prior of a known dataset split by class, read from
+    whatever file the registry names; data without one (a second dataset, an unknown folder) gets
+    the feature cost, computed from the model (nothing fixed before training).
+
+    The hand-normalised prior is compared with a float64 tolerance: a few float64 operations on
+    values in [0, 1] (min-max, column shift) round to within a few 2**-53, far below 1e-12, while a
+    wrong row, column or file differs by >= 0.05 (the prior's entries are multiples of 0.1).
+    """
+    data, jtln, plan = _plan(tmp_path, "--mode", "jtln")  # Fashion-MNIST, split by class: the default data
+    exp = plan.data[0]
+    assert cost_kind(data, jtln) == "prior"
+    registered = known_dataset("fashion-mnist").prior_cost
+    assert registered.is_file()
+    expected = _prior_by_hand(registered, exp.source_names, exp.target_names)
+    np.testing.assert_allclose(plan.fixed_cost[0], expected, rtol=0, atol=1e-12)
+    assert registered.name in plan.fixed_cost[1]
+
+    # the default follows the registry, not a path written into the code: register another prior file
+    other = tmp_path / "other_prior.csv"
+    names = list(exp.target_names)
+    lines = ["source \\ target," + ",".join(names)]
+    lines += [f"{s}," + ",".join(str((3 * i + 7 * j) % 10 / 10) for j in range(len(names)))
+              for i, s in enumerate(exp.source_names)]  # fmt: skip
+    other.write_text("\n".join(lines) + "\n")
+    monkeypatch.setitem(KNOWN_DATASETS, "fashion-mnist",
+                        dataclasses.replace(known_dataset("fashion-mnist"), prior_cost=other))  # fmt: skip
+    data, jtln, plan = _plan(tmp_path, "--mode", "jtln")
+    other_expected = _prior_by_hand(other, exp.source_names, exp.target_names)
+    assert np.abs(other_expected - expected).max() >= 0.05  # a different cost indeed
+    np.testing.assert_allclose(plan.fixed_cost[0], other_expected, rtol=0, atol=1e-12)
+
+
+def test_data_without_a_prior_defaults_to_the_feature_cost(tmp_path, digits_folder):
+    data, jtln, plan = _plan(tmp_path, "--mode", "jtln", "--source_dataset", "fashion-mnist", "--target_dataset",
+                             str(digits_folder), "--shots", "2")  # fmt: skip
+    assert cost_kind(data, jtln) == DEFAULT_FEATURE_COST == "features-mmd"
+    assert plan.fixed_cost is None  # a model cost: computed from each seed's model, after its warm-up
+    # a known dataset registered without a prior: the feature cost too
+    assert known_dataset("fgvc-aircraft").prior_cost is None
+    assert cost_kind(DataArguments(dataset="fgvc-aircraft"), JTLNArguments()) == DEFAULT_FEATURE_COST
 
 
 def test_a_registered_cost_is_a_choice_of_the_cli_and_its_flags_follow(request, fashion_mnist):

@@ -7,12 +7,16 @@ import dataclasses
 import datasets
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from conftest import make_args, write_digits_folder
+from jtln_hf import JointImageClassifier
 from jtln_hf import data as jdata
 from jtln_hf.arguments import DataArguments, JTLNArguments, ModelArguments
 from jtln_hf.experiment import build_config, load_pools, plan_experiment, prepare_data
 from jtln_hf.methods import run_method
+from jtln_hf.trainer import JTLNTrainer
 
 
 def _paths(ds: datasets.Dataset) -> set[str]:
@@ -45,6 +49,23 @@ def test_class_subsets_on_both_sides(digits_folder):
     assert set(exp.target_test["label"]) == {0, 1}
 
 
+def _assert_stratified(carved: np.ndarray, population: np.ndarray, fraction: float) -> None:
+    """``carved`` per-class counts are a stratified ``fraction`` of ``population``'s, up to rounding.
+
+    ``Dataset.train_test_split(test_size=f, stratify_by_column=...)`` carves n = ceil(f N) of N rows
+    (N - n for the other part). Per class i (N_i rows) the other part gets floor or floor + 1 of
+    (N - n) N_i / N (scikit-learn's approximate mode: floors, then the largest remainders), and
+    the carved part the rest, N_i minus that; so the carved count differs from its exact share
+    n N_i / N by less than one: |carved_i - n N_i / N| < 1. An unstratified draw of 450 from
+    1,797 misses that for some class almost surely (each class's count has a standard deviation
+    of ~5.8).
+    """
+    n = int(np.ceil(fraction * population.sum()))
+    assert carved.sum() == n  # datasets rounds the carved share up
+    share = n * population / population.sum()
+    assert np.all(np.abs(carved - share) < 1), (carved, share)
+
+
 def test_test_fraction_carves_a_stratified_split_disjoint_from_the_shots(tmp_path):
     root = write_digits_folder(tmp_path / "digits", layout="classes")  # a single split
     data_args = DataArguments(source_dataset="fashion-mnist", target_dataset=str(root), shots=5,
@@ -52,9 +73,9 @@ def test_test_fraction_carves_a_stratified_split_disjoint_from_the_shots(tmp_pat
     pools = load_pools(data_args)
     full = _per_class(datasets.load_dataset("imagefolder", data_dir=str(root), split="train"))
     test, validation = _per_class(pools.target_test), _per_class(pools.target_validation)
-    assert test.sum() == np.ceil(0.25 * 1797)  # datasets rounds the test share up and np.all(np.abs(test - 0.25 * full) <= 1)  # stratified
-    rest = full - test
-    assert np.all(np.abs(validation - 0.2 * rest) <= 1)
+    assert full.sum() == 1797
+    _assert_stratified(test, full, 0.25)  # 450 test images, stratified
+    _assert_stratified(validation, full - test, 0.2)  # then the validation set, from what is left
     exp = prepare_data(data_args, seed=0, pools=pools)
     shots, test_paths, val_paths = _paths(exp.target), _paths(exp.target_test), _paths(exp.target_validation)
     assert len(shots) == 50 and not shots & test_paths and not shots & val_paths and not test_paths & val_paths
@@ -77,9 +98,43 @@ def test_input_comes_from_the_data_when_training_from_scratch(digits_folder):
     assert 0.05 < mean < 0.5  # dark backgrounds: Fashion-MNIST ~0.29, digits ~0.2
 
 
+def _raw_pixels(pixel_values: torch.Tensor, data_config: dict) -> np.ndarray:
+    """The 0..255 integer pixels behind normalised ``pixel_values`` (C, H, W) (every timm step on a PIL
+    image -- crop, resize, flip, colour jitter -- yields integers; ToTensor divides by 255, Normalize
+    subtracts the mean and divides by the std). The float32 error of (x/255 - mean)/std is a few
+    units of roundoff u = 2**-24 of |result| + 1/std (< 1e-5 here), i.e. < 1e-5 * std * 255 << 0.5
+    in pixel units once undone, so rounding recovers the integers exactly."""
+    mean = np.asarray(data_config["mean"], dtype=np.float64)[:, None, None]
+    std = np.asarray(data_config["std"], dtype=np.float64)[:, None, None]
+    raw = (pixel_values.double().numpy() * std + mean) * 255
+    whole = np.round(raw)
+    assert np.abs(raw - whole).max() < 1e-3  # integers, up to the float32 rounding above
+    return whole.astype(np.int64)
+
+
+def _hand_rgb(path: str, size: int) -> np.ndarray:
+    """A digit PNG as (3, size, size) RGB integers, converted with numpy: a grayscale (L) file's value
+    repeated in each channel (PIL's documented L -> RGB: R = G = B = L), an RGB file as stored; then,
+    if it is not at ``size`` already, resized bilinearly by PIL (what timm's Resize does to a PIL image,
+    channel by channel)."""
+    stored = np.asarray(Image.open(path), dtype=np.uint8)
+    rgb = np.repeat(stored[..., None], 3, axis=-1) if stored.ndim == 2 else stored
+    if rgb.shape[:2] != (size, size):
+        rgb = np.asarray(Image.fromarray(rgb, "RGB").resize((size, size), Image.BILINEAR))
+    return rgb.transpose(2, 0, 1).astype(np.int64)
+
+
 @pytest.mark.parametrize("colour_side", ["target", "source"])
-def test_grayscale_and_colour_images_meet_in_one_batch(tmp_path, digits_folder, colour_side):
-    """Grayscale source + RGB target, and the reverse: 3 channels, every image converted, a step trains."""
+def test_grayscale_and_colour_images_meet_in_one_batch(tmp_path, digits_folder, colour_side, monkeypatch):
+    """Grayscale source + RGB target, and the reverse: the model gets 3 channels, every training batch
+    holds grayscale- and colour-origin images each converted to RGB, and the trained model reloads.
+
+    Pixels are checked against a numpy conversion of the files: exactly under the evaluation
+    transform (crop_pct 1, bilinear: the target's images are at the model's size, the source's
+    resized by PIL), and under the training augmentation through what it cannot change: a
+    grayscale-origin image has three equal channels (crop, flip and colour jitter act on each
+    channel alike, and the luma of (g, g, g) is g), a colour-origin one does not.
+    """
     colour = write_digits_folder(tmp_path / "colour", mode="RGB", size=20)
     source, target = (str(digits_folder), str(colour)) if colour_side == "target" else (str(colour), str(digits_folder))
     data_args = DataArguments(source_dataset=source, target_dataset=target, shots=2, max_eval_samples=40)
@@ -87,15 +142,53 @@ def test_grayscale_and_colour_images_meet_in_one_batch(tmp_path, digits_folder, 
     jtln_args = JTLNArguments(mode="joint", seeds=[0])
     args = make_args(tmp_path / "run", max_steps=2, per_device_train_batch_size=8)
     plan = plan_experiment(data_args, model_args, jtln_args, args)
-    assert plan.config.data_config["input_size"][0] == 3
-    assert plan.config.data_config["input_size"][1] == (20 if colour_side == "target" else 28)  # target's size
+    data_config = plan.config.data_config
+    size = 20 if colour_side == "target" else 28  # the target's images' size
+    assert data_config["input_size"] == [3, size, size] and plan.config.backbone_kwargs["in_chans"] == 3
+    assert data_config["interpolation"] == "bilinear" and data_config["crop_pct"] == 1.0  # as _hand_rgb resizes
+    colour_domain = jdata.TARGET if colour_side == "target" else jdata.SOURCE
     exp = plan.data[0]
+
+    # evaluation transform: pixel for pixel what numpy makes of the files
     joint = jdata.build_joint_dataset(exp.source.select(range(8)), exp.target)
-    transform = jdata.make_batch_transform(jdata.build_transform(plan.config.data_config, training=True), 3)
-    batch = jdata.collate([joint.with_transform(transform)[i] for i in (0, 1, 8, 9)])  # 2 source, 2 target rows
-    assert batch["pixel_values"].shape == (4, 3, *plan.config.data_config["input_size"][1:])
+    transform = jdata.make_batch_transform(jdata.build_transform(data_config, training=False), 3)
+    rows = [0, 1, 8, 9]  # 2 source rows, 2 target rows
+    batch = jdata.collate([joint.with_transform(transform)[i] for i in rows])
+    assert batch["pixel_values"].shape == (4, 3, size, size) and batch["domain"].tolist() == [0, 0, 1, 1]
+    paths = [joint.select([i])[0]["image"]["path"] for i in rows]
+    origins = [Image.open(p).mode for p in paths]
+    assert origins == (["L", "L", "RGB", "RGB"] if colour_side == "target" else ["RGB", "RGB", "L", "L"])
+    for pixels, path in zip(batch["pixel_values"], paths):
+        np.testing.assert_array_equal(_raw_pixels(pixels, data_config), _hand_rgb(path, size))
+
+    # training: record the batches the trainer really feeds the model
+    seen = []
+    compute_loss = JTLNTrainer.compute_loss
+
+    def recording(self, model, inputs, *a, **kw):
+        if model.training:
+            seen.append((inputs["pixel_values"].detach().clone(), inputs["domain"].clone()))
+        return compute_loss(self, model, inputs, *a, **kw)
+
+    monkeypatch.setattr(JTLNTrainer, "compute_loss", recording)
     run = run_method("joint", exp, plan.config, data_args, model_args, jtln_args, args, seed=0)
-    assert 0.0 <= run.metrics["accuracy"] <= 1.0
+    assert len(seen) == 2  # max_steps
+    for pixel_values, domain in seen:
+        assert pixel_values.shape == (8, 3, size, size) and set(domain.tolist()) == {0, 1}  # both origins in one batch
+        for pixels, d in zip(pixel_values, domain.tolist()):
+            raw = _raw_pixels(pixels, data_config)
+            equal_channels = bool(np.all(raw[0] == raw[1]) and np.all(raw[1] == raw[2]))
+            assert equal_channels == (d != colour_domain), f"domain {d}"
+
+    # the trained model reloads: the same weights, the same logits on the batch above
+    run.model.save_pretrained(tmp_path / "saved")
+    reloaded = JointImageClassifier.from_pretrained(tmp_path / "saved").eval()
+    assert reloaded.config.data_config["input_size"] == [3, size, size]
+    state, again = run.model.state_dict(), reloaded.state_dict()
+    assert state.keys() == again.keys() and all(torch.equal(state[k], again[k]) for k in state)  # copies of the bits
+    with torch.no_grad():  # same weights, same input, same kernels in one process: the same bits
+        assert torch.equal(run.model.eval()(pixel_values=batch["pixel_values"]).logits,
+                           reloaded(pixel_values=batch["pixel_values"]).logits)  # fmt: skip
 
 
 def test_validation_metrics_are_reported(tmp_path, digits_folder):

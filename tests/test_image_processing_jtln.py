@@ -1,7 +1,12 @@
 """Tests for JointImageClassifierImageProcessor: timm's eval transform on any image, save/load.
 
-The reference for the pixels is the training code's own evaluation path
-(``jtln_hf.data.build_transform`` + ``make_batch_transform``), independent of the processor.
+Two kinds of reference. Parity tests compare the processor with the training code's evaluation
+path (``jtln_hf.data.build_transform`` + ``make_batch_transform``): training = inference. They
+share ``to_mode`` and timm's transform with the processor by design (so their atol=0 comparisons are
+exact by construction: the same functions on the same image), and cannot catch a conversion both
+get wrong. The by-hand tests (a palette image; every mode x 1/3/4 channels,
+``test_every_mode_against_pixels_by_hand``) check both paths against pixels computed with numpy
+from the stored values and PIL's documented conversion rules.
 """
 
 from __future__ import annotations
@@ -232,3 +237,107 @@ def test_image_files_training_and_inference_agree_pixel_for_pixel(in_chans, tmp_
         for k in (FILE_MODES.index("RGBA"), FILE_MODES.index("LA"), FILE_MODES.index("P+transparency")):
             assert len(torch.unique(from_paths[k][3])) > 1, FILE_MODES[k]
         assert torch.all(from_paths[FILE_MODES.index("RGB")][3] == (1.0 - 0.5) / 0.25)  # opaque: alpha 255
+
+
+# --------------------------------------- every mode against pixels computed by hand (numpy, no PIL convert)
+HAND_MODES = ["L", "RGB", "RGBA", "LA", "P", "P+transparency", "1", "I", "I;16", "F"]
+# mean/std exact in binary, so their float32 copies equal them (no rounding of the constants)
+HAND_MEAN, HAND_STD = [0.5, 0.375, 0.25, 0.625], [0.25, 0.5, 0.125, 0.375]
+HAND_SIZE = 24
+
+
+def _hand_image(mode: str, seed: int) -> Image.Image:
+    """A 24x24 image in ``mode``; the I, I;16 and F ones reach beyond 0..255 (and F has fractions)."""
+    rng = np.random.default_rng(seed)
+    shape = (HAND_SIZE, HAND_SIZE)
+    if mode == "I":
+        return Image.fromarray(rng.integers(-300, 600, size=shape).astype(np.int32), "I")
+    if mode == "I;16":
+        return Image.fromarray(rng.integers(0, 1024, size=shape).astype(np.uint16))
+    if mode == "F":
+        return Image.fromarray(rng.uniform(-20, 300, size=shape).astype(np.float32), "F")
+    if mode == "P+transparency":
+        image = _image("P", shape, seed=seed)
+        image.info["transparency"] = int(np.asarray(image)[0, 0])  # an index that occurs
+        return image
+    return _image(mode, shape, seed=seed)
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    """PIL's RGB -> L, ITU-R 601-2 luma L = R 299/1000 + G 587/1000 + B 114/1000, in the fixed point
+    Pillow computes it (Convert.c, L24): (19595 R + 38470 G + 7471 B + 0x8000) >> 16, i.e. rounded."""
+    r, g, b = (rgb[..., c].astype(np.int64) for c in range(3))
+    return (19595 * r + 38470 * g + 7471 * b + 0x8000) >> 16
+
+
+def _by_hand(image: Image.Image, transparent: bool, in_chans: int) -> np.ndarray:
+    """(in_chans, H, W) 0..255 integers: the image converted to L/RGB/RGBA by the rules PIL documents,
+    written with numpy on the stored values (never calling ``convert``)."""
+    stored = np.asarray(image)
+    rgb = gray = None
+    alpha = np.full(stored.shape[:2], 255, dtype=np.int64)  # opaque unless the image says otherwise
+    if image.mode == "P":  # the palette's colours; the transparent entry gets alpha 0
+        palette = np.asarray(image.getpalette(), dtype=np.int64).reshape(-1, 3)
+        rgb = palette[stored]
+        if transparent:
+            alpha = np.where(stored == image.info["transparency"], 0, 255)
+    elif image.mode in ("RGB", "RGBA"):
+        rgb = stored[..., :3].astype(np.int64)
+        if image.mode == "RGBA":
+            alpha = stored[..., 3].astype(np.int64)
+    elif image.mode == "LA":
+        gray, alpha = stored[..., 0].astype(np.int64), stored[..., 1].astype(np.int64)
+    elif image.mode == "1":
+        gray = np.where(stored, 255, 0)
+    elif image.mode == "F":  # clipped to 0..255, fractions truncated
+        gray = np.clip(np.trunc(stored), 0, 255).astype(np.int64)
+    else:  # L, and I / I;16 clipped to 0..255
+        gray = np.clip(stored.astype(np.int64), 0, 255)
+    if in_chans == 1:  # colour -> its luma (alpha dropped); gray as is
+        return (_luma(rgb) if rgb is not None else gray)[None]
+    colour = rgb.transpose(2, 0, 1) if rgb is not None else np.stack([gray] * 3)  # gray -> R = G = B
+    return colour if in_chans == 3 else np.concatenate([colour, alpha[None]])
+
+
+@pytest.mark.parametrize("in_chans", [1, 3, 4])
+@pytest.mark.parametrize("mode", HAND_MODES)
+def test_every_mode_against_pixels_by_hand(mode, in_chans):
+    """Processor and training transform against pixels computed by hand, for every mode and channel count.
+
+    The images are 24x24 and so is the model's input (crop_pct 1): timm's Resize leaves an image
+    already at its size unchanged (PIL returns a copy) and the centre crop takes all of it. The
+    reference is then (x/255 - mean)/std, in float64, of the hand-converted 0..255 integers x.
+    Tolerance, derived: float32 computes x/255 (rounded: error <= u x/255), subtracts the mean (<= u
+    |x/255 - mean|) and divides by the std (<= u |r|), u = 2**-24; so |r32 - r| <= u (x/255 + |x/255 -
+    mean|)/std + u |r| <= u (1/std + 2 |r|) to first order, x/255 <= 1. We allow u (2/std + 3 |r|)
+    (room for a multiplication by a rounded 1/255 instead of the division). One grey level off is
+    1/(255 std) >= 0.01, orders of magnitude beyond that.
+    """
+    config = {"input_size": [in_chans, HAND_SIZE, HAND_SIZE], "interpolation": "bilinear", "mean": HAND_MEAN[:in_chans],
+              "std": HAND_STD[:in_chans], "crop_pct": 1.0, "crop_mode": "center"}  # fmt: skip
+    image = _hand_image(mode, seed=HAND_MODES.index(mode))
+    assert image.mode == mode.split("+")[0]
+    x = _by_hand(image, mode == "P+transparency", in_chans).astype(np.float64)
+    mean = np.asarray(HAND_MEAN[:in_chans])[:, None, None]
+    std = np.asarray(HAND_STD[:in_chans])[:, None, None]
+    expected = (x / 255 - mean) / std
+    bound = 2.0**-24 * (2 / std + 3 * np.abs(expected))
+    processed = JointImageClassifierImageProcessor(data_config=config)(image)["pixel_values"][0]
+    trained = _reference(config, [image], in_chans)[0]
+    for name, got in (("processor", processed), ("training", trained)):
+        assert got.shape == expected.shape and got.dtype == torch.float32, name
+        error = np.abs(got.double().numpy() - expected)
+        worst = float((error / bound).max())
+        assert np.all(error <= bound), f"{name}: {mode} -> {in_chans} channels, worst {worst:.3g} x bound"
+
+
+def test_luma_by_hand_is_the_documented_formula_rounded():
+    """_luma, Pillow's fixed point, is the documented L = R 299/1000 + G 587/1000 + B 114/1000 rounded:
+    within 1/2 of it, plus 255 x the fixed-point coefficients' distance from 0.299, 0.587, 0.114
+    (~0.003), on 2 million random RGB triples and the corners of the cube."""
+    rgb = np.random.default_rng(0).integers(0, 256, size=(2_000_000, 3))
+    rgb = np.concatenate([rgb, np.array([[r, g, b] for r in (0, 255) for g in (0, 255) for b in (0, 255)])])
+    exact = rgb[:, 0] * 299 / 1000 + rgb[:, 1] * 587 / 1000 + rgb[:, 2] * 114 / 1000
+    slack = 255 * sum(abs(k / 65536 - c) for k, c in ((19595, 0.299), (38470, 0.587), (7471, 0.114)))
+    assert slack < 0.003
+    assert np.abs(_luma(rgb) - exact).max() <= 0.5 + slack

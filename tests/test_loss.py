@@ -13,6 +13,7 @@ from conftest import ce_by_hand, objective_by_hand, ot_by_hand
 from tolerances import cross_entropy_atol, sinkhorn_value_atol
 
 from jtln_hf.loss import JTLNLoss, split_rows
+from jtln_hf.ot import resolve_method
 
 L_S, L_T = 4, 3
 
@@ -265,11 +266,42 @@ def test_solver_re_resolved_when_epsilon_changes():
 
 
 def test_cost_made_in_inference_mode():
-    """Inference tensors have no version counter: resolved on every call instead of cached."""
-    logits, source_logits, labels, domain, _ = batch(seed=11)
+    """Inference tensors have no version counter: resolved on every call instead of cached.
+
+    So a cost made under ``torch.inference_mode`` gives the loss and the gradients (into both
+    heads' logits) of the same values in an ordinary tensor, and an in-place change to it made
+    under inference mode is seen at the next call: C scaled to a range of 100 / eps = 2000 needs
+    the log-domain solver (the kernel exp(-C/eps) underflows), where the first call's C (range < 1,
+    20 / eps) took the kernel one; a solver cached from the first call would give NaN or a
+    different value. Equality is exact: the same code on the same float32 values in one process
+    (the same solver, the same kernels, the same order of operations).
+    """
+    logits, source_logits, labels, domain, values = batch(seed=11)
     with torch.inference_mode():
-        cost = torch.rand(L_S, L_T)
-    assert torch.isfinite(JTLNLoss()(logits, source_logits, labels, domain, cost)["loss"])
+        cost = values.clone()
+    assert cost.is_inference() and not values.is_inference()
+    loss_fn = JTLNLoss(ot_epsilon=0.05)
+
+    def loss_and_grads(loss, c):
+        x, s = logits.clone().requires_grad_(), source_logits.clone().requires_grad_()
+        parts = loss(x, s, labels, domain, c)
+        parts["loss"].backward()
+        return parts, x.grad, s.grad
+
+    for scale in (1.0, 100.0):
+        if scale != 1.0:
+            with torch.inference_mode():
+                cost.mul_(scale)  # allowed on an inference tensor, inside inference mode only
+        reference = values * scale
+        assert resolve_method(reference, epsilon=0.05) == ("kernel" if scale == 1.0 else "log")
+        parts, grad, source_grad = loss_and_grads(loss_fn, cost)
+        ref_parts, ref_grad, ref_source_grad = loss_and_grads(JTLNLoss(ot_epsilon=0.05), reference)
+        for key in ("loss", "ot", "ce_target", "ce_source"):
+            assert torch.equal(parts[key], ref_parts[key]), key
+        assert parts["ot"] > 0 and torch.isfinite(parts["loss"])
+        # the gradient flows into both heads' logits (OT reaches the target rows of both), as with an ordinary C
+        assert torch.equal(grad, ref_grad) and torch.equal(source_grad, ref_source_grad)
+        assert grad.abs().sum() > 0 and source_grad[domain == 1].abs().sum() > 0
 
 
 def test_tol_with_a_batch_without_target_rows():

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
@@ -43,7 +44,10 @@ from conftest import make_model, make_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "train_jtln.py"
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+# The runs compared bit for bit must reduce floats in the same order: one intra-op thread, set here
+# for the subprocesses (not inherited: the caller may have exported OMP_NUM_THREADS=4, which
+# conftest only setdefaults) and by the fixture below in this process.
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 SAVE_STEPS, MAX_STEPS = 8, 20  # checkpoints 8, 16, 20: 8 steps (~1 s) to kill the run before it saves again
 COMMAND = [
     sys.executable, str(RECIPE), "--mode", "jtln", "--seeds", "0", "--shots", "3", "--max_eval_samples", "200",
@@ -51,6 +55,15 @@ COMMAND = [
     "--save_steps", str(SAVE_STEPS), "--logging_steps", "1", "--head_dropout", "0.2",
 ]
 STEP_KEYS = ("loss", "ce_target", "ce_source", "ot", "grad_norm", "learning_rate")
+
+
+@pytest.fixture(autouse=True)
+def one_intra_op_thread():
+    """torch's intra-op threads in this process: 1 during each test, whatever OMP_NUM_THREADS says; restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _start(output_dir: Path, *extra: str) -> subprocess.Popen:
