@@ -18,6 +18,7 @@ from .hub import save_model_folder
 from .io import atomic_write_dir, atomic_write_text
 from .methods import METHOD_REGISTRY, RunResult, predict_outputs
 from .modelcard import has_cost, mean_transport_plan, training_hyperparameters, write_model_card
+from .share import TIMM_FOLDER, example_images, timm_section, write_demo, write_timm_folder
 from .sources import FASHION_MNIST, display_name, hub_dataset_id
 from .stats import BASELINE, paired_summary
 
@@ -153,13 +154,32 @@ def save_model(
         eval_dataset=hub_dataset_id(specs[-1]) or data_name,
     )
 
+    examples = example_images(exp.target_test, target_names) if exp is not None else []
+    ot_settings = {"epsilon": args.ot_epsilon, "iterations": args.ot_iterations, "method": args.ot_method,
+                   "tol": args.ot_tol}  # fmt: skip
+
     def write(folder: Path) -> None:
         save_model_folder(model, folder)
         write_model_card(folder, model, plan=plan, plan_images=plan_images, summary=summary, **card_kwargs)
+        write_demo(folder, model, examples, ot_settings=ot_settings)
+        if args.save_timm:
+            timm_id = timm_repo_id(card_kwargs["repo_id"], args.hub_timm_model_id)
+            write_timm_folder(
+                model, folder / TIMM_FOLDER, repo_id=timm_id, jtln_repo_id=card_kwargs["repo_id"], examples=examples,
+                metrics=card_kwargs["metrics"], datasets=dataset_ids, dataset_name=card_kwargs["dataset_name"],
+                eval_dataset=card_kwargs["eval_dataset"], space_id=args.push_space,
+            )  # fmt: skip
+            with open(folder / "README.md", "a", encoding="utf-8") as card:  # the link back, and the second way to load
+                card.write(timm_section(card_kwargs["repo_id"], timm_id))
 
     if not args.should_save:  # under `accelerate launch`: the plan above needs every process, the files one
         return Path(output_dir) / "model"
     return atomic_write_dir(Path(output_dir) / "model", write)
 
 
-__all__ = ["results_markdown", "save_model", "summarize", "write_results"]
+def timm_repo_id(repo_id: str, timm_model_id: str | None = None) -> str:
+    """The timm export's repository: ``--hub_timm_model_id``, else ``<repo_id>-timm``."""
+    return timm_model_id or f"{repo_id}-timm"
+
+
+__all__ = ["results_markdown", "save_model", "summarize", "timm_repo_id", "write_results"]
