@@ -103,6 +103,10 @@ def theme() -> gr.themes.Base:
     return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 
 
+#: Small images (28x28 Fashion-MNIST) shown at the panel's size, pixels kept sharp.
+CSS = "#image img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default=None, help="Address to serve on (Gradio's default: 127.0.0.1).")
@@ -111,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--revision", default=None, help="Revision of --model.")
     args = parser.parse_args(argv)
     model, processor = load(args.model, args.revision)
-    build(model, processor).launch(server_name=args.host, server_port=args.port, theme=theme())
+    build(model, processor).launch(server_name=args.host, server_port=args.port, theme=theme(), css=CSS)
 
 
 if __name__ == "__main__":
