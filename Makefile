@@ -6,6 +6,8 @@
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 FMNIST  := /usr/share/datasets/fashion-mnist
+# Debian's browser for the demo's browser test (playwright drives it; `playwright install` needs the network)
+CHROMIUM := /usr/bin/chromium
 STAMP   := $(VENV)/.jtln-installed
 # torch 2.14.1 + torchvision 0.29.1: the only pair that imports together (with timm) on these machines.
 TORCH   := torch==2.14.1 torchvision==0.29.1
@@ -17,7 +19,7 @@ LOCK    := constraints.txt
 NUMERICS := tests/test_ot.py tests/test_ot_fast.py tests/test_ot_numerics.py tests/test_ot_objective.py \
             tests/test_loss.py tests/test_mixed_precision.py
 
-.PHONY: setup data demo test bench lock clean
+.PHONY: setup data browser demo test bench lock clean
 
 setup: $(STAMP) data
 
@@ -33,10 +35,15 @@ data: $(FMNIST)/train-images-idx3-ubyte.gz
 $(FMNIST)/train-images-idx3-ubyte.gz:
 	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist
 
+browser: $(CHROMIUM)
+
+$(CHROMIUM):
+	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+
 demo: setup
 	HF_HUB_OFFLINE=1 $(PY) recipes/train_jtln.py
 
-test: setup
+test: setup browser
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
 	ATEN_CPU_CAPABILITY=default HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q $(NUMERICS)
 

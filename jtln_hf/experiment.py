@@ -32,7 +32,7 @@ from .backbones import check_backbone
 from .configuration_jtln import JointImageClassifierConfig
 from .cost_builders import cost_kind, cost_warmup_steps, is_model_cost
 from .methods import METHOD_REGISTRY, RunResult, build_model, resolve_cost, run_method, stage_length
-from .modeling_jtln import JointImageClassifier
+from .modeling_jtln import JointImageClassifier, TimmExportError
 from .results import results_markdown, save_model, summarize, write_results
 from .sources import FASHION_MNIST, data_config_from_stats, display_name, image_stats, known_dataset, open_dataset, pick_split
 from .trainer import JTLNTrainingArguments, jtln_loss_from_args
@@ -259,6 +259,11 @@ def plan_experiment(
     data = {seed: prepare_data(data_args, seed, pools) for seed in jtln_args.seeds}
     config = build_config(model_args, data_args, data[jtln_args.seeds[0]])
     model = build_model(config, jtln_args.seeds[0], model_args.image_size if model_args.pretrained else None)
+    if args.save_timm:  # before training, not after: a backbone whose classifier the timm export cannot map
+        try:
+            model.to_timm()
+        except TimmExportError as err:
+            raise TimmExportError(f"{err} Pass --save_timm false to train without the timm export.") from None
     methods = jtln_args.run_methods
     fixed_cost = None
     if _uses_ot(methods) and not is_model_cost(cost_kind(data_args, jtln_args)):

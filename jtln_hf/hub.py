@@ -89,6 +89,9 @@ def push_model_folder(
     private: bool | None = None,
     revision: str | None = None,
     commit_message: str = "Upload JTLN model (jtln_hf)",
+    exclude: tuple[str, ...] | list[str] = (),
+    repo_type: str | None = None,
+    space_sdk: str | None = None,
 ) -> CommitInfo:
     """Create ``repo_id`` if needed and upload ``folder`` to it with ``HfApi.upload_folder``.
 
@@ -109,6 +112,12 @@ def push_model_folder(
         Branch to commit to (default: the main branch).
     commit_message : str
         Message of the commit.
+    exclude : sequence of str
+        More ``ignore_patterns`` (e.g. ``("timm/*",)``: the timm export goes to its own repository).
+    repo_type : str, optional
+        ``"space"`` for a Space (default: a model repository).
+    space_sdk : str, optional
+        The SDK of a new Space (``"gradio"``).
 
     Returns
     -------
@@ -125,15 +134,17 @@ def push_model_folder(
     from . import __version__
 
     folder = Path(folder)
-    if not _has_files_to_push(folder):
+    ignore = [*PUSH_IGNORE_PATTERNS, *exclude]
+    if not _has_files_to_push(folder, ignore):
         raise HubPushError(f"nothing to push: {folder} has no files (save the model there first).")
     api = HfApi(token=token, library_name="jtln_hf", library_version=__version__)
     try:
-        repo = api.create_repo(repo_id, private=private, exist_ok=True)
+        space = {"repo_type": repo_type, "space_sdk": space_sdk} if repo_type == "space" else {}
+        repo = api.create_repo(repo_id, private=private, exist_ok=True, **space)
         # a new list: upload_folder appends its default patterns to the one it is given
         return api.upload_folder(
-            repo_id=repo.repo_id, folder_path=folder, ignore_patterns=list(PUSH_IGNORE_PATTERNS),
-            commit_message=commit_message, revision=revision,
+            repo_id=repo.repo_id, folder_path=folder, ignore_patterns=list(ignore),
+            commit_message=commit_message, revision=revision, **({"repo_type": repo_type} if repo_type else {}),
         )  # fmt: skip
     except HFValidationError as err:
         raise HubPushError(f"{_invalid_repo_id(repo_id, err)} {_fix_later(folder, repo_id)}") from err
@@ -170,10 +181,10 @@ def push_model_folder(
         ) from err
 
 
-def _has_files_to_push(folder: Path) -> bool:
-    """Whether ``upload_folder`` would upload anything: a file not left out by :data:`PUSH_IGNORE_PATTERNS`."""
+def _has_files_to_push(folder: Path, ignore: list[str] | None = None) -> bool:
+    """Whether ``upload_folder`` would upload anything: a file not left out by ``ignore`` (:data:`PUSH_IGNORE_PATTERNS`)."""
     files = (path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
-    return next(filter_repo_objects(files, ignore_patterns=list(PUSH_IGNORE_PATTERNS)), None) is not None
+    return next(filter_repo_objects(files, ignore_patterns=list(ignore or PUSH_IGNORE_PATTERNS)), None) is not None
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:

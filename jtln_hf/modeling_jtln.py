@@ -17,6 +17,8 @@ arXiv:1709.02995, 2017.
 from __future__ import annotations
 
 import contextvars
+import json
+import os
 from dataclasses import dataclass
 
 import timm
@@ -28,6 +30,15 @@ from transformers.utils import cached_file
 from transformers.utils import ModelOutput
 
 from .configuration_jtln import JointImageClassifierConfig, check_cost_matrix
+
+#: PIL's RGB -> "L" conversion (ITU-R 601-2 luma in 16-bit fixed point: L = (19595 R + 38470 G + 7471 B
+#: + 2**15) >> 16). The weights sum to exactly 1 and are exact in float32.
+LUMA_RGB = (19595 / 65536, 38470 / 65536, 7471 / 65536)
+
+
+class TimmExportError(ValueError):
+    """The target network cannot be written as a plain timm classifier; the message says why."""
+
 
 # Set while `from_pretrained` builds the model: the checkpoint holds the backbone weights, so timm
 # must not be asked to download its own.
@@ -260,6 +271,107 @@ class JointImageClassifier(JointImageClassifierPreTrainedModel):
         probabilities = scores.float().softmax(-1)
         best, label_ids = probabilities.max(-1)
         return ClassPrediction(probabilities, label_ids, [names[int(i)] for i in label_ids], best)
+
+    def to_timm(self) -> nn.Module:
+        """The target network (backbone + target head) as a plain timm classifier, in eval mode.
+
+        ``timm.create_model(architecture, num_classes=L_t, **backbone_kwargs)`` loads the backbone's
+        weights and, as its classifier (``get_classifier()``, ``pretrained_cfg["classifier"]``), the
+        target head: its ``forward`` gives this model's target ``logits``. Head dropout is an
+        identity at inference and is not carried over.
+
+        A one-channel (grayscale) model becomes a three-channel one, since timm's processor and the
+        image-classification pipeline hand RGB images to the model: the first convolution
+        (``pretrained_cfg["first_conv"]``) gets the grayscale kernel times PIL's luma weights
+        :data:`LUMA_RGB` on R, G, B. On a gray image (R = G = B) that is the same function; on a
+        colour image it differs from this model's processor (which converts to "L" in uint8) only
+        by that conversion's rounding, at most 0.5/255 per pixel before normalisation.
+
+        Raises
+        ------
+        TimmExportError
+            The backbone cannot be mapped: its input has neither 1 nor 3 channels (a 4-channel model
+            needs RGBA, which the pipeline does not give); timm's classifier for it is not one
+            ``nn.Linear`` on the pooled features (e.g. ``dla*``: a 1x1 Conv2d; distilled DeiT: two
+            heads); its weights with a classifier differ from those without one beyond the
+            classifier; or a grayscale model's first layer is not a single ``nn.Conv2d``.
+        """
+        config = self.config
+        in_chans = int(config.data_config["input_size"][0])
+        cfg = dict(getattr(self.backbone, "pretrained_cfg", None) or {})
+        arch = cfg.get("architecture") or config.backbone
+        where = f"cannot export backbone {arch!r} to timm:"
+        if in_chans not in (1, 3):
+            raise TimmExportError(f"{where} its input has {in_chans} channels, but timm's image processor and the "
+                                  "image-classification pipeline give RGB images (3 channels; 1-channel models are "
+                                  "mapped to them).")  # fmt: skip
+        kwargs = {**config.backbone_kwargs, "in_chans": 3}
+        export = timm.create_model(arch, pretrained=False, num_classes=config.num_labels, **kwargs)
+        classifier = export.get_classifier()
+        name = export.pretrained_cfg.get("classifier")
+        if not isinstance(classifier, nn.Linear) or not isinstance(name, str):
+            kind = "two classifiers" if isinstance(classifier, (tuple, list)) else type(classifier).__name__
+            raise TimmExportError(f"{where} timm's classifier for it ({name}) is {kind}, not one nn.Linear on the "
+                                  "pooled features that the target head could become.")  # fmt: skip
+        if (classifier.in_features, classifier.out_features) != tuple(self.target_head.weight.shape[::-1]):
+            raise TimmExportError(f"{where} timm's classifier maps {classifier.in_features} features to "
+                                  f"{classifier.out_features}, the target head {self.target_head.in_features} to "
+                                  f"{self.target_head.out_features}.")  # fmt: skip
+        state = {k: v.detach().clone() for k, v in self.backbone.state_dict().items()}
+        if in_chans == 1:
+            first = cfg.get("first_conv") or export.pretrained_cfg.get("first_conv")
+            conv = self.backbone.get_submodule(first) if isinstance(first, str) else None
+            if not isinstance(conv, nn.Conv2d) or conv.groups != 1:
+                raise TimmExportError(f"{where} a grayscale model's first layer ({first}) must be one nn.Conv2d to "
+                                      "take RGB images.")  # fmt: skip
+            luma = torch.tensor(LUMA_RGB, dtype=conv.weight.dtype, device=conv.weight.device)
+            state[f"{first}.weight"] = (conv.weight.detach() * luma.view(1, 3, 1, 1)).clone()
+        state[f"{name}.weight"] = self.target_head.weight.detach().clone()
+        state[f"{name}.bias"] = self.target_head.bias.detach().clone()
+        expected = export.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        reshaped = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+        if missing or unexpected or reshaped:
+            what = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
+                    else f"other shapes for {reshaped[:3]}")  # fmt: skip
+            raise TimmExportError(f"{where} its weights with a classifier do not match the backbone's beyond the "
+                                  f"classifier ({what}).")  # fmt: skip
+        export.load_state_dict(state, strict=True)
+        return export.to(self.target_head.weight.device).eval()
+
+    def save_timm(self, folder: str | os.PathLike) -> None:
+        """Write :meth:`to_timm` as a timm model folder (``timm.models.save_for_hf``).
+
+        ``model.safetensors`` and ``config.json``: the architecture, ``num_classes``, ``label_names``
+        (``config.id2label``), ``model_args`` and the preprocessing as timm's ``pretrained_cfg``
+        (``config.data_config``: input size, mean, std, interpolation, crop; repeated over R, G, B
+        for a grayscale model). It loads without jtln_hf and without remote code:
+        ``timm.create_model("local-dir:FOLDER", pretrained=True)``,
+        ``TimmWrapperForImageClassification.from_pretrained(FOLDER)`` and
+        ``pipeline("image-classification", model=FOLDER)``. The source head, the cost matrix and the
+        transport plan are not part of it. Raises :class:`TimmExportError` like :meth:`to_timm`.
+        """
+        export = self.to_timm()
+        data = dict(self.config.data_config)
+        channels = int(data["input_size"][0])
+        data["input_size"] = [3, *data["input_size"][1:]]
+        for key in ("mean", "std"):
+            data[key] = list(data[key]) * (3 // channels) if len(data[key]) == channels else list(data[key])
+        names = [self.config.id2label[i] for i in range(self.config.num_labels)]
+        timm.models.save_for_hf(
+            export, str(folder), model_config={"label_names": names}, data_config=data, safe_serialization=True
+        )
+        # timm records num_classes in model_args too, which TimmWrapperModel passes to timm.create_model
+        # beside its own num_classes=num_labels (a TypeError); the root num_classes says it for both. The
+        # tag named the source weights of the architecture's default config, not these.
+        path = os.path.join(folder, "config.json")
+        with open(path) as f:
+            saved = json.load(f)
+        saved.get("model_args", {}).pop("num_classes", None)
+        saved["pretrained_cfg"].pop("tag", None)
+        with open(path, "w") as f:
+            json.dump(saved, f, indent=2)
 
     def predict_source(self, pixel_values) -> ClassPrediction:
         """Source-class predictions (`config.source_id2label`): the source head, which pipelines do not show."""

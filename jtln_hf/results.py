@@ -19,6 +19,7 @@ from .io import atomic_write_dir, atomic_write_text
 from .methods import METHOD_REGISTRY, RunResult, predict_outputs
 from .cost_builders import COST_BUILDERS, cost_kind
 from .modelcard import default_model_name, has_cost, mean_transport_plan, training_hyperparameters, write_model_card
+from .share import TIMM_FOLDER, example_images, write_demo, write_timm_folder
 from .sources import FASHION_MNIST, display_name, hub_dataset_id
 from .stats import BASELINE, paired_summary
 
@@ -161,13 +162,37 @@ def save_model(
         eval_dataset=hub_dataset_id(specs[-1]) or data_name,
     )
 
+    examples = example_images(exp.target_test, target_names) if exp is not None else []
+    ot_settings = {"epsilon": args.ot_epsilon, "iterations": args.ot_iterations, "method": args.ot_method,
+                   "tol": args.ot_tol}  # fmt: skip
+
+    # The repository the JTLN folder goes to: --hub_model_id, or (pushed without one) the output folder's
+    # name, as the recipe's push does; unpushed and unnamed, the cards' placeholder.
+    jtln_repo = args.hub_model_id or (Path(args.output_dir).resolve().name if args.push_to_hub else None)
+    jtln_repo = jtln_repo or f"your-name/{card_kwargs['model_name']}"
+    timm_id = timm_repo_id(jtln_repo, args.hub_timm_model_id)
+    if args.save_timm:  # the card says where the plain timm copy is: its own repository once pushed, else the folder
+        card_kwargs["timm_export"] = f"hf-hub:{timm_id}" if args.push_to_hub else f"local-dir:{TIMM_FOLDER}"
+
     def write(folder: Path) -> None:
         save_model_folder(model, folder)
         write_model_card(folder, model, plan=plan, plan_images=plan_images, summary=summary, **card_kwargs)
+        write_demo(folder, model, examples, ot_settings=ot_settings)
+        if args.save_timm:
+            write_timm_folder(
+                model, folder / TIMM_FOLDER, repo_id=timm_id, jtln_repo_id=jtln_repo, examples=examples,
+                metrics=card_kwargs["metrics"], datasets=dataset_ids, dataset_name=card_kwargs["dataset_name"],
+                eval_dataset=card_kwargs["eval_dataset"], space_id=args.push_space,
+            )  # fmt: skip
 
     if not args.should_save:  # under `accelerate launch`: the plan above needs every process, the files one
         return Path(output_dir) / "model"
     return atomic_write_dir(Path(output_dir) / "model", write)
 
 
-__all__ = ["results_markdown", "save_model", "summarize", "write_results"]
+def timm_repo_id(repo_id: str, timm_model_id: str | None = None) -> str:
+    """The timm export's repository: ``--hub_timm_model_id``, else ``<repo_id>-timm``."""
+    return timm_model_id or f"{repo_id}-timm"
+
+
+__all__ = ["results_markdown", "save_model", "summarize", "timm_repo_id", "write_results"]

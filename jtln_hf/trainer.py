@@ -108,6 +108,21 @@ class JTLNTrainingArguments(TrainingArguments, JTLNObjectiveArguments):
         default=False, metadata={"help": "Keep False: the transform needs the image column."}
     )
 
+    # Sharing (the recipe's model/ folder and --push_to_hub; jtln_hf.share).
+    save_timm: bool = field(
+        default=True,
+        metadata={"help": "Also write OUTPUT_DIR/model/timm: the target network as a plain timm model (loads without "
+                  "jtln_hf); --push_to_hub pushes it to its own repository."},
+    )  # fmt: skip
+    hub_timm_model_id: str | None = field(
+        default=None, metadata={"help": "Repository of the timm export (default: <hub_model_id>-timm)."}
+    )
+    push_space: str | None = field(
+        default=None,
+        metadata={"help": "With --push_to_hub: also push the Gradio demo as this Space (user/name), loading the "
+                  "model by repository id at the pushed revision."},
+    )  # fmt: skip
+
     def __post_init__(self):
         super().__post_init__()
         if self.dataloader_pin_memory and not torch.cuda.is_available():

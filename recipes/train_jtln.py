@@ -17,6 +17,7 @@ examples:
   python recipes/train_jtln.py --config recipes/configs/fashion_mnist.yaml --max_steps 200
   accelerate launch recipes/train_jtln.py --config ...           # several GPUs / mixed precision
   python recipes/train_jtln.py --push_to_hub --hub_model_id user/jtln-fashion-mnist   # then share it
+  python recipes/train_jtln.py --push_to_hub --hub_model_id user/jtln-fmnist --push_space user/jtln-demo
   python recipes/train_jtln.py --report_to tensorboard           # curves: tensorboard --logdir OUTPUT_DIR/runs
 
 Every flag of transformers.TrainingArguments works too (--learning_rate, --bf16 ...). A --config
@@ -27,8 +28,11 @@ TrainingArguments' own debug option).
 
 --push_to_hub checks for a Hugging Face token before training, trains without pushing any stage,
 then uploads the finished OUTPUT_DIR/model folder (weights, config, remote code, processor
-config, card and figures) to --hub_model_id in one commit. If the push fails, the error says why
-and how to fix it (exit status 1); the local results stay as written.
+config, card, figures and the demo app) to --hub_model_id in one commit, and its timm export
+OUTPUT_DIR/model/timm to --hub_timm_model_id (default <hub_model_id>-timm) in another;
+--push_space SPACE_ID adds the Gradio demo as a Space loading the model at the pushed revision.
+If a push fails, the error says why and how to fix it (exit status 1); the local results stay
+as written. python OUTPUT_DIR/model/app.py serves the demo locally.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ from transformers import HfArgumentParser
 from jtln_hf.arguments import DataArguments, JTLNArguments, ModelArguments, check_arguments
 from jtln_hf.experiment import plan_experiment, run_experiment
 from jtln_hf.hub import HubPushError, check_can_push, push_model_folder
+from jtln_hf.results import timm_repo_id
+from jtln_hf.share import TIMM_FOLDER, push_space
 from jtln_hf.trainer import JTLNTrainingArguments
 
 # The embedded default's training set-up (AdamW 1e-3 cosine, wd 5e-4, 64 source + 64 target images
@@ -174,22 +180,56 @@ def hub_repo_id(training_args: JTLNTrainingArguments) -> str:
 def push(training_args: JTLNTrainingArguments) -> int:
     """Upload ``OUTPUT_DIR/model`` to the Hub; print the commit, or the error and its fix (exit status 1).
 
+    One commit per repository: the JTLN model (without ``timm/``) to ``--hub_model_id``; the timm export
+    ``model/timm`` (when written) to ``--hub_timm_model_id`` (default ``<hub_model_id>-timm``); with
+    ``--push_space``, the Gradio demo to that Space, loading the model at the revision just pushed.
     Only the main process pushes (under ``accelerate launch`` every process runs the recipe).
     """
     if training_args.process_index != 0:
         return 0
     folder = Path(training_args.output_dir) / "model"
     repo_id = hub_repo_id(training_args)
+    private = training_args.hub_private_repo
     try:
         commit = push_model_folder(
-            folder, repo_id, token=training_args.hub_token, private=training_args.hub_private_repo,
-            revision=training_args.hub_revision,
+            folder, repo_id, token=training_args.hub_token, private=private,
+            revision=training_args.hub_revision, exclude=[f"{TIMM_FOLDER}/*"],
         )  # fmt: skip
+        print(f"pushed {folder} to {repo_id}: {commit.commit_url}")
+        if (folder / TIMM_FOLDER).is_dir():
+            timm_id = timm_repo_id(repo_id, training_args.hub_timm_model_id)
+            timm_commit = push_model_folder(
+                folder / TIMM_FOLDER, timm_id, token=training_args.hub_token, private=private,
+                revision=training_args.hub_revision, commit_message=f"Upload the timm export of {repo_id} (jtln_hf)",
+            )  # fmt: skip
+            print(f"pushed {folder / TIMM_FOLDER} to {timm_id}: {timm_commit.commit_url}")
+        if training_args.push_space:
+            space = push_space(folder, training_args.push_space, model_id=repo_id, revision=commit.oid,
+                               token=training_args.hub_token, private=private)  # fmt: skip
+            print(f"pushed the demo of {repo_id}@{commit.oid} to the Space {training_args.push_space}: "
+                  f"{space.commit_url}")  # fmt: skip
     except HubPushError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"pushed {folder} to {repo_id}: {commit.commit_url}")
     return 0
+
+
+def check_sharing(training_args: JTLNTrainingArguments) -> None:
+    """Before training: every repository the push will write to has a valid id, and a token exists."""
+    if training_args.push_space and not training_args.push_to_hub:
+        raise UsageError("--push_space loads the model from the Hub: add --push_to_hub (and --hub_model_id).")
+    if training_args.hub_timm_model_id and not training_args.save_timm:
+        raise UsageError("--hub_timm_model_id names where the timm export goes, but --save_timm is false: drop one.")
+    if not training_args.push_to_hub:
+        return
+    repo_id = hub_repo_id(training_args)
+    targets = [repo_id]
+    if training_args.save_timm:
+        targets.append(timm_repo_id(repo_id, training_args.hub_timm_model_id))
+    if training_args.push_space:
+        targets.append(training_args.push_space)
+    for target in targets:
+        check_can_push(target, training_args.hub_token)
 
 
 def _one_line(err: BaseException) -> str:
@@ -201,12 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data_args, model_args, jtln_args, training_args, given, debug = parse_args(argv)
         check_arguments(data_args, model_args, jtln_args, given)
-        if training_args.push_to_hub:
-            try:  # before hours of training, not after
-                check_can_push(hub_repo_id(training_args), training_args.hub_token)
-            except HubPushError as err:
-                print(f"error: {err}", file=sys.stderr)
-                return 1
+        try:  # before hours of training, not after
+            check_sharing(training_args)
+        except HubPushError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
         plan = plan_experiment(data_args, model_args, jtln_args, training_args)
         result = run_experiment(data_args, model_args, jtln_args, training_args, plan=plan)
     except (ValueError, FileNotFoundError) as err:  # user errors: UsageError, bad data, bad cost, ...

@@ -39,7 +39,7 @@ PACKAGE = Path(jtln_hf.__file__).parent
 CODE_FILES = ("configuration_jtln.py", "modeling_jtln.py", "image_processing_jtln.py")
 HUB_FILES = sorted(["config.json", *CODE_FILES, "model.safetensors", "preprocessor_config.json"])
 # safetensors is a hard dependency of transformers, so it is present wherever transformers is.
-ALLOWED_IMPORTS = {"__future__", "contextvars", "copy", "dataclasses", "os", "typing", "numpy", "PIL", "timm",
+ALLOWED_IMPORTS = {"__future__", "contextvars", "copy", "dataclasses", "json", "os", "typing", "numpy", "PIL", "timm",
                    "torch", "transformers", "safetensors"}  # fmt: skip
 
 

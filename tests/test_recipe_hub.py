@@ -22,10 +22,15 @@ from test_modelcard import declared_urls, undeclared_links
 
 REPO = Path(__file__).resolve().parents[1]
 REPO_ID = "tester/jtln-fmnist-tiny"
-MODEL_FILES = [
+SPACE_ID = "tester/jtln-demo"
+EXAMPLES = ["examples/0-shirt.png", "examples/1-coat.png", "examples/2-sandal.png", "examples/3-bag.png",
+            "examples/4-ankle-boot.png"]  # fmt: skip
+MODEL_FILES = sorted([
     "README.md", "config.json", "configuration_jtln.py", "cost_matrix.png", "image_processing_jtln.py",
     "model.safetensors", "modeling_jtln.py", "preprocessor_config.json", "transport_plan.png",
-]  # fmt: skip
+    "app.py", "demo.json", "requirements.txt", *EXAMPLES,
+])  # fmt: skip
+TIMM_FILES = sorted(["README.md", "config.json", "model.safetensors", *EXAMPLES])
 TRAIN_TAGS = {"train/loss", "train/ce_target", "train/ce_source", "train/ot", "train/learning_rate"}
 EVAL_TAGS = {"eval/accuracy", "eval/mean_per_class_accuracy", "eval/loss"}
 
@@ -54,7 +59,7 @@ def _fake_hub(monkeypatch, calls):
         folder = Path(folder_path)  # the files upload_folder selects, with huggingface_hub's own filter
         names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
         kept = filter_repo_objects(names, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns)
-        calls.append(("upload_folder", repo_id, {name: (folder / name).read_bytes() for name in kept}))
+        calls.append(("upload_folder", repo_id, {name: (folder / name).read_bytes() for name in kept}, kwargs))
         return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/abc", commit_message="m",
                           commit_description="", oid="abc")  # fmt: skip
 
@@ -71,7 +76,7 @@ def pushed_run(tmp_path_factory):
     monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_tests")
     out = tmp_path_factory.mktemp("recipe") / "run"
     try:
-        status = _load_recipe().main(_argv(out, "--push_to_hub", "--hub_model_id", REPO_ID))
+        status = _load_recipe().main(_argv(out, "--push_to_hub", "--hub_model_id", REPO_ID, "--push_space", SPACE_ID))
     finally:
         monkeypatch.undo()
     return status, out, calls
@@ -80,11 +85,12 @@ def pushed_run(tmp_path_factory):
 def test_push_sends_the_model_folder_once(pushed_run, capsys):
     status, out, calls = pushed_run
     assert status == 0
-    # one repository creation and one folder upload, for the final model folder only (no stage pushed)
-    assert [c[0] for c in calls] == ["create_repo", "upload_folder"]
-    assert calls[0][1] == REPO_ID and calls[0][2]["exist_ok"] is True
-    _, repo_id, files = calls[1]
-    assert repo_id == REPO_ID and sorted(files) == MODEL_FILES
+    # one commit per repository: the model (no stage pushed), its timm export, the demo Space
+    assert [c[0] for c in calls] == ["create_repo", "upload_folder"] * 3
+    assert [c[1] for c in calls] == [REPO_ID] * 2 + [f"{REPO_ID}-timm"] * 2 + [SPACE_ID] * 2
+    assert calls[0][2]["exist_ok"] is True
+    _, repo_id, files, _ = calls[1]
+    assert repo_id == REPO_ID and sorted(files) == MODEL_FILES  # timm/ goes to its own repository
     for name, content in files.items():
         assert content == (out / "model" / name).read_bytes(), name
     card = ModelCard(files["README.md"].decode())
@@ -103,6 +109,47 @@ def test_push_sends_the_model_folder_once(pushed_run, capsys):
     assert "top_4_accuracy" in results["runs"][0]
     assert "top_4_accuracy" not in {r.metric_type for r in card.data.eval_results}
     assert not undeclared_links(text, out / "model", declared_urls(REPO_ID, card.data.base_model))
+    # the link to the timm export, and the second way to load
+    assert f"[{REPO_ID}-timm](https://huggingface.co/{REPO_ID}-timm)" in text
+    assert f'pipeline("image-classification", model="{REPO_ID}-timm")' in text
+
+
+def test_push_sends_the_timm_export_with_a_widget_card(pushed_run):
+    _, out, calls = pushed_run
+    _, repo_id, files, kwargs = calls[3]
+    assert kwargs.get("repo_type") is None  # a model repository
+    assert repo_id == f"{REPO_ID}-timm" and sorted(files) == TIMM_FILES
+    for name, content in files.items():
+        assert content == (out / "model" / "timm" / name).read_bytes(), name
+    card = ModelCard(files["README.md"].decode())
+    assert card.data.library_name == "timm" and card.data.pipeline_tag == "image-classification"
+    assert [w["src"] for w in card.data.widget] == [
+        f"https://huggingface.co/{REPO_ID}-timm/resolve/main/{name}" for name in EXAMPLES]  # fmt: skip
+    assert [w["example_title"] for w in card.data.widget] == ["Shirt", "Coat", "Sandal", "Bag", "Ankle boot"]
+    results = json.loads((out / "results.json").read_text())
+    accuracy = {r.metric_type: r.metric_value for r in card.data.eval_results}["accuracy"]
+    assert accuracy == pytest.approx(results["runs"][0]["accuracy"], abs=1e-4)
+    assert json.loads(files["config.json"])["label_names"] == ["Shirt", "Coat", "Sandal", "Bag", "Ankle boot"]
+    assert f"[{REPO_ID}](https://huggingface.co/{REPO_ID})" in card.text  # the link to the JTLN repository
+    assert f"[{SPACE_ID}](https://huggingface.co/spaces/{SPACE_ID})" in card.text
+
+
+def test_push_space_loads_the_model_at_the_pushed_revision(pushed_run):
+    _, out, calls = pushed_run
+    create, upload = calls[4], calls[5]
+    assert create[2]["repo_type"] == "space" and create[2]["space_sdk"] == "gradio"
+    _, repo_id, files, kwargs = upload
+    assert kwargs["repo_type"] == "space"
+    assert repo_id == SPACE_ID
+    assert {"README.md", "app.py", "demo.json", "requirements.txt", "jtln_hf/__init__.py", "jtln_hf/figures.py",
+            "jtln_hf/ot.py", *EXAMPLES} <= set(files)  # fmt: skip
+    assert not [name for name in files if "__pycache__" in name or name.endswith(".pyc")]
+    assert files["app.py"] == (out / "model" / "app.py").read_bytes()
+    settings = json.loads(files["demo.json"])
+    assert settings["model_id"] == REPO_ID and settings["revision"] == "abc"  # the model commit's oid
+    assert settings["ot"] == {"epsilon": 0.05, "iterations": 50, "method": "auto", "tol": None}
+    card = ModelCard(files["README.md"].decode())
+    assert card.data.sdk == "gradio" and card.data.app_file == "app.py" and card.data.models == [REPO_ID]
 
 
 def test_tensorboard_has_loss_parts_and_eval_metrics(pushed_run):
@@ -156,3 +203,16 @@ def test_no_token_stops_before_training(monkeypatch, tmp_path, capsys):
     assert _load_recipe().main(_argv(out, "--push_to_hub", "--hub_model_id", REPO_ID)) == 1
     assert "no Hugging Face token found" in capsys.readouterr().err
     assert not out.exists()  # nothing trained, nothing written
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--push_space", SPACE_ID], "--push_space loads the model from the Hub: add --push_to_hub"),
+    (["--hub_timm_model_id", "tester/t", "--save_timm", "false"], "--hub_timm_model_id names where the timm export"),
+    (["--push_to_hub", "--hub_model_id", REPO_ID, "--push_space", "tester/bad space"], "not a valid repository id"),
+])  # fmt: skip
+def test_sharing_flags_are_checked_before_training(monkeypatch, tmp_path, capsys, extra, message):
+    monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_tests")
+    out = tmp_path / "run"
+    assert _load_recipe().main(_argv(out, *extra)) in (1, 2)
+    assert message in capsys.readouterr().err
+    assert not out.exists()
