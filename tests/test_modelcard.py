@@ -281,9 +281,10 @@ def test_card_states_what_the_run_did(tmp_path, steps, seeds, hub_model_id):
     assert f"This checkpoint is the run of JTLN (joint + OT) on seed {seeds[0]}." in text
     assert "| method | JTLN (joint + OT) |" in text and f"| seed | {seeds[0]} |" in text
 
-    # the Hub widget: not promised (no timm export here)
+    # the Hub widget: not promised for this repository; the timm export (written by default) is named
     assert "widget see" not in text
-    assert "The Hub's inference widget and hosted inference do not run repositories that need\n`trust_remote_code`" in text
+    assert (folder / "timm" / "config.json").is_file() and "folder `timm/` of this repository" in text
+    assert "do not run this repository (it needs `trust_remote_code`)" in text
 
     # links: only the paper, the project's declared addresses and Hub repositories the run named; figures on disk
     assert "github.com" not in text

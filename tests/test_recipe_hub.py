@@ -108,7 +108,8 @@ def test_push_sends_the_model_folder_once(pushed_run, capsys):
     assert card.data.model_name == "jtln-fmnist-tiny" and "Top-4 accuracy is not reported" in text
     assert "top_4_accuracy" in results["runs"][0]
     assert "top_4_accuracy" not in {r.metric_type for r in card.data.eval_results}
-    assert not undeclared_links(text, out / "model", declared_urls(REPO_ID, card.data.base_model))
+    # the run named the JTLN repository; the timm export goes to <repo>-timm, which the run declares too
+    assert not undeclared_links(text, out / "model", declared_urls(REPO_ID, f"{REPO_ID}-timm", card.data.base_model))
     # the link to the timm export, and the second way to load
     assert f"[{REPO_ID}-timm](https://huggingface.co/{REPO_ID}-timm)" in text
     assert f'pipeline("image-classification", model="{REPO_ID}-timm")' in text
