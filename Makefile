@@ -1,5 +1,6 @@
 # Two commands, each self-sufficient on a fresh machine:
-#   make demo   set up, then run the embedded default (Fashion-MNIST split, --mode compare)
+#   make demo   set up, then run the embedded default (Fashion-MNIST split, --mode compare);
+#               a second `make demo` replaces the first one's outputs (--overwrite_output_dir)
 #   make test   set up, then run the offline test suite
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
@@ -25,7 +26,7 @@ $(FMNIST)/train-images-idx3-ubyte.gz:
 	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist
 
 demo: setup
-	HF_HUB_OFFLINE=1 $(PY) recipes/train_jtln.py
+	HF_HUB_OFFLINE=1 $(PY) recipes/train_jtln.py --overwrite_output_dir
 
 test: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
