@@ -74,7 +74,8 @@ DEFAULTS = {
     "disable_tqdm": True,
 }
 DATACLASSES = (DataArguments, ModelArguments, JTLNArguments, JTLNTrainingArguments)
-#: TrainingArguments flags whose transformers help ("push ... every time the model is saved") is not what the recipe does.
+#: TrainingArguments flags whose transformers help ("push ... every time the model is saved") is not
+#: what the recipe does with them.
 RECIPE_HELP = {
     "push_to_hub": "Upload OUTPUT_DIR/model (weights, code, processor, card) to --hub_model_id once, after every "
                    "method has trained; no stage or checkpoint is pushed. The repository id, a token and "
@@ -214,7 +215,8 @@ def push(training_args: JTLNTrainingArguments) -> int:
 
 
 def prepare_output_dir(training_args: JTLNTrainingArguments, settings: dict, overwrite: bool) -> None:
-    """Once every process has checked the folder: clear the replaced run (``--overwrite_output_dir``), record the settings."""
+    """Once every process has checked the folder: clear the replaced run (``--overwrite_output_dir``), record
+    the settings (main process)."""
     with training_args.main_process_first(local=False, desc="output folder check"):
         pass  # a barrier: no process checks a folder the main process has begun to change
     if training_args.should_save:

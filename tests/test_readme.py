@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import os
 import re
 import shlex
@@ -300,7 +299,8 @@ def _is_hub_run(tokens: list[str]) -> bool:
     """A recipe command reading the Hub: a Hub dataset id (not a local path) or timm's pretrained weights."""
     if tokens[:2] != ["python", RECIPE]:
         return False
-    specs = [tokens[k + 1] for k, t in enumerate(tokens[:-1]) if t in ("--dataset", "--source_dataset", "--target_dataset")]
+    flags = ("--dataset", "--source_dataset", "--target_dataset")
+    specs = [tokens[k + 1] for k, t in enumerate(tokens[:-1]) if t in flags]
     hub_specs = [s for s in specs if "/" in s and not Path(s).exists()]
     return "..." not in tokens and (bool(hub_specs) or "--pretrained_backbone" in tokens)
 
@@ -316,7 +316,8 @@ NOT_RUN: dict[str, tuple[str, Callable[[Workspace, list[str]], None], Callable[[
     "tensorboard": ("a server that does not return", _tensorboard, lambda t: t[0] == "tensorboard"),
     "torchrun / accelerate launch": ("several processes or GPUs", _launcher,
                                      lambda t: t[0] == "torchrun" or t[:2] == ["accelerate", "launch"]),
-    "recipes/sweep.py": ("47 minutes: 13 settings x 5 seeds", _sweep, lambda t: t[:2] == ["python", "recipes/sweep.py"]),
+    "recipes/sweep.py": ("47 minutes: 13 settings x 5 seeds", _sweep,
+                         lambda t: t[:2] == ["python", "recipes/sweep.py"]),
     "...": ("stands for your own flags and files", _your_files, lambda t: t[:2] == ["python", RECIPE] and "..." in t),
     "Hub datasets and weights": ("downloads from the Hub", _your_files, _is_hub_run),
 }

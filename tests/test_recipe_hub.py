@@ -167,7 +167,8 @@ def test_offline_push_stops_before_training(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_tests")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     line = _stops_before_training(capsys, tmp_path / "run", "--push_to_hub", "--hub_model_id", REPO_ID)
-    assert line.startswith(f"error: cannot push to {REPO_ID}: HF_HUB_OFFLINE=1 is set") and "unset HF_HUB_OFFLINE" in line
+    assert line.startswith(f"error: cannot push to {REPO_ID}: HF_HUB_OFFLINE=1 is set")
+    assert "unset HF_HUB_OFFLINE" in line
 
 
 def test_invalid_repo_id_stops_before_training(tmp_path, capsys):
