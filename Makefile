@@ -1,5 +1,6 @@
 # Two commands, each self-sufficient on a fresh machine:
-#   make demo   set up, then run the embedded default (Fashion-MNIST split, --mode compare)
+#   make demo   set up, then run the embedded default (Fashion-MNIST split, --mode compare);
+#               a second `make demo` replaces the first one's outputs (--overwrite_output_dir)
 #   make test   set up, then run the offline test suite (and its numerics again on torch's scalar kernels)
 # and one for maintainers:
 #   make lock   re-resolve constraints.txt: the newest versions that pyproject.toml admits today
@@ -41,7 +42,7 @@ $(CHROMIUM):
 	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
 
 demo: setup
-	HF_HUB_OFFLINE=1 $(PY) recipes/train_jtln.py
+	HF_HUB_OFFLINE=1 $(PY) recipes/train_jtln.py --overwrite_output_dir
 
 test: setup browser
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q

@@ -93,7 +93,7 @@ if [[ $smoke == 1 ]]; then
     step bench_ot bench_ot.txt "$PY" benchmarks/bench_ot.py --device cpu --shapes boeing --repeats 1 --variants ours pot-batch
     step bench_step bench_step.txt "$PY" benchmarks/bench_step.py --device cpu --steps 3 --warmup 1
     step train train.log "$PY" recipes/train_jtln.py --mode jtln --seeds 0 --max_steps 5 --max_eval_samples 200 \
-        --output_dir "$train_dir" --disable_tqdm true
+        --output_dir "$train_dir" --overwrite_output_dir --disable_tqdm true
 else
     "$PY" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' || { echo "FAILED: torch sees no GPU"; exit 102; }
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/gpu.txt"
@@ -101,7 +101,7 @@ else
     step bench_step bench_step.txt "$PY" benchmarks/bench_step.py --device cuda --backbone resnet50 --in_chans 3 \
         --image_size 224 --batch 256 --num_source_labels 1000 --num_target_labels 256 --bf16 --channels_last --steps 30
     step train train.log "$PY" recipes/train_jtln.py --mode jtln --seeds 0 --max_steps 200 --bf16 \
-        --output_dir "$train_dir" --disable_tqdm true
+        --output_dir "$train_dir" --overwrite_output_dir --disable_tqdm true
 fi
 # The training's full output is in gpu_check.log; keep its table and the results file beside it.
 if [[ -f $out/train.log ]]; then tail -n 12 "$out/train.log" >"$out/train.txt"; rm -f "$out/train.log"; fi

@@ -18,6 +18,8 @@ AutoModelForImageClassification.register(JointImageClassifierConfig, JointImageC
 _processors = {"torchvision": JointImageClassifierImageProcessor, "pil": JointImageClassifierImageProcessor}
 AutoImageProcessor.register(JointImageClassifierConfig, image_processor_classes=_processors, exist_ok=True)
 
+from . import hub  # noqa: E402  (`import jtln_hf` then `jtln_hf.hub.save_model_folder(...)`, as the README does)
+
 __all__ = [
     "JointImageClassifierConfig",
     "JointImageClassifier",

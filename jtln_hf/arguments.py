@@ -9,8 +9,11 @@ Every message names the problem and the fix on one line.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from .cost import COST_NORMALIZATIONS
 from .cost_builders import COST_BUILDERS, DEFAULT_COST_WARMUP_STEPS, DEFAULT_FEATURE_COST, cost_kind
@@ -158,6 +161,12 @@ class JTLNArguments:
                   f"{DEFAULT_COST_WARMUP_STEPS}, or 0 for features-* on a pretrained backbone."},
     )  # fmt: skip
     cost_samples_per_class: int = field(default=200, metadata={"help": "Source images per class for a features-* cost."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Replace the run in a non-empty --output_dir: its results.md, results.json, settings.json, "
+                  "runs/ and model/ are deleted before training (other files stay). Without it such a folder is "
+                  "refused, unless --resume_from_checkpoint continues a run of the same settings."},
+    )  # fmt: skip
     cotuning_weight: float = field(
         default=2.3,
         metadata={"help": "λ_ct of the cotuning method: weight of the soft source term (TLlib's default 2.3). Its "
@@ -264,6 +273,27 @@ def check_arguments(data: DataArguments, model: ModelArguments, jtln: JTLNArgume
                          "transformers): pass one of them.")  # fmt: skip
 
 
+#: Flags that say where a run is written, reported or shared (or which process reads them), not
+#: what it trains: :func:`run_settings` leaves them out, so a resumed run may change them.
+NOT_SETTINGS = frozenset({
+    "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "push_to_hub", "report_to", "run_name",
+    "project", "logging_dir", "disable_tqdm", "log_level", "log_level_replica", "log_on_each_node", "local_rank",
+    "debug",
+})  # fmt: skip
+
+
+def run_settings(data: DataArguments, model: ModelArguments, jtln: JTLNArguments, training: Any) -> dict[str, Any]:
+    """Every setting of a run, resolved (defaults included), as JSON values: what ``settings.json`` records.
+
+    Two runs have the same settings when these dicts are equal; the flags of :data:`NOT_SETTINGS`
+    and the Hub's (``hub_*``) and trackio's (``trackio_*``) are left out.
+    """
+    values = {**dataclasses.asdict(data), **dataclasses.asdict(model), **dataclasses.asdict(jtln), **training.to_dict()}
+    kept = {k: v for k, v in sorted(values.items())
+            if k not in NOT_SETTINGS and not k.startswith(("hub_", "trackio_", "_"))}  # fmt: skip
+    return json.loads(json.dumps(kept, default=str))  # the values a settings.json read back gives
+
+
 def _one_dataset_counterpart(name: str) -> str:
     for one, two in ONE_DATASET_FLAGS.items():
         if f"--{name}" in two:
@@ -276,5 +306,7 @@ __all__ = [
     "DataArguments",
     "JTLNArguments",
     "ModelArguments",
+    "NOT_SETTINGS",
     "check_arguments",
+    "run_settings",
 ]

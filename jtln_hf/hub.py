@@ -66,13 +66,20 @@ def check_can_push(repo_id: str, token: str | None = None) -> None:
     Raises
     ------
     HubPushError
-        ``repo_id`` is not a valid repository id (``huggingface_hub.utils.validate_repo_id``), or
-        no Hugging Face token is available.
+        ``repo_id`` is not a valid repository id (``huggingface_hub.utils.validate_repo_id``),
+        ``HF_HUB_OFFLINE=1`` is set (huggingface_hub would refuse the push), or no Hugging Face
+        token is available.
     """
     try:
         validate_repo_id(repo_id)
     except HFValidationError as err:
         raise HubPushError(_invalid_repo_id(repo_id, err)) from err
+    if constants.HF_HUB_OFFLINE:  # read at call time: what HfApi itself honours
+        raise HubPushError(
+            f"cannot push to {repo_id}: HF_HUB_OFFLINE=1 is set, so the Hub would not be contacted after training. "
+            "Unset it (`unset HF_HUB_OFFLINE`) to train and push, or drop --push_to_hub and push OUTPUT_DIR/model "
+            "later with `hf upload`."
+        )
     if token or get_token():
         return
     raise HubPushError(

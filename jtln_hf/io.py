@@ -17,6 +17,11 @@ old version or the new one, never a mixture.
   ``transformers.Trainer`` finished writing, for ``--resume_from_checkpoint``: Trainer writes
   ``trainer_state.json`` last and not atomically, so a folder without a parseable one was cut
   short (e.g. a SIGKILL while saving) and must not be resumed from.
+* :func:`check_output_dir` -- the recipe's guard, before anything is written: a non-empty output
+  folder holding another run is refused unless ``--overwrite_output_dir`` (then
+  :func:`clear_run_outputs` removes that run's files) or ``--resume_from_checkpoint`` continues
+  a run of the same settings (:data:`RUN_SETTINGS`, written by :func:`write_run_settings`) that
+  has a checkpoint to resume from.
 """
 
 from __future__ import annotations
@@ -33,7 +38,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_write", "atomic_write_dir", "atomic_write_text", "latest_complete_checkpoint"]
+__all__ = [
+    "RUN_OUTPUTS",
+    "RUN_SETTINGS",
+    "atomic_write",
+    "atomic_write_dir",
+    "atomic_write_text",
+    "check_output_dir",
+    "clear_run_outputs",
+    "latest_complete_checkpoint",
+    "resume_choice",
+    "write_run_settings",
+]
 
 _RENAME_EXCHANGE = 2  # linux/fs.h
 _AT_FDCWD = -100
@@ -233,3 +249,100 @@ def _is_complete(checkpoint: Path, step: int) -> bool:
     if not isinstance(state, dict) or state.get("global_step") != step:
         return False
     return all((checkpoint / name).is_file() for name in CHECKPOINT_FILES)
+
+
+# ------------------------------------------------------------------------------- the output folder
+#: The record of a run's settings (:func:`jtln_hf.arguments.run_settings`), written into its
+#: output folder before the first step; a resumed run must have the same.
+RUN_SETTINGS = "settings.json"
+#: What a run of the recipe writes into its output folder: all that ``--overwrite_output_dir`` removes.
+RUN_OUTPUTS = ("results.md", "results.json", RUN_SETTINGS, "runs", "model")
+
+
+def resume_choice(value: str | bool | None) -> str | None:
+    """``--resume_from_checkpoint``: ``"latest"`` (``true``/``last``/``latest``), a checkpoint path, or None."""
+    if value is True or (isinstance(value, str) and value.lower() in ("true", "last", "latest")):
+        return "latest"
+    if value is None or value is False or (isinstance(value, str) and value.lower() in ("false", "none", "")):
+        return None
+    return str(value)
+
+
+def _read_settings(folder: Path) -> dict | None:
+    try:
+        recorded = json.loads((folder / RUN_SETTINGS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
+
+
+def _first_difference(recorded: dict, settings: dict) -> str:
+    key = next(k for k in sorted(set(recorded) | set(settings)) if recorded.get(k, "unset") != settings.get(k, "unset"))
+    return f"--{key} was {recorded.get(key, 'unset')!r}, now {settings.get(key, 'unset')!r}"
+
+
+def check_output_dir(output_dir: str | os.PathLike, settings: dict, *, overwrite: bool = False,
+                     resume: str | bool | None = None) -> None:  # fmt: skip
+    """Refuse a run that would overwrite or mix with another run's outputs; reads, never writes.
+
+    A run may write into ``output_dir`` when it is missing or empty, when ``overwrite`` is set
+    (``--overwrite_output_dir``), or when ``resume`` (``--resume_from_checkpoint``) continues the
+    run that is there: its recorded settings (:data:`RUN_SETTINGS`; a folder without the record is
+    taken as is) equal ``settings``, and a stage has a complete checkpoint to resume from (or
+    ``resume`` is the path of one).
+
+    Raises
+    ------
+    ValueError
+        One line naming the problem and the fix.
+    """
+    out = Path(output_dir)
+    choice = resume_choice(resume)
+    if overwrite and choice is not None:
+        raise ValueError("--overwrite_output_dir deletes the checkpoints that --resume_from_checkpoint continues "
+                         "from: pass one of them.")  # fmt: skip
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output_dir {out} is a file: name a folder.")
+    if choice is not None:
+        recorded = _read_settings(out)
+        if recorded is not None and recorded != settings:
+            raise ValueError(f"--resume_from_checkpoint: {out} holds a run with other settings "
+                             f"({_first_difference(recorded, settings)}): resume it with the flags that started it, "
+                             "or train into another --output_dir.")  # fmt: skip
+        if choice != "latest":
+            if not Path(choice).is_dir():
+                raise ValueError(f"--resume_from_checkpoint {choice}: no such checkpoint folder; pass true to resume "
+                                 f"from the newest complete checkpoint in {out / 'runs'}.")  # fmt: skip
+            return
+        stages = sorted(p for p in (out / "runs").iterdir() if p.is_dir()) if (out / "runs").is_dir() else []
+        if not any(latest_complete_checkpoint(stage) for stage in stages):
+            raise ValueError(f"--resume_from_checkpoint: {out} holds no complete checkpoint to resume from "
+                             "(runs/<stage>/checkpoint-<step>); a run saves checkpoints only with --save_strategy "
+                             "steps --save_steps N (the recipe's default is no). Drop --resume_from_checkpoint to "
+                             "train from the start.")  # fmt: skip
+        return
+    if overwrite or not out.is_dir():
+        return
+    held = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
+    if held:
+        shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+        raise ValueError(f"--output_dir {out} is not empty ({shown}): pass --overwrite_output_dir to replace that "
+                         "run, --resume_from_checkpoint true to continue it with the same flags, or another "
+                         "--output_dir.")  # fmt: skip
+
+
+def clear_run_outputs(output_dir: str | os.PathLike) -> None:
+    """Remove what a previous run wrote into ``output_dir`` (:data:`RUN_OUTPUTS`), nothing else."""
+    out = Path(output_dir)
+    for name in RUN_OUTPUTS:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def write_run_settings(output_dir: str | os.PathLike, settings: dict) -> Path:
+    """Record ``settings`` in ``output_dir``/:data:`RUN_SETTINGS` (atomically), creating the folder."""
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(Path(output_dir) / RUN_SETTINGS, json.dumps(settings, indent=2, sort_keys=True) + "\n")

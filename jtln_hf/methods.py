@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import datasets
 import numpy as np
-from transformers import set_seed
+from safetensors.torch import load_file
+from transformers import TrainerState, set_seed
 from transformers.utils import logging
 
 from . import data as jdata
@@ -43,7 +44,7 @@ from .cost_builders import (
     data_prior,
     relationship_of,
 )
-from .io import latest_complete_checkpoint
+from .io import latest_complete_checkpoint, resume_choice
 from .modeling_jtln import JointImageClassifier
 from .trainer import JTLNTrainer, JTLNTrainingArguments
 
@@ -157,10 +158,25 @@ def _train(model, args, train_ds, eval_ds=None, trainer_cls: type[JTLNTrainer] =
     process only), so the stage's log history and throughput can be read without TensorBoard.
     """
     trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, **trainer_kwargs)
-    result = trainer.train(resume_from_checkpoint=_resume_value(args.resume_from_checkpoint, args.output_dir))
+    checkpoint = _resume_value(args.resume_from_checkpoint, args.output_dir)
+    finished = _finished_state(checkpoint)
+    if finished is not None:
+        # Trainer resumed at its last step trains one step more: a finished stage reloads what it trained
+        model.load_state_dict(load_file(Path(checkpoint) / "model.safetensors"))
+        trainer.state = finished
+        return trainer
+    result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
     return trainer
+
+
+def _finished_state(checkpoint: str | None) -> TrainerState | None:
+    """The state of ``checkpoint`` when it is a stage's last step (nothing left to train), else None."""
+    if checkpoint is None:
+        return None
+    state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    return state if state.max_steps > 0 and state.global_step >= state.max_steps else None
 
 
 def _resume_value(value: str | bool | None, stage_dir: str) -> str | None:
@@ -168,13 +184,11 @@ def _resume_value(value: str | bool | None, stage_dir: str) -> str | None:
 
     A stage without a checkpoint starts fresh, so a whole ``compare`` run can be resumed: finished
     stages restart from their final checkpoint (nothing left to train), the interrupted one from
-    its last, the others from scratch.
+    its last, the others from scratch (the recipe refuses a resume when no stage has a checkpoint:
+    :func:`jtln_hf.io.check_output_dir`).
     """
-    if value is True or (isinstance(value, str) and value.lower() in ("true", "last", "latest")):
-        return latest_complete_checkpoint(stage_dir)
-    if value is None or value is False or (isinstance(value, str) and value.lower() in ("false", "none", "")):
-        return None
-    return value
+    choice = resume_choice(value)
+    return latest_complete_checkpoint(stage_dir) if choice == "latest" else choice
 
 
 def target_batch_size(args: JTLNTrainingArguments) -> int:

@@ -123,7 +123,7 @@ def _check_settings(
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
     if not _positive_finite(epsilon):
         raise ValueError(
-            f"epsilon must be > 0 and finite, got {epsilon!r}: e.g. 0.1"
+            f"epsilon must be > 0 and finite, got {epsilon!r}: e.g. 0.05 (JTLN's default)"
         )
     try:
         iterations = operator.index(iterations)

@@ -26,13 +26,19 @@ the first training step: a user error prints one line, "error: <the problem and 
 exits with status 2 (a bare --debug, or JTLN_DEBUG=1, shows the traceback; --debug VALUE is
 TrainingArguments' own debug option).
 
---push_to_hub checks for a Hugging Face token before training, trains without pushing any stage,
-then uploads the finished OUTPUT_DIR/model folder (weights, config, remote code, processor
-config, card, figures and the demo app) to --hub_model_id in one commit, and its timm export
-OUTPUT_DIR/model/timm to --hub_timm_model_id (default <hub_model_id>-timm) in another;
---push_space SPACE_ID adds the Gradio demo as a Space loading the model at the pushed revision.
-If a push fails, the error says why and how to fix it (exit status 1); the local results stay
-as written. python OUTPUT_DIR/model/app.py serves the demo locally.
+A non-empty --output_dir is refused before anything is written, unless --overwrite_output_dir
+(the previous run's results, runs/ and model/ are deleted first) or --resume_from_checkpoint true
+continues the run that is there (same settings, and checkpoints saved with --save_strategy steps
+--save_steps N).
+
+--push_to_hub checks every repository id, the token and HF_HUB_OFFLINE before training (exit
+status 2), trains without pushing any stage, then uploads the finished OUTPUT_DIR/model folder
+(weights, config, remote code, processor config, card, figures and the demo app) to
+--hub_model_id in one commit, and its timm export OUTPUT_DIR/model/timm to --hub_timm_model_id
+(default <hub_model_id>-timm) in another; --push_space SPACE_ID adds the Gradio demo as a Space
+loading the model at the pushed revision. If a push fails, the error says why and how to fix it
+(exit status 1); the local results stay as written. python OUTPUT_DIR/model/app.py serves the
+demo locally.
 """
 
 from __future__ import annotations
@@ -48,9 +54,10 @@ from typing import NoReturn
 import yaml
 from transformers import HfArgumentParser
 
-from jtln_hf.arguments import DataArguments, JTLNArguments, ModelArguments, check_arguments
+from jtln_hf.arguments import DataArguments, JTLNArguments, ModelArguments, check_arguments, run_settings
 from jtln_hf.experiment import plan_experiment, run_experiment
 from jtln_hf.hub import HubPushError, check_can_push, push_model_folder
+from jtln_hf.io import check_output_dir, clear_run_outputs, write_run_settings
 from jtln_hf.results import timm_repo_id
 from jtln_hf.share import TIMM_FOLDER, push_space
 from jtln_hf.trainer import JTLNTrainingArguments
@@ -73,6 +80,18 @@ DEFAULTS = {
     "disable_tqdm": True,
 }
 DATACLASSES = (DataArguments, ModelArguments, JTLNArguments, JTLNTrainingArguments)
+#: TrainingArguments flags whose transformers help ("push ... every time the model is saved") is not
+#: what the recipe does with them.
+RECIPE_HELP = {
+    "push_to_hub": "Upload OUTPUT_DIR/model (weights, code, processor, card) to --hub_model_id once, after every "
+                   "method has trained; no stage or checkpoint is pushed. The repository id, a token and "
+                   "HF_HUB_OFFLINE are checked before training.",
+    "hub_model_id": "Repository to push to, user/name or org/name. Default: the --output_dir folder's name, in "
+                    "the token's namespace.",
+    "resume_from_checkpoint": "true: continue the run in --output_dir (same settings) from each stage's newest "
+                              "complete checkpoint, which the run saved with --save_strategy steps --save_steps N; "
+                              "or the path of one checkpoint.",
+}
 _UNSET = object()
 
 
@@ -98,6 +117,9 @@ def build_parser() -> JTLNArgumentParser:
         usage="%(prog)s [--config FILE.yaml] [FLAG VALUE ...]   (flags in groups below)",
     )
     parser.add_argument("--config", type=Path, help="YAML file of flag defaults (flags on the command line override it).")
+    for action in parser._actions:  # TrainingArguments' help describes Trainer; this is what the recipe does
+        if action.dest in RECIPE_HELP:
+            action.help = RECIPE_HELP[action.dest]
     return parser
 
 
@@ -232,6 +254,17 @@ def check_sharing(training_args: JTLNTrainingArguments) -> None:
         check_can_push(target, training_args.hub_token)
 
 
+def prepare_output_dir(training_args: JTLNTrainingArguments, settings: dict, overwrite: bool) -> None:
+    """Once every process has checked the folder: clear the replaced run (``--overwrite_output_dir``), record
+    the settings (main process)."""
+    with training_args.main_process_first(local=False, desc="output folder check"):
+        pass  # a barrier: no process checks a folder the main process has begun to change
+    if training_args.should_save:
+        if overwrite:
+            clear_run_outputs(training_args.output_dir)
+        write_run_settings(training_args.output_dir, settings)
+
+
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
@@ -241,14 +274,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data_args, model_args, jtln_args, training_args, given, debug = parse_args(argv)
         check_arguments(data_args, model_args, jtln_args, given)
-        try:  # before hours of training, not after
-            check_sharing(training_args)
-        except HubPushError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
+        settings = run_settings(data_args, model_args, jtln_args, training_args)
+        check_output_dir(training_args.output_dir, settings, overwrite=jtln_args.overwrite_output_dir,
+                         resume=training_args.resume_from_checkpoint)  # fmt: skip
+        check_sharing(training_args)  # before hours of training, not after
         plan = plan_experiment(data_args, model_args, jtln_args, training_args)
+        prepare_output_dir(training_args, settings, overwrite=jtln_args.overwrite_output_dir)
         result = run_experiment(data_args, model_args, jtln_args, training_args, plan=plan)
-    except (ValueError, FileNotFoundError) as err:  # user errors: UsageError, bad data, bad cost, ...
+    except (ValueError, FileNotFoundError, HubPushError) as err:  # user errors: UsageError, bad data, no token, ...
         if debug:
             raise
         print(f"error: {_one_line(err)}", file=sys.stderr)

@@ -180,7 +180,7 @@ def test_logits_passed_instead_of_probabilities():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"ot_epsilon": float("nan")}, r"ot_epsilon must be > 0 and finite, got nan: e.g. 0.1"),
+    ({"ot_epsilon": float("nan")}, r"ot_epsilon must be > 0 and finite, got nan: e.g. 0.05 \(JTLN's default\)"),
     ({"ot_method": "sinkhorn"}, r"method must be one of \('auto', 'kernel', 'log'\), got 'sinkhorn'"),
     ({"ot_iterations": 0}, r"iterations must be an integer >= 1, got 0"),
     ({"ot_loss_weight": float("inf")}, r"ot_loss_weight must be a finite number >= 0, got inf"),

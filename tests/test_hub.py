@@ -313,11 +313,21 @@ def test_missing_token_is_caught_before_training(monkeypatch, tmp_path):
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     with pytest.raises(HubPushError, match="no Hugging Face token found.*hf auth login"):
         check_can_push("tester/jtln-tiny")
     check_can_push("tester/jtln-tiny", token="hf_given")  # an explicit token is enough
     monkeypatch.setenv("HF_TOKEN", "hf_from_env")
     check_can_push("tester/jtln-tiny")
+
+
+def test_offline_mode_is_caught_before_training(monkeypatch):
+    """HF_HUB_OFFLINE=1: HfApi would refuse the push after training, so it is refused before, token or not."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(HubPushError, match="HF_HUB_OFFLINE=1 is set.*unset HF_HUB_OFFLINE"):
+        check_can_push("tester/jtln-tiny", token="hf_given")
 
 
 @pytest.mark.parametrize("repo_id", ["tester/jtln tiny", "a/b/c", "tester/-jtln", "x" * 97])

@@ -65,6 +65,7 @@ CASES = {
                                                                          r"no such file"),
     "backbone typo": (["--backbone", "resnet5O"], r"did you mean 'resnet50'"),
     "bad value": (["--max_steps", "many"], r"argument --max_steps/--max-steps: invalid int value: 'many'"),
+    "bad epsilon": (["--ot_epsilon", "0"], r"ot_epsilon must be > 0 and finite, got 0.0: e.g. 0.05 \(JTLN's default\)"),
 }
 
 

@@ -74,6 +74,7 @@ def pushed_run(tmp_path_factory):
     calls: list = []
     _fake_hub(monkeypatch, calls)
     monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_tests")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the Hub calls are replaced: nothing goes out
     out = tmp_path_factory.mktemp("recipe") / "run"
     try:
         status = _load_recipe().main(_argv(out, "--push_to_hub", "--hub_model_id", REPO_ID, "--push_space", SPACE_ID))
@@ -196,14 +197,43 @@ def test_failed_push_reports_and_keeps_output(pushed_run, monkeypatch, capsys):
     assert _snapshot(out) == before
 
 
+def _stops_before_training(capsys, out: Path, *argv: str) -> str:
+    """The recipe exits 2 with one line, before anything trains or is written; returns the line."""
+    status = _load_recipe().main(_argv(out, *argv))
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert status == 2 and len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    assert not out.exists()  # nothing trained, nothing written
+    return lines[0]
+
+
 def test_no_token_stops_before_training(monkeypatch, tmp_path, capsys):
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-    out = tmp_path / "run"
-    assert _load_recipe().main(_argv(out, "--push_to_hub", "--hub_model_id", REPO_ID)) == 1
-    assert "no Hugging Face token found" in capsys.readouterr().err
-    assert not out.exists()  # nothing trained, nothing written
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    line = _stops_before_training(capsys, tmp_path / "run", "--push_to_hub", "--hub_model_id", REPO_ID)
+    assert "no Hugging Face token found" in line and "hf auth login" in line
+
+
+def test_offline_push_stops_before_training(monkeypatch, tmp_path, capsys):
+    """HF_HUB_OFFLINE=1 with a token: the push could never happen, so nothing trains (it used to fail after)."""
+    monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_tests")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    line = _stops_before_training(capsys, tmp_path / "run", "--push_to_hub", "--hub_model_id", REPO_ID)
+    assert line.startswith(f"error: cannot push to {REPO_ID}: HF_HUB_OFFLINE=1 is set")
+    assert "unset HF_HUB_OFFLINE" in line
+
+
+def test_invalid_repo_id_stops_before_training(tmp_path, capsys):
+    line = _stops_before_training(capsys, tmp_path / "run", "--push_to_hub", "--hub_model_id", "not/a/repo")
+    assert "not a valid repository id" in line and "--hub_model_id user/name" in line
+
+
+def test_push_help_says_what_the_recipe_does():
+    text = " ".join(_load_recipe().build_parser().format_help().split())
+    entry = text.split(" --push_to_hub [PUSH_TO_HUB]")[1].split("(default:")[0]  # its help entry
+    assert "every time the model is saved" not in text and "once, after every method has trained" in entry
 
 
 @pytest.mark.parametrize("extra,message", [
@@ -213,7 +243,7 @@ def test_no_token_stops_before_training(monkeypatch, tmp_path, capsys):
 ])  # fmt: skip
 def test_sharing_flags_are_checked_before_training(monkeypatch, tmp_path, capsys, extra, message):
     monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_tests")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # else offline mode is refused first
     out = tmp_path / "run"
-    assert _load_recipe().main(_argv(out, *extra)) in (1, 2)
-    assert message in capsys.readouterr().err
-    assert not out.exists()
+    line = _stops_before_training(capsys, out, *extra)
+    assert message in line
