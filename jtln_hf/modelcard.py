@@ -25,6 +25,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from . import figures as _figures
 from .data import source_rows_per_batch
 from .io import atomic_write_text
+from .version import __version__
 
 TEMPLATE_PATH = Path(__file__).parent / "resources" / "model_card_template.md"
 COST_FIGURE = "cost_matrix.png"
@@ -101,8 +102,6 @@ def project_urls() -> dict[str, str]:
 
 def package_reference() -> str:
     """``jtln_hf <version>``, linked to the project's declared page when it has one (Markdown)."""
-    from . import __version__
-
     by_label = {label.lower(): url for label, url in project_urls().items()}
     url = next((by_label[label] for label in PROJECT_URL_LABELS if label in by_label), None)
     return f"[jtln_hf]({url}) {__version__}" if url else f"jtln_hf {__version__}"
