@@ -27,6 +27,7 @@ import numpy as np
 from transformers.utils import logging
 
 from . import data as jdata
+from .data.pools import DataPools, ExperimentData
 from .arguments import DataArguments, JTLNArguments, ModelArguments
 from .backbones import check_backbone
 from .configuration_jtln import JointImageClassifierConfig
@@ -41,29 +42,6 @@ logger = logging.get_logger(__name__)
 
 
 # ------------------------------------------------------------------------------------------ data
-@dataclass
-class DataPools:
-    """What is fixed across seeds: the source set, the target pool the shots come from, the test set."""
-
-    source: datasets.Dataset
-    target_pool: datasets.Dataset
-    target_test: datasets.Dataset
-    target_validation: datasets.Dataset | None = None
-    description: str = ""
-
-
-@dataclass
-class ExperimentData:
-    """The source set, the k-shot target set and the target test set (labels in own spaces)."""
-
-    source: datasets.Dataset
-    target: datasets.Dataset
-    target_test: datasets.Dataset
-    source_names: list[str]
-    target_names: list[str]
-    target_validation: datasets.Dataset | None = None
-
-
 def _side(data_args: DataArguments, side: str) -> tuple[str, datasets.DatasetDict]:
     spec = getattr(data_args, f"{side}_dataset")
     config_name = getattr(data_args, f"{side}_dataset_config")

@@ -44,13 +44,13 @@ from .cost_builders import (
     data_prior,
     relationship_of,
 )
+from .data.pools import ExperimentData
 from .io import latest_complete_checkpoint, resume_choice
 from .modeling_jtln import JointImageClassifier
 from .trainer import JTLNTrainer, JTLNTrainingArguments
 
 if TYPE_CHECKING:
     from .arguments import DataArguments, JTLNArguments, ModelArguments
-    from .experiment import ExperimentData
 
 logger = logging.get_logger(__name__)
 

@@ -18,6 +18,7 @@ from .hub import save_model_folder
 from .io import atomic_write_dir, atomic_write_text
 from .methods import METHOD_REGISTRY, RunResult, predict_outputs
 from .cost_builders import COST_BUILDERS, cost_kind
+from .data.pools import ExperimentData
 from .modelcard import default_model_name, has_cost, mean_transport_plan, training_hyperparameters, write_model_card
 from .share import TIMM_FOLDER, example_images, write_demo, write_timm_folder
 from .sources import FASHION_MNIST, display_name, hub_dataset_id
@@ -25,7 +26,6 @@ from .stats import BASELINE, paired_summary
 
 if TYPE_CHECKING:
     from .arguments import DataArguments, JTLNArguments
-    from .experiment import ExperimentData
     from .trainer import JTLNTrainingArguments
 
 

@@ -3,7 +3,8 @@
 Every ``jtln_hf/**/*.py`` is read with :mod:`ast`: module-level imports, imports inside functions (lazy) and
 imports under ``if TYPE_CHECKING`` all count, relative imports are resolved, and importing ``a.b.c`` also runs
 the package ``a.b`` (an implicit edge to that ``__init__``; the root facade ``jtln_hf`` is left out of these,
-since every import runs it). Each module has a layer (``LAYER``); a module may import its own layer
+since every import runs it; they count for layers, not for circles, since a package's ``__init__`` may import its
+own modules). Each module has a layer (``LAYER``); a module may import its own layer
 (acyclically) and lower layers only. ``KNOWN_UPWARD`` lists the upward edges that are still to go: an edge
 not on it fails, and so does a row whose edge is gone, so the list only shrinks.
 """
@@ -35,6 +36,7 @@ LAYER = {
     "ot": MODEL,
     "cost": MODEL,
     "data": DATA,
+    "data.pools": DATA,
     "sources": DATA,
     "fgvc_aircraft": DATA,
     "backbones": DATA,
@@ -60,8 +62,6 @@ LAYER = {
 KNOWN_UPWARD = {
     ("figures", "methods"): "lazy: METHOD_REGISTRY",
     ("modelcard", "methods"): "lazy: METHOD_REGISTRY",
-    ("methods", "experiment"): "TC: ExperimentData",
-    ("results", "experiment"): "TC: ExperimentData",
     ("methods", "arguments"): "TC: the CLI dataclasses",
     ("cost_builders", "arguments"): "TC: the CLI dataclasses",
     ("results", "arguments"): "TC: the CLI dataclasses",
@@ -155,7 +155,7 @@ def _edges() -> dict[tuple[str, str], set[str]]:
         parents = [module.rsplit(".", i)[0] for i in range(1, module.count(".") + 1)]
         for parent in parents:  # running ``a.b.c`` runs ``a.b`` first
             if parent in modules:
-                edges.setdefault((module, parent), set()).add("top")
+                edges.setdefault((module, parent), set()).add("parent")
         for node, how in _imports(ast.parse(path.read_text(), str(path))):
             for target in _targets(module, path, node, modules):
                 if target != module:
@@ -228,7 +228,9 @@ def test_no_internal_import_of_the_root_facade_beyond_the_allowlist():
 
 def test_no_import_cycle():
     """Among the edges left after the allowlisted upward ones (those are the cycles still to break), none."""
-    edges = {edge: hows for edge, hows in _edges().items() if edge not in KNOWN_UPWARD}
+    edges = {edge: hows - {"parent"} for edge, hows in _edges().items() if edge not in KNOWN_UPWARD}
+    # a package's __init__ importing its own modules is no circle: the child runs while the parent is running
+    edges = {edge: hows for edge, hows in edges.items() if hows}
     assert not _cycles(edges), f"import cycles: {_cycles(edges)}"
 
 

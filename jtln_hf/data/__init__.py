@@ -38,8 +38,8 @@ import torch
 from PIL import Image as PILImage
 from torch.utils.data import Sampler
 
-from .image_processing_jtln import CHANNEL_MODES as PROCESSOR_CHANNEL_MODES
-from .image_processing_jtln import to_mode
+from ..image_processing_jtln import CHANNEL_MODES as PROCESSOR_CHANNEL_MODES
+from ..image_processing_jtln import to_mode
 
 #: Where Debian's ``dataset-fashion-mnist`` puts the idx files; ``JTLN_FASHION_MNIST_DIR`` overrides it
 #: (e.g. on a machine where the package cannot be installed and the files were copied instead).
@@ -547,3 +547,6 @@ class PairedBatchSampler(Sampler[list[int]]):
 def _permutation_stream(rows: np.ndarray, rng: np.random.Generator) -> Iterator[int]:
     while len(rows):
         yield from (int(i) for i in rng.permutation(rows))
+
+
+from .pools import DataPools, ExperimentData  # noqa: E402,F401  (the experiment's data values, frozen)

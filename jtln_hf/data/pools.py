@@ -1,0 +1,34 @@
+"""The data of an experiment as frozen values: the pools fixed across seeds, and one seed's sets.
+
+They live in the data layer so that the trainer-side code (methods, results) can take them without
+importing the CLI and orchestration layer (``experiment.py`` builds them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import datasets
+
+
+@dataclass(frozen=True)
+class DataPools:
+    """What is fixed across seeds: the source set, the target pool the shots come from, the test set."""
+
+    source: datasets.Dataset
+    target_pool: datasets.Dataset
+    target_test: datasets.Dataset
+    target_validation: datasets.Dataset | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ExperimentData:
+    """The source set, the k-shot target set and the target test set (labels in own spaces)."""
+
+    source: datasets.Dataset
+    target: datasets.Dataset
+    target_test: datasets.Dataset
+    source_names: list[str]
+    target_names: list[str]
+    target_validation: datasets.Dataset | None = None
