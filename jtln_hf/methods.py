@@ -46,6 +46,7 @@ from .cost_builders import (
 )
 from .data.pools import ExperimentData
 from .io import latest_complete_checkpoint, resume_choice
+from .method_styles import METHOD_STYLES, MethodStyle, style_of
 from .modeling_jtln import JointImageClassifier
 from .trainer import JTLNTrainer, JTLNTrainingArguments
 
@@ -102,10 +103,14 @@ METHOD_REGISTRY: dict[str, Method] = {}
 
 
 def register_method(name: str, title: str, label: str, colour: str, **options: Any) -> Callable:
-    """Decorator: register ``plan(run) -> Trained`` as method ``name`` (``--mode name``, ``--methods name``)."""
+    """Decorator: register ``plan(run) -> Trained`` as method ``name`` (``--mode name``, ``--methods name``).
+
+    Its title, label and colour also go to :data:`jtln_hf.method_styles.METHOD_STYLES`, where tables,
+    figures and cards read them."""
 
     def register(plan: Callable[[MethodRun], Trained]) -> Callable[[MethodRun], Trained]:
         METHOD_REGISTRY[name] = Method(name, plan, title, label, colour, **options)
+        METHOD_STYLES[name] = MethodStyle(title, label, colour, uses_ot=options.get("uses_ot", False))
         return plan
 
     return register
@@ -325,18 +330,18 @@ def cotuning_warmup_steps(jtln: JTLNArguments) -> int:
     return jtln.cost_warmup_steps if jtln.cost_warmup_steps is not None else DEFAULT_COST_WARMUP_STEPS
 
 
-@register_method("finetune", "fine-tuning on target only", "target only", "tab:gray")
+@register_method("finetune", **style_of("finetune"))
 def _finetune(run: MethodRun) -> Trained:
     return Trained(train_target_only(run.model, run.exp, run.args, run.data_args, run.name))
 
 
-@register_method("consecutive", "consecutive fine-tuning, source then target", "consecutive", "tab:orange")
+@register_method("consecutive", **style_of("consecutive"))
 def _consecutive(run: MethodRun) -> Trained:
     train_source_only(run.model, run.exp, run.args, run.data_args, f"{run.name}-source", run.args.max_steps)
     return Trained(train_target_only(run.model, run.exp, run.args, run.data_args, f"{run.name}-target"))
 
 
-@register_method("joint", "joint fine-tuning, two heads, no OT", "joint (no OT)", "tab:blue", joint_batches=True)
+@register_method("joint", **style_of("joint"), joint_batches=True)
 def _joint(run: MethodRun) -> Trained:
     return Trained(train_joint(run.model, run.exp, run.args, run.data_args, run.name, ot_loss_weight=0.0))
 
@@ -348,7 +353,7 @@ OT_FLAGS = (
 )  # fmt: skip
 
 
-@register_method("jtln", "JTLN (joint + OT)", "JTLN", "tab:green", flags=OT_FLAGS, uses_ot=True, joint_batches=True)
+@register_method("jtln", **style_of("jtln"), flags=OT_FLAGS, joint_batches=True)
 def _jtln(run: MethodRun) -> Trained:
     """A fixed cost (prior, file) as resolved before training; a model cost from this seed's (warmed-up) model."""
     warmup = 0
@@ -365,8 +370,7 @@ def _jtln(run: MethodRun) -> Trained:
     return Trained(last, description, warmup)
 
 
-@register_method("cotuning", "Co-Tuning (joint + soft source labels)", "Co-Tuning", "tab:purple",
-                 flags=("cotuning_weight", "cost_warmup_steps"), joint_batches=True)  # fmt: skip
+@register_method("cotuning", **style_of("cotuning"), flags=("cotuning_weight", "cost_warmup_steps"), joint_batches=True)
 def _cotuning(run: MethodRun) -> Trained:
     from .cotuning import CoTuningTrainer
 

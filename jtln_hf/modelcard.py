@@ -25,6 +25,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from . import figures as _figures
 from .data import source_rows_per_batch
 from .io import atomic_write_text
+from .method_styles import METHOD_STYLES
 from .version import __version__
 
 TEMPLATE_PATH = Path(__file__).parent / "resources" / "model_card_template.md"
@@ -185,13 +186,12 @@ def comparison_facts(summary: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]
     ``steps`` (the one budget every method had, else None: the table's "steps per seed" column
     gives each) and ``paired`` (whether the table has the "− joint" column).
     """
-    from .methods import METHOD_REGISTRY  # here: the registry pulls in training, rendering a card does not
     from .stats import paired_summary
 
     seeds = {tuple(entry.get("seeds", ())) for entry in summary.values()}
     steps = {str(entry.get("steps", "")) for entry in summary.values()}
     return {
-        "methods": [METHOD_REGISTRY[m].title if m in METHOD_REGISTRY else m for m in summary],
+        "methods": [METHOD_STYLES[m].title if m in METHOD_STYLES else m for m in summary],
         "seeds": list(next(iter(seeds))) if len(seeds) == 1 else None,
         "steps": next(iter(steps)) if len(steps) == 1 and "" not in steps else None,
         "paired": bool(paired_summary(summary)),
@@ -371,7 +371,7 @@ def render_model_card(
         The card's title and ``model-index`` name; default: ``repo_id``'s name, else
         :func:`default_model_name` of the method, backbone and evaluation dataset.
     method : str, optional
-        The method that trained this checkpoint (a :data:`jtln_hf.methods.METHOD_REGISTRY` name).
+        The method that trained this checkpoint (a name in :data:`jtln_hf.method_styles.METHOD_STYLES`).
     seed : int, optional
         The seed of this checkpoint's run (named in the comparison).
     cost_description : str
@@ -414,13 +414,11 @@ def render_model_card(
         ``"hf-hub:user/name"`` (a Hub repository) or ``"local-dir:<folder>"`` (a folder of this
         repository). None: there is none, and the card says the Hub widget does not run this model.
     """
-    from .methods import METHOD_REGISTRY  # here: the registry pulls in training, which a card does not need
-
     config = model.config
     source_labels, target_labels = label_names(model)
     placeholder = not repo_id or "/" not in repo_id
-    registered = METHOD_REGISTRY.get(method) if method else None
-    intro = registered or METHOD_REGISTRY["jtln" if has_cost(model) else "joint"]  # what trained it, if not said
+    registered = METHOD_STYLES.get(method) if method else None
+    intro = registered or METHOD_STYLES["jtln" if has_cost(model) else "joint"]  # what trained it, if not said
     name = model_name or (repo_id.split("/")[-1] if repo_id else None) or default_model_name(
         method, config.backbone, eval_dataset or (datasets[-1] if datasets else None))  # fmt: skip
     shown_repo = f"your-name/{name}" if placeholder else repo_id

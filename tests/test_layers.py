@@ -43,6 +43,7 @@ LAYER = {
     "figures": PRESENTATION,
     "modelcard": PRESENTATION,
     "hub": PRESENTATION,
+    "method_styles": PRESENTATION,
     "share": PRESENTATION,
     "loss": TRAINING,
     "trainer": TRAINING,
@@ -60,8 +61,6 @@ LAYER = {
 
 #: Upward edges still to remove, (importer, imported) -> how (top / lazy / TC). Shrink only.
 KNOWN_UPWARD = {
-    ("figures", "methods"): "lazy: METHOD_REGISTRY",
-    ("modelcard", "methods"): "lazy: METHOD_REGISTRY",
     ("methods", "arguments"): "TC: the CLI dataclasses",
     ("cost_builders", "arguments"): "TC: the CLI dataclasses",
     ("results", "arguments"): "TC: the CLI dataclasses",
