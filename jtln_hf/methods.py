@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import datasets
 import numpy as np
@@ -37,6 +37,7 @@ from .cost import FASHION_MNIST_PRIOR_PATH
 from .cost_builders import (
     DEFAULT_COST_WARMUP_STEPS,
     CostInputs,
+    CostSettings,
     Predict,
     build_cost,
     cost_kind,
@@ -44,28 +45,37 @@ from .cost_builders import (
     data_prior,
     relationship_of,
 )
-from .data.pools import ExperimentData
+from .data.pools import DataSpec, ExperimentData
 from .io import latest_complete_checkpoint, resume_choice
 from .method_styles import METHOD_STYLES, MethodStyle, style_of
 from .modeling_jtln import JointImageClassifier
 from .trainer import JTLNTrainer, JTLNTrainingArguments
 
-if TYPE_CHECKING:
-    from .arguments import DataArguments, JTLNArguments, ModelArguments
-
 logger = logging.get_logger(__name__)
 
 
 # -------------------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class MethodSettings:
+    """What the methods read of the command line, as a frozen value (built once from its arguments).
+
+    ``data``: the data flags; ``cost``: the cost flags; ``image_size``: ``--image_size`` (a pretrained
+    backbone is built at it); ``cotuning_weight``: ``--cotuning_weight``.
+    """
+
+    data: DataSpec
+    cost: CostSettings
+    image_size: int | None
+    cotuning_weight: float
+
+
 @dataclass
 class MethodRun:
     """One method on one seed: what its stage plan reads (``args`` carry the seed)."""
 
     model: JointImageClassifier
     exp: ExperimentData
-    data_args: DataArguments
-    model_args: ModelArguments
-    jtln_args: JTLNArguments
+    settings: MethodSettings
     args: JTLNTrainingArguments
     name: str  # "<method>-seed<seed>": the stage folders' prefix
     fixed_cost: tuple[np.ndarray, str] | None = None
@@ -133,14 +143,14 @@ def build_model(config: JointImageClassifierConfig, seed: int, image_size: int |
 
 
 # ---------------------------------------------------------------------------------------- stages
-def _with_transform(ds: datasets.Dataset, config: JointImageClassifierConfig, training: bool, data_args: DataArguments,
+def _with_transform(ds: datasets.Dataset, config: JointImageClassifierConfig, training: bool, data: DataSpec,
                     seed: int = 0) -> datasets.Dataset:  # fmt: skip
     """``ds`` under timm's train or eval transform; training augmentation is salted with the run's ``seed``.
 
     Without the salt, a row drawn in the same batch position by two seeds would get the same crop
     and flip: the seeds of a comparison would share their augmentation noise.
     """
-    kwargs = {"scale": tuple(data_args.train_scale), "hflip": data_args.hflip} if training else {}
+    kwargs = {"scale": tuple(data.train_scale), "hflip": data.hflip} if training else {}
     transform = jdata.build_transform(config.data_config, training, **kwargs)
     return ds.with_transform(jdata.make_batch_transform(transform, config.data_config["input_size"][0], seed=seed))
 
@@ -206,19 +216,19 @@ def source_batch_size(args: JTLNTrainingArguments) -> int:
     return max(1, jdata.source_rows_per_batch(args.per_device_train_batch_size, args.source_fraction))
 
 
-def _eval_dataset(ds: datasets.Dataset, config: JointImageClassifierConfig, data_args: DataArguments):
+def _eval_dataset(ds: datasets.Dataset, config: JointImageClassifierConfig, data: DataSpec):
     """A target set (test or validation) with the evaluation transform (domain 1 = target rows)."""
-    return _with_transform(jdata.build_joint_dataset(None, ds), config, False, data_args)
+    return _with_transform(jdata.build_joint_dataset(None, ds), config, False, data)
 
 
-def _stage_eval_dataset(stage: JTLNTrainingArguments, exp, config, data_args) -> datasets.Dataset | None:
+def _stage_eval_dataset(stage: JTLNTrainingArguments, exp, config, data) -> datasets.Dataset | None:
     """The target test set for evaluation during a stage (``--eval_strategy steps|epoch``), else None."""
-    return None if stage.eval_strategy == "no" else _eval_dataset(exp.target_test, config, data_args)
+    return None if stage.eval_strategy == "no" else _eval_dataset(exp.target_test, config, data)
 
 
-def train_source_only(model, exp, args, data_args, name: str, steps: int) -> JTLNTrainer:
+def train_source_only(model, exp, args, data, name: str, steps: int) -> JTLNTrainer:
     """Source head only (λ_ot = 0, batches of source rows)."""
-    train_ds = _with_transform(jdata.build_joint_dataset(exp.source, None), model.config, True, data_args, args.seed)
+    train_ds = _with_transform(jdata.build_joint_dataset(exp.source, None), model.config, True, data, args.seed)
     stage = _stage_args(
         args, name, max_steps=steps, per_device_train_batch_size=source_batch_size(args),
         source_fraction=1.0, ot_loss_weight=0.0,
@@ -226,23 +236,23 @@ def train_source_only(model, exp, args, data_args, name: str, steps: int) -> JTL
     return _train(model, stage, train_ds)
 
 
-def train_target_only(model, exp, args, data_args, name: str) -> JTLNTrainer:
+def train_target_only(model, exp, args, data, name: str) -> JTLNTrainer:
     """Target head only (batches of target rows); evaluated on the target test set if ``eval_strategy`` asks."""
-    train_ds = _with_transform(jdata.build_joint_dataset(None, exp.target), model.config, True, data_args, args.seed)
+    train_ds = _with_transform(jdata.build_joint_dataset(None, exp.target), model.config, True, data, args.seed)
     stage = _stage_args(
         args, name, per_device_train_batch_size=target_batch_size(args), source_fraction=0.0, ot_loss_weight=0.0
     )
-    return _train(model, stage, train_ds, _stage_eval_dataset(stage, exp, model.config, data_args))
+    return _train(model, stage, train_ds, _stage_eval_dataset(stage, exp, model.config, data))
 
 
-def train_joint(model, exp, args, data_args, name: str, ot_loss_weight: float, trainer_cls: type[JTLNTrainer] = JTLNTrainer,
+def train_joint(model, exp, args, data, name: str, ot_loss_weight: float, trainer_cls: type[JTLNTrainer] = JTLNTrainer,
                 **trainer_kwargs: Any) -> JTLNTrainer:  # fmt: skip
     """Both heads on mixed batches, with the OT term when ``ot_loss_weight > 0`` (``trainer_cls``: e.g. Co-Tuning)."""
     train_ds = _with_transform(
-        jdata.build_joint_dataset(exp.source, exp.target), model.config, True, data_args, args.seed
+        jdata.build_joint_dataset(exp.source, exp.target), model.config, True, data, args.seed
     )
     stage = _stage_args(args, name, ot_loss_weight=ot_loss_weight)
-    return _train(model, stage, train_ds, _stage_eval_dataset(stage, exp, model.config, data_args), trainer_cls,
+    return _train(model, stage, train_ds, _stage_eval_dataset(stage, exp, model.config, data), trainer_cls,
                   **trainer_kwargs)  # fmt: skip
 
 
@@ -254,24 +264,24 @@ def quiet_args(args: JTLNTrainingArguments, output_dir: str | None = None) -> JT
 
 
 def predict_outputs(
-    model, ds: datasets.Dataset, data_args: DataArguments, args: JTLNTrainingArguments, fields: tuple[str, ...]
+    model, ds: datasets.Dataset, data: DataSpec, args: JTLNTrainingArguments, fields: tuple[str, ...]
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Model outputs ``fields`` (e.g. ``pooler_output``, ``logits``, ``source_logits``) and labels of ``ds``.
 
     Under the eval transform, through :meth:`jtln_hf.trainer.JTLNTrainer.predict_outputs`
     (``Trainer.predict``: batched, gathered over processes); every process must call it.
     """
-    return _predictor(model, data_args, args)(ds, fields)
+    return _predictor(model, data, args)(ds, fields)
 
 
-def _predictor(model, data_args: DataArguments, args: JTLNTrainingArguments) -> Predict:
+def _predictor(model, data: DataSpec, args: JTLNTrainingArguments) -> Predict:
     """``predict(dataset, fields)`` on ``model`` under the eval transform, one quiet trainer for every call."""
     trainer = JTLNTrainer(model=model, args=quiet_args(args))
-    return lambda ds, fields: trainer.predict_outputs(_with_transform(ds, model.config, False, data_args), fields)
+    return lambda ds, fields: trainer.predict_outputs(_with_transform(ds, model.config, False, data), fields)
 
 
 def resolve_cost(
-    jtln_args: JTLNArguments, data_args: DataArguments, exp: ExperimentData, model: JointImageClassifier | None = None,
+    cost: CostSettings, data: DataSpec, exp: ExperimentData, model: JointImageClassifier | None = None,
     seed: int = 0, warmup_steps: int = 0, args: JTLNTrainingArguments | None = None,
 ) -> tuple[np.ndarray, str]:  # fmt: skip
     """The cost matrix C for ``--cost`` (or its default) and a sentence saying how it was built.
@@ -279,17 +289,17 @@ def resolve_cost(
     Looks the builder up in :data:`jtln_hf.cost_builders.COST_BUILDERS` (a file path otherwise);
     builders that read the model run it through :func:`predict_outputs` (needs ``model`` and ``args``).
     """
-    predict = _predictor(model, data_args, args) if model is not None and args is not None else None
+    predict = _predictor(model, data, args) if model is not None and args is not None else None
     inputs = CostInputs(
         exp.source, exp.target, list(exp.source_names), list(exp.target_names), predict=predict,
-        prior=data_prior(data_args) or FASHION_MNIST_PRIOR_PATH, seed=seed, warmup_steps=warmup_steps,
-        samples_per_class=jtln_args.cost_samples_per_class,
+        prior=data_prior(data) or FASHION_MNIST_PRIOR_PATH, seed=seed, warmup_steps=warmup_steps,
+        samples_per_class=cost.samples_per_class,
     )  # fmt: skip
-    return build_cost(cost_kind(data_args, jtln_args), inputs, jtln_args.cost_normalization)
+    return build_cost(cost_kind(data, cost), inputs, cost.normalization)
 
 
 def evaluate_model(
-    model, exp: ExperimentData, data_args: DataArguments, args: JTLNTrainingArguments,
+    model, exp: ExperimentData, data: DataSpec, args: JTLNTrainingArguments,
     log_to: JTLNTrainer | None = None,
 ) -> dict[str, float]:  # fmt: skip
     """Target test metrics (accuracy, mean per-class accuracy, top-k, loss), keys without ``eval_``.
@@ -308,9 +318,9 @@ def evaluate_model(
         quiet = JTLNTrainer(model=model, args=quiet_args(args, stage_dir))
     trainer = log_to if log_to is not None else quiet
     with trainer.target_loss_only():
-        metrics = trainer.evaluate(_eval_dataset(exp.target_test, model.config, data_args))
+        metrics = trainer.evaluate(_eval_dataset(exp.target_test, model.config, data))
     if exp.target_validation is not None:
-        metrics.update(quiet.evaluate(_eval_dataset(exp.target_validation, model.config, data_args),
+        metrics.update(quiet.evaluate(_eval_dataset(exp.target_validation, model.config, data),
                                       metric_key_prefix="validation"))  # fmt: skip
     trainer.save_metrics("eval", metrics)
     keep = ("accuracy", "mean_per_class_accuracy", "loss")
@@ -325,25 +335,25 @@ def evaluate_model(
 
 
 # ----------------------------------------------------------------------------------------- plans
-def cotuning_warmup_steps(jtln: JTLNArguments) -> int:
+def cotuning_warmup_steps(cost: CostSettings) -> int:
     """Source-only steps before Co-Tuning reads its relationship: the source head must know its task first."""
-    return jtln.cost_warmup_steps if jtln.cost_warmup_steps is not None else DEFAULT_COST_WARMUP_STEPS
+    return cost.warmup_steps if cost.warmup_steps is not None else DEFAULT_COST_WARMUP_STEPS
 
 
 @register_method("finetune", **style_of("finetune"))
 def _finetune(run: MethodRun) -> Trained:
-    return Trained(train_target_only(run.model, run.exp, run.args, run.data_args, run.name))
+    return Trained(train_target_only(run.model, run.exp, run.args, run.settings.data, run.name))
 
 
 @register_method("consecutive", **style_of("consecutive"))
 def _consecutive(run: MethodRun) -> Trained:
-    train_source_only(run.model, run.exp, run.args, run.data_args, f"{run.name}-source", run.args.max_steps)
-    return Trained(train_target_only(run.model, run.exp, run.args, run.data_args, f"{run.name}-target"))
+    train_source_only(run.model, run.exp, run.args, run.settings.data, f"{run.name}-source", run.args.max_steps)
+    return Trained(train_target_only(run.model, run.exp, run.args, run.settings.data, f"{run.name}-target"))
 
 
 @register_method("joint", **style_of("joint"), joint_batches=True)
 def _joint(run: MethodRun) -> Trained:
-    return Trained(train_joint(run.model, run.exp, run.args, run.data_args, run.name, ot_loss_weight=0.0))
+    return Trained(train_joint(run.model, run.exp, run.args, run.settings.data, run.name, ot_loss_weight=0.0))
 
 
 #: The flags of the OT term and its cost: read by JTLN only.
@@ -360,13 +370,13 @@ def _jtln(run: MethodRun) -> Trained:
     if run.fixed_cost is not None:
         cost, description = run.fixed_cost
     else:
-        warmup = cost_warmup_steps(run.model_args, run.jtln_args, run.data_args)
+        warmup = cost_warmup_steps(run.settings.cost, run.settings.data)
         if warmup:
-            train_source_only(run.model, run.exp, run.args, run.data_args, f"{run.name}-warmup", warmup)
-        cost, description = resolve_cost(run.jtln_args, run.data_args, run.exp, run.model, run.args.seed, warmup,
+            train_source_only(run.model, run.exp, run.args, run.settings.data, f"{run.name}-warmup", warmup)
+        cost, description = resolve_cost(run.settings.cost, run.settings.data, run.exp, run.model, run.args.seed, warmup,
                                          run.args)  # fmt: skip
     run.model.set_cost_matrix(cost)
-    last = train_joint(run.model, run.exp, run.args, run.data_args, run.name, ot_loss_weight=run.args.ot_loss_weight)
+    last = train_joint(run.model, run.exp, run.args, run.settings.data, run.name, ot_loss_weight=run.args.ot_loss_weight)
     return Trained(last, description, warmup)
 
 
@@ -374,16 +384,16 @@ def _jtln(run: MethodRun) -> Trained:
 def _cotuning(run: MethodRun) -> Trained:
     from .cotuning import CoTuningTrainer
 
-    warmup = cotuning_warmup_steps(run.jtln_args)
+    warmup = cotuning_warmup_steps(run.settings.cost)
     if warmup:
-        train_source_only(run.model, run.exp, run.args, run.data_args, f"{run.name}-warmup", warmup)
-    relationship = relationship_of(_predictor(run.model, run.data_args, run.args), run.exp.target,
+        train_source_only(run.model, run.exp, run.args, run.settings.data, f"{run.name}-warmup", warmup)
+    relationship = relationship_of(_predictor(run.model, run.settings.data, run.args), run.exp.target,
                                    len(run.exp.target_names))  # fmt: skip
-    last = train_joint(run.model, run.exp, run.args, run.data_args, run.name, ot_loss_weight=0.0,
+    last = train_joint(run.model, run.exp, run.args, run.settings.data, run.name, ot_loss_weight=0.0,
                        trainer_cls=CoTuningTrainer, relationship=relationship,
-                       cotuning_weight=run.jtln_args.cotuning_weight)  # fmt: skip
+                       cotuning_weight=run.settings.cotuning_weight)  # fmt: skip
     return Trained(last, f"Co-Tuning: p(y_s | y_t) read after {warmup} source-only warm-up steps, soft source term "
-                         f"weight {run.jtln_args.cotuning_weight:g}.", warmup)  # fmt: skip
+                         f"weight {run.settings.cotuning_weight:g}.", warmup)  # fmt: skip
 
 
 #: The registered method names, in registration order (the order of a comparison).
@@ -406,8 +416,8 @@ class RunResult:
 
 
 def run_method(
-    method: str, exp: ExperimentData, config: JointImageClassifierConfig, data_args: DataArguments,
-    model_args: ModelArguments, jtln_args: JTLNArguments, args: JTLNTrainingArguments, seed: int,
+    method: str, exp: ExperimentData, config: JointImageClassifierConfig, settings: MethodSettings,
+    args: JTLNTrainingArguments, seed: int,
     fixed_cost: tuple[np.ndarray, str] | None = None,
 ) -> RunResult:  # fmt: skip
     """Train one method for one seed (its registered stage plan) and evaluate it on the target test set.
@@ -418,12 +428,12 @@ def run_method(
     if method not in METHOD_REGISTRY:
         raise ValueError(f"unknown method {method!r}: choose from {list(METHOD_REGISTRY)}.")
     args = dataclasses.replace(args, seed=seed)
-    model = build_model(config, seed, model_args.image_size if model_args.pretrained else None)
+    model = build_model(config, seed, settings.image_size if settings.cost.pretrained else None)
     start = time.perf_counter()
-    run = MethodRun(model, exp, data_args, model_args, jtln_args, args, f"{method}-seed{seed}", fixed_cost)
+    run = MethodRun(model, exp, settings, args, f"{method}-seed{seed}", fixed_cost)
     trained = METHOD_REGISTRY[method].plan(run)
     seconds = time.perf_counter() - start
-    metrics = evaluate_model(model, exp, data_args, args, log_to=trained.last)
+    metrics = evaluate_model(model, exp, settings.data, args, log_to=trained.last)
     logger.warning(f"{method} seed {seed}: accuracy {metrics['accuracy']:.4f} ({seconds:.0f} s)")
     return RunResult(method, seed, metrics, seconds, model, trained.description,
                      _steps_text(method, args, trained.warmup), trained.warmup)  # fmt: skip
@@ -447,6 +457,7 @@ __all__ = [
     "METHOD_REGISTRY",
     "Method",
     "MethodRun",
+    "MethodSettings",
     "RunResult",
     "Trained",
     "build_model",

@@ -60,11 +60,7 @@ LAYER = {
 }
 
 #: Upward edges still to remove, (importer, imported) -> how (top / lazy / TC). Shrink only.
-KNOWN_UPWARD = {
-    ("methods", "arguments"): "TC: the CLI dataclasses",
-    ("cost_builders", "arguments"): "TC: the CLI dataclasses",
-    ("results", "arguments"): "TC: the CLI dataclasses",
-}
+KNOWN_UPWARD: dict[tuple[str, str], str] = {}
 
 MAX_LINES = 400
 #: Modules still over ``MAX_LINES``, to be split. Shrink only.

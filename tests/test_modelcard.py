@@ -23,7 +23,7 @@ from PIL import Image
 
 import jtln_hf
 from jtln_hf import figures, modelcard
-from jtln_hf.arguments import DataArguments, JTLNArguments
+from jtln_hf.arguments import DataArguments, JTLNArguments, ModelArguments, method_settings
 from jtln_hf.methods import METHOD_REGISTRY, RunResult
 from jtln_hf.modelcard import (
     COMPARE_FIGURE,
@@ -243,7 +243,8 @@ def test_card_states_what_the_run_did(tmp_path, steps, seeds, hub_model_id):
     args = make_args(tmp_path, hub_model_id=hub_model_id, max_steps=4)
     data_args, jtln_args = DataArguments(), JTLNArguments(methods=methods, seeds=seeds)
     (kept,) = [r for r in runs if r.model is not None]
-    folder = save_model(kept, tmp_path, args, jtln_args, data_args, table, summary=summary)
+    settings = method_settings(data_args, ModelArguments(), jtln_args)
+    folder = save_model(kept, tmp_path, args, settings, table, summary=summary)
     results = json.loads((tmp_path / "results.json").read_text())
     card = ModelCard.load(folder / "README.md")
     text = card.text

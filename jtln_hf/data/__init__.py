@@ -549,4 +549,4 @@ def _permutation_stream(rows: np.ndarray, rng: np.random.Generator) -> Iterator[
         yield from (int(i) for i in rng.permutation(rows))
 
 
-from .pools import DataPools, ExperimentData  # noqa: E402,F401  (the experiment's data values, frozen)
+from .pools import DataPools, DataSpec, ExperimentData  # noqa: E402,F401  (the experiment's data values, frozen)

@@ -32,3 +32,28 @@ class ExperimentData:
     source_names: list[str]
     target_names: list[str]
     target_validation: datasets.Dataset | None = None
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What the code below the command line reads of the data flags, as a frozen value.
+
+    Built once from the recipe's ``DataArguments`` (:meth:`jtln_hf.arguments.DataArguments.spec`);
+    the flags' defaults and checks stay there. ``dataset`` None with one dataset: Fashion-MNIST.
+    """
+
+    dataset: str | None
+    source_dataset: str | None
+    target_dataset: str | None
+    shots: int
+    test_split: str
+    target_train_split: str
+    target_test_split: str
+    target_test_fraction: float | None
+    train_scale: tuple[float, float]
+    hflip: float
+
+    @property
+    def two_datasets(self) -> bool:
+        """Whether the source and the target come from their own datasets."""
+        return self.source_dataset is not None or self.target_dataset is not None
