@@ -36,7 +36,7 @@ from .methods import METHOD_REGISTRY, RunResult, build_model, resolve_cost, run_
 from .modeling_jtln import JointImageClassifier, TimmExportError
 from .results import results_markdown, save_model, summarize, write_results
 from .sources import FASHION_MNIST, data_config_from_stats, display_name, image_stats, known_dataset, open_dataset, pick_split
-from .trainer import JTLNTrainingArguments, jtln_loss_from_args
+from .training_args import JTLNTrainingArguments, jtln_loss_from_args
 
 logger = logging.get_logger(__name__)
 

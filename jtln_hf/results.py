@@ -25,7 +25,7 @@ from .sources import FASHION_MNIST, display_name, hub_dataset_id
 from .stats import BASELINE, paired_summary
 
 if TYPE_CHECKING:
-    from .trainer import JTLNTrainingArguments
+    from .training_args import JTLNTrainingArguments
 
 
 def summarize(runs: list[RunResult]) -> dict[str, dict[str, Any]]:

@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def default_grid() -> dict[str, dict[str, str]]:
     """:data:`DEFAULT_GRID` without the objective setting that is already the default."""
-    from jtln_hf.trainer import JTLNTrainingArguments
+    from jtln_hf.training_args import JTLNTrainingArguments
 
     default = JTLNTrainingArguments.__dataclass_fields__["ot_objective"].default
     return {name: o for name, o in DEFAULT_GRID.items() if o != {"ot_objective": default}}
