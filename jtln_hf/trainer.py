@@ -31,7 +31,7 @@ from transformers import Trainer
 from transformers.trainer_utils import seed_worker
 from transformers.utils import logging
 
-from .data import SOURCE, TARGET, PairedBatchSampler, collate
+from .data import TARGET, PairedBatchSampler, collate
 from .data.labels import check_labels, domains_of  # noqa: F401  (check_labels: also re-exported)
 from .image_processing_jtln import JointImageClassifierImageProcessor
 from .loss import split_rows
