@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import SOURCE, TARGET
+from .domains import SOURCE, TARGET
 
 
 def check_labels(dataset, num_source_labels: int, num_target_labels: int) -> None:
