@@ -295,11 +295,11 @@ def test_card_states_what_the_run_did(tmp_path, steps, seeds, hub_model_id):
 
 def test_package_is_linked_only_to_a_declared_address(monkeypatch):
     model = _card_model()
-    monkeypatch.setattr(modelcard, "project_urls", lambda: {})
+    monkeypatch.setattr(modelcard.facts, "project_urls", lambda: {})
     text = render_model_card(model).text
     assert f"using jtln_hf {jtln_hf.__version__}." in text and "[jtln_hf](" not in text
     urls = {"Documentation": "https://docs.example", "Source": "https://src.example/jtln"}
-    monkeypatch.setattr(modelcard, "project_urls", lambda: urls)
+    monkeypatch.setattr(modelcard.facts, "project_urls", lambda: urls)
     assert f"using [jtln_hf](https://src.example/jtln) {jtln_hf.__version__}." in render_model_card(model).text
 
 
