@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .cost import COST_NORMALIZATIONS
+from .cotuning import DEFAULT_COTUNING_WEIGHT
 from .cost_builders import COST_BUILDERS, DEFAULT_COST_WARMUP_STEPS, DEFAULT_FEATURE_COST, CostSettings, cost_kind
-from .data import did_you_mean
 from .data.pools import DataSpec
+from .errors import did_you_mean
 from .methods import METHOD_REGISTRY, METHODS, MethodSettings
 
 #: ``--mode``: one registered method (:data:`jtln_hf.methods.METHOD_REGISTRY`), or all of ``--methods``.
@@ -178,8 +179,9 @@ class JTLNArguments:
                   "refused, unless --resume_from_checkpoint continues a run of the same settings."},
     )  # fmt: skip
     cotuning_weight: float = field(
-        default=2.3,
-        metadata={"help": "λ_ct of the cotuning method: weight of the soft source term (TLlib's default 2.3). Its "
+        default=DEFAULT_COTUNING_WEIGHT,
+        metadata={"help": f"λ_ct of the cotuning method: weight of the soft source term (TLlib's default "
+                  f"{DEFAULT_COTUNING_WEIGHT}). Its "
                   "relationship p(y_s|y_t) is read after --cost_warmup_steps source-only steps."},
     )  # fmt: skip
 

@@ -25,6 +25,7 @@ from .cost import (
     normalize_cost,
 )
 from .data import sample_shots
+from .data.labels import read_column
 from .data.pools import DataSpec
 from .sources import FASHION_MNIST, known_dataset
 
@@ -130,7 +131,7 @@ def _prior(inputs: CostInputs) -> tuple[np.ndarray, str]:
 def _feature_builder(distance: str) -> Callable[[CostInputs], tuple[np.ndarray, str]]:
     def build(inputs: CostInputs) -> tuple[np.ndarray, str]:
         predict = _needs_model(inputs, f"features-{distance}")
-        smallest = int(np.bincount(inputs.source.select_columns(["label"]).with_format("numpy")[:]["label"]).min())
+        smallest = int(np.bincount(read_column(inputs.source, "label")).min())
         source = sample_shots(inputs.source, min(inputs.samples_per_class, smallest), seed=inputs.seed)
         (xs, ys), (xt, yt) = [
             (outputs["pooler_output"], labels)

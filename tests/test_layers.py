@@ -24,6 +24,7 @@ LAYER_NAMES = ("foundations", "model and maths", "data", "presentation", "traini
 #: Module (without the ``jtln_hf.`` prefix) -> layer. A new module must be listed here.
 LAYER = {
     "version": FOUNDATIONS,
+    "errors": FOUNDATIONS,
     "io": FOUNDATIONS,
     "stats": FOUNDATIONS,
     "configuration_jtln": FOUNDATIONS,
@@ -43,6 +44,7 @@ LAYER = {
     "data": DATA,
     "data.pools": DATA,
     "data.domains": DATA,
+    "data.image_stats": DATA,
     "data.fashion_mnist": DATA,
     "data.splits": DATA,
     "data.transforms": DATA,

@@ -11,6 +11,8 @@ from typing import Any
 import datasets
 import numpy as np
 
+from .image_stats import ImageStats, data_config_from_stats
+
 
 #: Where Debian's ``dataset-fashion-mnist`` puts the idx files; ``JTLN_FASHION_MNIST_DIR`` overrides it
 #: (e.g. on a machine where the package cannot be installed and the files were copied instead).
@@ -22,14 +24,7 @@ FASHION_MNIST_LABELS = (
 DEFAULT_SOURCE_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Sneaker")
 DEFAULT_TARGET_CLASSES = ("Shirt", "Coat", "Sandal", "Bag", "Ankle boot")
 # timm data config for Fashion-MNIST at its native 28x28 (mean/std of the training images).
-FASHION_MNIST_DATA_CONFIG = {
-    "input_size": [1, 28, 28],
-    "interpolation": "bilinear",
-    "mean": [0.2860],
-    "std": [0.3530],
-    "crop_pct": 1.0,
-    "crop_mode": "center",
-}
+FASHION_MNIST_DATA_CONFIG = data_config_from_stats(ImageStats(in_chans=1, image_size=28, mean=(0.2860,), std=(0.3530,)))
 # --------------------------------------------------------------------------------------- loading
 def _read_idx(path: Path, offset: int) -> np.ndarray:
     with gzip.open(path, "rb") as f:

@@ -1,4 +1,5 @@
-"""Checks of a training set's labels and domains, read from its raw columns (no image is decoded)."""
+"""Raw column reads that decode no image (:func:`read_column`, :func:`domains_of`), and the check of a
+training set's labels and domains built on them (:func:`check_labels`)."""
 
 from __future__ import annotations
 

@@ -7,6 +7,9 @@ from collections.abc import Sequence
 import datasets
 import numpy as np
 
+from ..errors import did_you_mean
+from .labels import read_column
+
 
 def standardize_columns(
     ds: datasets.Dataset, *, image_column: str = "image", label_column: str = "label"
@@ -49,15 +52,6 @@ def resolve_classes(classes: Sequence[str | int], label_names: Sequence[str]) ->
     return ids
 
 
-def did_you_mean(name: str, choices: Sequence[str]) -> str:
-    """``" (did you mean 'X'?)"`` for the closest of ``choices`` to ``name`` (case-insensitive), else ``""``."""
-    import difflib
-
-    lowered = {str(c).lower(): str(c) for c in choices}
-    close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
-    return f" (did you mean {lowered[close[0]]!r}?)" if close else ""
-
-
 def select_classes(ds: datasets.Dataset, classes: Sequence[str | int]) -> datasets.Dataset:
     """Keep the rows of ``classes`` and renumber their labels 0..k-1 in the given order."""
     names = ds.features["label"].names
@@ -95,7 +89,7 @@ def sample_shots(ds: datasets.Dataset, shots: int, seed: int = 0) -> datasets.Da
     """Draw ``shots`` rows of every class, reproducibly (``numpy.random.default_rng(seed)``)."""
     if isinstance(shots, bool) or not isinstance(shots, (int, np.integer)) or shots < 1:
         raise ValueError(f"shots must be an integer >= 1, got {shots!r}: pass the number of images per class.")
-    labels = np.asarray(ds.select_columns(["label"]).with_format("numpy")[:]["label"])
+    labels = np.asarray(read_column(ds, "label"))
     rng = np.random.default_rng(seed)
     chosen = []
     for c, name in enumerate(ds.features["label"].names):
