@@ -11,8 +11,8 @@ Methods (Lu, Chen & Saidi 2017, Table 1, and one baseline):
 A stage plan trains a fresh model through one or more stages (each a :class:`JTLNTrainer` run
 in ``output_dir/runs/<method>-seed<seed>[-stage]``). Every method sees the same target images
 per step (``per_device_train_batch_size x (1 - source_fraction)``). Adding a method is one
-:func:`register_method` call here: the CLI's ``--mode``/``--methods``, the table and the
-figure read the registry.
+:func:`register_method` call (the built-ins' are in :mod:`jtln_hf.methods.plans`): the CLI's
+``--mode``/``--methods``, the table and the figure read the registry.
 """
 
 from __future__ import annotations
