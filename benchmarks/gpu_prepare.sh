@@ -148,7 +148,7 @@ if problems:
 print(f"requirements: every Requires-Dist of the {len(wheels)} wheels is met")
 EOF
 
-# Fashion-MNIST: the GPU machine cannot apt-get; jtln_hf/data.py reads JTLN_FASHION_MNIST_DIR.
+# Fashion-MNIST: the GPU machine cannot apt-get; jtln_hf/data/fashion_mnist.py reads JTLN_FASHION_MNIST_DIR.
 src=/usr/share/datasets/fashion-mnist
 mkdir -p .gpu_data/fashion-mnist
 for f in train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz; do

@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassi
 from .configuration_jtln import JointImageClassifierConfig
 from .image_processing_jtln import JointImageClassifierImageProcessor
 from .modeling_jtln import ClassPrediction, JointClassifierOutput, JointImageClassifier
+from .version import __version__
 
 AutoConfig.register(JointImageClassifierConfig.model_type, JointImageClassifierConfig, exist_ok=True)
 AutoModelForImageClassification.register(JointImageClassifierConfig, JointImageClassifier, exist_ok=True)
@@ -27,4 +28,3 @@ __all__ = [
     "JointClassifierOutput",
     "ClassPrediction",
 ]
-__version__ = "0.1.0"

@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .cost import COST_NORMALIZATIONS
-from .cost_builders import COST_BUILDERS, DEFAULT_COST_WARMUP_STEPS, DEFAULT_FEATURE_COST, cost_kind
-from .data import did_you_mean
-from .methods import METHOD_REGISTRY, METHODS
+from .cotuning import DEFAULT_COTUNING_WEIGHT
+from .cost_builders import COST_BUILDERS, DEFAULT_COST_WARMUP_STEPS, DEFAULT_FEATURE_COST, CostSettings, cost_kind
+from .data.pools import DataSpec
+from .errors import did_you_mean
+from .methods import METHOD_REGISTRY, METHODS, MethodSettings
 
 #: ``--mode``: one registered method (:data:`jtln_hf.methods.METHOD_REGISTRY`), or all of ``--methods``.
 MODES = (*METHODS, "compare")
@@ -106,6 +108,15 @@ class DataArguments:
         """Whether the source and the target come from their own datasets."""
         return self.source_dataset is not None or self.target_dataset is not None
 
+    def spec(self) -> DataSpec:
+        """What the code below the command line reads of these flags, as a frozen value."""
+        return DataSpec(
+            dataset=self.dataset, source_dataset=self.source_dataset, target_dataset=self.target_dataset,
+            shots=self.shots, test_split=self.test_split, target_train_split=self.target_train_split,
+            target_test_split=self.target_test_split, target_test_fraction=self.target_test_fraction,
+            train_scale=tuple(self.train_scale), hflip=self.hflip,
+        )  # fmt: skip
+
 
 @dataclass
 class ModelArguments:
@@ -168,8 +179,9 @@ class JTLNArguments:
                   "refused, unless --resume_from_checkpoint continues a run of the same settings."},
     )  # fmt: skip
     cotuning_weight: float = field(
-        default=2.3,
-        metadata={"help": "λ_ct of the cotuning method: weight of the soft source term (TLlib's default 2.3). Its "
+        default=DEFAULT_COTUNING_WEIGHT,
+        metadata={"help": f"λ_ct of the cotuning method: weight of the soft source term (TLlib's default "
+                  f"{DEFAULT_COTUNING_WEIGHT}). Its "
                   "relationship p(y_s|y_t) is read after --cost_warmup_steps source-only steps."},
     )  # fmt: skip
 
@@ -249,7 +261,7 @@ def check_arguments(data: DataArguments, model: ModelArguments, jtln: JTLNArgume
             raise ValueError(f"--{name} has no effect: no method of this run ({', '.join(methods)}) reads it; drop it, "
                              f"or run {' or '.join(readers)}.")  # fmt: skip
     if uses_ot:
-        kind = cost_kind(data, jtln)
+        kind = cost_kind(data.spec(), cost_settings(model, jtln))
         builder = COST_BUILDERS.get(kind)
         unused = {"cost_warmup_steps": [b.name for b in COST_BUILDERS.values() if b.from_model],
                   "cost_samples_per_class": [b.name for b in COST_BUILDERS.values() if b.samples]}  # fmt: skip
@@ -294,6 +306,18 @@ def run_settings(data: DataArguments, model: ModelArguments, jtln: JTLNArguments
     return json.loads(json.dumps(kept, default=str))  # the values a settings.json read back gives
 
 
+def cost_settings(model: ModelArguments, jtln: JTLNArguments) -> CostSettings:
+    """The cost flags as the frozen value the cost registry reads."""
+    return CostSettings(cost=jtln.cost, normalization=jtln.cost_normalization, warmup_steps=jtln.cost_warmup_steps,
+                        samples_per_class=jtln.cost_samples_per_class, pretrained=model.pretrained)  # fmt: skip
+
+
+def method_settings(data: DataArguments, model: ModelArguments, jtln: JTLNArguments) -> MethodSettings:
+    """What the methods read of the command line, resolved once into a frozen value."""
+    return MethodSettings(data=data.spec(), cost=cost_settings(model, jtln), image_size=model.image_size,
+                          cotuning_weight=jtln.cotuning_weight)  # fmt: skip
+
+
 def _one_dataset_counterpart(name: str) -> str:
     for one, two in ONE_DATASET_FLAGS.items():
         if f"--{name}" in two:
@@ -308,5 +332,7 @@ __all__ = [
     "ModelArguments",
     "NOT_SETTINGS",
     "check_arguments",
+    "cost_settings",
+    "method_settings",
     "run_settings",
 ]

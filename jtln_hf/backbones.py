@@ -19,7 +19,7 @@ import torch
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import try_to_load_from_cache
 
-from .data import did_you_mean
+from .errors import did_you_mean
 
 #: Weight files timm reads through ``pretrained_cfg_overlay=dict(file=...)``.
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import datasets
 import numpy as np
@@ -26,10 +25,9 @@ from .cost import (
     normalize_cost,
 )
 from .data import sample_shots
+from .data.labels import read_column
+from .data.pools import DataSpec
 from .sources import FASHION_MNIST, known_dataset
-
-if TYPE_CHECKING:
-    from .arguments import DataArguments, JTLNArguments, ModelArguments
 
 #: ``predict(dataset, fields) -> ({field: array}, labels)``: the model's outputs on a dataset's rows.
 Predict = Callable[[datasets.Dataset, tuple[str, ...]], tuple[dict[str, np.ndarray], np.ndarray]]
@@ -37,6 +35,24 @@ Predict = Callable[[datasets.Dataset, tuple[str, ...]], tuple[dict[str, np.ndarr
 DEFAULT_COST_WARMUP_STEPS = 200
 #: The cost when ``--cost`` is not given and the data has no prior: the paper's fc7-MKMMD.
 DEFAULT_FEATURE_COST = "features-mmd"
+
+
+@dataclass(frozen=True)
+class CostSettings:
+    """The cost flags as a frozen value (built once from the command line's arguments).
+
+    ``cost``: ``--cost`` as given (None: the data's default, :func:`cost_kind`); ``normalization``:
+    ``--cost_normalization``; ``warmup_steps``: ``--cost_warmup_steps`` as given (None: the default,
+    :func:`cost_warmup_steps`); ``samples_per_class``: ``--cost_samples_per_class``; ``pretrained``:
+    the backbone starts from pretrained weights. The flags' defaults and checks stay in
+    :mod:`jtln_hf.arguments`.
+    """
+
+    cost: str | None
+    normalization: str
+    warmup_steps: int | None
+    samples_per_class: int
+    pretrained: bool
 
 
 @dataclass
@@ -115,7 +131,7 @@ def _prior(inputs: CostInputs) -> tuple[np.ndarray, str]:
 def _feature_builder(distance: str) -> Callable[[CostInputs], tuple[np.ndarray, str]]:
     def build(inputs: CostInputs) -> tuple[np.ndarray, str]:
         predict = _needs_model(inputs, f"features-{distance}")
-        smallest = int(np.bincount(inputs.source.select_columns(["label"]).with_format("numpy")[:]["label"]).min())
+        smallest = int(np.bincount(read_column(inputs.source, "label")).min())
         source = sample_shots(inputs.source, min(inputs.samples_per_class, smallest), seed=inputs.seed)
         (xs, ys), (xt, yt) = [
             (outputs["pooler_output"], labels)
@@ -184,17 +200,17 @@ def build_cost(kind: str, inputs: CostInputs, normalization: str) -> tuple[np.nd
 
 
 # ------------------------------------------------------------------------ defaults from arguments
-def data_prior(data: DataArguments) -> Path | None:
+def data_prior(data: DataSpec) -> Path | None:
     """The hand-written prior of the run's data (Fashion-MNIST's), else None; it serves any classes it names."""
     specs = [data.source_dataset, data.target_dataset] if data.two_datasets else [data.dataset or FASHION_MNIST]
     known = [k for k in map(known_dataset, specs) if k is not None and k.prior_cost is not None]
     return known[0].prior_cost if known else None
 
 
-def cost_kind(data: DataArguments, jtln: JTLNArguments) -> str:
+def cost_kind(data: DataSpec, settings: CostSettings) -> str:
     """``--cost``, or its default: the prior of one dataset split by class if it has one, else :data:`DEFAULT_FEATURE_COST`."""
-    if jtln.cost is not None:
-        return jtln.cost
+    if settings.cost is not None:
+        return settings.cost
     return "prior" if not data.two_datasets and data_prior(data) is not None else DEFAULT_FEATURE_COST
 
 
@@ -203,18 +219,18 @@ def is_model_cost(kind: str) -> bool:
     return kind in COST_BUILDERS and COST_BUILDERS[kind].from_model
 
 
-def cost_warmup_steps(model: ModelArguments, jtln: JTLNArguments, data: DataArguments | None = None) -> int:
+def cost_warmup_steps(settings: CostSettings, data: DataSpec | None = None) -> int:
     """Source-only steps before the cost is computed: 0 for costs that need no model.
 
     ``--cost_warmup_steps`` when given; else 0 for a feature cost on pretrained features,
     :data:`DEFAULT_COST_WARMUP_STEPS` otherwise (a relationship always needs a trained source head).
     """
-    kind = cost_kind(data, jtln) if data is not None else jtln.cost
+    kind = cost_kind(data, settings) if data is not None else settings.cost
     if kind is None or not is_model_cost(kind):
         return 0
-    if jtln.cost_warmup_steps is not None:
-        return jtln.cost_warmup_steps
-    return 0 if model.pretrained and not COST_BUILDERS[kind].warmup_when_pretrained else DEFAULT_COST_WARMUP_STEPS
+    if settings.warmup_steps is not None:
+        return settings.warmup_steps
+    return 0 if settings.pretrained and not COST_BUILDERS[kind].warmup_when_pretrained else DEFAULT_COST_WARMUP_STEPS
 
 
 __all__ = [
@@ -223,6 +239,7 @@ __all__ = [
     "DEFAULT_FEATURE_COST",
     "CostBuilder",
     "CostInputs",
+    "CostSettings",
     "build_cost",
     "cost_kind",
     "cost_warmup_steps",

@@ -27,7 +27,8 @@ import numpy as np
 from transformers.utils import logging
 
 from . import data as jdata
-from .arguments import DataArguments, JTLNArguments, ModelArguments
+from .data.pools import DataPools, ExperimentData
+from .arguments import DataArguments, JTLNArguments, ModelArguments, cost_settings, method_settings
 from .backbones import check_backbone
 from .configuration_jtln import JointImageClassifierConfig
 from .cost_builders import cost_kind, cost_warmup_steps, is_model_cost
@@ -35,35 +36,12 @@ from .methods import METHOD_REGISTRY, RunResult, build_model, resolve_cost, run_
 from .modeling_jtln import JointImageClassifier, TimmExportError
 from .results import results_markdown, save_model, summarize, write_results
 from .sources import FASHION_MNIST, data_config_from_stats, display_name, image_stats, known_dataset, open_dataset, pick_split
-from .trainer import JTLNTrainingArguments, jtln_loss_from_args
+from .training_args import JTLNTrainingArguments, jtln_loss_from_args
 
 logger = logging.get_logger(__name__)
 
 
 # ------------------------------------------------------------------------------------------ data
-@dataclass
-class DataPools:
-    """What is fixed across seeds: the source set, the target pool the shots come from, the test set."""
-
-    source: datasets.Dataset
-    target_pool: datasets.Dataset
-    target_test: datasets.Dataset
-    target_validation: datasets.Dataset | None = None
-    description: str = ""
-
-
-@dataclass
-class ExperimentData:
-    """The source set, the k-shot target set and the target test set (labels in own spaces)."""
-
-    source: datasets.Dataset
-    target: datasets.Dataset
-    target_test: datasets.Dataset
-    source_names: list[str]
-    target_names: list[str]
-    target_validation: datasets.Dataset | None = None
-
-
 def _side(data_args: DataArguments, side: str) -> tuple[str, datasets.DatasetDict]:
     spec = getattr(data_args, f"{side}_dataset")
     config_name = getattr(data_args, f"{side}_dataset_config")
@@ -266,8 +244,9 @@ def plan_experiment(
             raise TimmExportError(f"{err} Pass --save_timm false to train without the timm export.") from None
     methods = jtln_args.run_methods
     fixed_cost = None
-    if _uses_ot(methods) and not is_model_cost(cost_kind(data_args, jtln_args)):
-        fixed_cost = resolve_cost(jtln_args, data_args, data[jtln_args.seeds[0]])
+    cost = cost_settings(model_args, jtln_args)
+    if _uses_ot(methods) and not is_model_cost(cost_kind(data_args.spec(), cost)):
+        fixed_cost = resolve_cost(cost, data_args.spec(), data[jtln_args.seeds[0]])
         check_ot_settings(model, fixed_cost[0], args)
     return ExperimentPlan(methods, pools, data, config, fixed_cost)
 
@@ -291,6 +270,7 @@ def run_experiment(
     ``plan`` (from :func:`plan_experiment`) is made here when not given.
     """
     plan = plan if plan is not None else plan_experiment(data_args, model_args, jtln_args, args)
+    settings = method_settings(data_args, model_args, jtln_args)  # the flags the methods read, frozen once
     methods = plan.methods
     runs: list[RunResult] = []
     keep: RunResult | None = None
@@ -301,7 +281,7 @@ def run_experiment(
     for seed in jtln_args.seeds:
         exp = plan.data[seed]
         for method in methods:
-            run = run_method(method, exp, plan.config, data_args, model_args, jtln_args, args, seed, plan.fixed_cost)
+            run = run_method(method, exp, plan.config, settings, args, seed, plan.fixed_cost)
             if keep is None and method == keep_method:
                 keep, keep_exp = run, exp
             else:
@@ -334,9 +314,9 @@ def run_experiment(
         "backbone": model_args.backbone,
         "pretrained_backbone": model_args.pretrained,
         "input_size": list(keep.model.config.data_config["input_size"]),
-        "cost": cost_kind(data_args, jtln_args) if ot_methods else None,
+        "cost": cost_kind(settings.data, settings.cost) if ot_methods else None,
         "cost_normalization": jtln_args.cost_normalization,
-        "cost_warmup_steps": cost_warmup_steps(model_args, jtln_args, data_args) if ot_methods else 0,
+        "cost_warmup_steps": cost_warmup_steps(settings.cost, settings.data) if ot_methods else 0,
         "ot_loss_weight": args.ot_loss_weight,
         "ot_epsilon": args.ot_epsilon,
         "ot_iterations": args.ot_iterations,
@@ -350,7 +330,7 @@ def run_experiment(
     if args.should_save:
         write_results(args.output_dir, summary, runs, meta, caption)
     save_model(
-        keep, args.output_dir, args, jtln_args, data_args, table if len(methods) > 1 else None,
+        keep, args.output_dir, args, settings, table if len(methods) > 1 else None,
         exp=keep_exp, summary=summary if len(methods) > 1 else None,
     )  # fmt: skip
     return {"summary": summary, "table": table, "wall_seconds": wall, "runs": runs}

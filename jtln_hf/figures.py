@@ -21,15 +21,12 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .io import atomic_write
+from .method_styles import MethodStyle, method_style
 from .stats import BASELINE, PairedDifference, paired_summary
 
-def _method(name: str) -> Any:
-    """The method's figure label and colour, from :data:`jtln_hf.methods.METHOD_REGISTRY`."""
-    from types import SimpleNamespace
-
-    from .methods import METHOD_REGISTRY  # here: the registry pulls in training, drawing a heatmap does not
-
-    return METHOD_REGISTRY.get(name) or SimpleNamespace(label=name, colour="tab:brown")
+def _method(name: str) -> MethodStyle:
+    """The method's figure label and colour (:data:`jtln_hf.method_styles.METHOD_STYLES`)."""
+    return method_style(name)
 
 
 _ANNOTATE_MAX = 15  # write the value in each cell up to this many rows/columns

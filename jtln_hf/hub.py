@@ -26,6 +26,7 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalToken
 from huggingface_hub.utils import filter_repo_objects, validate_repo_id
 
 from .image_processing_jtln import JointImageClassifierImageProcessor
+from .version import __version__
 
 
 class HubPushError(RuntimeError):
@@ -138,8 +139,6 @@ def push_model_folder(
         access to the repository, Hub unreachable or offline mode; the message names the fix. The
         local folder is left untouched.
     """
-    from . import __version__
-
     folder = Path(folder)
     ignore = [*PUSH_IGNORE_PATTERNS, *exclude]
     if not _has_files_to_push(folder, ignore):

@@ -16,17 +16,16 @@ import numpy as np
 
 from .hub import save_model_folder
 from .io import atomic_write_dir, atomic_write_text
-from .methods import METHOD_REGISTRY, RunResult, predict_outputs
+from .methods import METHOD_REGISTRY, MethodSettings, RunResult, predict_outputs
 from .cost_builders import COST_BUILDERS, cost_kind
+from .data.pools import ExperimentData
 from .modelcard import default_model_name, has_cost, mean_transport_plan, training_hyperparameters, write_model_card
 from .share import TIMM_FOLDER, example_images, write_demo, write_timm_folder
 from .sources import FASHION_MNIST, display_name, hub_dataset_id
 from .stats import BASELINE, paired_summary
 
 if TYPE_CHECKING:
-    from .arguments import DataArguments, JTLNArguments
-    from .experiment import ExperimentData
-    from .trainer import JTLNTrainingArguments
+    from .training_args import JTLNTrainingArguments
 
 
 def summarize(runs: list[RunResult]) -> dict[str, dict[str, Any]]:
@@ -107,11 +106,11 @@ def write_results(output_dir: str | Path, summary: dict, runs: list[RunResult], 
 
 
 def save_model(
-    run: RunResult, output_dir: str | Path, args: JTLNTrainingArguments, jtln_args: JTLNArguments,
-    data_args: DataArguments, results_table: str | None = None, *, exp: ExperimentData | None = None,
+    run: RunResult, output_dir: str | Path, args: JTLNTrainingArguments, settings: MethodSettings,
+    results_table: str | None = None, *, exp: ExperimentData | None = None,
     summary: dict[str, dict[str, Any]] | None = None,
 ) -> Path:  # fmt: skip
-    """Write the Hub-ready ``output_dir/model`` folder, atomically.
+    """Write the Hub-ready ``output_dir/model`` folder, atomically (``settings``: the run's data and cost flags).
 
     It holds the weights (safetensors), ``config.json`` and ``preprocessor_config.json`` with their
     remote code (``configuration_jtln.py``, ``modeling_jtln.py``, ``image_processing_jtln.py``),
@@ -120,32 +119,32 @@ def save_model(
     comparison (``summary`` of several methods), the bar chart. ``--push_to_hub`` uploads it as is.
     Every process must call it (the plan is a gathered forward pass); the main process writes.
     """
-    model = run.model
+    model, data = run.model, settings.data
     hyper: dict[str, Any] = {
         "method": METHOD_REGISTRY[run.method].title,
         "seed": run.seed,
-        "labelled images per target class": data_args.shots or "all",
+        "labelled images per target class": data.shots or "all",
         **training_hyperparameters(args, ot_used=METHOD_REGISTRY[run.method].uses_ot),
     }
     hyper["steps"] = run.steps or hyper["steps"]  # the method's budget, e.g. "4 source + 4 target"
     plan, plan_images = None, None
     if exp is not None and has_cost(model):
-        outputs, _ = predict_outputs(model, exp.target_test, data_args, args, ("source_logits", "logits"))
+        outputs, _ = predict_outputs(model, exp.target_test, data, args, ("source_logits", "logits"))
         plan = mean_transport_plan(
             outputs["source_logits"], outputs["logits"], model.cost_matrix.detach().cpu(),
             epsilon=args.ot_epsilon, iterations=args.ot_iterations, method=args.ot_method, tol=args.ot_tol,
         )  # fmt: skip
         plan_images = len(outputs["logits"])
-    specs = [data_args.source_dataset, data_args.target_dataset] if data_args.two_datasets else [
-        data_args.dataset or FASHION_MNIST]  # fmt: skip
+    specs = [data.source_dataset, data.target_dataset] if data.two_datasets else [
+        data.dataset or FASHION_MNIST]  # fmt: skip
     dataset_ids = [i for i in dict.fromkeys(hub_dataset_id(spec) for spec in specs) if i]  # local data: no id
-    test_split = data_args.target_test_split if data_args.two_datasets else data_args.test_split
-    if data_args.target_test_fraction is not None:
-        test_split = f"{data_args.target_test_fraction:g} of {data_args.target_train_split}"
+    test_split = data.target_test_split if data.two_datasets else data.test_split
+    if data.target_test_fraction is not None:
+        test_split = f"{data.target_test_fraction:g} of {data.target_train_split}"
     data_name = display_name(specs[-1])
     target_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     uses_ot = METHOD_REGISTRY[run.method].uses_ot
-    builder = COST_BUILDERS.get(cost_kind(data_args, jtln_args)) if uses_ot else None
+    builder = COST_BUILDERS.get(cost_kind(data, settings.cost)) if uses_ot else None
     normalized = uses_ot and (builder is None or builder.normalized)  # a file cost is normalised too
     card_kwargs = dict(
         repo_id=args.hub_model_id,  # None: the card names a placeholder built from method, backbone and data
@@ -153,7 +152,7 @@ def save_model(
         method=run.method,
         seed=run.seed,
         cost_description=run.cost_description or "No cost matrix was used (no OT term).",
-        cost_normalization=jtln_args.cost_normalization if normalized else None,
+        cost_normalization=settings.cost.normalization if normalized else None,
         hyperparameters=hyper,
         results_table=results_table,
         metrics={k: v for k, v in run.metrics.items() if k != "loss"},

@@ -179,8 +179,6 @@ def write_space_folder(
     whose metadata makes it a Gradio Space running ``app.py``."""
     import gradio  # the Space's sdk_version: the Gradio this demo was written for
 
-    import jtln_hf
-
     model_folder, out = Path(model_folder), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(model_folder / "app.py", out / "app.py")
@@ -189,7 +187,7 @@ def write_space_folder(
     atomic_write_text(out / "demo.json", json.dumps(settings, indent=2) + "\n")
     if (model_folder / EXAMPLES_FOLDER).is_dir():
         shutil.copytree(model_folder / EXAMPLES_FOLDER, out / EXAMPLES_FOLDER, dirs_exist_ok=True)
-    shutil.copytree(Path(jtln_hf.__file__).parent, out / "jtln_hf", dirs_exist_ok=True,
+    shutil.copytree(Path(__file__).parent, out / "jtln_hf", dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))  # fmt: skip
     atomic_write_text(out / "requirements.txt", "\n".join(SPACE_REQUIREMENTS) + "\n")
     pinned = f"{model_id}@{revision}" if revision else model_id

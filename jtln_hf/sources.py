@@ -33,6 +33,8 @@ from PIL import Image as PILImage
 
 from .cost import FASHION_MNIST_PRIOR_PATH
 from .data import DEFAULT_TARGET_CLASSES, FASHION_MNIST_DATA_CONFIG, load_fashion_mnist
+from .data.image_stats import ImageStats, data_config_from_stats
+from .image_processing_jtln import CHANNEL_MODES
 
 FASHION_MNIST = "fashion-mnist"
 FGVC_AIRCRAFT = "fgvc-aircraft"
@@ -188,16 +190,6 @@ def pick_split(splits: datasets.DatasetDict, split: str, flag: str, spec: str) -
 
 
 # --------------------------------------------------------------------------------- input shape
-@dataclass(frozen=True)
-class ImageStats:
-    """What a sample of a dataset's images looks like: channels, typical side, per-channel stats."""
-
-    in_chans: int
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-
 def image_stats(sets: Sequence[datasets.Dataset], *, size_from: int = -1, in_chans: int | None = None,
                 image_size: int | None = None, samples: int = 256, seed: int = 0) -> ImageStats:  # fmt: skip
     """Channels, size and normalisation read from the images of ``sets`` (a sample of each).
@@ -222,7 +214,7 @@ def image_stats(sets: Sequence[datasets.Dataset], *, size_from: int = -1, in_cha
     if image_size is None:
         sides = [max(im.size) for im in drawn[size_from]] or [max(im.size) for s in drawn for im in s]
         image_size = int(np.median(sides))
-    mode = {1: "L", 3: "RGB", 4: "RGBA"}[in_chans]
+    mode = CHANNEL_MODES[in_chans]
     pixels = [
         np.asarray(im.convert(mode).resize((image_size, image_size), PILImage.BILINEAR), dtype=np.float64)
         .reshape(-1, in_chans) / 255.0
@@ -232,18 +224,6 @@ def image_stats(sets: Sequence[datasets.Dataset], *, size_from: int = -1, in_cha
     std = np.maximum(stacked.std(0), 1e-3)  # a constant channel must not divide by zero
     return ImageStats(in_chans, image_size, tuple(round(float(v), 4) for v in stacked.mean(0)),
                       tuple(round(float(v), 4) for v in std))
-
-
-def data_config_from_stats(stats: ImageStats) -> dict[str, Any]:
-    """A timm data config (``input_size``, ``mean``, ``std`` ...) for a backbone trained from scratch."""
-    return {
-        "input_size": [stats.in_chans, stats.image_size, stats.image_size],
-        "interpolation": "bilinear",
-        "mean": [float(v) for v in stats.mean],
-        "std": [float(v) for v in stats.std],
-        "crop_pct": 1.0,
-        "crop_mode": "center",
-    }
 
 
 def _as_pil(value: Any) -> PILImage.Image:

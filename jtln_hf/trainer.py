@@ -22,128 +22,26 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 from transformers.trainer_utils import seed_worker
 from transformers.utils import logging
 
-from .data import SOURCE, TARGET, PairedBatchSampler, collate
+from .data import TARGET, PairedBatchSampler, collate
+from .data.labels import check_labels, domains_of  # noqa: F401  (check_labels: also re-exported)
 from .image_processing_jtln import JointImageClassifierImageProcessor
-from .loss import JTLNLoss, split_rows
-from .ot import OBJECTIVES
+from .loss import split_rows
 from .metrics import compute_classification_metrics
+# the arguments are re-exported here: `from jtln_hf.trainer import JTLNTrainer, JTLNTrainingArguments` (README)
+from .training_args import JTLNObjectiveArguments, JTLNTrainingArguments, jtln_loss_from_args  # noqa: F401
 
 logger = logging.get_logger(__name__)
 
 LOSS_PARTS = ("ce_target", "ce_source", "ot")
-
-
-@dataclass
-class JTLNObjectiveArguments:
-    """The JTLN objective and batch composition: the fields :class:`JTLNTrainingArguments` adds.
-
-    A base class of their own so that they come first in ``--help`` (HfArgumentParser lists a
-    dataclass's fields in order, and a dataclass orders inherited fields base-last); keyword-only,
-    so ``JTLNTrainingArguments("out")`` still sets ``output_dir``. Defaults were measured on the
-    Fashion-MNIST split (5 shots): λ_s = 1, λ_ot = 1 (0.3-1 worked, 3 hurt, 10 collapsed),
-    ε = 0.05 (0.1 behaved the same), 50 Sinkhorn iterations.
-    """
-
-    source_loss_weight: float = field(
-        kw_only=True, default=1.0, metadata={"help": "λ_s: weight of the source cross-entropy."}
-    )
-    ot_loss_weight: float = field(
-        kw_only=True, default=1.0, metadata={"help": "λ_ot: weight of the OT term (0 = plain joint fine-tuning)."}
-    )
-    ot_epsilon: float = field(
-        kw_only=True, default=0.05, metadata={"help": "ε: entropic regularisation of OT (the paper's 1/λ)."}
-    )
-    ot_iterations: int = field(
-        kw_only=True, default=50, metadata={"help": "Sinkhorn iterations per step (the maximum when --ot_tol is set)."}
-    )
-    ot_tol: float | None = field(
-        kw_only=True, default=None,
-        metadata={"help": "Stop Sinkhorn once the plans' row sums are within this L1 error, tested every 10 "
-                  "iterations (e.g. 1e-4; float32 cannot go below ~1e-6). Default: fixed iterations."},
-    )
-    ot_method: str = field(
-        kw_only=True, default="auto",
-        metadata={"help": "Sinkhorn solver: auto, kernel (fast) or log (stable for small ε)."},
-    )
-    ot_detach_target: bool = field(
-        kw_only=True, default=False,
-        metadata={"help": "Stop the OT gradient into the target head (OT then only shapes h_s)."},
-    )
-    ot_objective: str = field(
-        kw_only=True, default="entropic",
-        metadata={
-            "help": "OT value and gradient: paper (logs <γ,C> but back-propagates the gradient of <γ,C> - εH(γ): "
-            "the paper's, inconsistent), entropic (<γ,C> - εH(γ)) or kl (<γ,C> + ε KL(γ‖a⊗b), zero gradient "
-            "under a constant cost); the last two log the value they differentiate.",
-            "choices": list(OBJECTIVES),
-        },
-    )
-    source_fraction: float = field(
-        kw_only=True, default=0.5, metadata={"help": "Share of source rows in every per-device training batch."}
-    )
-
-
-@dataclass
-class JTLNTrainingArguments(TrainingArguments, JTLNObjectiveArguments):
-    """`TrainingArguments` plus the JTLN objective and batch composition (:class:`JTLNObjectiveArguments`)."""
-
-    _argument_group_name = "training: the JTLN objective, then transformers.TrainingArguments"
-
-    # Both heads and C take part in every step (an empty part is a graph-connected zero).
-    ddp_find_unused_parameters: bool | None = field(
-        default=False, metadata={"help": "Keep False: every parameter receives a gradient each step."}
-    )
-    # The image column must reach `with_transform`; Trainer would drop it otherwise.
-    remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Keep False: the transform needs the image column."}
-    )
-
-    # Sharing (the recipe's model/ folder and --push_to_hub; jtln_hf.share).
-    save_timm: bool = field(
-        default=True,
-        metadata={"help": "Also write OUTPUT_DIR/model/timm: the target network as a plain timm model (loads without "
-                  "jtln_hf); --push_to_hub pushes it to its own repository."},
-    )  # fmt: skip
-    hub_timm_model_id: str | None = field(
-        default=None, metadata={"help": "Repository of the timm export (default: <hub_model_id>-timm)."}
-    )
-    push_space: str | None = field(
-        default=None,
-        metadata={"help": "With --push_to_hub: also push the Gradio demo as this Space (user/name), loading the "
-                  "model by repository id at the pushed revision."},
-    )  # fmt: skip
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.dataloader_pin_memory and not torch.cuda.is_available():
-            self.dataloader_pin_memory = False  # nothing to pin to; silences torch's warning
-        if not 0.0 <= self.source_fraction <= 1.0:
-            raise ValueError(f"source_fraction must be in [0, 1], got {self.source_fraction}.")
-        jtln_loss_from_args(self)  # the loss weights and OT settings, checked where the loss checks them
-
-
-def jtln_loss_from_args(args: JTLNTrainingArguments) -> JTLNLoss:
-    """The :class:`~jtln_hf.loss.JTLNLoss` that ``args`` describe (weights and OT settings)."""
-    return JTLNLoss(
-        source_loss_weight=args.source_loss_weight,
-        ot_loss_weight=args.ot_loss_weight,
-        ot_epsilon=args.ot_epsilon,
-        ot_iterations=args.ot_iterations,
-        ot_method=args.ot_method,
-        ot_detach_target=args.ot_detach_target,
-        ot_tol=args.ot_tol,
-        ot_objective=args.ot_objective,
-    )
 
 
 class JTLNTrainer(Trainer):
@@ -189,7 +87,7 @@ class JTLNTrainer(Trainer):
         if self.train_dataset is None:
             raise ValueError("JTLNTrainer: training requires a train_dataset.")
         sampler = PairedBatchSampler(
-            _domains(self.train_dataset),
+            domains_of(self.train_dataset),
             batch_size=self._train_batch_size,
             source_fraction=self.args.source_fraction,
             seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
@@ -440,38 +338,6 @@ class JTLNTrainer(Trainer):
             return super().push_to_hub(*args, **kwargs)
         finally:
             self._card_plan = None
-
-
-def check_labels(dataset, num_source_labels: int, num_target_labels: int) -> None:
-    """Raise before training when a ``domain`` value or a label is outside its label set."""
-    columns = dataset.column_names
-    if "label" not in columns:
-        raise ValueError(f"dataset has no 'label' column (columns: {columns}): rename the label column to 'label'.")
-    labels = _column(dataset, "label")
-    domains = _domains(dataset)
-    unknown = sorted(set(np.unique(domains).tolist()) - {SOURCE, TARGET})
-    if unknown:
-        raise ValueError(f"domain values must be 0 (source) or 1 (target), found {unknown}.")
-    for domain, size, name in ((SOURCE, num_source_labels, "source"), (TARGET, num_target_labels, "target")):
-        rows = labels[domains == domain]
-        bad = rows[(rows < 0) | (rows >= size)]
-        if len(bad):
-            raise ValueError(
-                f"{name} label {int(bad[0])} is out of range: the model has {size} {name} classes "
-                f"(ids 0..{size - 1}); labels must be in their own domain's label space."
-            )
-
-
-def _column(dataset, name: str) -> np.ndarray:
-    """A raw column as numpy, bypassing the dataset's transform (which would decode every image)."""
-    return dataset.select_columns([name]).with_format("numpy")[:][name]
-
-
-def _domains(dataset) -> np.ndarray:
-    """The ``domain`` column; a dataset without one is all target rows (as in ``compute_loss``)."""
-    if "domain" in dataset.column_names:
-        return _column(dataset, "domain")
-    return np.full(len(dataset), TARGET)
 
 
 def _as_list(eval_dataset: Any) -> list:

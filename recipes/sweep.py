@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def default_grid() -> dict[str, dict[str, str]]:
     """:data:`DEFAULT_GRID` without the objective setting that is already the default."""
-    from jtln_hf.trainer import JTLNTrainingArguments
+    from jtln_hf.training_args import JTLNTrainingArguments
 
     default = JTLNTrainingArguments.__dataclass_fields__["ot_objective"].default
     return {name: o for name, o in DEFAULT_GRID.items() if o != {"ot_objective": default}}
@@ -100,7 +100,7 @@ def run_job(job: tuple[str, str, int, list[str]]) -> dict[str, Any]:
 
     from train_jtln import parse_args
 
-    from jtln_hf.arguments import check_arguments
+    from jtln_hf.arguments import check_arguments, method_settings
     from jtln_hf.experiment import load_pools, plan_experiment
     from jtln_hf.methods import run_method
 
@@ -112,7 +112,8 @@ def run_job(job: tuple[str, str, int, list[str]]) -> dict[str, Any]:
         _POOLS[key] = load_pools(data_args)
     plan = plan_experiment(data_args, model_args, jtln_args, args, pools=_POOLS[key])
     start = time.perf_counter()
-    run = run_method(method, plan.data[seed], plan.config, data_args, model_args, jtln_args, args, seed, plan.fixed_cost)
+    settings = method_settings(data_args, model_args, jtln_args)
+    run = run_method(method, plan.data[seed], plan.config, settings, args, seed, plan.fixed_cost)
     return {"setting": setting, "method": method, "seed": seed, "seconds": time.perf_counter() - start,
             "metrics": run.metrics, "cost": run.cost_description, "max_steps": args.max_steps,
             "warmup_steps": run.warmup_steps}  # fmt: skip
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # every setting's flags are checked before anything trains
         from train_jtln import parse_args
 
-        from jtln_hf.arguments import check_arguments
+        from jtln_hf.arguments import check_arguments, method_settings
 
         for _, _, _, job_argv in jobs:
             parsed = parse_args(job_argv)

@@ -60,7 +60,7 @@ from jtln_hf.hub import HubPushError, check_can_push, push_model_folder
 from jtln_hf.io import check_output_dir, clear_run_outputs, write_run_settings
 from jtln_hf.results import timm_repo_id
 from jtln_hf.share import TIMM_FOLDER, push_space
-from jtln_hf.trainer import JTLNTrainingArguments
+from jtln_hf.training_args import JTLNTrainingArguments
 
 # The embedded default's training set-up (AdamW 1e-3 cosine, wd 5e-4, 64 source + 64 target images
 # per step). 500 steps per stage keeps `make demo` within 15 minutes on 2 CPU cores; it applies

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from jtln_hf.arguments import DataArguments, JTLNArguments, ModelArguments, check_arguments
+from jtln_hf.arguments import DataArguments, JTLNArguments, ModelArguments, check_arguments, cost_settings
 from jtln_hf.cost_builders import DEFAULT_COST_WARMUP_STEPS, cost_kind, cost_warmup_steps
 from jtln_hf.methods import cotuning_warmup_steps
 
 
 def test_default_cost_is_the_prior_on_fashion_mnist_and_features_mmd_elsewhere():
-    assert cost_kind(DataArguments(), JTLNArguments()) == "prior"
-    assert cost_kind(DataArguments(source_dataset="a", target_dataset="b"), JTLNArguments()) == "features-mmd"
-    assert cost_kind(DataArguments(dataset="org/flowers"), JTLNArguments()) == "features-mmd"
-    assert cost_kind(DataArguments(), JTLNArguments(cost="relationship")) == "relationship"
+    def kind(data: DataArguments, jtln: JTLNArguments) -> str:
+        return cost_kind(data.spec(), cost_settings(ModelArguments(), jtln))
+
+    assert kind(DataArguments(), JTLNArguments()) == "prior"
+    assert kind(DataArguments(source_dataset="a", target_dataset="b"), JTLNArguments()) == "features-mmd"
+    assert kind(DataArguments(dataset="org/flowers"), JTLNArguments()) == "features-mmd"
+    assert kind(DataArguments(), JTLNArguments(cost="relationship")) == "relationship"
 
 
 @pytest.mark.parametrize(
@@ -28,15 +31,16 @@ def test_default_cost_is_the_prior_on_fashion_mnist_and_features_mmd_elsewhere()
 )
 def test_warmup_steps_follow_the_cost_and_the_weights(cost, pretrained, expected):
     model = ModelArguments(pretrained_backbone=pretrained)
-    assert cost_warmup_steps(model, JTLNArguments(cost=cost), DataArguments()) == expected
-    given = cost_warmup_steps(model, JTLNArguments(cost=cost, cost_warmup_steps=7), DataArguments())
+    assert cost_warmup_steps(cost_settings(model, JTLNArguments(cost=cost)), DataArguments().spec()) == expected
+    given = cost_warmup_steps(cost_settings(model, JTLNArguments(cost=cost, cost_warmup_steps=7)), DataArguments().spec())
     assert given == (7 if cost in ("features-mmd", "relationship") else 0)  # the flag wins where a model is read
     assert ModelArguments(backbone_checkpoint="w.safetensors").pretrained  # a checkpoint implies pretrained
 
 
 def test_cotuning_always_warms_the_source_head_up():
-    assert cotuning_warmup_steps(JTLNArguments()) == DEFAULT_COST_WARMUP_STEPS
-    assert cotuning_warmup_steps(JTLNArguments(cost_warmup_steps=3)) == 3
+    model = ModelArguments()
+    assert cotuning_warmup_steps(cost_settings(model, JTLNArguments())) == DEFAULT_COST_WARMUP_STEPS
+    assert cotuning_warmup_steps(cost_settings(model, JTLNArguments(cost_warmup_steps=3))) == 3
 
 
 def _check(given, data=None, model=None, jtln=None):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jtln_hf import data as jdata
-from jtln_hf.arguments import DataArguments, JTLNArguments, ModelArguments, check_arguments
+from jtln_hf.arguments import DataArguments, JTLNArguments, ModelArguments, check_arguments, cost_settings
 from jtln_hf.cost import FASHION_MNIST_PRIOR_PATH
 from jtln_hf.cost_builders import (
     COST_BUILDERS,
@@ -126,7 +126,7 @@ def test_defaults_come_from_the_known_dataset(tmp_path, monkeypatch):
     """
     data, jtln, plan = _plan(tmp_path, "--mode", "jtln")  # Fashion-MNIST, split by class: the default data
     exp = plan.data[0]
-    assert cost_kind(data, jtln) == "prior"
+    assert cost_kind(data.spec(), cost_settings(ModelArguments(), jtln)) == "prior"
     registered = known_dataset("fashion-mnist").prior_cost
     assert registered.is_file()
     expected = _prior_by_hand(registered, exp.source_names, exp.target_names)
@@ -151,11 +151,11 @@ def test_defaults_come_from_the_known_dataset(tmp_path, monkeypatch):
 def test_data_without_a_prior_defaults_to_the_feature_cost(tmp_path, digits_folder):
     data, jtln, plan = _plan(tmp_path, "--mode", "jtln", "--source_dataset", "fashion-mnist", "--target_dataset",
                              str(digits_folder), "--shots", "2")  # fmt: skip
-    assert cost_kind(data, jtln) == DEFAULT_FEATURE_COST == "features-mmd"
+    assert cost_kind(data.spec(), cost_settings(ModelArguments(), jtln)) == DEFAULT_FEATURE_COST == "features-mmd"
     assert plan.fixed_cost is None  # a model cost: computed from each seed's model, after its warm-up
     # a known dataset registered without a prior: the feature cost too
     assert known_dataset("fgvc-aircraft").prior_cost is None
-    assert cost_kind(DataArguments(dataset="fgvc-aircraft"), JTLNArguments()) == DEFAULT_FEATURE_COST
+    assert cost_kind(DataArguments(dataset="fgvc-aircraft").spec(), cost_settings(ModelArguments(), JTLNArguments())) == DEFAULT_FEATURE_COST
 
 
 def test_a_registered_cost_is_a_choice_of_the_cli_and_its_flags_follow(request, fashion_mnist):

@@ -14,13 +14,22 @@ def _layout() -> str:
     return re.search(r"## Layout\n\n```\n(.*?)```", readme, re.S).group(1)
 
 
+#: Folders of the package that are not sub-packages of modules (checked by name in the layout).
+_FOLDERS = ("metrics", "resources")
+
+
 def _modules() -> set[str]:
-    return {p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py"}
+    """Every module by its path in the package: ``io.py``, ``data/pools.py``, ``data/__init__.py``."""
+    out = {p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py"}
+    for init in PACKAGE.glob("*/__init__.py"):
+        if init.parent.name not in _FOLDERS:
+            out |= {f"{init.parent.name}/{p.name}" for p in init.parent.glob("*.py")}
+    return out
 
 
 def test_readme_layout_names_every_module_and_nothing_else():
     layout = _layout()
-    named = set(re.findall(r"\b([a-z_]+\.py)\b", layout.split("recipes/")[0]))
+    named = set(re.findall(r"(?<![\w/])((?:[a-z_]+/)?[a-z_]+\.py)\b", layout.split("recipes/")[0]))
     assert _modules() <= named, _modules() - named
     assert named <= _modules(), named - _modules()  # no module that is gone
     for folder in ("metrics/", "resources/"):
@@ -33,7 +42,7 @@ def test_readme_layout_names_every_module_and_nothing_else():
 def test_design_module_map_names_every_module():
     design = (ROOT / "docs" / "design.md").read_text()
     table = design.split("## Module map")[1].split("\n## ")[0]
-    named = set(re.findall(r"`([a-z_]+\.py)`", table))
+    named = set(re.findall(r"`((?:[a-z_]+/)?[a-z_]+\.py)`", table))
     assert _modules() <= named, _modules() - named
     assert named <= _modules(), named - _modules()
 

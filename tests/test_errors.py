@@ -288,7 +288,7 @@ def test_unreadable_image_named_before_training():
 def test_truncated_image_in_a_large_set_named_by_the_transform(monkeypatch):
     """Sets too large for a full decode pass get a header check; data truncated after a valid
     header is then caught when the batch is decoded, and the error names the row."""
-    monkeypatch.setattr(jdata, "FULL_DECODE_MAX_ROWS", 0)
+    monkeypatch.setattr(jdata.checks, "FULL_DECODE_MAX_ROWS", 0)  # where check_images reads it
     good = png(7, size=(64, 64))
     source = image_dataset([good, good, good[: len(good) // 2], good], [0, 1, 0, 1])
     joint = jdata.build_joint_dataset(source, None)  # the header check passes

@@ -13,7 +13,7 @@ from PIL import Image
 from conftest import make_args, write_digits_folder
 from jtln_hf import JointImageClassifier
 from jtln_hf import data as jdata
-from jtln_hf.arguments import DataArguments, JTLNArguments, ModelArguments
+from jtln_hf.arguments import DataArguments, JTLNArguments, ModelArguments, method_settings
 from jtln_hf.experiment import build_config, load_pools, plan_experiment, prepare_data
 from jtln_hf.methods import run_method
 from jtln_hf.trainer import JTLNTrainer
@@ -171,7 +171,7 @@ def test_grayscale_and_colour_images_meet_in_one_batch(tmp_path, digits_folder, 
         return compute_loss(self, model, inputs, *a, **kw)
 
     monkeypatch.setattr(JTLNTrainer, "compute_loss", recording)
-    run = run_method("joint", exp, plan.config, data_args, model_args, jtln_args, args, seed=0)
+    run = run_method("joint", exp, plan.config, method_settings(data_args, model_args, jtln_args), args, seed=0)
     assert len(seen) == 2  # max_steps
     for pixel_values, domain in seen:
         assert pixel_values.shape == (8, 3, size, size) and set(domain.tolist()) == {0, 1}  # both origins in one batch
@@ -197,7 +197,7 @@ def test_validation_metrics_are_reported(tmp_path, digits_folder):
     model_args, jtln_args = ModelArguments(backbone="test_resnet"), JTLNArguments(mode="finetune", seeds=[0])
     args = make_args(tmp_path / "run", max_steps=1)
     plan = plan_experiment(data_args, model_args, jtln_args, args)
-    run = run_method("finetune", plan.data[0], plan.config, data_args, model_args, jtln_args, args, seed=0)
+    run = run_method("finetune", plan.data[0], plan.config, method_settings(data_args, model_args, jtln_args), args, seed=0)
     assert {"accuracy", "validation_accuracy", "validation_mean_per_class_accuracy"} <= set(run.metrics)
     stage = tmp_path / "run" / "runs" / "finetune-seed0"
     assert {"train_results.json", "eval_results.json", "all_results.json", "trainer_state.json"} <= {
@@ -219,7 +219,7 @@ def test_relationship_and_constant_costs_run(tmp_path, cost):
     jtln_args = JTLNArguments(mode="jtln", seeds=[0], cost=cost, cost_warmup_steps=2)
     args = make_args(tmp_path / "run", max_steps=2, per_device_train_batch_size=8)
     plan = plan_experiment(data_args, model_args, jtln_args, args)
-    run = run_method("jtln", plan.data[0], plan.config, data_args, model_args, jtln_args, args, 0, plan.fixed_cost)
+    run = run_method("jtln", plan.data[0], plan.config, method_settings(data_args, model_args, jtln_args), args, 0, plan.fixed_cost)
     cost_matrix = run.model.cost_matrix.numpy()
     assert cost_matrix.shape == (5, 5)
     warmed = (tmp_path / "run" / "runs" / "jtln-seed0-warmup").is_dir()
@@ -240,7 +240,7 @@ def test_training_augmentation_is_salted_with_the_run_seed(small_split):
     data_args = DataArguments(train_scale=[0.3, 1.0])
 
     def pixels(seed):
-        ds = _with_transform(jdata.build_joint_dataset(rows, None), config, True, data_args, seed)
+        ds = _with_transform(jdata.build_joint_dataset(rows, None), config, True, data_args.spec(), seed)
         return torch.stack(ds[:4]["pixel_values"])
 
     assert torch.equal(pixels(0), pixels(0))  # a function of the batch and the seed
@@ -280,7 +280,7 @@ def test_cotuning_runs_as_a_method_and_states_its_steps(tmp_path):
     jtln_args = JTLNArguments(mode="cotuning", seeds=[0], cost_warmup_steps=2)
     args = make_args(tmp_path / "run", max_steps=2, per_device_train_batch_size=8)
     plan = plan_experiment(data_args, model_args, jtln_args, args)
-    run = run_method("cotuning", plan.data[0], plan.config, data_args, model_args, jtln_args, args, 0)
+    run = run_method("cotuning", plan.data[0], plan.config, method_settings(data_args, model_args, jtln_args), args, 0)
     assert run.steps == "2 warm-up + 2" and "Co-Tuning" in run.cost_description
     state = (tmp_path / "run" / "runs" / "cotuning-seed0" / "trainer_state.json").read_text()
     assert '"cotuning"' in state  # the soft source term is logged beside ce_target, ce_source, ot

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 from conftest import make_args
 
-from jtln_hf.arguments import DataArguments, JTLNArguments, ModelArguments, check_arguments
+from jtln_hf.arguments import DataArguments, JTLNArguments, ModelArguments, check_arguments, method_settings
 from jtln_hf.experiment import plan_experiment
 from jtln_hf.methods import (
     METHOD_REGISTRY,
@@ -45,7 +45,7 @@ def test_a_registered_method_runs_and_reports_under_its_title(request, tmp_path)
     def _half(run):
         stages.append(run.name)
         args = dataclasses.replace(run.args, max_steps=max(1, run.args.max_steps // 2))
-        return Trained(train_target_only(run.model, run.exp, args, run.data_args, run.name), "half budget")
+        return Trained(train_target_only(run.model, run.exp, args, run.settings.data, run.name), "half budget")
 
     data_args = DataArguments(shots=2, max_eval_samples=30)
     model_args = ModelArguments(backbone="test_resnet")
@@ -54,7 +54,7 @@ def test_a_registered_method_runs_and_reports_under_its_title(request, tmp_path)
     args = make_args(tmp_path / "run", max_steps=2, per_device_train_batch_size=8)
     plan = plan_experiment(data_args, model_args, jtln_args, args)
     assert plan.methods == ["half"]
-    run = run_method("half", plan.data[0], plan.config, data_args, model_args, jtln_args, args, 0)
+    run = run_method("half", plan.data[0], plan.config, method_settings(data_args, model_args, jtln_args), args, 0)
     assert stages == ["half-seed0"] and run.cost_description == "half budget"
     assert (tmp_path / "run" / "runs" / "half-seed0" / "eval_results.json").is_file()
     assert "| target only, half the steps |" in results_markdown(summarize([run]))

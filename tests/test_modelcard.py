@@ -23,7 +23,7 @@ from PIL import Image
 
 import jtln_hf
 from jtln_hf import figures, modelcard
-from jtln_hf.arguments import DataArguments, JTLNArguments
+from jtln_hf.arguments import DataArguments, JTLNArguments, ModelArguments, method_settings
 from jtln_hf.methods import METHOD_REGISTRY, RunResult
 from jtln_hf.modelcard import (
     COMPARE_FIGURE,
@@ -243,7 +243,8 @@ def test_card_states_what_the_run_did(tmp_path, steps, seeds, hub_model_id):
     args = make_args(tmp_path, hub_model_id=hub_model_id, max_steps=4)
     data_args, jtln_args = DataArguments(), JTLNArguments(methods=methods, seeds=seeds)
     (kept,) = [r for r in runs if r.model is not None]
-    folder = save_model(kept, tmp_path, args, jtln_args, data_args, table, summary=summary)
+    settings = method_settings(data_args, ModelArguments(), jtln_args)
+    folder = save_model(kept, tmp_path, args, settings, table, summary=summary)
     results = json.loads((tmp_path / "results.json").read_text())
     card = ModelCard.load(folder / "README.md")
     text = card.text
@@ -294,11 +295,11 @@ def test_card_states_what_the_run_did(tmp_path, steps, seeds, hub_model_id):
 
 def test_package_is_linked_only_to_a_declared_address(monkeypatch):
     model = _card_model()
-    monkeypatch.setattr(modelcard, "project_urls", lambda: {})
+    monkeypatch.setattr(modelcard.facts, "project_urls", lambda: {})
     text = render_model_card(model).text
     assert f"using jtln_hf {jtln_hf.__version__}." in text and "[jtln_hf](" not in text
     urls = {"Documentation": "https://docs.example", "Source": "https://src.example/jtln"}
-    monkeypatch.setattr(modelcard, "project_urls", lambda: urls)
+    monkeypatch.setattr(modelcard.facts, "project_urls", lambda: urls)
     assert f"using [jtln_hf](https://src.example/jtln) {jtln_hf.__version__}." in render_model_card(model).text
 
 

@@ -63,7 +63,7 @@ def no_training(monkeypatch):
     """Any training stage makes the test fail: the refusals below come before the first step."""
     from jtln_hf import methods
 
-    monkeypatch.setattr(methods, "_train", lambda *a, **k: pytest.fail("a training stage ran"))
+    monkeypatch.setattr(methods.stages, "_train", lambda *a, **k: pytest.fail("a training stage ran"))
 
 
 def _refused(capsys, out: Path, *argv: str) -> str:

@@ -33,7 +33,7 @@ def no_training(monkeypatch):
     """Any training stage makes the test fail: every error below must come before the first step."""
     from jtln_hf import methods
 
-    monkeypatch.setattr(methods, "_train", lambda *a, **k: pytest.fail("a training stage ran"))
+    monkeypatch.setattr(methods.stages, "_train", lambda *a, **k: pytest.fail("a training stage ran"))
 
 
 def _fails(capsys, tmp_path, *argv: str) -> str:

@@ -1,0 +1,78 @@
+"""The category relationship p(y_s | y_t) (Co-Tuning's) and the cost ``-log`` of it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+from .features import _group_by_class
+from .normalize import COST_NORMALIZATIONS, _check_finite, _check_method, _to_numpy, normalize_cost
+
+
+# --------------------------------------------------------------------------- relationship
+
+
+def category_relationship(source_probs: Any, target_labels: Any, num_target_labels: int | None = None) -> np.ndarray:
+    r"""The category relationship :math:`p(y_s \mid y_t)` of Co-Tuning (You et al. 2020).
+
+    For each target class :math:`j`, the mean of the source head's predicted distribution over
+    the labelled target images of that class:
+    :math:`p(y_s = i \mid y_t = j) = \frac{1}{|T_j|} \sum_{x \in T_j} h_s(x)_i`
+    (TLlib's ``Relationship`` without calibration). Call it on a source head that has learnt
+    the source task (after the source stage or a warm-up).
+
+    Parameters
+    ----------
+    source_probs : array-like, shape (N, L_s)
+        Softmax of the source head on the labelled target images (rows sum to 1).
+    target_labels : array-like, shape (N,)
+        Their target class ids in ``[0, L_t)``.
+    num_target_labels : int, optional
+        ``L_t``; default ``max(label) + 1``. Every class needs at least one image.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, shape ``(L_t, L_s)``, each row a distribution over the source classes.
+    """
+    probs = _to_numpy(source_probs)
+    labels = np.asarray(_to_numpy(target_labels, np.int64), dtype=np.int64)
+    if probs.ndim != 2 or labels.shape != (len(probs),):
+        raise ValueError(f"source_probs must be (N, L_s) and target_labels (N,), got {probs.shape} and {labels.shape}")
+    _check_finite(probs)
+    if np.any(probs < 0) or not np.allclose(probs.sum(1), 1.0, atol=1e-4):
+        raise ValueError("source_probs must be probabilities (rows >= 0 summing to 1): pass softmax(source_logits)")
+    groups = _group_by_class(probs, labels, num_target_labels, "target", None, np.random.default_rng(0))
+    return np.stack([g.mean(0) for g in groups])
+
+
+def cost_from_relationship(relationship: Any, *, floor: float = 1e-6, normalize: str = "minmax") -> np.ndarray:
+    r"""A JTLN cost from a category relationship: :math:`C_{ij} = -\log p(y_s = i \mid y_t = j)`.
+
+    A source class the source head often predicts for target class ``j`` is a cheap teacher for
+    ``j``: a data-driven cost that needs neither a prior nor a feature-set distance
+    (:func:`category_relationship` gives the relationship). Probabilities are floored at
+    ``floor`` so that a never-predicted pair costs :math:`-\log(\text{floor})`, not infinity.
+
+    Parameters
+    ----------
+    relationship : array-like, shape (L_t, L_s)
+        :math:`p(y_s \mid y_t)`, one distribution over source classes per target class.
+    floor : float
+        Smallest probability used in the logarithm.
+    normalize : str
+        One of :data:`COST_NORMALIZATIONS`, applied to the ``(L_s, L_t)`` result.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, shape ``(L_s, L_t)`` (rows source, columns target, as every cost here).
+    """
+    _check_method(normalize, COST_NORMALIZATIONS, "cost normalization")
+    rel = _to_numpy(relationship)
+    if rel.ndim != 2:
+        raise ValueError(f"relationship must be a 2-D (L_t, L_s) array, got shape {rel.shape}")
+    _check_finite(rel)
+    return normalize_cost(-np.log(np.maximum(rel, floor)).T, normalize)

@@ -1,0 +1,157 @@
+"""timm transforms, the batch transform (per-row decoding errors, seeded augmentation) and collate."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import random
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import datasets
+import numpy as np
+import timm.data
+import torch
+from PIL import Image as PILImage
+
+from ..image_processing_jtln import CHANNEL_MODES as PROCESSOR_CHANNEL_MODES
+from ..image_processing_jtln import to_mode
+from .domains import SOURCE, TARGET
+
+
+# -------------------------------------------------------------------------------------- transforms
+def build_transform(data_config: dict[str, Any], training: bool, **train_kwargs: Any) -> Callable:
+    """timm's transform for ``data_config`` (``timm.data.create_transform``).
+
+    ``train_kwargs`` go to timm for training (e.g. ``scale=(0.7, 1.0)``, ``hflip=0.5``).
+    """
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in data_config.items()}
+    if training:
+        return timm.data.create_transform(**cfg, is_training=True, **train_kwargs)
+    return timm.data.create_transform(**cfg, is_training=False)
+
+
+#: PIL mode each backbone channel count is converted to (shared with the image processor).
+CHANNEL_MODES = PROCESSOR_CHANNEL_MODES
+#: Image errors the batch transform and :func:`check_images` turn into a message naming the row.
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, PILImage.DecompressionBombError)
+
+
+def make_batch_transform(transform: Callable, in_chans: int, *, seed: int = 0) -> Callable[[dict], dict]:
+    """A ``Dataset.with_transform`` function: images -> ``pixel_values``, ``label`` -> ``labels``.
+
+    * **Channels.** Images are converted to the backbone's channel count ("L" for 1, "RGB" for
+      3, "RGBA" for 4), so grayscale, colour, palette and alpha inputs all work.
+    * **Decoding.** Images may come decoded (PIL, arrays) or undecoded (``{"bytes", "path"}``
+      dicts of ``datasets.Image(decode=False)``, as :func:`build_joint_dataset` stores them).
+      An image that cannot be decoded raises a ``ValueError`` naming its row (``domain`` and
+      ``row`` columns, added by :func:`build_joint_dataset`) and the decoder's message.
+    * **Random augmentation without global state.** Each image is transformed with Python's,
+      NumPy's and torch's CPU generators seeded from ``seed``, the identities of the batch's
+      rows (``(domain, row)``, else a hash of the image) and its position in the batch; the
+      global generator states are restored afterwards. The augmentation of a batch is thus a
+      function of the batch alone: independent of what ran before, of data-loader workers, of
+      prefetching, and identical when a resumed run replays the batch (transformers' Trainer
+      restores the global RNG state *after* the first resumed batches are loaded, so augmentation
+      drawn from the global generators would differ). A batch's rows are drawn at random by
+      :class:`PairedBatchSampler`, so a row seen again (another epoch, or a re-sampled target
+      row) almost surely sits in a different batch and gets a fresh augmentation.
+
+    Args:
+        transform: per-image transform (e.g. :func:`build_transform`).
+        in_chans: the backbone's input channels (1, 3 or 4).
+        seed: salt of the augmentation seeds.
+    """
+    if in_chans not in CHANNEL_MODES:
+        raise ValueError(
+            f"in_chans={in_chans} has no PIL image mode: use 1 (grayscale), 3 (RGB) or 4 (RGBA), "
+            "or give Dataset.with_transform your own function."
+        )
+    mode = CHANNEL_MODES[in_chans]
+
+    def apply(batch: dict[str, list]) -> dict[str, list]:
+        images = [to_mode(_decode(img, batch, k), mode) for k, img in enumerate(batch["image"])]
+        keys = _row_keys(batch, images)
+        batch_key = hashlib.blake2b(repr((seed, keys)).encode(), digest_size=16).digest()
+        pixel_values = []
+        with _preserved_global_rng():
+            for k, image in enumerate(images):
+                _seed_generators(batch_key, k)
+                pixel_values.append(transform(image))
+        out = {"pixel_values": pixel_values}
+        if "label" in batch:
+            out["labels"] = batch["label"]
+        if "domain" in batch:
+            out["domain"] = batch["domain"]
+        return out
+
+    return apply
+
+
+def _row_name(batch: dict[str, list], k: int) -> str:
+    """How to name row ``k`` of the batch in an error message."""
+    if "row" in batch and "domain" in batch:
+        domain = batch["domain"][k]
+        name = {SOURCE: "source", TARGET: "target"}.get(domain, f"domain {domain}")
+        return f"{name} row {batch['row'][k]}"
+    return f"batch position {k} (build the dataset with jtln_hf.data.build_joint_dataset to get row numbers)"
+
+
+def _decode(image: Any, batch: dict[str, list], k: int) -> Any:
+    """Decode a ``datasets.Image(decode=False)`` value; raise naming the row if it is unreadable."""
+    if not isinstance(image, dict):
+        return image
+    try:
+        return datasets.Image().decode_example(image)
+    except IMAGE_ERRORS as err:
+        path = f" (path {image.get('path')!r})" if image.get("path") else ""
+        raise ValueError(
+            f"cannot decode the image of {_row_name(batch, k)}{path}: {type(err).__name__}: {err}. "
+            "Remove or replace that row (e.g. ds.select([...]) without it); "
+            "jtln_hf.data.check_images(ds, full_decode=True) lists every unreadable row."
+        ) from err
+
+
+def _row_keys(batch: dict[str, list], images: list) -> list:
+    """Stable identities of the batch's rows: ``(domain, row)``, else a hash of the pixels."""
+    if "row" in batch and "domain" in batch:
+        return [(int(d), int(r)) for d, r in zip(batch["domain"], batch["row"])]
+    keys = []
+    for image in images:
+        if isinstance(image, PILImage.Image):
+            raw = image.tobytes() + repr((image.mode, image.size)).encode()
+        else:
+            array = np.ascontiguousarray(np.asarray(image))
+            raw = array.tobytes() + repr((array.dtype.str, array.shape)).encode()
+        keys.append(hashlib.blake2b(raw, digest_size=16).hexdigest())
+    return keys
+
+
+@contextlib.contextmanager
+def _preserved_global_rng() -> Iterator[None]:
+    """Restore Python's, NumPy's (legacy) and torch's CPU generator states on exit."""
+    py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.set_rng_state(torch_state)
+
+
+def _seed_generators(batch_key: bytes, position: int) -> None:
+    digest = hashlib.blake2b(batch_key + position.to_bytes(8, "little"), digest_size=8).digest()
+    seed = int.from_bytes(digest, "little") & (2**63 - 1)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.default_generator.manual_seed(seed)  # CPU only: CUDA generators are left alone
+
+
+def collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stack transformed rows into a batch of ``pixel_values``, ``labels`` and (if present) ``domain``."""
+    batch = {"pixel_values": torch.stack([r["pixel_values"] for r in rows])}
+    if "labels" in rows[0]:
+        batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
+    if "domain" in rows[0]:
+        batch["domain"] = torch.tensor([r["domain"] for r in rows], dtype=torch.long)
+    return batch
