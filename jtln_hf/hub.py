@@ -50,8 +50,10 @@ def save_model_folder(model, folder: str | os.PathLike) -> Path:
 PUSH_IGNORE_PATTERNS = (".*", "*/.*", "__pycache__/", "*/__pycache__/")
 
 
-def _fix_later(folder: Path, repo_id: str) -> str:
-    return f"The trained model is intact in {folder}; push it without retraining with `hf upload {repo_id} {folder} . --exclude '.*'`"
+def _fix_later(folder: Path, repo_id: str, exclude=()) -> str:
+    """The ``hf upload`` line that pushes ``folder`` later, leaving out what this push left out."""
+    patterns = " ".join(f"--exclude '{p}'" for p in (".*", *exclude))
+    return f"The trained model is intact in {folder}; push it without retraining with `hf upload {repo_id} {folder} . {patterns}`"
 
 
 def _invalid_repo_id(repo_id: str, err: HFValidationError) -> str:
@@ -153,16 +155,16 @@ def push_model_folder(
             commit_message=commit_message, revision=revision, **({"repo_type": repo_type} if repo_type else {}),
         )  # fmt: skip
     except HFValidationError as err:
-        raise HubPushError(f"{_invalid_repo_id(repo_id, err)} {_fix_later(folder, repo_id)}") from err
+        raise HubPushError(f"{_invalid_repo_id(repo_id, err)} {_fix_later(folder, repo_id, exclude)}") from err
     except LocalTokenNotFoundError as err:
         raise HubPushError(
             f"cannot push to {repo_id}: no Hugging Face token found. Log in with `hf auth login` (or set HF_TOKEN, "
-            f"or pass --hub_token). {_fix_later(folder, repo_id)}"
+            f"or pass --hub_token). {_fix_later(folder, repo_id, exclude)}"
         ) from err
     except OfflineModeIsEnabled as err:
         raise HubPushError(
             f"cannot push to {repo_id}: HF_HUB_OFFLINE=1 is set, so the Hub is not contacted. Unset it "
-            f"(`unset HF_HUB_OFFLINE`) and push again. {_fix_later(folder, repo_id)}"
+            f"(`unset HF_HUB_OFFLINE`) and push again. {_fix_later(folder, repo_id, exclude)}"
         ) from err
     except HfHubHTTPError as err:
         status = getattr(getattr(err, "response", None), "status_code", None)
@@ -178,12 +180,12 @@ def push_model_folder(
             )
         else:
             problem = f"the Hub answered with an error ({status or 'no status'}): {str(err).splitlines()[0]}"
-        raise HubPushError(f"cannot push to {repo_id}: {problem}. {_fix_later(folder, repo_id)}") from err
+        raise HubPushError(f"cannot push to {repo_id}: {problem}. {_fix_later(folder, repo_id, exclude)}") from err
     except _network_errors() as err:
         raise HubPushError(
             f"cannot push to {repo_id}: the Hugging Face Hub ({constants.ENDPOINT}) cannot be reached "
             f"({type(err).__name__}: {err}). Check the network connection, proxy settings and HF_ENDPOINT, then push "
-            f"again. {_fix_later(folder, repo_id)}"
+            f"again. {_fix_later(folder, repo_id, exclude)}"
         ) from err
 
 

@@ -305,6 +305,10 @@ def test_push_failures_name_the_problem_and_keep_the_folder(saved, fake_hub, mon
     assert f"intact in {folder}" in message and f"hf upload tester/jtln-tiny {folder} . --exclude '.*'" in message
     assert info.value.__cause__ is error
     assert _snapshot(folder) == before
+    # a push that leaves a sub-folder out (the recipe's timm/: it has its own repository) says so in its hint
+    with pytest.raises(HubPushError) as info:
+        push_model_folder(folder, "tester/jtln-tiny", exclude=["timm/*"])
+    assert f"hf upload tester/jtln-tiny {folder} . --exclude '.*' --exclude 'timm/*'`" in str(info.value)
 
 
 def test_missing_token_is_caught_before_training(monkeypatch, tmp_path):
