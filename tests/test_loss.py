@@ -150,7 +150,8 @@ def test_half_precision_logits_computed_in_float32(dtype):
     values in float32. That equality is exact by construction when the loss computes in float32:
     its first operation on the logits is ``.float()``, an exact cast, and the rest is the same
     deterministic float32 computation on identical numbers; any part computed in the logits' dtype
-    would round to its 2^-9 (bf16) / 2^-12 (fp16) relative and break it. Against the float64
+    would round to its 2^-9 (bf16) / 2^-12 (fp16) relative and break it. (Same kernels, thread count and
+    buffer alignment in one process, so the reductions sum in the same order: no CPU can differ here.) Against the float64
     objective by hand on the same rounded logits, each part is within its derived float32 bound
     (tests/tolerances.py: cross-entropies; Sinkhorn at 1000 iterations, R = max C / eps)."""
     logits, source_logits, labels, domain, cost = batch(seed=8)
@@ -273,8 +274,10 @@ def test_cost_made_in_inference_mode():
     under inference mode is seen at the next call: C scaled to a range of 100 / eps = 2000 needs
     the log-domain solver (the kernel exp(-C/eps) underflows), where the first call's C (range < 1,
     20 / eps) took the kernel one; a solver cached from the first call would give NaN or a
-    different value. Equality is exact: the same code on the same float32 values in one process
-    (the same solver, the same kernels, the same order of operations).
+    different value. Equality is exact by construction: ``values * 100`` and ``cost.mul_(100)`` are one
+    IEEE rounding of the same product, and then the same code runs on the same float32 values in one
+    process (the same solver, the same kernels and thread count, buffers aligned alike by torch's CPU
+    allocator), so every reduction sums in the same order.
     """
     logits, source_logits, labels, domain, values = batch(seed=11)
     with torch.inference_mode():

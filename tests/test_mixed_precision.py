@@ -57,7 +57,8 @@ def test_ot_term_runs_in_float32_under_fp16_and_bf16_autocast(dtype):
     """Under autocast, low-precision logits give float32 parts that are, bit for bit, the loss of
     the same values in float32 without autocast: exact by construction when the cross-entropies,
     softmaxes and Sinkhorn run in float32 (the loss's first operation on the logits is an exact
-    cast), while any part that autocast ran in the logits' dtype would round to 2^-9 (bf16) or
+    cast, and both calls run the same kernels in one process, so reductions sum in the same order),
+    while any part that autocast ran in the logits' dtype would round to 2^-9 (bf16) or
     2^-12 (fp16) relative and break the equality. Against the float64 objective by hand on the same
     logits, each part is within its derived float32 bound (tests/tolerances.py)."""
     g = torch.Generator().manual_seed(0)
