@@ -2,7 +2,7 @@
 """Our batched OT loss vs POT, forward + backward, side by side in one run: time and peak memory.
 
 Compared, at the same problem and the same number of Sinkhorn iterations (no early stop):
-* ``ours``        -- ``jtln_hf.ot.wasserstein_loss`` (envelope gradients), inputs checked (one host sync);
+* ``ours``        -- ``jtln_hf.sinkhorn.wasserstein_loss`` (envelope gradients), inputs checked (one host sync);
 * ``ours-nosync`` -- the same with ``check_inputs=False`` and the solver resolved beforehand, as
   :class:`jtln_hf.loss.JTLNLoss` calls it in training (no host sync);
 * ``ours-tol``    -- ``check_inputs=False`` and ``tol=1e-5``: stops once the row marginals are within
@@ -20,7 +20,7 @@ includes the allocator's and libraries' own pages.  For our variants the table a
 largest relative difference of the values from POT's *converged* Sinkhorn (float64, stopThr
 1e-12) on 8 of the rows.  Prints a table and the ratios (POT time / ours, our memory / POT memory).
 
-``--objective`` (``paper``, ``entropic`` or ``kl``, see :func:`jtln_hf.ot.wasserstein_loss`) is
+``--objective`` (``paper``, ``entropic`` or ``kl``, see :func:`jtln_hf.sinkhorn.wasserstein_loss`) is
 passed to our variants; the accuracy reference is then POT's value of that objective
 (``ot.sinkhorn2`` for ``paper``, ``ot.solve(..., reg_type="entropy" / "KL")`` otherwise) and
 ``pot-batch`` returns ``solve_batch``'s ``value`` with the matching ``reg_type`` (``pot-loop``
@@ -61,7 +61,7 @@ POT_REG_TYPE = {"paper": "entropy", "entropic": "entropy", "kl": "KL"}
 
 
 def _ours(variant, x, y, cost, epsilon, iterations, objective="paper"):
-    from jtln_hf.ot import resolve_method, wasserstein_loss
+    from jtln_hf.sinkhorn import resolve_method, wasserstein_loss
 
     if variant == "ours":
         return wasserstein_loss(x, y, cost, epsilon=epsilon, iterations=iterations, objective=objective)
@@ -122,7 +122,7 @@ def _accuracy(variant, a, b, cost, epsilon, iterations, objective="paper", rows=
     import ot
     import torch
 
-    from jtln_hf.ot import PROB_FLOOR
+    from jtln_hf.sinkhorn import PROB_FLOOR
 
     idx = torch.linspace(0, a.shape[0] - 1, rows).long()
     ours = _ours(variant, a[idx], b[idx], cost, epsilon, iterations, objective).double().cpu().numpy()
@@ -178,7 +178,7 @@ def child(args):
     import ot  # noqa: F401
     import torch
 
-    import jtln_hf.ot  # noqa: F401
+    import jtln_hf.sinkhorn  # noqa: F401
 
     torch.set_num_threads(args.threads)
     print(json.dumps(_measure(args.variant, args.shape, args.device, args.epsilon, args.iterations, args.repeats,
@@ -195,7 +195,8 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--objective", default="paper", choices=["paper", "entropic", "kl"],
-                   help="wasserstein_loss(objective=...) of our variants (and the reference's value)")
+                   help="wasserstein_loss(objective=...) of our variants (and the reference's value); paper, "
+                   "the linear cost ot.sinkhorn2 returns, is what benchmarks/README.md's tables measured")
     p.add_argument("--variant", help=argparse.SUPPRESS)
     p.add_argument("--shape", help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -49,7 +49,7 @@ from jtln_hf import JointImageClassifier, JointImageClassifierConfig  # noqa: E4
 from jtln_hf import data as jdata  # noqa: E402
 from jtln_hf.cost import FASHION_MNIST_PRIOR_PATH, load_cost, normalize_cost  # noqa: E402
 from jtln_hf.loss import JTLNLoss  # noqa: E402
-from jtln_hf.ot import resolve_method  # noqa: E402
+from jtln_hf.sinkhorn import resolve_method  # noqa: E402
 
 BATCH = 64
 

@@ -31,7 +31,9 @@ from torch import nn
 
 from .configuration_jtln import check_cost_matrix
 from .data import SOURCE, TARGET
-from .ot import _check_histogram_values, _check_settings, resolve_method, wasserstein_loss
+from .sinkhorn import check_histograms as _check_histogram_values
+from .sinkhorn import check_settings as _check_settings
+from .sinkhorn import resolve_method, wasserstein_loss
 
 
 class JTLNLoss(nn.Module):

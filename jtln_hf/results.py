@@ -19,8 +19,9 @@ from .io import atomic_write_dir, atomic_write_text
 from .methods import METHOD_REGISTRY, MethodSettings, RunResult, predict_outputs
 from .cost_builders import COST_BUILDERS, cost_kind
 from .data.pools import ExperimentData
-from .modelcard import default_model_name, has_cost, mean_transport_plan, training_hyperparameters, write_model_card
+from .modelcard import default_model_name, has_cost, training_hyperparameters, write_model_card
 from .share import TIMM_FOLDER, example_images, write_demo, write_timm_folder
+from .sinkhorn import mean_transport_plan
 from .sources import FASHION_MNIST, display_name, hub_dataset_id
 from .stats import BASELINE, paired_summary
 

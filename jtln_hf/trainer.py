@@ -313,7 +313,8 @@ class JTLNTrainer(Trainer):
 
         A forward pass through :meth:`predict_outputs`: every process must call it.
         """
-        from .modelcard import has_cost, mean_transport_plan
+        from .modelcard import has_cost
+        from .sinkhorn import mean_transport_plan
 
         model = self.accelerator.unwrap_model(self.model)
         eval_dataset = self.eval_dataset if not isinstance(self.eval_dataset, dict) else None

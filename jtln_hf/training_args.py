@@ -12,7 +12,7 @@ import torch
 from transformers import TrainingArguments
 
 from .loss import JTLNLoss
-from .ot import OBJECTIVES
+from .sinkhorn import OBJECTIVES
 
 
 @dataclass

@@ -20,7 +20,7 @@ from jtln_hf import JointImageClassifier
 from jtln_hf import data as jdata
 from jtln_hf.cost import load_cost
 from jtln_hf.loss import JTLNLoss
-from jtln_hf.ot import resolve_method, wasserstein_loss
+from jtln_hf.sinkhorn import resolve_method, wasserstein_loss
 
 from conftest import make_config, make_model, make_trainer
 

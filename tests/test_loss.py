@@ -13,7 +13,7 @@ from conftest import ce_by_hand, objective_by_hand, ot_by_hand
 from tolerances import cross_entropy_atol, sinkhorn_value_atol
 
 from jtln_hf.loss import JTLNLoss, split_rows
-from jtln_hf.ot import resolve_method
+from jtln_hf.sinkhorn import resolve_method
 
 L_S, L_T = 4, 3
 

@@ -1,6 +1,6 @@
 """The model card: metadata, content, figures, the mean transport plan, and the Trainer's card.
 
-References: the mean plan is checked against ``jtln_hf.ot.transport_plan`` applied image by image
+References: the mean plan is checked against ``jtln_hf.sinkhorn.transport_plan`` applied image by image
 and against its marginals; the card's metadata is read back with ``huggingface_hub.ModelCard.load``.
 """
 
@@ -34,7 +34,6 @@ from jtln_hf.modelcard import (
     TEACHER_MIN_RATIO,
     TOP_K_MAX_CHANCE,
     default_model_name,
-    mean_transport_plan,
     package_reference,
     render_model_card,
     reported_metrics,
@@ -44,7 +43,7 @@ from jtln_hf.modelcard import (
     write_model_card,
 )
 from jtln_hf.results import save_model, summarize, write_results
-from jtln_hf.ot import transport_plan
+from jtln_hf.sinkhorn import mean_transport_plan, transport_plan
 
 SUMMARY = {
     method: {"seeds": [0, 1, 2],

@@ -1,8 +1,8 @@
-"""Tests for jtln_hf.ot against POT (float64) as the independent reference.
+"""Tests for jtln_hf.sinkhorn against POT (float64) as the independent reference.
 
 POT conventions used here:
 * ``ot.sinkhorn2(a, b, M, reg)`` returns the *linear* cost <gamma, M> of the entropic plan
-  (no entropy term), the same quantity as ``wasserstein_loss``.
+  (no entropy term), the same quantity as ``wasserstein_loss(..., objective="paper")``.
 * ``ot.batch.solve_batch`` needs one cost per problem (M of shape (B, ns, nt)); ``res.value``
   is the regularised objective <T, M> - reg * H(T), ``res.value_linear`` is <T, M>.
 """
@@ -18,11 +18,10 @@ import torch
 from ot.batch import solve_batch
 from tolerances import sinkhorn_plan_rtol, sinkhorn_potential_error, sinkhorn_value_atol
 
-from jtln_hf.ot import (
+from jtln_hf.sinkhorn import (
     KERNEL_MAX_RANGE,
     OBJECTIVES,
     PROB_FLOOR,
-    WassersteinLoss,
     resolve_method,
     sinkhorn_potentials,
     transport_plan,
@@ -69,7 +68,7 @@ def test_value_matches_pot_sinkhorn(method, eps, dtype):
     within that plus the float32 rounding bound of 1000 iterations (tests/tolerances.py)."""
     a, b, C = problem(dtype=dtype)
     ours = wasserstein_loss(a.to(dtype), b.to(dtype), C.to(dtype), epsilon=eps,
-                            iterations=1000, method=method)
+                            iterations=1000, method=method, objective="paper")
     assert ours.shape == (6,) and ours.dtype == dtype
     P = pot_plans(a, b, C, eps)
     ref = torch.from_numpy((P * C.numpy()[None]).sum((1, 2)))
@@ -86,7 +85,7 @@ def test_value_matches_pot_sinkhorn(method, eps, dtype):
 # 2. small epsilon approaches exact OT ---------------------------------------------------------
 def test_small_epsilon_approaches_emd():
     a, b, C = problem()
-    ours = wasserstein_loss(a, b, C, epsilon=0.005, iterations=3000, method="log")
+    ours = wasserstein_loss(a, b, C, epsilon=0.005, iterations=3000, method="log", objective="paper")
     exact = torch.tensor([ot.emd2(a[i].numpy(), b[i].numpy(), C.numpy()) for i in range(6)],
                          dtype=torch.float64)
     torch.testing.assert_close(ours, exact, rtol=0, atol=1e-2)
@@ -145,7 +144,7 @@ def test_gradient_matches_pot_autodiff(method, eps, dtype, rtol):
     ref_b = br.grad - br.grad.mean(1, keepdim=True)
 
     x, y = a.to(dtype).requires_grad_(), b.to(dtype).requires_grad_()
-    loss = wasserstein_loss(x, y, C.to(dtype), epsilon=eps, iterations=2000, method=method)
+    loss = wasserstein_loss(x, y, C.to(dtype), epsilon=eps, iterations=2000, method=method, objective="paper")
     (loss * w.to(dtype)).sum().backward()
     assert x.grad.dtype == dtype and y.grad.dtype == dtype
     for ours, ref in ((x.grad, ref_a), (y.grad, ref_b)):
@@ -160,7 +159,7 @@ def test_gradient_matches_finite_differences(method):
     a, b, C = problem(B=2, seed=3)
     eps, h = 0.1, 1e-5
     x, y = a.clone().requires_grad_(), b.clone().requires_grad_()
-    wasserstein_loss(x, y, C, epsilon=eps, iterations=2000, method=method).sum().backward()
+    wasserstein_loss(x, y, C, epsilon=eps, iterations=2000, method=method, objective="paper").sum().backward()
     g = torch.Generator().manual_seed(4)
     for i in range(2):
         da = torch.randn(7, dtype=torch.float64, generator=g)
@@ -197,7 +196,7 @@ def test_kernel_and_log_agree(eps):
     for dtype in (torch.float64, torch.float32):
         a, b, C = (t.to(dtype) for t in problem(B=16, Ls=9, Lt=4, seed=2, dtype=torch.float32))
         R = float(C.max() - C.min()) / eps
-        outs = {m: wasserstein_loss(a, b, C, epsilon=eps, method=m) for m in METHODS}
+        outs = {m: wasserstein_loss(a, b, C, epsilon=eps, method=m, objective="paper") for m in METHODS}
         atol = 2 * sinkhorn_value_atol(dtype, 50, R, 9, 4, epsilon=eps, cost_max=float(C.max()))
         torch.testing.assert_close(outs["kernel"], outs["log"], rtol=0, atol=atol)
         pk = sinkhorn_potentials(a, b, C, epsilon=eps, method="kernel")
@@ -206,7 +205,7 @@ def test_kernel_and_log_agree(eps):
         for u, v in zip(pk, pl):
             torch.testing.assert_close(u, v, rtol=0, atol=pot)
         if dtype == torch.float64 and eps < 1:  # tight enough to tell 50 iterations from 49 (unconverged)
-            fewer = wasserstein_loss(a, b, C, epsilon=eps, iterations=49, method="log")
+            fewer = wasserstein_loss(a, b, C, epsilon=eps, iterations=49, method="log", objective="paper")
             assert (fewer - outs["kernel"]).abs().max() > atol
 
 
@@ -231,7 +230,7 @@ def test_auto_picks_log_for_tiny_epsilon_and_kernel_otherwise():
     with pytest.raises(ValueError, match="method='kernel' needs"):
         wasserstein_loss(a, b, C, epsilon=1e-3, iterations=200, method="kernel")
     x, y = a.clone().requires_grad_(), b.clone().requires_grad_()
-    tiny = wasserstein_loss(x, y, C, epsilon=1e-3, iterations=200)
+    tiny = wasserstein_loss(x, y, C, epsilon=1e-3, iterations=200, objective="paper")
     tiny.sum().backward()
     assert torch.isfinite(tiny).all() and torch.isfinite(x.grad).all() and torch.isfinite(y.grad).all()
 
@@ -246,7 +245,7 @@ def test_autocast_bf16():
     b16 = b.bfloat16().requires_grad_()
     C16 = C.bfloat16()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = wasserstein_loss(a16, b16, C16, epsilon=0.1, iterations=500)
+        out = wasserstein_loss(a16, b16, C16, epsilon=0.1, iterations=500, objective="paper")
         out.sum().backward()
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     ra, rb = a16.detach().double(), b16.detach().double()
@@ -255,7 +254,7 @@ def test_autocast_bf16():
     reference = torch.from_numpy((P * C16.double().numpy()[None]).sum((1, 2)))
     # float32 (autocast off inside the solver) within its rounding bound of the float64 solve of the
     # same inputs, which is converged to POT's reference (1e-9 relative)
-    solve64 = wasserstein_loss(ra, rb, C16.double(), epsilon=0.1, iterations=500)
+    solve64 = wasserstein_loss(ra, rb, C16.double(), epsilon=0.1, iterations=500, objective="paper")
     torch.testing.assert_close(solve64, reference, rtol=1e-9, atol=0)
     bound = 2 * sinkhorn_value_atol(torch.float32, 500, float(C16.max() - C16.min()) / 0.1, 10, 6, epsilon=0.1,
                                     cost_max=float(C16.max()))  # fmt: skip
@@ -267,10 +266,10 @@ def test_autocast_bf16():
 def test_float16_and_mixed_dtypes():
     a, b, C = problem()
     x = a.half().requires_grad_()
-    out = wasserstein_loss(x, b.float(), C)  # float64 cost, float16/float32 histograms
+    out = wasserstein_loss(x, b.float(), C, objective="paper")  # float64 cost, float16/float32 histograms
     out.sum().backward()
     assert out.dtype == torch.float32 and x.grad.dtype == torch.float16
-    assert wasserstein_loss(a, b, C).dtype == torch.float64
+    assert wasserstein_loss(a, b, C, objective="paper").dtype == torch.float64
 
 
 # 7. one-hot histograms, constant cost ---------------------------------------------------------
@@ -279,7 +278,7 @@ def test_one_hot_and_constant_cost(method):
     a = torch.eye(4)[[0, 1, 2, 3, 0]].requires_grad_()
     b = torch.eye(3)[[0, 1, 2, 2, 1]].requires_grad_()
     C = torch.rand(4, 3, generator=torch.Generator().manual_seed(0))
-    out = wasserstein_loss(a, b, C, epsilon=0.05, iterations=200, method=method)
+    out = wasserstein_loss(a, b, C, epsilon=0.05, iterations=200, method=method, objective="paper")
     out.sum().backward()
     assert torch.isfinite(out).all() and torch.isfinite(a.grad).all()
     assert torch.isfinite(b.grad).all()
@@ -287,7 +286,7 @@ def test_one_hot_and_constant_cost(method):
     torch.testing.assert_close(out, C[[0, 1, 2, 3, 0], [0, 1, 2, 2, 1]], rtol=0, atol=1e-5)
     a2, b2, _ = problem(seed=7)
     const = wasserstein_loss(a2.float(), b2.float(), torch.full((7, 5), 0.37),
-                             iterations=3, method=method)
+                             iterations=3, method=method, objective="paper")
     atol = sinkhorn_value_atol(torch.float32, 3, 0.0, 7, 5, epsilon=0.1, cost_max=0.37)  # R = 0: C - min C = 0
     torch.testing.assert_close(const, torch.full((6,), 0.37), rtol=0, atol=atol)
 
@@ -300,11 +299,11 @@ def test_two_by_two_closed_form(method, eps):
     # x / (1/2 - x) = exp(-1/eps), so <gamma, C> = 2x = 1 / (1 + exp(1/eps)) (~0 for tiny eps).
     half = torch.full((1, 2), 0.5, dtype=torch.float64)
     C = torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
-    out = wasserstein_loss(half, half, C, epsilon=eps, iterations=100, method=method)
+    out = wasserstein_loss(half, half, C, epsilon=eps, iterations=100, method=method, objective="paper")
     torch.testing.assert_close(out, torch.tensor([1 / (1 + math.exp(1 / eps))],
                                                  dtype=torch.float64), rtol=1e-9, atol=1e-30)
     out = wasserstein_loss(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]), C.float(),
-                           epsilon=0.01, iterations=100, method="log")
+                           epsilon=0.01, iterations=100, method="log", objective="paper")
     torch.testing.assert_close(out, torch.tensor([1.0]), rtol=0, atol=1e-6)
 
 
@@ -335,13 +334,11 @@ def test_validation_batch_and_rank():
         wasserstein_loss(torch.rand(3, 6), torch.rand(2, 4), C)
     with pytest.raises(ValueError, match=r"source_probs must be 2-D.*unsqueeze\(0\)"):
         wasserstein_loss(torch.rand(6), torch.rand(1, 4), C)
-    with pytest.raises(ValueError, match="reduction must be"):
-        WassersteinLoss(reduction="max")
     with pytest.raises(ValueError, match="method must be one of"):
         transport_plan(torch.rand(1, 6), torch.rand(1, 4), C, method="sinkhorn")
 
 
-# 10. empty batch, module ----------------------------------------------------------------------
+# 10. empty batch -----------------------------------------------------------------------------
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("objective", OBJECTIVES)
 def test_empty_batch(method, objective):
@@ -351,18 +348,7 @@ def test_empty_batch(method, objective):
     assert out.shape == (0,) and out.dtype == torch.float32
     out.sum().backward()
     assert a.grad.shape == (0, 6) and b.grad.shape == (0, 4)
-    mean = WassersteinLoss(method=method, objective=objective)(a, b, torch.rand(6, 4))
-    assert mean.item() == 0.0
     assert transport_plan(a, b, torch.rand(6, 4), method=method).shape == (0, 6, 4)
-
-
-def test_module_reductions():
-    a, b, C = problem()
-    per_row = wasserstein_loss(a, b, C, epsilon=0.2, iterations=30)
-    for red, expect in (("none", per_row), ("sum", per_row.sum()), ("mean", per_row.mean())):
-        module = WassersteinLoss(epsilon=0.2, iterations=30, reduction=red)
-        torch.testing.assert_close(module(a, b, C), expect)
-    assert "epsilon=0.2" in repr(WassersteinLoss(epsilon=0.2))
 
 
 # property: after the last (column) update, column sums match b for any shape / iterations
@@ -382,6 +368,6 @@ def test_property_column_marginals_and_bounds(seed):
             continue
         P = transport_plan(a, b, C, epsilon=eps, iterations=iters, method=method)
         torch.testing.assert_close(P.sum(1), b, rtol=columns, atol=0)
-        value = wasserstein_loss(a, b, C, epsilon=eps, iterations=iters, method=method)
+        value = wasserstein_loss(a, b, C, epsilon=eps, iterations=iters, method=method, objective="paper")
         torch.testing.assert_close(value, (P * C).sum((1, 2)), rtol=0, atol=2 * value_atol)
         assert (value >= C.min() - value_atol).all() and (value <= C.max() + value_atol).all()

@@ -1,4 +1,4 @@
-"""The fast paths of jtln_hf.ot: the convergence test (``tol``) and the sync-free call (``check_inputs=False``).
+"""The fast paths of jtln_hf.sinkhorn: the convergence test (``tol``), the sync-free call (``check_inputs=False``).
 
 * ``tol``: the stopping rule is checked by hand -- the result equals the fixed-iteration result
   at the first multiple of ``CHECK_EVERY`` where the largest L1 row-marginal error of the plans
@@ -22,7 +22,7 @@ import torch
 
 from tolerances import sinkhorn_potential_error, sinkhorn_value_atol
 
-from jtln_hf.ot import (
+from jtln_hf.sinkhorn import (
     CHECK_EVERY,
     OBJECTIVES,
     PROB_FLOOR,
@@ -78,13 +78,14 @@ def test_tol_stops_at_the_first_test_that_meets_it(method, tol, objective):
 def test_tol_is_a_maximum_not_a_minimum():
     """An unreachable tol runs exactly ``iterations`` (here not a multiple of CHECK_EVERY)."""
     a, b, C = peaked_problem(4, 30, 10, dtype=torch.float64)
-    got = wasserstein_loss(a, b, C, epsilon=0.05, iterations=37, tol=1e-300)
-    want = wasserstein_loss(a, b, C, epsilon=0.05, iterations=37)
+    got = wasserstein_loss(a, b, C, epsilon=0.05, iterations=37, tol=1e-300, objective="paper")
+    want = wasserstein_loss(a, b, C, epsilon=0.05, iterations=37, objective="paper")
     atol = 2 * sinkhorn_value_atol(torch.float64, 37, float(C.max() - C.min()) / 0.05, 30, 10, epsilon=0.05,
                                    cost_max=float(C.max()))  # fmt: skip
     torch.testing.assert_close(got, want, rtol=0, atol=atol)
     for other in (30, 40):  # and not the result of a multiple of CHECK_EVERY
-        assert (wasserstein_loss(a, b, C, epsilon=0.05, iterations=other) - want).abs().max() > 10 * atol
+        moved = wasserstein_loss(a, b, C, epsilon=0.05, iterations=other, objective="paper")
+        assert (moved - want).abs().max() > 10 * atol
 
 
 def pot_converged(a, b, C, eps):
@@ -112,7 +113,7 @@ def pot_converged(a, b, C, eps):
 @pytest.mark.parametrize("tol", [1e-4, 1e-5])
 def test_tol_value_within_tol_times_cost_range_of_pot_converged(method, eps, tol):
     a, b, C = peaked_problem(8, 60, 20, seed=1)
-    got = wasserstein_loss(a, b, C, epsilon=eps, iterations=5000, method=method, tol=tol).double()
+    got = wasserstein_loss(a, b, C, epsilon=eps, iterations=5000, method=method, tol=tol, objective="paper").double()
     ref = pot_converged(a, b, C, eps)
     assert (got - ref).abs().max().item() <= tol * (C.max() - C.min()).item()
 
@@ -120,7 +121,7 @@ def test_tol_value_within_tol_times_cost_range_of_pot_converged(method, eps, tol
 def test_tol_meets_1e_4_relative_at_the_benchmark_shape():
     """B=128 rows of a 1000x256 cost (the issue's benchmark shape), float32, ε=0.05, tol=1e-5."""
     a, b, C = peaked_problem(128, 1000, 256, seed=2)
-    got = wasserstein_loss(a, b, C, epsilon=0.05, iterations=2000, tol=1e-5).double()
+    got = wasserstein_loss(a, b, C, epsilon=0.05, iterations=2000, tol=1e-5, objective="paper").double()
     rows = torch.arange(0, 128, 16)  # POT's float64 reference on 8 of the rows keeps the test short
     ref = pot_converged(a[rows], b[rows], C, 0.05)
     assert ((got[rows] - ref).abs() / ref).max().item() <= 1e-4
@@ -130,8 +131,9 @@ def test_fixed_iterations_are_not_converged_on_peaked_histograms():
     """Why tol exists: 50 fixed iterations leave a ~1e-3 error where tol=1e-5 leaves ~1e-5."""
     a, b, C = peaked_problem(8, 60, 20, seed=1)
     ref = pot_converged(a, b, C, 0.05)
-    fixed = (wasserstein_loss(a, b, C, epsilon=0.05, iterations=50).double() - ref).abs().max().item()
-    tested = (wasserstein_loss(a, b, C, epsilon=0.05, iterations=5000, tol=1e-5).double() - ref).abs().max().item()
+    linear = {"epsilon": 0.05, "objective": "paper"}  # <gamma, C>, as ot.sinkhorn2
+    fixed = (wasserstein_loss(a, b, C, iterations=50, **linear).double() - ref).abs().max().item()
+    tested = (wasserstein_loss(a, b, C, iterations=5000, tol=1e-5, **linear).double() - ref).abs().max().item()
     assert fixed > 10 * tested
 
 

@@ -1,4 +1,4 @@
-"""Numerical safety of jtln_hf.ot: finite, and accurate against POT in float64, over the whole range.
+"""Numerical safety of jtln_hf.sinkhorn: finite, and accurate against POT in float64, over the whole range.
 
 What is asserted, and where each bound comes from (``tests/tolerances.py`` derives them all from
 the unit roundoff, the cost's range over ε, the histogram sizes and the number of iterations; no
@@ -45,7 +45,7 @@ from tolerances import (
     unit_roundoff,
 )
 
-from jtln_hf.ot import KERNEL_MAX_RANGE, PROB_FLOOR, sinkhorn_potentials, transport_plan, wasserstein_loss
+from jtln_hf.sinkhorn import KERNEL_MAX_RANGE, PROB_FLOOR, sinkhorn_potentials, transport_plan, wasserstein_loss
 
 HIST_KINDS = ("softmax", "peaked", "onehot", "sparse", "near_zero", "uniform")
 COST_KINDS = ("rand", "ties", "zeros", "constant", "constant_row", "with_zeros")
@@ -185,7 +185,7 @@ def test_float64_equals_pot_for_the_same_iterations(seed):
     x = torch.tensor(a, requires_grad=True)
     y = torch.tensor(b, requires_grad=True)
     Ct = torch.tensor(C)
-    value = wasserstein_loss(x, y, Ct, epsilon=eps, iterations=n, method=method)
+    value = wasserstein_loss(x, y, Ct, epsilon=eps, iterations=n, method=method, objective="paper")
     value.sum().backward()
     plan = transport_plan(x.detach(), y.detach(), Ct, epsilon=eps, iterations=n, method=method)
     f, g = sinkhorn_potentials(x.detach(), y.detach(), Ct, epsilon=eps, iterations=n, method=method)
@@ -281,7 +281,7 @@ def test_low_precision_is_finite_and_close_to_float64(seed):
     x = torch.tensor(a).to(dtype).requires_grad_()
     y = torch.tensor(b).to(dtype).requires_grad_()
     Ct = torch.tensor(C).to(dtype)
-    value = wasserstein_loss(x, y, Ct, epsilon=eps, iterations=n)
+    value = wasserstein_loss(x, y, Ct, epsilon=eps, iterations=n, objective="paper")
     value.sum().backward()
     plan = transport_plan(x.detach(), y.detach(), Ct, epsilon=eps, iterations=n)
     assert value.dtype == plan.dtype == torch.float32
@@ -306,7 +306,7 @@ def test_converged_value_matches_pot_and_the_emd_bound(eps, iterations):
     b = floored(make_hist(rng, "softmax", 4, 4))
     C = make_cost(rng, "rand", 5, 4)
     ours = wasserstein_loss(torch.tensor(a), torch.tensor(b), torch.tensor(C), epsilon=eps,
-                            iterations=iterations).numpy()
+                            iterations=iterations, objective="paper").numpy()
     plan = transport_plan(torch.tensor(a), torch.tensor(b), torch.tensor(C), epsilon=eps,
                           iterations=iterations).numpy()
     np.testing.assert_allclose(plan.sum(2), a, rtol=0, atol=1e-9)  # converged: both marginals
@@ -328,12 +328,12 @@ def test_single_source_or_target_class_has_one_coupling(method, eps):
     C = make_cost(rng, "rand", 1, 4)
     # L_s = 1: the plan is b itself and the value sum_j C_0j b_j, after a single iteration
     value = wasserstein_loss(torch.ones(3, 1, dtype=torch.float64), torch.tensor(b), torch.tensor(C),
-                             epsilon=eps, iterations=1, method=method)
+                             epsilon=eps, iterations=1, method=method, objective="paper")
     np.testing.assert_allclose(value.numpy(), floored(b) @ C[0], rtol=1e-12)
     # L_t = 1: the plan is a itself
     a = make_hist(rng, "onehot", 3, 4)
     value = wasserstein_loss(torch.tensor(a), torch.ones(3, 1, dtype=torch.float64), torch.tensor(C.T),
-                             epsilon=eps, iterations=1, method=method)
+                             epsilon=eps, iterations=1, method=method, objective="paper")
     np.testing.assert_allclose(value.numpy(), floored(a) @ C[0], rtol=1e-12)
 
 
@@ -344,11 +344,14 @@ def test_near_zero_rows_are_solved_as_uniform_rows():
     b = torch.tensor(make_hist(rng, "softmax", 2, 3))
     uniform = torch.full((2, 5), 0.2, dtype=torch.float64)
     for eps in (1e-3, 0.1):
-        torch.testing.assert_close(wasserstein_loss(tiny, b, C, epsilon=eps),
-                                   wasserstein_loss(uniform, b, C, epsilon=eps), rtol=1e-12, atol=0)
+        torch.testing.assert_close(wasserstein_loss(tiny, b, C, epsilon=eps, objective="paper"),
+                                   wasserstein_loss(uniform, b, C, epsilon=eps, objective="paper"),
+                                   rtol=1e-12, atol=0)
     zeros = torch.zeros(2, 5, dtype=torch.float16)  # softmax underflow in half precision
-    torch.testing.assert_close(wasserstein_loss(zeros, b.half(), C.half()),
-                               wasserstein_loss(uniform.float(), b.half().float(), C.half().float()))
+    torch.testing.assert_close(
+        wasserstein_loss(zeros, b.half(), C.half(), objective="paper"),
+        wasserstein_loss(uniform.float(), b.half().float(), C.half().float(), objective="paper"),
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -358,7 +361,7 @@ def test_large_cost_range_stays_finite(dtype):
     C = torch.tensor(make_cost(rng, "with_zeros", 6, 5) * 100, dtype=dtype)
     x = torch.tensor(make_hist(rng, "peaked", 3, 6), dtype=dtype, requires_grad=True)
     y = torch.tensor(make_hist(rng, "onehot", 3, 5), dtype=dtype, requires_grad=True)
-    value = wasserstein_loss(x, y, C, epsilon=1e-3, iterations=200)
+    value = wasserstein_loss(x, y, C, epsilon=1e-3, iterations=200, objective="paper")
     value.sum().backward()
     assert torch.isfinite(value).all() and torch.isfinite(x.grad).all() and torch.isfinite(y.grad).all()
     plan = transport_plan(x.detach(), y.detach(), C, epsilon=1e-3, iterations=200)
@@ -385,7 +388,8 @@ def test_a_constant_added_to_the_cost_costs_no_float32_accuracy(method):
     C64 = shifted.double().numpy() - 100.0  # exact: the rounded cost the solver sees, less 100
     ref_plan, _, _ = pot_same_iterations(floored(x.double().numpy()), floored(y.double().numpy()), C64, eps, n)
     plan = transport_plan(x, y, shifted, epsilon=eps, iterations=n, method=method).double().numpy()
-    value = wasserstein_loss(x, y, shifted, epsilon=eps, iterations=n, method=method).double().numpy()
+    value = wasserstein_loss(x, y, shifted, epsilon=eps, iterations=n, method=method, objective="paper")
+    value = value.double().numpy()
     R = np.ptp(C64) / eps
     rtol = sinkhorn_plan_rtol(torch.float32, n, R, 6, 5) + sinkhorn_plan_rtol(torch.float64, n, R, 6, 5)
     assert rtol < 0.1 * sinkhorn_plan_rtol(torch.float32, n, 100.0 / eps, 6, 5)

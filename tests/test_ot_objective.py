@@ -22,6 +22,7 @@ its gradient, while "entropic" and "kl" match.
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -34,7 +35,7 @@ from test_ot_fast import peaked_problem
 from tolerances import sinkhorn_potential_error, sinkhorn_value_atol, softmax_backward_bound
 
 from jtln_hf.loss import JTLNLoss
-from jtln_hf.ot import OBJECTIVES, WassersteinLoss, transport_plan, wasserstein_loss
+from jtln_hf.sinkhorn import OBJECTIVES, check_settings, transport_plan, wasserstein_loss
 
 METHODS = ("kernel", "log")
 POT_REG_TYPE = {"paper": "entropy", "entropic": "entropy", "kl": "KL"}
@@ -115,9 +116,10 @@ def test_objectives_order_and_the_kl_entropy_identity():
     v = {o: wasserstein_loss(a, b, C, epsilon=eps, iterations=2000, objective=o) for o in OBJECTIVES}
     torch.testing.assert_close(v["kl"], v["entropic"] + eps * (entropy(a) + entropy(b)), rtol=0, atol=1e-12)
     assert (v["kl"] >= v["paper"]).all() and (v["paper"] >= v["entropic"]).all()
-    # the default objective is "paper": the same call, the same operations
+    # the default objective is "entropic" (the training default): the same call, the same operations
     same = sinkhorn_value_atol(torch.float64, 2000, 1 / eps, 7, 5, epsilon=eps, cost_max=1.0)
-    torch.testing.assert_close(v["paper"], wasserstein_loss(a, b, C, epsilon=eps, iterations=2000), rtol=0, atol=same)
+    default = wasserstein_loss(a, b, C, epsilon=eps, iterations=2000)
+    torch.testing.assert_close(v["entropic"], default, rtol=0, atol=same)
 
 
 # 2. gradients vs finite differences on the simplex ----------------------------------------------
@@ -256,7 +258,7 @@ def test_paper_constant_cost_is_flat_but_its_gradient_is_not_zero(method):
     a = zs.softmax(1).requires_grad_()
     b = torch.full((4, 5), 0.2, dtype=torch.float64)
     C, eps = torch.full((7, 5), 0.37, dtype=torch.float64), 0.1
-    value = wasserstein_loss(a, b, C, epsilon=eps, iterations=3, method=method)
+    value = wasserstein_loss(a, b, C, epsilon=eps, iterations=3, method=method, objective="paper")
     torch.testing.assert_close(value, torch.full((4,), 0.37, dtype=torch.float64), rtol=0, atol=1e-15)
     (grad,) = torch.autograd.grad(value.sum(), a)
     log_a = a.detach().log()
@@ -360,15 +362,6 @@ def test_tol_value_close_to_pot_converged(objective, method):
     assert (got - pot_values(a, b, C, 0.05, objective)).abs().max().item() <= 1e-6
 
 
-@pytest.mark.parametrize("objective", OBJECTIVES)
-def test_module_takes_the_objective(objective):
-    x, y, C = peaked_problem(3, 6, 4)
-    module = WassersteinLoss(epsilon=0.2, iterations=30, reduction="sum", objective=objective)
-    torch.testing.assert_close(module(x, y, C), wasserstein_loss(x, y, C, epsilon=0.2, iterations=30,
-                                                                 objective=objective).sum())  # fmt: skip
-    assert f"objective={objective!r}" in repr(module)
-
-
 # 6. validation and plumbing ----------------------------------------------------------------------
 CHOICES = r"objective must be one of \('paper', 'entropic', 'kl'\), got 'sharp'"
 
@@ -378,13 +371,16 @@ def test_unknown_objective_is_refused_everywhere(tmp_path):
     with pytest.raises(ValueError, match=CHOICES):
         wasserstein_loss(a, b, C, objective="sharp")
     with pytest.raises(ValueError, match=CHOICES):
-        WassersteinLoss(objective="sharp")
+        check_settings(0.05, 50, "auto", objective="sharp")
     with pytest.raises(ValueError, match=CHOICES):
         JTLNLoss(ot_objective="sharp")
     with pytest.raises(ValueError, match="ot_" + CHOICES):
         make_args(tmp_path, ot_objective="sharp")
     assert make_args(tmp_path).ot_objective == "entropic"  # the training default, chosen by recipes/sweep.py
     assert JTLNLoss().ot_objective == "entropic"
+    # the library's default is the recipe's: a user of wasserstein_loss gets the consistent gradient
+    assert inspect.signature(wasserstein_loss).parameters["objective"].default == "entropic"
+    assert inspect.signature(check_settings).parameters["objective"].default == "entropic"
 
 
 def test_trainer_passes_ot_objective_to_the_loss(small_split, tmp_path):

@@ -144,7 +144,7 @@ def test_push_space_loads_the_model_at_the_pushed_revision(pushed_run):
     assert kwargs["repo_type"] == "space"
     assert repo_id == SPACE_ID
     assert {"README.md", "app.py", "demo.json", "requirements.txt", "jtln_hf/__init__.py", "jtln_hf/figures.py",
-            "jtln_hf/ot.py", *EXAMPLES} <= set(files)  # fmt: skip
+            "jtln_hf/sinkhorn/api.py", *EXAMPLES} <= set(files)  # fmt: skip
     assert not [name for name in files if "__pycache__" in name or name.endswith(".pyc")]
     assert files["app.py"] == (out / "model" / "app.py").read_bytes()
     settings = json.loads(files["demo.json"])

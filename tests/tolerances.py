@@ -37,7 +37,7 @@ import math
 
 import torch
 
-from jtln_hf.ot import PROB_FLOOR
+from jtln_hf.sinkhorn import PROB_FLOOR
 
 LOG_FLOOR = -math.log(PROB_FLOOR)  # 18.42: the largest |log p| of a floored histogram entry
 

@@ -160,62 +160,6 @@ def comparison_facts(summary: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]
     }
 
 
-def mean_transport_plan(
-    source_logits: Any,
-    logits: Any,
-    cost: Any,
-    *,
-    epsilon: float,
-    iterations: int,
-    method: str = "auto",
-    tol: float | None = None,
-    batch_size: int = 1024,
-) -> np.ndarray:
-    r"""Mean entropic OT plan between the two heads' predictions, over a set of images.
-
-    .. math::
-        \bar\gamma = \frac1N \sum_{n=1}^N \gamma^*\big(\mathrm{softmax}(h_s(x_n)),\,
-        \mathrm{softmax}(h_t(x_n));\, C, \varepsilon\big)
-
-    with :math:`\gamma^*` from :func:`jtln_hf.ot.transport_plan` (the plan whose cost the
-    training loss adds). :math:`\bar\gamma` sums to 1; its row ``s`` sums to the mean source
-    probability of class ``s`` and its column ``t`` to the mean target probability of ``t``.
-
-    Parameters
-    ----------
-    source_logits : array-like, shape (N, L_s)
-        Source-head scores ``outputs.source_logits``.
-    logits : array-like, shape (N, L_t)
-        Target-head scores ``outputs.logits``.
-    cost : array-like, shape (L_s, L_t)
-        The ground cost C.
-    epsilon, iterations, method, tol
-        As in training (``ot_epsilon``, ``ot_iterations``, ``ot_method``, ``ot_tol``).
-    batch_size : int
-        Images per call to the solver.
-
-    Returns
-    -------
-    numpy.ndarray, shape (L_s, L_t)
-    """
-    from ..ot import transport_plan
-
-    source_logits = torch.as_tensor(np.asarray(source_logits), dtype=torch.float32)
-    logits = torch.as_tensor(np.asarray(logits), dtype=torch.float32)
-    cost = torch.as_tensor(np.asarray(cost), dtype=torch.float32)
-    if len(source_logits) != len(logits) or len(logits) == 0:
-        raise ValueError(
-            f"need as many source as target predictions, and at least one: got {len(source_logits)} and {len(logits)}."
-        )
-    total = torch.zeros(cost.shape, dtype=torch.float64)
-    for start in range(0, len(logits), batch_size):
-        a = source_logits[start : start + batch_size].softmax(-1)
-        b = logits[start : start + batch_size].softmax(-1)
-        plans = transport_plan(a, b, cost, epsilon=epsilon, iterations=iterations, method=method, tol=tol)
-        total += plans.double().sum(0)
-    return (total / len(logits)).numpy()
-
-
 def training_hyperparameters(args, *, steps: int | None = None, ot_used: bool = True) -> dict[str, Any]:
     """The card's hyper-parameter rows: λ_s, λ_ot, the OT settings (ε, iterations, tol, solver, objective), batch."""
     batch = args.per_device_train_batch_size

@@ -92,7 +92,7 @@ def write_figures(
     """Draw the card's PNGs into ``folder``; return ``{"cost"|"plan"|"compare": file name}`` of those drawn.
 
     The cost heatmap needs a non-zero cost matrix, the plan heatmap a ``plan`` (see
-    :func:`mean_transport_plan`), the comparison (:func:`jtln_hf.figures.compare_figure`: paired
+    :func:`jtln_hf.sinkhorn.mean_transport_plan`), the comparison (:func:`jtln_hf.figures.compare_figure`: paired
     differences to joint, accuracy per method) a ``summary`` of several methods. The cost heatmap's
     title names ``cost_normalization`` and what it did.
     """

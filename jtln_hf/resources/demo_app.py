@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 from jtln_hf import JointImageClassifier, JointImageClassifierImageProcessor  # noqa: E402
 from jtln_hf.figures import heatmap  # noqa: E402
-from jtln_hf.ot import transport_plan  # noqa: E402
+from jtln_hf.sinkhorn import transport_plan  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SETTINGS = json.loads((HERE / "demo.json").read_text())
