@@ -229,3 +229,20 @@ def test_why_not_datasets_shuffle_its_resume_refills_the_buffer_with_other_rows(
     resumed = shuffled()
     resumed.load_state_dict(stopped.state_dict())
     assert [row_identity(r["image"]) for r in resumed] != whole[20:]
+
+
+def test_webdataset_tar_shards_stream_with_their_own_columns(tmp_path):
+    """webdataset shards name columns by file ending (png, cls); label_names gives the classes."""
+    import tarfile
+
+    for s in range(2):
+        with tarfile.open(tmp_path / f"shard-{s}.tar", "w") as tar:
+            for i in range(s * 3, s * 3 + 3):
+                for suffix, data in (("png", _encoded(i, "PNG")), ("cls", str(i % 3).encode())):
+                    info = tarfile.TarInfo(f"{i:04d}.{suffix}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    stream = open_streaming_source(str(tmp_path / "*.tar"), image_column="png", label_column="cls",
+                                   label_names=NAMES, classes=["cat"])  # fmt: skip
+    assert stream.num_shards == 2
+    assert [(r["image"]["bytes"], r["label"]) for r in stream] == [(_encoded(2, "PNG"), 0), (_encoded(5, "PNG"), 0)]
