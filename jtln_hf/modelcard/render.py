@@ -33,6 +33,21 @@ from .facts import (
     top_k_of,
 )
 
+__all__ = [
+    "COMPARE_FIGURE",
+    "COST_FIGURE",
+    "METRIC_NAMES",
+    "NORMALIZATION_TEXT",
+    "PLAN_FIGURE",
+    "TEMPLATE_PATH",
+    "cost_markdown",
+    "eval_results",
+    "render_model_card",
+    "save_model_card",
+    "write_figures",
+    "write_model_card",
+]
+
 TEMPLATE_PATH = Path(__file__).parent.parent / "resources" / "model_card_template.md"
 COST_FIGURE = "cost_matrix.png"
 PLAN_FIGURE = "transport_plan.png"
