@@ -85,7 +85,7 @@ KNOWN_UPWARD: dict[tuple[str, str], str] = {}
 
 MAX_LINES = 400
 #: Modules still over ``MAX_LINES``, to be split. Shrink only.
-KNOWN_OVERSIZE = {"ot", "modeling_jtln"}
+KNOWN_OVERSIZE = {"ot"}
 
 
 def _modules() -> dict[str, Path]:
