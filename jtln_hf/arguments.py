@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cost import COST_NORMALIZATIONS
+from .cost import COST_NORMALIZATIONS, DEFAULT_NORMALIZATION, NORMALIZATIONS
 from .cotuning import DEFAULT_COTUNING_WEIGHT
 from .cost_builders import COST_BUILDERS, DEFAULT_COST_WARMUP_STEPS, DEFAULT_FEATURE_COST, CostSettings, cost_kind
 from .data.pools import DataSpec
@@ -163,8 +163,8 @@ class JTLNArguments:
                   f"{DEFAULT_FEATURE_COST}."},
     )  # fmt: skip
     cost_normalization: str = field(
-        default="column",
-        metadata={"help": f"One of {COST_NORMALIZATIONS}; 'column' gives every target class a free source class."},
+        default=DEFAULT_NORMALIZATION,
+        metadata={"help": "; ".join(f"{name}: C {what}" for name, what in NORMALIZATIONS.items()) + "."},
     )
     cost_warmup_steps: int | None = field(
         default=None,

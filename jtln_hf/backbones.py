@@ -1,10 +1,7 @@
-"""Backbone weights: check, before anything trains, that timm will find the weights it is asked for.
-
-timm loads pretrained weights itself (``timm.create_model(name, pretrained=True)``, or
-``pretrained_cfg_overlay=dict(file=PATH)`` for a local file, which keeps timm's ``in_chans``
-adaptation and classifier filtering). What it does not do is fail fast: offline and without a
-cached copy it retries the download for about a minute, then raises a traceback. The checks here
-answer in seconds with one line that names the fix (``--backbone_checkpoint`` or the cache).
+"""Backbone weights: check, before anything trains, that timm will find the weights it is asked for
+(``timm.create_model(name, pretrained=True)``, or ``pretrained_cfg_overlay=dict(file=PATH)`` for a local
+file), and say in one line which fix applies (``--backbone_checkpoint`` or the cache) instead of timm's
+download retries (docs/design.md, "Pitfalls").
 """
 
 from __future__ import annotations

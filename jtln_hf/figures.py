@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from .cost import NORMALIZATIONS
 from .io import atomic_write
 from .method_styles import MethodStyle, method_style
 from .stats import BASELINE, PairedDifference, paired_summary
@@ -83,15 +84,6 @@ def heatmap(
     return fig
 
 
-#: The cost heatmap's second title line: what ``--cost_normalization`` did (see :func:`jtln_hf.cost.normalize_cost`).
-NORMALIZATION_TITLES = {
-    "none": "not rescaled",
-    "minmax": "rescaled to [0, 1]",
-    "max": "divided by its maximum",
-    "column": "rescaled to [0, 1], each column shifted to min 0",
-}
-
-
 def plot_cost_matrix(
     cost: Any, source_labels: Sequence[str], target_labels: Sequence[str], path: str | os.PathLike,
     normalization: str | None = None,
@@ -111,7 +103,7 @@ def cost_figure(
     """The heatmap :func:`plot_cost_matrix` writes; its title's second line says what ``normalization`` did."""
     title = "Cost matrix C (low = cheap to move mass)"
     if normalization:
-        title += f"\n{normalization} normalisation: {NORMALIZATION_TITLES.get(normalization, normalization)}"
+        title += f"\n{normalization} normalisation: {NORMALIZATIONS.get(normalization, normalization)}"
     return heatmap(
         np.asarray(cost, dtype=float), source_labels, target_labels,
         title=title, colorbar_label="cost C[source, target]", cmap="viridis", fmt=".2f",
@@ -223,8 +215,8 @@ def compare_figure(summary: Mapping[str, Mapping[str, Any]]) -> Figure:
     seed, in percentage points -- one dot per seed, the mean with its 95 % Student-t interval
     (:func:`jtln_hf.stats.paired_difference`) and a zero line; the tick label repeats them
     (:func:`difference_label`). Below (alone without joint): accuracy per method, one dot per
-    seed and mean ± std, on an axis fitted to the values (bars from 0 % made 86.7 and 88.3 look
-    equal); mean per-class accuracy is added only where it differs from accuracy.
+    seed and mean ± std, on an axis fitted to the values; mean per-class accuracy is added only
+    where it differs from accuracy.
 
     ``summary`` is :func:`jtln_hf.results.summarize`'s output: per method ``"seeds"`` and
     ``{"accuracy"|"mean_per_class_accuracy": {"mean", "std", "per_seed"}}``.

@@ -50,16 +50,20 @@ def save_model_folder(model, folder: str | os.PathLike) -> Path:
 PUSH_IGNORE_PATTERNS = (".*", "*/.*", "__pycache__/", "*/__pycache__/")
 
 
-def _fix_later(folder: Path, repo_id: str, exclude=()) -> str:
-    """The ``hf upload`` line that pushes ``folder`` later, leaving out what this push left out."""
-    patterns = " ".join(f"--exclude '{p}'" for p in (".*", *exclude))
-    return f"The trained model is intact in {folder}; push it without retraining with `hf upload {repo_id} {folder} . {patterns}`"
+def _push_error(repo_id: str, problem: str, folder: Path | None = None, exclude=()) -> HubPushError:
+    """``cannot push to R: <problem and fix>``, and after a failed push the ``hf upload`` line that pushes
+    ``folder`` later, leaving out what this push left out."""
+    later = ""
+    if folder is not None:
+        patterns = " ".join(f"--exclude '{p}'" for p in (".*", *exclude))
+        later = f"; the trained model is intact in {folder}: push it later with `hf upload {repo_id} {folder} . {patterns}`"
+    return HubPushError(f"cannot push to {repo_id}: {problem}{later}.")
 
 
-def _invalid_repo_id(repo_id: str, err: HFValidationError) -> str:
+def _invalid_repo_id(err: HFValidationError) -> str:
     return (
-        f"cannot push to {repo_id}: not a valid repository id ({str(err).splitlines()[0]}). Pass --hub_model_id "
-        "user/name or org/name (letters, digits, '-', '_', '.'; at most 96 characters)."
+        f"not a valid repository id ({str(err).splitlines()[0].rstrip('.')}): pass --hub_model_id user/name or "
+        "org/name (letters, digits, '-', '_', '.'; at most 96 characters)"
     )
 
 
@@ -76,19 +80,14 @@ def check_can_push(repo_id: str, token: str | None = None) -> None:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as err:
-        raise HubPushError(_invalid_repo_id(repo_id, err)) from err
+        raise _push_error(repo_id, _invalid_repo_id(err)) from err
     if constants.HF_HUB_OFFLINE:  # read at call time: what HfApi itself honours
-        raise HubPushError(
-            f"cannot push to {repo_id}: HF_HUB_OFFLINE=1 is set, so the Hub would not be contacted after training. "
-            "Unset it (`unset HF_HUB_OFFLINE`) to train and push, or drop --push_to_hub and push OUTPUT_DIR/model "
-            "later with `hf upload`."
-        )
+        raise _push_error(repo_id, "HF_HUB_OFFLINE=1 is set: `unset HF_HUB_OFFLINE` to train and push, or drop "
+                          "--push_to_hub and push OUTPUT_DIR/model later with `hf upload`")  # fmt: skip
     if token or get_token():
         return
-    raise HubPushError(
-        f"cannot push to {repo_id}: no Hugging Face token found. Log in with `hf auth login` (a token with "
-        "write access, from https://huggingface.co/settings/tokens), or set HF_TOKEN, or pass --hub_token."
-    )
+    raise _push_error(repo_id, "no Hugging Face token found: log in with `hf auth login` (a token with write access, "
+                      "from https://huggingface.co/settings/tokens), set HF_TOKEN or pass --hub_token")  # fmt: skip
 
 
 def push_model_folder(
@@ -155,24 +154,17 @@ def push_model_folder(
             commit_message=commit_message, revision=revision, **({"repo_type": repo_type} if repo_type else {}),
         )  # fmt: skip
     except HFValidationError as err:
-        raise HubPushError(f"{_invalid_repo_id(repo_id, err)} {_fix_later(folder, repo_id, exclude)}") from err
+        raise _push_error(repo_id, _invalid_repo_id(err), folder, exclude) from err
     except LocalTokenNotFoundError as err:
-        raise HubPushError(
-            f"cannot push to {repo_id}: no Hugging Face token found. Log in with `hf auth login` (or set HF_TOKEN, "
-            f"or pass --hub_token). {_fix_later(folder, repo_id, exclude)}"
-        ) from err
+        problem = "no Hugging Face token found: log in with `hf auth login`, set HF_TOKEN or pass --hub_token"
+        raise _push_error(repo_id, problem, folder, exclude) from err
     except OfflineModeIsEnabled as err:
-        raise HubPushError(
-            f"cannot push to {repo_id}: HF_HUB_OFFLINE=1 is set, so the Hub is not contacted. Unset it "
-            f"(`unset HF_HUB_OFFLINE`) and push again. {_fix_later(folder, repo_id, exclude)}"
-        ) from err
+        raise _push_error(repo_id, "HF_HUB_OFFLINE=1 is set: `unset HF_HUB_OFFLINE`", folder, exclude) from err
     except HfHubHTTPError as err:
         status = getattr(getattr(err, "response", None), "status_code", None)
         if status == 401:
-            problem = (
-                "the Hub rejected the token (401 Unauthorized): it is invalid or expired. Create a token with "
-                "write access at https://huggingface.co/settings/tokens and run `hf auth login` again"
-            )
+            problem = ("the Hub rejected the token (401 Unauthorized) as invalid or expired: create a token with "
+                       "write access at https://huggingface.co/settings/tokens and run `hf auth login` again")  # fmt: skip
         elif status == 403:
             problem = (
                 f"no write access to {repo_id} (403 Forbidden): use your own user name or an organisation "
@@ -180,13 +172,11 @@ def push_model_folder(
             )
         else:
             problem = f"the Hub answered with an error ({status or 'no status'}): {str(err).splitlines()[0]}"
-        raise HubPushError(f"cannot push to {repo_id}: {problem}. {_fix_later(folder, repo_id, exclude)}") from err
+        raise _push_error(repo_id, problem, folder, exclude) from err
     except _network_errors() as err:
-        raise HubPushError(
-            f"cannot push to {repo_id}: the Hugging Face Hub ({constants.ENDPOINT}) cannot be reached "
-            f"({type(err).__name__}: {err}). Check the network connection, proxy settings and HF_ENDPOINT, then push "
-            f"again. {_fix_later(folder, repo_id, exclude)}"
-        ) from err
+        problem = (f"the Hugging Face Hub ({constants.ENDPOINT}) cannot be reached ({type(err).__name__}: {err}): "
+                   "check the network connection, proxy settings and HF_ENDPOINT")  # fmt: skip
+        raise _push_error(repo_id, problem, folder, exclude) from err
 
 
 def _has_files_to_push(folder: Path, ignore: list[str] | None = None) -> bool:

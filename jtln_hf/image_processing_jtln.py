@@ -1,19 +1,8 @@
 """Image processor of the JTLN joint image classifier: timm's evaluation transform, any input image.
 
-The processor holds the model's timm data config (``config.data_config``: ``input_size``,
-``interpolation``, ``mean``, ``std``, ``crop_pct``, ``crop_mode``) and applies
-``timm.data.create_transform(**data_config, is_training=False)``, i.e. exactly the evaluation
-transform used in training. Before that, every image is converted to the backbone's channel
-count (``"L"`` for one channel, ``"RGB"`` for three, ``"RGBA"`` for four), so grayscale, RGB, RGBA
-and palette images of any size all work.
-
-Why not transformers' ``TimmWrapperImageProcessor``: it applies the same timm transform but does
-not convert the image mode (an RGB image fed to a one-channel model fails in ``Normalize``), and
-it reads its settings from ``config.json`` only for timm checkpoints.
-
-Like the configuration and modeling files, this file imports only torch, timm, transformers (and
-PIL/numpy, which they need), so ``save_pretrained`` copies it beside ``preprocessor_config.json``
-and ``AutoImageProcessor.from_pretrained(..., trust_remote_code=True)`` works without jtln_hf.
+Every image is converted to the backbone's channels (``"L"``, ``"RGB"`` or ``"RGBA"``), then goes
+through ``timm.data.create_transform(**config.data_config, is_training=False)``, the evaluation
+transform of training. Remote code: imports only torch, timm, transformers (and PIL, numpy).
 """
 
 from __future__ import annotations

@@ -318,7 +318,7 @@ def check_output_dir(output_dir: str | os.PathLike, settings: dict, *, overwrite
         if not any(latest_complete_checkpoint(stage) for stage in stages):
             raise ValueError(f"--resume_from_checkpoint: {out} holds no complete checkpoint to resume from "
                              "(runs/<stage>/checkpoint-<step>); a run saves checkpoints only with --save_strategy "
-                             "steps --save_steps N (the recipe's default is no). Drop --resume_from_checkpoint to "
+                             "steps --save_steps N (the recipe's default is no); drop --resume_from_checkpoint to "
                              "train from the start.")  # fmt: skip
         return
     if overwrite or not out.is_dir():

@@ -1,17 +1,6 @@
-"""The JTLN joint image classifier: one timm backbone, a source head and a target head.
-
-The model only computes predictions (and the plain target cross-entropy when labels are given);
-the joint objective with its optimal-transport term lives in ``jtln_hf.loss``, so that this
-file stays small and imports only torch, timm, transformers and the configuration file. That
-lets ``save_pretrained`` copy the files beside the weights for ``trust_remote_code=True`` users
-(both classes are registered with ``register_for_auto_class``, so ``config.json`` gets an
-``auto_map``).
-
-Target predictions are ``outputs.logits`` (what pipelines use); source predictions are
-``outputs.source_logits``, or ``model.predict_source(pixel_values)`` for probabilities and names.
-
-Reference: Y. Lu, L. Chen, A. Saidi, "Optimal Transport for Deep Joint Transfer Learning",
-arXiv:1709.02995, 2017.
+"""The JTLN joint image classifier: one timm backbone, a source head (``source_logits``) and a target head
+(``logits``); the OT objective is ``jtln_hf.loss``. Remote code: imports only torch, timm, transformers and the
+other two model files. Lu, Chen & Saidi, "Optimal Transport for Deep Joint Transfer Learning", arXiv:1709.02995.
 """
 
 from __future__ import annotations
@@ -55,13 +44,11 @@ class JointClassifierOutput(ModelOutput):
             Cross-entropy of the target head against `labels` (target classes). The joint JTLN
             objective is `jtln_hf.loss.JTLNLoss`, which `JTLNTrainer` evaluates; not computed here.
         logits (`torch.Tensor` of shape `(batch_size, num_labels)`):
-            Target-head scores (before softmax). Named `logits` so that pipelines, metrics and the
-            Hub widget treat the model as an ordinary target-task classifier.
+            Target-head scores (before softmax), what pipelines read.
         source_logits (`torch.Tensor` of shape `(batch_size, num_source_labels)`):
             Source-head scores (before softmax).
         pooler_output (`torch.Tensor` of shape `(batch_size, num_features)`):
-            Pooled backbone features shared by both heads (used for feature-based costs); named as in
-            transformers' vision models.
+            Pooled backbone features shared by both heads (the features-* costs read them).
         hidden_states (`tuple(torch.Tensor)`, *optional*, returned when `output_hidden_states=True`):
             The backbone's intermediate feature maps (timm `forward_intermediates`).
     """
@@ -71,11 +58,6 @@ class JointClassifierOutput(ModelOutput):
     source_logits: torch.Tensor | None = None
     pooler_output: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
-
-    @property
-    def pooled(self) -> torch.Tensor | None:
-        """The former name of `pooler_output`, kept so code written against it still runs."""
-        return self.pooler_output
 
 
 @dataclass
@@ -108,12 +90,8 @@ class JointImageClassifierPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, never downloading timm weights (the checkpoint has them).
-
-        Refuses, with a `ValueError` that says why, a checkpoint whose `cost_matrix` is not a
-        valid ground cost (NaN, inf or negative entries: e.g. an edited file) or whose weights
-        were saved for other label sets than its `config.json` names.
-        """
+        """`PreTrainedModel.from_pretrained` without timm downloads; a `ValueError` when the saved
+        `cost_matrix` is not a valid ground cost or the weights' label sets differ from `config.json`'s."""
         token = _LOADING_CHECKPOINT.set(True)
         try:
             loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
@@ -130,18 +108,13 @@ class JointImageClassifierPreTrainedModel(PreTrainedModel):
                 check_cost_matrix(cost, model.config.num_source_labels, model.config.num_labels)
             except ValueError as err:
                 raise ValueError(
-                    f"checkpoint {pretrained_model_name_or_path}: its cost_matrix is not a valid ground cost: {err} "
-                    "The file was edited or corrupted: restore it, or load with a fresh cost and call "
-                    "model.set_cost_matrix(C)."
+                    f"checkpoint {pretrained_model_name_or_path}: its cost_matrix is not a valid ground cost "
+                    f"({str(err).rstrip('.')}); restore the file, or set a new one with model.set_cost_matrix(C)."
                 ) from None
         return loaded
 
     def _init_weights(self, module: nn.Module) -> None:
-        """Initialise the two heads only.
-
-        The default `PreTrainedModel._init_weights` re-initialises every Linear/Conv/Norm, which
-        would destroy timm's own initialisation (and pretrained weights) of the backbone.
-        """
+        """Initialise the two heads only: the backbone keeps timm's initialisation or pretrained weights."""
         if isinstance(module, nn.Linear) and module in (
             getattr(self, "source_head", None),
             getattr(self, "target_head", None),
@@ -273,28 +246,12 @@ class JointImageClassifier(JointImageClassifierPreTrainedModel):
         return ClassPrediction(probabilities, label_ids, [names[int(i)] for i in label_ids], best)
 
     def to_timm(self) -> nn.Module:
-        """The target network (backbone + target head) as a plain timm classifier, in eval mode.
+        """The target network (backbone + target head as timm's classifier) as a plain timm model, in eval mode.
 
-        ``timm.create_model(architecture, num_classes=L_t, **backbone_kwargs)`` loads the backbone's
-        weights and, as its classifier (``get_classifier()``, ``pretrained_cfg["classifier"]``), the
-        target head: its ``forward`` gives this model's target ``logits``. Head dropout is an
-        identity at inference and is not carried over.
-
-        A one-channel (grayscale) model becomes a three-channel one, since timm's processor and the
-        image-classification pipeline hand RGB images to the model: the first convolution
-        (``pretrained_cfg["first_conv"]``) gets the grayscale kernel times PIL's luma weights
-        :data:`LUMA_RGB` on R, G, B. On a gray image (R = G = B) that is the same function; on a
-        colour image it differs from this model's processor (which converts to "L" in uint8) only
-        by that conversion's rounding, at most 0.5/255 per pixel before normalisation.
-
-        Raises
-        ------
-        TimmExportError
-            The backbone cannot be mapped: its input has neither 1 nor 3 channels (a 4-channel model
-            needs RGBA, which the pipeline does not give); timm's classifier for it is not one
-            ``nn.Linear`` on the pooled features (e.g. ``dla*``: a 1x1 Conv2d; distilled DeiT: two
-            heads); its weights with a classifier differ from those without one beyond the
-            classifier; or a grayscale model's first layer is not a single ``nn.Conv2d``.
+        A grayscale model takes RGB: its first convolution's kernel is repeated over R, G, B times PIL's
+        luma weights :data:`LUMA_RGB`, the same function on gray images. Raises :class:`TimmExportError`
+        when the input has neither 1 nor 3 channels, timm's classifier is not one ``nn.Linear`` on the
+        pooled features, or the weights do not map one to one.
         """
         config = self.config
         in_chans = int(config.data_config["input_size"][0])
@@ -341,17 +298,8 @@ class JointImageClassifier(JointImageClassifierPreTrainedModel):
         return export.to(self.target_head.weight.device).eval()
 
     def save_timm(self, folder: str | os.PathLike) -> None:
-        """Write :meth:`to_timm` as a timm model folder (``timm.models.save_for_hf``).
-
-        ``model.safetensors`` and ``config.json``: the architecture, ``num_classes``, ``label_names``
-        (``config.id2label``), ``model_args`` and the preprocessing as timm's ``pretrained_cfg``
-        (``config.data_config``: input size, mean, std, interpolation, crop; repeated over R, G, B
-        for a grayscale model). It loads without jtln_hf and without remote code:
-        ``timm.create_model("local-dir:FOLDER", pretrained=True)``,
-        ``TimmWrapperForImageClassification.from_pretrained(FOLDER)`` and
-        ``pipeline("image-classification", model=FOLDER)``. The source head, the cost matrix and the
-        transport plan are not part of it. Raises :class:`TimmExportError` like :meth:`to_timm`.
-        """
+        """Write :meth:`to_timm` as a timm model folder (``timm.models.save_for_hf``): weights, label names and
+        ``config.data_config`` as timm's ``pretrained_cfg``, loadable without jtln_hf (``local-dir:FOLDER``)."""
         export = self.to_timm()
         data = dict(self.config.data_config)
         channels = int(data["input_size"][0])
@@ -395,11 +343,9 @@ def _label_mismatch_message(cls, path, kwargs) -> str:
         pass
     saved = f"cost_matrix of shape {shape} (L_s, L_t)" if shape else "a cost_matrix and heads"
     return (
-        f"checkpoint {path}: its weights hold {saved}, but config.json names {config.num_source_labels} source "
-        f"classes (source_id2label) and {config.num_labels} target classes (id2label). The label maps and the "
-        "cost matrix must describe the same classes: restore the config.json saved with these weights, or pass "
-        "ignore_mismatched_sizes=True to start new heads and a zero cost for the new label sets (then "
-        "model.set_cost_matrix(C) and train)."
+        f"checkpoint {path}: its weights hold {saved} but config.json names {config.num_source_labels} source "
+        f"classes (source_id2label) and {config.num_labels} target classes (id2label); restore the config.json "
+        "saved with these weights, or pass ignore_mismatched_sizes=True for new heads and a zero cost."
     )
 
 

@@ -166,10 +166,6 @@ def write_demo(
     return folder
 
 
-#: Files of the model folder a Space copies (the model itself is loaded by repository id).
-DEMO_FILES = ("app.py", "demo.json")
-
-
 def write_space_folder(
     model_folder: str | os.PathLike, out: str | os.PathLike, *, model_id: str, revision: str | None,
     title: str | None = None,

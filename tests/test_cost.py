@@ -41,7 +41,7 @@ def test_relation_with_default():
     raw = cost_from_relation(relation, ["a", "b"], ["x", "y", "z"], default=2.0, normalize="none")
     np.testing.assert_array_equal(raw, [[0.0, 0.5, 2.0], [2.0, 2.0, 0.25]])
     assert raw.dtype == np.float64
-    scaled = cost_from_relation(relation, ["a", "b"], ["x", "y", "z"], default=2.0)  # minmax
+    scaled = cost_from_relation(relation, ["a", "b"], ["x", "y", "z"], default=2.0, normalize="minmax")
     np.testing.assert_allclose(scaled, [[0.0, 0.25, 1.0], [1.0, 1.0, 0.125]])
 
 
@@ -69,7 +69,7 @@ def test_hierarchy_tree_distances():
     cost = cost_from_hierarchy(TREE, ["shirt", "sneaker"], ["t-shirt", "sandal", "top"], normalize="none")
     expected = np.array([[2.0, 4.0, 1.0], [4.0, 2.0, 3.0]])
     np.testing.assert_array_equal(cost, expected)
-    scaled = cost_from_hierarchy(TREE, ["shirt", "sneaker"], ["t-shirt", "sandal", "top"])
+    scaled = cost_from_hierarchy(TREE, ["shirt", "sneaker"], ["t-shirt", "sandal", "top"], normalize="minmax")
     np.testing.assert_allclose(scaled, [[1 / 3, 1.0, 0.0], [1.0, 1 / 3, 2 / 3]])
 
 
@@ -318,6 +318,24 @@ def test_normalize_column_on_a_prior_like_matrix():
     out = normalize_cost(PRIOR_LIKE, "column")
     np.testing.assert_allclose(out, expected, atol=1e-12)
     np.testing.assert_array_equal(out.min(axis=0), np.zeros(5))
+
+
+def test_normalize_cost_and_every_builder_default_to_the_recipes_normalisation():
+    """The library's default normalisation is ``--cost_normalization``'s: ``column``, the same bits."""
+    from jtln_hf.arguments import JTLNArguments
+    from jtln_hf.cost import DEFAULT_NORMALIZATION, NORMALIZATIONS, cost_from_relationship
+
+    assert DEFAULT_NORMALIZATION == JTLNArguments().cost_normalization == "column" and "column" in NORMALIZATIONS
+    np.testing.assert_array_equal(normalize_cost(PRIOR_LIKE), normalize_cost(PRIOR_LIKE, "column"))
+    relation, names = {"a": {"x": 0.0, "y": 0.5}, "b": {"z": 0.25}}, (["a", "b"], ["x", "y", "z"])
+    points, ids = [[0.0, 0.0], [6.0, 8.0]], [0, 1]  # centroid costs [[0, 5], [10, 5]]
+    for build in (
+        lambda **kw: cost_from_relation(relation, *names, default=2.0, **kw),
+        lambda **kw: cost_from_hierarchy(TREE, ["shirt", "sneaker"], ["t-shirt", "sandal", "top"], **kw),
+        lambda **kw: cost_from_features(points, ids, [[0.0, 0.0], [3.0, 4.0]], ids, method="centroid", **kw),
+        lambda **kw: cost_from_relationship([[0.5, 0.5, 0.0], [0.1, 0.1, 0.8]], **kw),
+    ):
+        np.testing.assert_array_equal(build(), normalize_cost(build(normalize="none"), "column"))
 
 
 # ----------------------------------------------------------------------------- validate

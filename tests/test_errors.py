@@ -280,8 +280,8 @@ def test_training_set_missing_a_column():
 # -------------------------------------------------------------------------------------- images
 def test_unreadable_image_named_before_training():
     target = image_dataset([png(), png(), b"this is not an image", png()], [0, 1, 0, 1])
-    with pytest.raises(ValueError, match=r"the target dataset has 1 image\(s\) that cannot be read: row 2: "
-                                         r"UnidentifiedImageError.*Remove or replace them"):
+    with pytest.raises(ValueError, match=r"the target dataset has 1 image\(s\) that cannot be read \(row 2: "
+                                         r"UnidentifiedImageError.*\): remove or replace them"):
         jdata.build_joint_dataset(None, target)
 
 

@@ -279,7 +279,7 @@ def _http_error(status: int) -> HfHubHTTPError:
 
 
 @pytest.mark.parametrize("error,expected", [
-    (LocalTokenNotFoundError("Token is required"), "no Hugging Face token found. Log in with `hf auth login`"),
+    (LocalTokenNotFoundError("Token is required"), "no Hugging Face token found: log in with `hf auth login`"),
     (_http_error(401), "rejected the token (401 Unauthorized)"),
     (_http_error(403), "no write access to tester/jtln-tiny (403 Forbidden)"),
     (_http_error(500), "the Hub answered with an error (500)"),

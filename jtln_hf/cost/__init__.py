@@ -9,18 +9,11 @@ class ``j``".
 Every builder here returns a ``float64`` :class:`numpy.ndarray` of shape ``(L_s, L_t)``:
 **rows are source classes, columns are target classes**.
 
-Builders
---------
-* :func:`cost_from_relation` -- hand-written source -> target costs.
-* :func:`cost_from_hierarchy` -- tree distance in a label hierarchy (e.g. WordNet).
-* :func:`cost_from_features` -- from features of a pre-trained network: the paper's
-  "fc7-OT" (``method="ot"``) and "fc7-MKMMD" (``method="mmd"``), or class-centroid
-  distances (``method="centroid"``).
-* :func:`load_cost` -- a matrix saved as ``.npy`` or ``.csv`` (plain or labelled).
-
-:func:`normalize_cost` rescales a cost (see its docstring for why ``"column"`` matters) and
-:func:`validate_cost` returns a cost as float64 after the one check every consumer of a cost
-runs (:func:`jtln_hf.configuration_jtln.check_cost_matrix`).
+Builders (each ends with :func:`normalize_cost`, by default :data:`DEFAULT_NORMALIZATION`):
+:func:`cost_from_relation` (hand-written costs), :func:`cost_from_hierarchy` (tree distance in a
+label hierarchy), :func:`cost_from_features` (the paper's fc7-OT and fc7-MKMMD, or class
+centroids) and :func:`cost_from_relationship` (Co-Tuning's relationship). :func:`load_cost` reads
+a ``.npy`` or ``.csv`` matrix as written; :func:`validate_cost` checks C against a model's classes.
 """
 
 from __future__ import annotations
@@ -36,21 +29,19 @@ from .features import (
 )
 from .files import (
     FASHION_MNIST_PRIOR_PATH,
-    FASHION_MNIST_PRIOR_SOURCE_LABELS,
-    FASHION_MNIST_PRIOR_TARGET_LABELS,
     load_cost,
 )
-from .normalize import COST_NORMALIZATIONS, normalize_cost, validate_cost
+from .normalize import COST_NORMALIZATIONS, DEFAULT_NORMALIZATION, NORMALIZATIONS, normalize_cost, validate_cost
 from .priors import cost_from_hierarchy, cost_from_relation
 from .relationship import category_relationship, cost_from_relationship
 
 __all__ = [
     "COST_NORMALIZATIONS",
+    "DEFAULT_NORMALIZATION",
+    "NORMALIZATIONS",
     "FEATURE_COST_METHODS",
     "MMD_BANDWIDTH_MULTIPLIERS",
     "FASHION_MNIST_PRIOR_PATH",
-    "FASHION_MNIST_PRIOR_SOURCE_LABELS",
-    "FASHION_MNIST_PRIOR_TARGET_LABELS",
     "category_relationship",
     "compute_class_pairwise",
     "cost_from_features",

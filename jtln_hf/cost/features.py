@@ -10,7 +10,7 @@ import ot
 from scipy.spatial.distance import pdist
 
 
-from .normalize import COST_NORMALIZATIONS, _check_method, _to_numpy, normalize_cost
+from .normalize import COST_NORMALIZATIONS, DEFAULT_NORMALIZATION, _check_method, _to_numpy, normalize_cost
 
 
 FEATURE_COST_METHODS = ("ot", "mmd", "centroid")
@@ -40,11 +40,9 @@ def wasserstein2(x: np.ndarray, y: np.ndarray) -> float:
 
 def mmd_bandwidths(features: np.ndarray, *, seed: int = 0,
                    multipliers: Sequence[float] = MMD_BANDWIDTH_MULTIPLIERS) -> np.ndarray:
-    """Gaussian bandwidths ``sigma_k = median pairwise distance x multiplier_k``.
+    """Gaussian bandwidths ``sigma_k = median pairwise distance x multiplier_k`` (the median heuristic).
 
-    The median Euclidean distance is taken over the pooled ``features`` (a seeded random
-    subset of at most 2000 rows when larger). Falls back to the mean distance, then to 1,
-    when the median is 0 (mostly duplicate rows).
+    Over at most 2000 seeded random rows of ``features``; the mean distance, then 1, when the median is 0.
     """
     features = _to_numpy(features)
     if len(features) > _MEDIAN_MAX_POINTS:
@@ -135,56 +133,28 @@ def cost_from_features(
     max_per_class: int | None = 200,
     seed: int = 0,
     bandwidths: Sequence[float] | None = None,
-    normalize: str = "minmax",
+    normalize: str = DEFAULT_NORMALIZATION,
 ) -> np.ndarray:
-    r"""Cost from features of a (pre-trained) network, e.g. its penultimate layer.
+    r"""Cost from the features of a network (e.g. its pooled features), then :func:`normalize_cost`.
 
-    With :math:`X_i` the features of source class ``i`` and :math:`Y_j` those of target
-    class ``j``:
-
-    * ``"ot"`` (the paper's **fc7-OT**): :math:`C_{ij} = W_2(X_i, Y_j)`, the exact OT
-      distance with uniform weights and squared-Euclidean ground metric, square-rooted
-      (:func:`wasserstein2`, via :func:`ot.emd2` / :func:`ot.dist`).
-    * ``"mmd"`` (the paper's **fc7-MKMMD**): :math:`C_{ij} = \mathrm{MMD}^2(X_i, Y_j)`,
-      biased V-statistic with a sum of Gaussian kernels
-      :math:`\exp(-\|x-y\|^2 / (2\sigma_s^2))`, clipped at 0 (:func:`mmd2`). Unless
-      ``bandwidths`` is given, :math:`\sigma_s` = median pairwise distance of the pooled
-      (subsampled) source and target features × (0.25, 0.5, 1, 2, 4), computed once so that
-      every class pair uses the same kernels (:func:`mmd_bandwidths`). References:
-      Gretton et al. 2012 (JMLR, NIPS); Long et al. 2015 (DAN).
-    * ``"centroid"``: :math:`C_{ij} = \|\bar X_i - \bar Y_j\|_2`, Euclidean distance
-      between class means (all rows are used; ``max_per_class`` is ignored).
-
-    Reference: Lu, Chen & Saidi 2017, "Optimal Transport for Deep Joint Transfer Learning".
+    With :math:`X_i` the features of source class ``i`` and :math:`Y_j` those of target class ``j``
+    (Lu, Chen & Saidi 2017): ``"ot"`` (fc7-OT) :math:`C_{ij} = W_2(X_i, Y_j)` (:func:`wasserstein2`);
+    ``"mmd"`` (fc7-MKMMD) :math:`C_{ij} = \mathrm{MMD}^2(X_i, Y_j)` (:func:`mmd2`, one set of
+    :func:`mmd_bandwidths` over the pooled features unless ``bandwidths`` is given); ``"centroid"``
+    :math:`C_{ij} = \|\bar X_i - \bar Y_j\|_2` (every row, ``max_per_class`` ignored).
 
     Parameters
     ----------
     source_features, target_features : array-like or torch.Tensor, shape (N, D)
     source_labels, target_labels : array-like or torch.Tensor, shape (N,)
-        Integer class ids in each domain's own label space ``[0, L)``.
-    method : {"ot", "mmd", "centroid"}
-    num_source_labels, num_target_labels : int, optional
-        ``L_s`` / ``L_t``; default ``max(label) + 1``. Every class needs at least one row.
+        Class ids in ``[0, L)``; ``num_source_labels`` / ``num_target_labels`` default to ``max + 1``.
     max_per_class : int or None
-        For ``"ot"``/``"mmd"``, a seeded random subset of at most this many rows per class
-        (cost is quadratic/cubic in it). ``None`` uses all rows.
-    seed : int
-        Seed of the subsampling.
-    bandwidths : sequence of float, optional
-        Explicit Gaussian bandwidths :math:`\sigma_s` for ``"mmd"``.
-    normalize : str
-        One of :data:`COST_NORMALIZATIONS`.
+        For ``"ot"`` and ``"mmd"``: a random subset of at most this many rows per class, drawn with ``seed``.
 
     Returns
     -------
     numpy.ndarray
-        float64, shape ``(L_s, L_t)``.
-
-    Raises
-    ------
-    ValueError
-        On an unknown method, mismatched shapes, labels out of range, or a class with no
-        rows (the message names the class and the domain).
+        float64, shape ``(L_s, L_t)``; a class without rows raises ``ValueError``.
     """
     _check_method(method, FEATURE_COST_METHODS, "feature cost method")
     _check_method(normalize, COST_NORMALIZATIONS, "cost normalization")

@@ -15,8 +15,6 @@ from .normalize import COST_NORMALIZATIONS, _check_labels_shape, _check_method, 
 
 #: Hand-written prior for the embedded Fashion-MNIST split (rows source, columns target), labelled CSV.
 FASHION_MNIST_PRIOR_PATH = Path(__file__).resolve().parent.parent / "resources" / "fashion_mnist_prior.csv"
-FASHION_MNIST_PRIOR_SOURCE_LABELS = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Sneaker")
-FASHION_MNIST_PRIOR_TARGET_LABELS = ("Shirt", "Coat", "Sandal", "Bag", "Ankle boot")
 
 
 # --------------------------------------------------------------------------- files
@@ -73,34 +71,13 @@ def load_cost(
     *,
     normalize: str = "none",
 ) -> np.ndarray:
-    """Load a cost matrix from ``.npy`` or ``.csv``.
+    """Load a cost matrix C (rows source classes, columns target classes) from ``.npy`` or ``.csv``.
 
-    * ``.npy``: a 2-D array, rows = source classes, columns = target classes.
-    * ``.csv`` plain: numbers only, same layout.
-    * ``.csv`` labelled: first row = target names, first column = source names, top-left
-      cell anything (leave it empty or non-numeric: a file whose every cell parses as a
-      number is read as plain). When ``source_labels``/``target_labels`` are given the rows/
-      columns are selected and reordered to them; a name missing from the file is an error.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-    source_labels, target_labels : sequence of str, optional
-        When given, the result must have ``len(source_labels)`` rows / ``len(target_labels)``
-        columns.
-    normalize : str
-        One of :data:`COST_NORMALIZATIONS` (default ``"none"``: the file is used as is).
-
-    Returns
-    -------
-    numpy.ndarray
-        float64, shape ``(L_s, L_t)``.
-
-    Raises
-    ------
-    ValueError
-        On an unknown extension, a malformed file, NaN/inf, a missing label name, or a shape
-        that does not match the given label lists (both shapes are named).
+    A ``.csv`` is plain (numbers only) or labelled: target names in its first row, source names in
+    its first column (a file whose every cell is a number is plain). Given ``source_labels`` /
+    ``target_labels``, a labelled file's rows / columns are picked and ordered by name, and C must
+    have their lengths. ``normalize`` (one of :data:`NORMALIZATIONS`) defaults to ``"none"``: a
+    file is read as written, and its callers (``--cost``) normalise it after. Returns float64.
     """
     path = Path(path)
     _check_method(normalize, COST_NORMALIZATIONS, "cost normalization")

@@ -1,4 +1,5 @@
-"""Checks shared by the cost builders, :func:`normalize_cost` and :func:`validate_cost`."""
+"""The normalisations of C (:data:`NORMALIZATIONS`, :data:`DEFAULT_NORMALIZATION`), :func:`normalize_cost`,
+:func:`validate_cost` and the input checks every cost builder shares."""
 
 from __future__ import annotations
 
@@ -9,7 +10,16 @@ import numpy as np
 from ..configuration_jtln import check_cost_matrix
 
 
-COST_NORMALIZATIONS = ("none", "minmax", "max", "column")
+#: Each normalisation of C and what it does, in a few words (CLI help, the cost figure's title, the model card).
+NORMALIZATIONS = {
+    "none": "not rescaled",
+    "minmax": "rescaled to [0, 1]",
+    "max": "divided by its maximum",
+    "column": "rescaled to [0, 1], each column shifted to min 0",
+}
+COST_NORMALIZATIONS = tuple(NORMALIZATIONS)
+#: The normalisation of :func:`normalize_cost`, of every builder here and of ``--cost_normalization``.
+DEFAULT_NORMALIZATION = "column"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -67,38 +77,29 @@ def _check_labels_shape(cost: np.ndarray, source_labels: Sequence[str] | None,
 # --------------------------------------------------------------------------- normalise / validate
 
 
-def normalize_cost(cost: Any, method: str = "minmax") -> np.ndarray:
-    r"""Rescale a cost matrix.
+def normalize_cost(cost: Any, method: str = DEFAULT_NORMALIZATION) -> np.ndarray:
+    r"""Rescale a cost matrix C (rows source classes, columns target classes).
+
+    * ``"none"``: C unchanged (as float64).
+    * ``"minmax"``: :math:`(C - \min C) / (\max C - \min C)`, in ``[0, 1]``.
+    * ``"max"``: :math:`C / \max C` (needs :math:`\max C \ge 0`).
+    * ``"column"`` (default): ``"minmax"``, then :math:`C_{ij} - \min_k C_{kj}`, so that every
+      target class has a source class of cost 0 (docs/design.md, "Decisions").
+
+    A constant C carries no class structure: ``"minmax"``, ``"column"`` and ``"max"`` (of zeros)
+    return zeros for it.
 
     Parameters
     ----------
     cost : array-like, shape (L_s, L_t)
-        Finite costs, rows = source classes, columns = target classes.
-    method : {"none", "minmax", "max", "column"}
-        * ``"none"``: returned unchanged (as float64).
-        * ``"minmax"``: :math:`(C - \min C) / (\max C - \min C)`, values in ``[0, 1]``.
-        * ``"max"``: :math:`C / \max C` (keeps 0 as "free"; needs :math:`\max C \ge 0`).
-        * ``"column"``: ``"minmax"`` and then each column shifted to a minimum of 0,
-          :math:`C_{ij} \leftarrow C_{ij} - \min_k C_{kj}`, so every target class has at
-          least one free source class.
+        Finite costs.
+    method : str
+        One of :data:`NORMALIZATIONS`.
 
     Returns
     -------
     numpy.ndarray
-        float64, same shape. A constant matrix carries no information about which source
-        class suits which target class, so ``"minmax"``, ``"max"`` (when all zeros) and
-        ``"column"`` return zeros for it.
-
-    Notes
-    -----
-    Why ``"column"`` exists (docs/design.md, "Decisions"): in the OT term every prediction of
-    target class ``j`` costs at least :math:`\min_i C_{ij}`. A target class with no cheap
-    source class (``Bag`` in the Fashion-MNIST prior, whose column is all 0.8 or 1) is thus
-    penalised as a whole and the target head is pushed away from it. Shifting each column to
-    a minimum of 0 removes that bias while keeping the ranking of source classes within
-    each column; on the Fashion-MNIST split it gave most of JTLN's gain (79.9 vs 78.8 %
-    at 5 shots, 87.9 vs 87.5 % at 20 shots). It is the training default, chosen by the
-    trainer/recipe; this function's own default stays ``"minmax"``.
+        float64, the shape of ``cost``.
     """
     _check_method(method, COST_NORMALIZATIONS, "cost normalization")
     c = _to_numpy(cost).copy()

@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 
-from .normalize import _check_unique, normalize_cost
+from .normalize import DEFAULT_NORMALIZATION, _check_unique, normalize_cost
 
 
 # --------------------------------------------------------------------------- relation / hierarchy
@@ -20,34 +20,13 @@ def cost_from_relation(
     target_labels: Sequence[str],
     *,
     default: float = 1.0,
-    normalize: str = "minmax",
+    normalize: str = DEFAULT_NORMALIZATION,
 ) -> np.ndarray:
-    """Cost from hand-written source -> target costs.
+    """Cost from hand-written source -> target costs, then :func:`normalize_cost`.
 
-    ``C[i, j] = relation[source_labels[i]][target_labels[j]]`` when listed, else ``default``;
-    then :func:`normalize_cost` with ``normalize``.
-
-    Parameters
-    ----------
-    relation : mapping of source name -> {target name: cost}
-        Finite costs; lower means more related. Every name must be in the label lists
-        (a typo would otherwise silently fall back to ``default``).
-    source_labels, target_labels : sequence of str
-        Class names, in the order of the model's source / target heads.
-    default : float
-        Cost of pairs not listed.
-    normalize : str
-        One of :data:`COST_NORMALIZATIONS`.
-
-    Returns
-    -------
-    numpy.ndarray
-        float64, shape ``(len(source_labels), len(target_labels))``.
-
-    Raises
-    ------
-    ValueError
-        On an unknown name (the message lists the valid names) or a non-finite cost.
+    ``C[i, j] = relation[source_labels[i]][target_labels[j]]`` when listed, else ``default``; lower
+    means more related. Every name in ``relation`` must be in the label lists, so that a typo
+    cannot fall back to ``default``. Returns float64 of shape ``(len(source_labels), len(target_labels))``.
     """
     src = {name: i for i, name in enumerate(_check_unique(source_labels, "source"))}
     tgt = {name: j for j, name in enumerate(_check_unique(target_labels, "target"))}
@@ -97,35 +76,13 @@ def cost_from_hierarchy(
     source_labels: Sequence[str],
     target_labels: Sequence[str],
     *,
-    normalize: str = "minmax",
+    normalize: str = DEFAULT_NORMALIZATION,
 ) -> np.ndarray:
-    """Cost from a label tree: ``C[i, j]`` = number of edges on the tree path between
-    source label ``i`` and target label ``j``.
+    """Cost from a label tree, then :func:`normalize_cost`: ``C[i, j]`` = edges between labels ``i`` and ``j``.
 
-    The tree distance is ``depth(i) + depth(j) - 2 depth(lca(i, j))``, as in WordNet path
-    distances (prior-knowledge costs in the spirit of the paper's abstract; not one of its
-    two experimental variants).
-
-    Parameters
-    ----------
-    parents : mapping of child name -> parent name
-        The root maps to ``None`` or is absent as a key. Nodes need not be labels
-        (internal nodes such as ``"clothing"`` are fine).
-    source_labels, target_labels : sequence of str
-        Class names; each must occur in ``parents`` (as a key or as a parent).
-    normalize : str
-        One of :data:`COST_NORMALIZATIONS`.
-
-    Returns
-    -------
-    numpy.ndarray
-        float64, shape ``(len(source_labels), len(target_labels))``.
-
-    Raises
-    ------
-    ValueError
-        On an unknown label, a cycle anywhere in ``parents``, or two labels without a
-        common root.
+    The tree distance ``depth(i) + depth(j) - 2 depth(lca(i, j))`` (as WordNet path distances).
+    ``parents`` maps child -> parent (the root to ``None`` or absent); inner nodes need not be
+    labels. Raises ``ValueError`` on an unknown label, a cycle or two labels without a common root.
     """
     source_labels = _check_unique(source_labels, "source")
     target_labels = _check_unique(target_labels, "target")

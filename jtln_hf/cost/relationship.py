@@ -8,7 +8,7 @@ import numpy as np
 
 
 from .features import _group_by_class
-from .normalize import COST_NORMALIZATIONS, _check_finite, _check_method, _to_numpy, normalize_cost
+from .normalize import COST_NORMALIZATIONS, DEFAULT_NORMALIZATION, _check_finite, _check_method, _to_numpy, normalize_cost
 
 
 # --------------------------------------------------------------------------- relationship
@@ -48,27 +48,14 @@ def category_relationship(source_probs: Any, target_labels: Any, num_target_labe
     return np.stack([g.mean(0) for g in groups])
 
 
-def cost_from_relationship(relationship: Any, *, floor: float = 1e-6, normalize: str = "minmax") -> np.ndarray:
+def cost_from_relationship(
+    relationship: Any, *, floor: float = 1e-6, normalize: str = DEFAULT_NORMALIZATION
+) -> np.ndarray:
     r"""A JTLN cost from a category relationship: :math:`C_{ij} = -\log p(y_s = i \mid y_t = j)`.
 
-    A source class the source head often predicts for target class ``j`` is a cheap teacher for
-    ``j``: a data-driven cost that needs neither a prior nor a feature-set distance
-    (:func:`category_relationship` gives the relationship). Probabilities are floored at
-    ``floor`` so that a never-predicted pair costs :math:`-\log(\text{floor})`, not infinity.
-
-    Parameters
-    ----------
-    relationship : array-like, shape (L_t, L_s)
-        :math:`p(y_s \mid y_t)`, one distribution over source classes per target class.
-    floor : float
-        Smallest probability used in the logarithm.
-    normalize : str
-        One of :data:`COST_NORMALIZATIONS`, applied to the ``(L_s, L_t)`` result.
-
-    Returns
-    -------
-    numpy.ndarray
-        float64, shape ``(L_s, L_t)`` (rows source, columns target, as every cost here).
+    ``relationship`` is :math:`p(y_s \mid y_t)`, shape ``(L_t, L_s)`` (:func:`category_relationship`);
+    probabilities are floored at ``floor``, so a never-predicted pair costs :math:`-\log(\text{floor})`.
+    Returns float64 of shape ``(L_s, L_t)``, after :func:`normalize_cost` with ``normalize``.
     """
     _check_method(normalize, COST_NORMALIZATIONS, "cost normalization")
     rel = _to_numpy(relationship)

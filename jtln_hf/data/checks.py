@@ -43,8 +43,8 @@ def check_images(ds: datasets.Dataset, name: str = "dataset", *, full_decode: bo
     if bad:
         shown = "; ".join(bad[:5]) + (f"; ... ({len(bad)} in all)" if len(bad) > 5 else "")
         raise ValueError(
-            f"{name} has {len(bad)} image(s) that cannot be read: {shown}. Remove or replace them "
-            f"(e.g. {name}.select([...]) without those rows) before training."
+            f"{name} has {len(bad)} image(s) that cannot be read ({shown}): remove or replace them "
+            "(e.g. select the other rows with Dataset.select) before training."
         )
     if cache_key[0] is not None:
         _CHECKED.add(cache_key)
@@ -53,7 +53,7 @@ def check_images(ds: datasets.Dataset, name: str = "dataset", *, full_decode: bo
 #: :func:`check_images` decodes every image of datasets up to this size (few-shot target sets).
 FULL_DECODE_MAX_ROWS = 2000
 #: ... and parses every image header of datasets up to this size (Fashion-MNIST's 30,000 source
-#: images: ~1 s); larger ones are left to the batch transform, which names an unreadable row.
+#: images); larger ones are left to the batch transform, which names an unreadable row.
 HEADER_CHECK_MAX_ROWS = 50_000
 _CHECKED: set[tuple[str, bool]] = set()
 

@@ -1,4 +1,5 @@
-"""Classification metrics as local ``evaluate`` modules, loaded by path so they work offline.
+"""Classification metrics as a local ``evaluate`` module (``metrics/classification``), loaded by path so they
+work offline (the Hub's own ``accuracy`` needs the network).
 
 ``compute_classification_metrics`` is the ``compute_metrics`` function given to the Trainer:
 accuracy, mean per-class accuracy and top-k accuracy of the target head.
@@ -14,14 +15,15 @@ import numpy as np
 
 METRICS_DIR = Path(__file__).parent
 METRIC_NAMES = ("accuracy", "mean_per_class_accuracy", "top_k_accuracy")
+_MODULE = METRICS_DIR / "classification" / "classification.py"
 
 
 @lru_cache(maxsize=None)
 def load_metric(name: str) -> evaluate.EvaluationModule:
-    """``evaluate.load`` of a module shipped in this folder (no network)."""
+    """``evaluate.load`` of the metric ``name`` from the module shipped in this folder (no network)."""
     if name not in METRIC_NAMES:
         raise ValueError(f"unknown metric {name!r}: choose from {METRIC_NAMES}.")
-    return evaluate.load(str(METRICS_DIR / name / f"{name}.py"))
+    return evaluate.load(str(_MODULE), config_name=name)
 
 
 def compute_classification_metrics(eval_pred, top_k: int = 5) -> dict[str, float]:

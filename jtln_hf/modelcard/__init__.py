@@ -11,70 +11,8 @@ Used by :func:`jtln_hf.results.save_model` (the recipe's ``model/`` folder) and 
 
 from __future__ import annotations
 
-from .facts import (
-    HUB_URL,
-    PAPER_URL,
-    PROJECT_URL_LABELS,
-    TAGS,
-    TEACHER_MIN_RATIO,
-    TOP_K_MAX_CHANCE,
-    comparison_facts,
-    cost_ties,
-    default_model_name,
-    has_cost,
-    hub_url,
-    label_names,
-    package_reference,
-    project_urls,
-    reported_metrics,
-    strongest_teachers,
-    top_k_of,
-    training_hyperparameters,
-)
-from .render import (
-    COMPARE_FIGURE,
-    COST_FIGURE,
-    METRIC_NAMES,
-    NORMALIZATION_TEXT,
-    PLAN_FIGURE,
-    TEMPLATE_PATH,
-    cost_markdown,
-    eval_results,
-    render_model_card,
-    save_model_card,
-    write_figures,
-    write_model_card,
-)
+from . import facts, render
+from .facts import *  # noqa: F403 (the names of facts.__all__)
+from .render import *  # noqa: F403 (the names of render.__all__)
 
-__all__ = [
-    "COMPARE_FIGURE",
-    "COST_FIGURE",
-    "HUB_URL",
-    "METRIC_NAMES",
-    "NORMALIZATION_TEXT",
-    "PAPER_URL",
-    "PLAN_FIGURE",
-    "PROJECT_URL_LABELS",
-    "TAGS",
-    "TEACHER_MIN_RATIO",
-    "TEMPLATE_PATH",
-    "TOP_K_MAX_CHANCE",
-    "comparison_facts",
-    "cost_markdown",
-    "cost_ties",
-    "default_model_name",
-    "eval_results",
-    "has_cost",
-    "hub_url",
-    "label_names",
-    "package_reference",
-    "project_urls",
-    "render_model_card",
-    "reported_metrics",
-    "save_model_card",
-    "strongest_teachers",
-    "top_k_of",
-    "training_hyperparameters",
-    "write_figures",
-    "write_model_card",
-]
+__all__ = [*facts.__all__, *render.__all__]

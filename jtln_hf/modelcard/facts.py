@@ -16,6 +16,27 @@ from ..data import source_rows_per_batch
 from ..method_styles import METHOD_STYLES
 from ..version import __version__
 
+__all__ = [
+    "HUB_URL",
+    "PAPER_URL",
+    "PROJECT_URL_LABELS",
+    "TAGS",
+    "TEACHER_MIN_RATIO",
+    "TOP_K_MAX_CHANCE",
+    "comparison_facts",
+    "cost_ties",
+    "default_model_name",
+    "has_cost",
+    "hub_url",
+    "label_names",
+    "package_reference",
+    "project_urls",
+    "reported_metrics",
+    "strongest_teachers",
+    "top_k_of",
+    "training_hyperparameters",
+]
+
 
 PAPER_URL = "https://arxiv.org/abs/1709.02995"
 HUB_URL = "https://huggingface.co"

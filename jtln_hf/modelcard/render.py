@@ -13,6 +13,7 @@ import numpy as np
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .. import figures as _figures
+from ..cost import NORMALIZATIONS
 from ..io import atomic_write_text
 from ..method_styles import METHOD_STYLES
 from .facts import (
@@ -32,22 +33,32 @@ from .facts import (
     top_k_of,
 )
 
+__all__ = [
+    "COMPARE_FIGURE",
+    "COST_FIGURE",
+    "METRIC_NAMES",
+    "NORMALIZATION_TEXT",
+    "PLAN_FIGURE",
+    "TEMPLATE_PATH",
+    "cost_markdown",
+    "eval_results",
+    "render_model_card",
+    "save_model_card",
+    "write_figures",
+    "write_model_card",
+]
+
 TEMPLATE_PATH = Path(__file__).parent.parent / "resources" / "model_card_template.md"
 COST_FIGURE = "cost_matrix.png"
 PLAN_FIGURE = "transport_plan.png"
 COMPARE_FIGURE = "compare.png"
 METRIC_NAMES = {"accuracy": "Accuracy", "mean_per_class_accuracy": "Mean per-class accuracy"}
-#: What each ``--cost_normalization`` did to C, for the card (see :func:`jtln_hf.cost.normalize_cost`).
-NORMALIZATION_TEXT = {
-    "none": "C was used as built, not rescaled.",
-    "minmax": "C was rescaled to [0, 1] over the whole matrix (0 = its lowest entry, 1 = its highest).",
-    "max": "C was divided by its largest entry.",
-    "column": (
-        "C was rescaled to [0, 1] over the whole matrix, then each column was shifted down so that its lowest "
-        "entry is 0. A 0 therefore marks the cheapest source class *of that target class*, not a close one: a "
-        "target class with no close source class gets cost-0 source classes all the same."
-    ),
-}
+#: The card's sentence on what ``--cost_normalization`` did to C (:data:`jtln_hf.cost.NORMALIZATIONS`).
+NORMALIZATION_TEXT = {name: f"C was {what}." for name, what in NORMALIZATIONS.items()}
+NORMALIZATION_TEXT["column"] += (
+    " A 0 therefore marks the cheapest source class *of that target class*, not a close one: a target class "
+    "with no close source class gets cost-0 source classes all the same."
+)
 
 
 def cost_markdown(cost: Any, source_labels: Sequence[str], target_labels: Sequence[str], digits: int = 2) -> str:
