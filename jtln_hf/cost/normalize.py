@@ -10,6 +10,8 @@ from ..configuration_jtln import check_cost_matrix
 
 
 COST_NORMALIZATIONS = ("none", "minmax", "max", "column")
+#: The normalisation of a run's cost (``--cost_normalization``): every target class gets a free source class.
+DEFAULT_NORMALIZATION = "column"
 
 
 # --------------------------------------------------------------------------- helpers
