@@ -13,17 +13,30 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from .cost import COST_NORMALIZATIONS, DEFAULT_NORMALIZATION, NORMALIZATIONS
 from .cotuning import DEFAULT_COTUNING_WEIGHT
-from .cost_builders import COST_BUILDERS, DEFAULT_COST_WARMUP_STEPS, DEFAULT_FEATURE_COST, CostSettings, cost_kind
+from .cost_builders import COST_BUILDERS, DEFAULT_COST_WARMUP_STEPS, DEFAULT_FEATURE_COST, Cost, plan_cost
+from .data.fgvc_aircraft import FGVC_AIRCRAFT
 from .data.pools import DataSpec
 from .errors import did_you_mean
-from .methods import METHOD_REGISTRY, METHODS, MethodSettings
+from .methods import METHOD_REGISTRY, MethodSettings, method_names
 
-#: ``--mode``: one registered method (:data:`jtln_hf.methods.METHOD_REGISTRY`), or all of ``--methods``.
-MODES = (*METHODS, "compare")
+#: ``--mode`` runs all of ``--methods`` under this name, or one registered method under its own.
+COMPARE = "compare"
+
+
+def mode_choices() -> tuple[str, ...]:
+    """``--mode``: one registered method (:func:`jtln_hf.methods.method_names`, read now), or ``compare``."""
+    return (*method_names(), COMPARE)
+
+
+def cost_help() -> str:
+    """``--cost``'s help: every registered cost (read now, so a cost registered before the parser is built is listed)."""
+    return ("; ".join(f"{b.name}: {b.help}" for b in COST_BUILDERS.values()) + "; or a .npy/.csv file. Default: "
+            f"prior when the data has one (the embedded Fashion-MNIST split), else {DEFAULT_FEATURE_COST}.")  # fmt: skip
 
 
 def _choice(value: str, choices: tuple[str, ...], flag: str) -> None:
@@ -109,13 +122,9 @@ class DataArguments:
         return self.source_dataset is not None or self.target_dataset is not None
 
     def spec(self) -> DataSpec:
-        """What the code below the command line reads of these flags, as a frozen value."""
-        return DataSpec(
-            dataset=self.dataset, source_dataset=self.source_dataset, target_dataset=self.target_dataset,
-            shots=self.shots, test_split=self.test_split, target_train_split=self.target_train_split,
-            target_test_split=self.target_test_split, target_test_fraction=self.target_test_fraction,
-            train_scale=tuple(self.train_scale), hflip=self.hflip,
-        )  # fmt: skip
+        """What the code below the command line reads of these flags, as a frozen value (lists as tuples)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(DataSpec)}
+        return DataSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 @dataclass
@@ -152,16 +161,13 @@ class JTLNArguments:
 
     _argument_group_name = "JTLN: methods and cost"
 
-    mode: str = field(default="compare", metadata={"help": f"One of {MODES}."})
-    methods: list[str] = field(default_factory=lambda: list(METHOD_REGISTRY),
-                               metadata={"help": "Methods of --mode compare."})  # fmt: skip
+    mode: str = field(default=COMPARE, metadata={"help": "A registered method, or compare (every one of --methods)."})
+    methods: list[str] = field(default_factory=lambda: list(method_names()),
+                               metadata={"help": "Methods of --mode compare (registered methods)."})  # fmt: skip
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Seeds (k-shot draw, init, data order)."})
     cost: str | None = field(
-        default=None,
-        metadata={"help": "; ".join(f"{b.name}: {b.help}" for b in COST_BUILDERS.values()) + "; or a .npy/.csv "
-                  f"file. Default: prior when the data has one (the embedded Fashion-MNIST split), else "
-                  f"{DEFAULT_FEATURE_COST}."},
-    )  # fmt: skip
+        default=None, metadata={"help": "A registered cost, or a .npy/.csv file (the recipe's --help lists them)."}
+    )
     cost_normalization: str = field(
         default=DEFAULT_NORMALIZATION,
         metadata={"help": "; ".join(f"{name}: C {what}" for name, what in NORMALIZATIONS.items()) + "."},
@@ -186,9 +192,9 @@ class JTLNArguments:
     )  # fmt: skip
 
     def __post_init__(self):
-        _choice(self.mode, (*METHOD_REGISTRY, "compare"), "--mode")
+        _choice(self.mode, mode_choices(), "--mode")
         for method in self.methods:
-            _choice(method, tuple(METHOD_REGISTRY), "--methods")
+            _choice(method, method_names(), "--methods")
         _choice(self.cost_normalization, COST_NORMALIZATIONS, "--cost_normalization")
         if not self.seeds:
             raise ValueError("--seeds needs at least one seed.")
@@ -205,7 +211,7 @@ class JTLNArguments:
     @property
     def run_methods(self) -> list[str]:
         """The methods this run trains, in order."""
-        return list(dict.fromkeys(self.methods)) if self.mode == "compare" else [self.mode]
+        return list(dict.fromkeys(self.methods)) if self.mode == COMPARE else [self.mode]
 
 
 #: Flags of ``--dataset`` and their two-dataset counterparts (a flag of the other shape is ignored).
@@ -246,10 +252,9 @@ def check_arguments(data: DataArguments, model: ModelArguments, jtln: JTLNArgume
     if "target_test_split" in given and data.target_test_fraction is not None:
         raise ValueError("--target_test_split and --target_test_fraction exclude each other: test on the dataset's "
                          "split, or carve one from its train split.")  # fmt: skip
-    specs = [data.dataset, data.source_dataset, data.target_dataset]
-    if data.dataset_root is not None and "fgvc-aircraft" not in specs:
+    if data.dataset_root is not None and FGVC_AIRCRAFT not in data.spec().specs:
         raise ValueError("--dataset_root is only read for 'fgvc-aircraft' datasets: drop it, or name fgvc-aircraft.")
-    if "methods" in given and jtln.mode != "compare":
+    if "methods" in given and jtln.mode != COMPARE:
         raise ValueError(f"--methods chooses what --mode compare runs; with --mode {jtln.mode} drop it "
                          "(or pass --mode compare).")  # fmt: skip
     methods = jtln.run_methods
@@ -261,8 +266,8 @@ def check_arguments(data: DataArguments, model: ModelArguments, jtln: JTLNArgume
             raise ValueError(f"--{name} has no effect: no method of this run ({', '.join(methods)}) reads it; drop it, "
                              f"or run {' or '.join(readers)}.")  # fmt: skip
     if uses_ot:
-        kind = cost_kind(data.spec(), cost_settings(model, jtln))
-        builder = COST_BUILDERS.get(kind)
+        cost = resolved_cost(data, model, jtln)
+        kind = cost.kind
         unused = {"cost_warmup_steps": [b.name for b in COST_BUILDERS.values() if b.from_model],
                   "cost_samples_per_class": [b.name for b in COST_BUILDERS.values() if b.samples]}  # fmt: skip
         for name, kinds in unused.items():
@@ -270,13 +275,14 @@ def check_arguments(data: DataArguments, model: ModelArguments, jtln: JTLNArgume
             if name in given and kind not in kinds and not also_read:
                 raise ValueError(f"--{name} is only used by {' / '.join(kinds)} costs and --cost is {kind}: drop it, "
                                  "or pass such a cost.")  # fmt: skip
-        if builder is not None and not builder.normalized and "cost_normalization" in given:
+        if not cost.normalized and "cost_normalization" in given:
             raise ValueError(f"--cost_normalization has no effect on --cost {kind}: drop it.")
     if not any(m.joint_batches for m in registered) and "source_fraction" in given:
         raise ValueError("--source_fraction sets the source share of joint batches; no method of this run trains "
                          "joint batches: drop it.")  # fmt: skip
-    if methods == ["finetune"] and "source_loss_weight" in given:
-        raise ValueError("--source_loss_weight has no effect with --mode finetune (target only): drop it.")
+    if not any(m.trains_source for m in registered) and "source_loss_weight" in given:
+        raise ValueError(f"--source_loss_weight has no effect with --mode {jtln.mode} (the source head is not "
+                         "trained): drop it.")  # fmt: skip
     if model.backbone_checkpoint is not None and "pretrained_backbone" in given and not model.pretrained_backbone:
         raise ValueError("--backbone_checkpoint loads pretrained weights but --pretrained_backbone is false: "
                          "drop one of them.")  # fmt: skip
@@ -306,16 +312,28 @@ def run_settings(data: DataArguments, model: ModelArguments, jtln: JTLNArguments
     return json.loads(json.dumps(kept, default=str))  # the values a settings.json read back gives
 
 
-def cost_settings(model: ModelArguments, jtln: JTLNArguments) -> CostSettings:
-    """The cost flags as the frozen value the cost registry reads."""
-    return CostSettings(cost=jtln.cost, normalization=jtln.cost_normalization, warmup_steps=jtln.cost_warmup_steps,
-                        samples_per_class=jtln.cost_samples_per_class, pretrained=model.pretrained)  # fmt: skip
+def resolved_cost(data: DataArguments, model: ModelArguments, jtln: JTLNArguments) -> Cost:
+    """The cost flags resolved into the frozen :class:`~jtln_hf.cost_builders.Cost` (kind, warm-up, prior)."""
+    return plan_cost(jtln.cost, data.spec(), normalization=jtln.cost_normalization,
+                     warmup_steps=jtln.cost_warmup_steps, samples_per_class=jtln.cost_samples_per_class,
+                     pretrained=model.pretrained)  # fmt: skip
 
 
 def method_settings(data: DataArguments, model: ModelArguments, jtln: JTLNArguments) -> MethodSettings:
-    """What the methods read of the command line, resolved once into a frozen value."""
-    return MethodSettings(data=data.spec(), cost=cost_settings(model, jtln), image_size=model.image_size,
-                          cotuning_weight=jtln.cotuning_weight)  # fmt: skip
+    """What the methods read of the command line, resolved once into a frozen value.
+
+    Each registered method with settings of its own resolves them from the values of its flags
+    (:attr:`jtln_hf.methods.Method.settings`; ``pretrained`` included).
+    """
+    values = {**dataclasses.asdict(data), **dataclasses.asdict(model), **dataclasses.asdict(jtln),
+              "pretrained": model.pretrained}  # fmt: skip
+    own = {
+        m.name: m.settings({f: values[f] for f in (*m.flags, "pretrained") if f in values})
+        for m in METHOD_REGISTRY.values() if m.settings is not None
+    }  # fmt: skip
+    return MethodSettings(data=data.spec(), cost=resolved_cost(data, model, jtln),
+                          image_size=model.image_size if model.pretrained else None,
+                          methods=MappingProxyType(own))  # fmt: skip
 
 
 def _one_dataset_counterpart(name: str) -> str:
@@ -326,13 +344,15 @@ def _one_dataset_counterpart(name: str) -> str:
 
 
 __all__ = [
-    "MODES",
+    "COMPARE",
     "DataArguments",
     "JTLNArguments",
     "ModelArguments",
     "NOT_SETTINGS",
     "check_arguments",
-    "cost_settings",
+    "cost_help",
     "method_settings",
+    "mode_choices",
+    "resolved_cost",
     "run_settings",
 ]

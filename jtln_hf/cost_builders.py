@@ -26,8 +26,8 @@ from .cost import (
 )
 from .data import sample_shots
 from .data.labels import read_column
+from .data.known import known_dataset
 from .data.pools import DataSpec
-from .sources import FASHION_MNIST, known_dataset
 
 #: ``predict(dataset, fields) -> ({field: array}, labels)``: the model's outputs on a dataset's rows.
 Predict = Callable[[datasets.Dataset, tuple[str, ...]], tuple[dict[str, np.ndarray], np.ndarray]]
@@ -37,22 +37,43 @@ DEFAULT_COST_WARMUP_STEPS = 200
 DEFAULT_FEATURE_COST = "features-mmd"
 
 
-@dataclass(frozen=True)
-class CostSettings:
-    """The cost flags as a frozen value (built once from the command line's arguments).
+@dataclass(frozen=True, eq=False)
+class FixedCost:
+    """A cost matrix resolved before training (a prior, a file, the constant control) and the card's sentence on it."""
 
-    ``cost``: ``--cost`` as given (None: the data's default, :func:`cost_kind`); ``normalization``:
-    ``--cost_normalization``; ``warmup_steps``: ``--cost_warmup_steps`` as given (None: the default,
-    :func:`cost_warmup_steps`); ``samples_per_class``: ``--cost_samples_per_class``; ``pretrained``:
-    the backbone starts from pretrained weights. The flags' defaults and checks stay in
-    :mod:`jtln_hf.arguments`.
+    matrix: np.ndarray
+    description: str
+
+
+@dataclass(frozen=True)
+class Cost:
+    """The run's cost, resolved once from the flags (:func:`plan_cost`).
+
+    ``kind``: a registered ``--cost`` name or a ``.npy``/``.csv`` path (the data's default when
+    not given: :func:`cost_kind`); ``normalization``: ``--cost_normalization``; ``warmup_steps``:
+    source-only steps before a model cost is computed (0 for a fixed cost: :func:`default_warmup_steps`);
+    ``samples_per_class``: ``--cost_samples_per_class``; ``prior``: the data's hand-written prior
+    (:func:`data_prior`); ``fixed``: the matrix when it is resolved before training (``None`` for a
+    model cost, or before the plan resolves it).
     """
 
-    cost: str | None
+    kind: str
     normalization: str
-    warmup_steps: int | None
+    warmup_steps: int
     samples_per_class: int
-    pretrained: bool
+    prior: Path | None = None
+    fixed: FixedCost | None = None
+
+    @property
+    def from_model(self) -> bool:
+        """Whether the cost is computed from each seed's model (after :attr:`warmup_steps`)."""
+        return is_model_cost(self.kind)
+
+    @property
+    def normalized(self) -> bool:
+        """Whether ``--cost_normalization`` applies (a file cost is normalised too)."""
+        builder = COST_BUILDERS.get(self.kind)
+        return builder is None or builder.normalized
 
 
 @dataclass
@@ -202,15 +223,14 @@ def build_cost(kind: str, inputs: CostInputs, normalization: str) -> tuple[np.nd
 # ------------------------------------------------------------------------ defaults from arguments
 def data_prior(data: DataSpec) -> Path | None:
     """The hand-written prior of the run's data (Fashion-MNIST's), else None; it serves any classes it names."""
-    specs = [data.source_dataset, data.target_dataset] if data.two_datasets else [data.dataset or FASHION_MNIST]
-    known = [k for k in map(known_dataset, specs) if k is not None and k.prior_cost is not None]
+    known = [k for k in map(known_dataset, data.specs) if k is not None and k.prior_cost is not None]
     return known[0].prior_cost if known else None
 
 
-def cost_kind(data: DataSpec, settings: CostSettings) -> str:
+def cost_kind(cost: str | None, data: DataSpec) -> str:
     """``--cost``, or its default: the prior of one dataset split by class if it has one, else :data:`DEFAULT_FEATURE_COST`."""
-    if settings.cost is not None:
-        return settings.cost
+    if cost is not None:
+        return cost
     return "prior" if not data.two_datasets and data_prior(data) is not None else DEFAULT_FEATURE_COST
 
 
@@ -219,18 +239,33 @@ def is_model_cost(kind: str) -> bool:
     return kind in COST_BUILDERS and COST_BUILDERS[kind].from_model
 
 
-def cost_warmup_steps(settings: CostSettings, data: DataSpec | None = None) -> int:
-    """Source-only steps before the cost is computed: 0 for costs that need no model.
+def default_warmup_steps(given: int | None, *, pretrained: bool = False, needs_source_head: bool = True) -> int:
+    """Source-only steps before the model defines a cost or a relationship (``--cost_warmup_steps``).
 
-    ``--cost_warmup_steps`` when given; else 0 for a feature cost on pretrained features,
-    :data:`DEFAULT_COST_WARMUP_STEPS` otherwise (a relationship always needs a trained source head).
+    ``given`` when not None; else 0 when the backbone is pretrained and only its features are read
+    (``needs_source_head`` false), :data:`DEFAULT_COST_WARMUP_STEPS` otherwise (a source head must
+    know its task first).
     """
-    kind = cost_kind(data, settings) if data is not None else settings.cost
-    if kind is None or not is_model_cost(kind):
-        return 0
-    if settings.warmup_steps is not None:
-        return settings.warmup_steps
-    return 0 if settings.pretrained and not COST_BUILDERS[kind].warmup_when_pretrained else DEFAULT_COST_WARMUP_STEPS
+    if given is not None:
+        return given
+    return 0 if pretrained and not needs_source_head else DEFAULT_COST_WARMUP_STEPS
+
+
+def plan_cost(
+    cost: str | None, data: DataSpec, *, normalization: str, warmup_steps: int | None, samples_per_class: int,
+    pretrained: bool,
+) -> Cost:  # fmt: skip
+    """The cost flags resolved once into a :class:`Cost` (kind, warm-up, prior; no matrix yet).
+
+    ``cost`` and ``warmup_steps`` as given (None: their defaults, :func:`cost_kind` and
+    :func:`default_warmup_steps`; a cost that needs no model has no warm-up).
+    """
+    kind = cost_kind(cost, data)
+    warmup = 0
+    if is_model_cost(kind):
+        warmup = default_warmup_steps(warmup_steps, pretrained=pretrained,
+                                      needs_source_head=COST_BUILDERS[kind].warmup_when_pretrained)  # fmt: skip
+    return Cost(kind, normalization, warmup, samples_per_class, data_prior(data))
 
 
 __all__ = [
@@ -239,13 +274,15 @@ __all__ = [
     "DEFAULT_FEATURE_COST",
     "CostBuilder",
     "CostInputs",
-    "CostSettings",
+    "Cost",
+    "FixedCost",
     "build_cost",
     "cost_kind",
-    "cost_warmup_steps",
     "data_prior",
+    "default_warmup_steps",
     "is_model_cost",
     "load_file_cost",
+    "plan_cost",
     "register_cost",
     "relationship_of",
 ]

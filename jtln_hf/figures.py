@@ -3,8 +3,8 @@
 * :func:`plot_cost_matrix` -- the source x target ground cost C as a labelled heatmap;
 * :func:`plot_transport_plan` -- the mean entropic transport plan between the two heads'
   predictions on the target test set, as a heatmap;
-* :func:`plot_compare` -- the comparison: each method's seed-paired difference to joint
-  fine-tuning (per-seed dots, mean and 95 % interval, zero line) and accuracy per method.
+* :func:`plot_compare` -- the comparison: each method's seed-paired difference to the baseline (joint
+  fine-tuning; per-seed dots, mean and 95 % interval, zero line) and accuracy per method.
 
 Each ``plot_*`` function writes one PNG (atomically, :func:`jtln_hf.io.atomic_write`) and returns
 its path; :func:`heatmap` and :func:`compare_figure` return the ``matplotlib.figure.Figure``.
@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from .cost import NORMALIZATIONS
 from .io import atomic_write
 from .method_styles import MethodStyle, method_style
-from .stats import BASELINE, PairedDifference, paired_summary
+from .stats import PairedDifference, paired_summary
 
 def _method(name: str) -> MethodStyle:
     """The method's figure label and colour (:data:`jtln_hf.method_styles.METHOD_STYLES`)."""
@@ -128,9 +128,9 @@ def plot_transport_plan(
     return _save(fig, path)
 
 
-def plot_compare(summary: Mapping[str, Mapping[str, Any]], path: str | os.PathLike) -> Path:
-    """Write :func:`compare_figure` of ``summary`` as a PNG."""
-    return _save(compare_figure(summary), path)
+def plot_compare(summary: Mapping[str, Mapping[str, Any]], path: str | os.PathLike, baseline: str | None = None) -> Path:
+    """Write :func:`compare_figure` of ``summary`` (against ``baseline``) as a PNG."""
+    return _save(compare_figure(summary, baseline), path)
 
 
 def _spread(center: float, count: int, width: float = 0.16) -> np.ndarray:
@@ -148,7 +148,7 @@ def difference_label(method: str, difference: PairedDifference) -> str:
     return f"{_method(method).label}\n{stats}\nwon {wins}"
 
 
-def _difference_panel(ax, paired: Mapping[str, PairedDifference]) -> None:
+def _difference_panel(ax, paired: Mapping[str, PairedDifference], baseline: str) -> None:
     """Per-seed differences to the baseline (dots), their mean and 95 % interval (error bar), a zero line."""
     methods = list(paired)
     for i, method in enumerate(methods):
@@ -169,9 +169,9 @@ def _difference_panel(ax, paired: Mapping[str, PairedDifference]) -> None:
     lo, hi = min(values), max(values)
     pad = 0.12 * (hi - lo) or 0.5
     ax.set_ylim(lo - pad, hi + pad)  # zero always in view
-    ax.set_ylabel(f"accuracy − {BASELINE} (percentage points)")
+    ax.set_ylabel(f"accuracy − {baseline} (percentage points)")
     seeds = sorted({d.n for d in paired.values()})
-    ax.set_title(f"Difference to {_method(BASELINE).label}, paired by seed "
+    ax.set_title(f"Difference to {_method(baseline).label}, paired by seed "
                  f"({'/'.join(map(str, seeds))} seed{'s' if seeds != [1] else ''})", fontsize=10)  # fmt: skip
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
@@ -208,13 +208,14 @@ def _accuracy_panel(ax, summary: Mapping[str, Mapping[str, Any]]) -> None:
     ax.legend(loc="best", fontsize=8)
 
 
-def compare_figure(summary: Mapping[str, Mapping[str, Any]]) -> Figure:
-    """The comparison: seed-paired differences to joint fine-tuning, and accuracy per method.
+def compare_figure(summary: Mapping[str, Mapping[str, Any]], baseline: str | None = None) -> Figure:
+    """The comparison: seed-paired differences to the ``baseline`` method, and accuracy per method.
 
-    Top (when joint ran with other methods): each method's accuracy minus joint's on the same
+    Top (when ``baseline``, e.g. joint fine-tuning, ran with other methods): each method's accuracy
+    minus the baseline's on the same
     seed, in percentage points -- one dot per seed, the mean with its 95 % Student-t interval
     (:func:`jtln_hf.stats.paired_difference`) and a zero line; the tick label repeats them
-    (:func:`difference_label`). Below (alone without joint): accuracy per method, one dot per
+    (:func:`difference_label`). Below (alone without a baseline): accuracy per method, one dot per
     seed and mean ± std, on an axis fitted to the values; mean per-class accuracy is added only
     where it differs from accuracy.
 
@@ -222,13 +223,13 @@ def compare_figure(summary: Mapping[str, Mapping[str, Any]]) -> Figure:
     ``{"accuracy"|"mean_per_class_accuracy": {"mean", "std", "per_seed"}}``.
     """
     methods = list(summary)
-    paired = paired_summary(summary)
+    paired = paired_summary(summary, baseline) if baseline is not None else {}
     rows = 2 if paired else 1
     # one column of panels, 6.4 in wide: 960 px at 150 dpi, so a card shown ~800 px wide keeps 9-10 pt text readable
     fig = Figure(figsize=(FIGURE_WIDTH_IN, 0.6 + 3.6 * rows), layout="constrained")
     axes = fig.subplots(rows, 1, squeeze=False)[:, 0]
     if paired:
-        _difference_panel(axes[0], paired)
+        _difference_panel(axes[0], paired, baseline)
     _accuracy_panel(axes[-1], summary)
     return fig
 

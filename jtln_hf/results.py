@@ -2,7 +2,8 @@
 
 :func:`summarize` reduces the runs of every seed to a mean and a sample standard deviation per
 method; :func:`results_markdown` writes the table every README and card shows, with each
-method's seed-paired difference to joint fine-tuning (:mod:`jtln_hf.stats`); :func:`save_model`
+method's seed-paired difference to the registered baseline, joint fine-tuning
+(:func:`jtln_hf.methods.baseline_method`, :mod:`jtln_hf.stats`); :func:`save_model`
 writes the Hub-ready ``model/`` folder (weights, code, card, figures).
 """
 
@@ -16,14 +17,13 @@ import numpy as np
 
 from .hub import save_model_folder
 from .io import atomic_write_dir, atomic_write_text
-from .methods import METHOD_REGISTRY, MethodSettings, RunResult, predict_outputs
-from .cost_builders import COST_BUILDERS, cost_kind
+from .methods import METHOD_REGISTRY, MethodSettings, RunResult, baseline_method, predict_outputs
 from .data.pools import ExperimentData
+from .data.sources import display_name, hub_dataset_id
 from .modelcard import default_model_name, has_cost, training_hyperparameters, write_model_card
 from .share import TIMM_FOLDER, example_images, write_demo, write_timm_folder
 from .sinkhorn import mean_transport_plan
-from .sources import FASHION_MNIST, display_name, hub_dataset_id
-from .stats import BASELINE, paired_summary
+from .stats import paired_summary
 
 if TYPE_CHECKING:
     from .training_args import JTLNTrainingArguments
@@ -49,15 +49,17 @@ def summarize(runs: list[RunResult]) -> dict[str, dict[str, Any]]:
     return summary
 
 
-def results_markdown(summary: dict[str, dict[str, Any]], caption: str = "") -> str:
+def results_markdown(summary: dict[str, dict[str, Any]], caption: str = "", baseline: str | None = None) -> str:
     """The comparison table: mean ± std (over seeds) of target test accuracy, in percent.
 
-    When joint fine-tuning ran with other methods, a column gives each method's seed-paired
-    difference to it in percentage points (:func:`jtln_hf.stats.paired_difference`): mean
-    [95 % Student-t interval], seeds won / seeds paired; "—" on joint's own row.
+    When the ``baseline`` method (default: the registered one, joint fine-tuning) ran with other
+    methods, a column gives each method's seed-paired difference to it in percentage points
+    (:func:`jtln_hf.stats.paired_difference`): mean [95 % Student-t interval], seeds won / seeds
+    paired; "—" on the baseline's own row.
     """
-    paired = paired_summary(summary)
-    diff_head = f" − {BASELINE} (points, 95% CI, wins) |" if paired else ""
+    baseline = baseline or baseline_method()
+    paired = paired_summary(summary, baseline)
+    diff_head = f" − {baseline} (points, 95% CI, wins) |" if paired else ""
     lines = [
         f"| method | accuracy (%) |{diff_head} mean per-class accuracy (%) | steps per seed | seeds | train time (s) |",
         "|---|---|" + ("---|" if paired else "") + "---|---|---|---|",
@@ -76,9 +78,9 @@ def results_markdown(summary: dict[str, dict[str, Any]], caption: str = "") -> s
     table = "\n".join(lines)
     if paired:
         table += (
-            f"\n\n− {BASELINE}: accuracy minus {BASELINE} fine-tuning's on the same seed (same target images and "
+            f"\n\n− {baseline}: accuracy minus {baseline} fine-tuning's on the same seed (same target images and "
             "initial weights), in percentage points: mean [95% Student-t interval, n − 1 degrees of freedom], "
-            f"seeds where the method beats {BASELINE} / seeds paired."
+            f"seeds where the method beats {baseline} / seeds paired."
         )
     return f"{caption}\n\n{table}\n" if caption else table + "\n"
 
@@ -87,15 +89,16 @@ def write_results(output_dir: str | Path, summary: dict, runs: list[RunResult], 
     """Write ``results.json`` and ``results.md`` atomically; return the Markdown table.
 
     ``results.json`` holds ``meta``, the ``summary``, every run's metrics and ``"paired"``:
-    ``{"<method>-joint": PairedDifference.to_dict()}`` of the accuracy (fractions), for every
-    method but joint; empty when joint did not run.
+    ``{"<method>-<baseline>": PairedDifference.to_dict()}`` of the accuracy (fractions), for every
+    method but the baseline (the registered one, joint); empty when the baseline did not run.
     """
     output_dir = Path(output_dir)
-    table = results_markdown(summary, caption)
+    baseline = baseline_method()
+    table = results_markdown(summary, caption, baseline)
     payload = {
         **meta,
         "summary": summary,
-        "paired": {f"{m}-{BASELINE}": d.to_dict() for m, d in paired_summary(summary).items()},
+        "paired": {f"{m}-{baseline}": d.to_dict() for m, d in paired_summary(summary, baseline).items()},
         "runs": [
             {"method": r.method, "seed": r.seed, "steps": r.steps, "train_seconds": r.train_seconds, **r.metrics}
             for r in runs
@@ -111,7 +114,7 @@ def save_model(
     results_table: str | None = None, *, exp: ExperimentData | None = None,
     summary: dict[str, dict[str, Any]] | None = None,
 ) -> Path:  # fmt: skip
-    """Write the Hub-ready ``output_dir/model`` folder, atomically (``settings``: the run's data and cost flags).
+    """Write the Hub-ready ``output_dir/model`` folder, atomically (``settings``: the plan's data and cost values).
 
     It holds the weights (safetensors), ``config.json`` and ``preprocessor_config.json`` with their
     remote code (``configuration_jtln.py``, ``modeling_jtln.py``, ``image_processing_jtln.py``),
@@ -120,12 +123,12 @@ def save_model(
     comparison (``summary`` of several methods), the bar chart. ``--push_to_hub`` uploads it as is.
     Every process must call it (the plan is a gathered forward pass); the main process writes.
     """
-    model, data = run.model, settings.data
+    model, data, method = run.model, settings.data, METHOD_REGISTRY[run.method]
     hyper: dict[str, Any] = {
-        "method": METHOD_REGISTRY[run.method].title,
+        "method": method.title,
         "seed": run.seed,
         "labelled images per target class": data.shots or "all",
-        **training_hyperparameters(args, ot_used=METHOD_REGISTRY[run.method].uses_ot),
+        **training_hyperparameters(args, ot_used=method.uses_ot),
     }
     hyper["steps"] = run.steps or hyper["steps"]  # the method's budget, e.g. "4 source + 4 target"
     plan, plan_images = None, None
@@ -136,17 +139,11 @@ def save_model(
             epsilon=args.ot_epsilon, iterations=args.ot_iterations, method=args.ot_method, tol=args.ot_tol,
         )  # fmt: skip
         plan_images = len(outputs["logits"])
-    specs = [data.source_dataset, data.target_dataset] if data.two_datasets else [
-        data.dataset or FASHION_MNIST]  # fmt: skip
+    specs = data.specs
     dataset_ids = [i for i in dict.fromkeys(hub_dataset_id(spec) for spec in specs) if i]  # local data: no id
-    test_split = data.target_test_split if data.two_datasets else data.test_split
-    if data.target_test_fraction is not None:
-        test_split = f"{data.target_test_fraction:g} of {data.target_train_split}"
     data_name = display_name(specs[-1])
     target_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    uses_ot = METHOD_REGISTRY[run.method].uses_ot
-    builder = COST_BUILDERS.get(cost_kind(data, settings.cost)) if uses_ot else None
-    normalized = uses_ot and (builder is None or builder.normalized)  # a file cost is normalised too
+    normalized = method.uses_ot and settings.cost.normalized
     card_kwargs = dict(
         repo_id=args.hub_model_id,  # None: the card names a placeholder built from method, backbone and data
         model_name=None if args.hub_model_id else default_model_name(run.method, model.config.backbone, data_name),
@@ -158,8 +155,10 @@ def save_model(
         results_table=results_table,
         metrics={k: v for k, v in run.metrics.items() if k != "loss"},
         datasets=dataset_ids,
-        dataset_name=f"{data_name} {test_split} split, target classes ({', '.join(target_names)})",
+        dataset_name=f"{data_name} {data.test_split_name} split, target classes ({', '.join(target_names)})",
         eval_dataset=hub_dataset_id(specs[-1]) or data_name,
+        baseline=baseline_method(),
+        source_head_trained=method.trains_source,
     )
 
     examples = example_images(exp.target_test, target_names) if exp is not None else []

@@ -1,4 +1,4 @@
-"""Seed-paired statistics of a comparison: each method against joint fine-tuning, seed by seed.
+"""Seed-paired statistics of a comparison: each method against a baseline method, seed by seed.
 
 For a seed, every method sees the same target images and starts from the same weights
 (:mod:`jtln_hf.experiment`), so two methods' accuracies are *paired* by seed: the per-seed
@@ -8,7 +8,8 @@ its mean and interval say whether one method helps, which two means ± std side 
 * :func:`paired_difference` -- the differences of two methods on their common seeds, their mean,
   the 95 % Student-t interval of the mean and the number of seeds won;
 * :func:`paired_summary` -- that, for every method of a :func:`jtln_hf.results.summarize`
-  summary against :data:`BASELINE`.
+  summary against a baseline (the registered one, :func:`jtln_hf.methods.baseline_method`: joint
+  fine-tuning without the OT term, so the JTLN row measures what the OT term adds).
 """
 
 from __future__ import annotations
@@ -19,11 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-#: The method every other one is compared with: joint fine-tuning without the OT term, so the
-#: JTLN row measures what the OT term adds.
-BASELINE = "joint"
-
 
 @dataclass(frozen=True)
 class PairedDifference:
@@ -127,7 +123,7 @@ def paired_difference(values: Mapping[int, float], baseline: Mapping[int, float]
 
 
 def paired_summary(
-    summary: Mapping[str, Mapping[str, Any]], baseline: str = BASELINE, metric: str = "accuracy"
+    summary: Mapping[str, Mapping[str, Any]], baseline: str, metric: str = "accuracy"
 ) -> dict[str, PairedDifference]:
     """:func:`paired_difference` of every method of ``summary`` but ``baseline``, against ``baseline``.
 
@@ -151,4 +147,4 @@ def paired_summary(
     return out
 
 
-__all__ = ["BASELINE", "PairedDifference", "paired_difference", "paired_summary"]
+__all__ = ["PairedDifference", "paired_difference", "paired_summary"]

@@ -49,7 +49,6 @@ DEFAULT_GRID: dict[str, dict[str, str]] = {
     "constant cost (control)": {"cost": "constant"},
     "Co-Tuning (baseline, not JTLN)": {"method": "cotuning"},
 }
-BASELINE = "joint"
 _POOLS: dict[str, Any] = {}  # per worker process: the data, loaded once per data flags
 
 
@@ -96,24 +95,22 @@ def _argv(base: list[str], overrides: dict[str, str], method: str, seed: int, ou
 
 def run_job(job: tuple[str, str, int, list[str]]) -> dict[str, Any]:
     """Train one method for one seed with the recipe's own parsing and checks; return its metrics."""
-    import dataclasses
-
     from train_jtln import parse_args
 
-    from jtln_hf.arguments import check_arguments, method_settings
-    from jtln_hf.experiment import load_pools, plan_experiment
+    from jtln_hf.arguments import check_arguments
+    from jtln_hf.data import load_pools
+    from jtln_hf.experiment import plan_experiment
     from jtln_hf.methods import run_method
 
     setting, method, seed, argv = job
     data_args, model_args, jtln_args, args, given, _ = parse_args(argv)
     check_arguments(data_args, model_args, jtln_args, given)
-    key = repr(dataclasses.asdict(data_args))
-    if key not in _POOLS:
-        _POOLS[key] = load_pools(data_args)
-    plan = plan_experiment(data_args, model_args, jtln_args, args, pools=_POOLS[key])
+    spec = data_args.spec()
+    if spec not in _POOLS:
+        _POOLS[spec] = load_pools(spec)
+    plan = plan_experiment(data_args, model_args, jtln_args, args, pools=_POOLS[spec])
     start = time.perf_counter()
-    settings = method_settings(data_args, model_args, jtln_args)
-    run = run_method(method, plan.data[seed], plan.config, settings, args, seed, plan.fixed_cost)
+    run = run_method(method, plan.data[seed], plan.config, plan.settings, args, seed)
     return {"setting": setting, "method": method, "seed": seed, "seconds": time.perf_counter() - start,
             "metrics": run.metrics, "cost": run.cost_description, "max_steps": args.max_steps,
             "warmup_steps": run.warmup_steps}  # fmt: skip
@@ -121,17 +118,19 @@ def run_job(job: tuple[str, str, int, list[str]]) -> dict[str, Any]:
 
 def summarize_sweep(records: list[dict[str, Any]], settings: list[str]) -> list[dict[str, Any]]:
     """Per setting: validation and test accuracy per seed, and the test difference to joint, paired by seed."""
+    from jtln_hf.methods import baseline_method
     from jtln_hf.stats import paired_difference
 
     def by_seed(setting: str, key: str) -> dict[int, float]:
         return {r["seed"]: r["metrics"][key] for r in records if r["setting"] == setting}
 
-    joint_test = by_seed(BASELINE, "accuracy")
+    baseline = baseline_method()
+    joint_test = by_seed(baseline, "accuracy")
     rows = []
     for setting in settings:
         test, validation = by_seed(setting, "accuracy"), by_seed(setting, "validation_accuracy")
         diff = paired_difference(test, joint_test)
-        val_diff = paired_difference(validation, by_seed(BASELINE, "validation_accuracy"))
+        val_diff = paired_difference(validation, by_seed(baseline, "validation_accuracy"))
         mine = [r for r in records if r["setting"] == setting]
         rows.append({
             "setting": setting, "seeds": sorted(test), "test_accuracy": test, "validation_accuracy": validation,
@@ -195,7 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     opts = build_parser().parse_args(own)
     grid = dict(opts.vary) if opts.vary else default_grid()
     out = Path(opts.output_dir)
-    jobs = [(BASELINE, BASELINE, seed, _argv(base, {}, BASELINE, seed, out / "runs" / BASELINE / f"seed{seed}",
+    from jtln_hf.methods import baseline_method
+
+    baseline = baseline_method()
+    jobs = [(baseline, baseline, seed, _argv(base, {}, baseline, seed, out / "runs" / baseline / f"seed{seed}",
                                           opts.validation_fraction)) for seed in opts.seeds]  # fmt: skip
     for name, overrides in grid.items():
         folder = "-".join(f"{k}={v}" for k, v in overrides.items()) or "default"
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # every setting's flags are checked before anything trains
         from train_jtln import parse_args
 
-        from jtln_hf.arguments import check_arguments, method_settings
+        from jtln_hf.arguments import check_arguments
 
         for _, _, _, job_argv in jobs:
             parsed = parse_args(job_argv)
@@ -223,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - start
     settings = list(grid)
     rows = summarize_sweep(records, settings)
-    joint_rows = summarize_sweep(records, [BASELINE])[0]
+    joint_rows = summarize_sweep(records, [baseline])[0]
     chosen = max(rows, key=lambda r: r["validation_mean"])["setting"]
     caption = (
         f"JTLN settings against joint training, {len(opts.seeds)} seeds ({' '.join(map(str, opts.seeds))}), "

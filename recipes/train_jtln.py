@@ -54,10 +54,19 @@ from typing import NoReturn
 import yaml
 from transformers import HfArgumentParser
 
-from jtln_hf.arguments import DataArguments, JTLNArguments, ModelArguments, check_arguments, run_settings
+from jtln_hf.arguments import (
+    DataArguments,
+    JTLNArguments,
+    ModelArguments,
+    check_arguments,
+    cost_help,
+    mode_choices,
+    run_settings,
+)
 from jtln_hf.experiment import plan_experiment, run_experiment
 from jtln_hf.hub import HubPushError, check_can_push, push_model_folder
 from jtln_hf.io import check_output_dir, clear_run_outputs, write_run_settings
+from jtln_hf.methods import method_names
 from jtln_hf.results import timm_repo_id
 from jtln_hf.share import TIMM_FOLDER, push_space
 from jtln_hf.training_args import JTLNTrainingArguments
@@ -110,16 +119,34 @@ class JTLNArgumentParser(HfArgumentParser):
         raise UsageError(message)
 
 
+def registry_help() -> dict[str, str]:
+    """The help of the flags that name registered methods and costs, read from the registries now.
+
+    Called by :func:`build_parser`, so a method or cost registered before the parser is built is
+    listed. The names are checked (with a "did you mean") by :class:`JTLNArguments`, not argparse.
+    """
+    methods = ", ".join(method_names())
+    return {
+        "mode": f"One of {{{', '.join(mode_choices())}}}: one method, or compare (every one of --methods).",
+        "methods": f"Methods of --mode compare, among {{{methods}}}.",
+        "cost": cost_help(),
+    }
+
+
 def build_parser() -> JTLNArgumentParser:
-    """The recipe's parser: data, model, JTLN, then the Trainer's flags, plus --config and --debug."""
+    """The recipe's parser: data, model, JTLN, then the Trainer's flags, plus --config and --debug.
+
+    Built at call time: ``--mode``, ``--methods`` and ``--cost`` list what the registries hold now.
+    """
     parser = JTLNArgumentParser(
         DATACLASSES, description=__doc__, formatter_class=_HelpFormatter, prog="train_jtln.py",
         usage="%(prog)s [--config FILE.yaml] [FLAG VALUE ...]   (flags in groups below)",
     )
     parser.add_argument("--config", type=Path, help="YAML file of flag defaults (flags on the command line override it).")
+    helps = {**RECIPE_HELP, **registry_help()}
     for action in parser._actions:  # TrainingArguments' help describes Trainer; this is what the recipe does
-        if action.dest in RECIPE_HELP:
-            action.help = RECIPE_HELP[action.dest]
+        if action.dest in helps:
+            action.help = helps[action.dest]
     return parser
 
 
@@ -280,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         check_sharing(training_args)  # before hours of training, not after
         plan = plan_experiment(data_args, model_args, jtln_args, training_args)
         prepare_output_dir(training_args, settings, overwrite=jtln_args.overwrite_output_dir)
-        result = run_experiment(data_args, model_args, jtln_args, training_args, plan=plan)
+        result = run_experiment(plan, training_args)
     except (ValueError, FileNotFoundError, HubPushError) as err:  # user errors: UsageError, bad data, no token, ...
         if debug:
             raise

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from jtln_hf.arguments import DataArguments, JTLNArguments, ModelArguments, check_arguments, cost_settings
-from jtln_hf.cost_builders import DEFAULT_COST_WARMUP_STEPS, cost_kind, cost_warmup_steps
-from jtln_hf.methods import cotuning_warmup_steps
+from jtln_hf.arguments import DataArguments, JTLNArguments, ModelArguments, check_arguments, method_settings, resolved_cost
+from jtln_hf.cost_builders import DEFAULT_COST_WARMUP_STEPS
 
 
 def test_default_cost_is_the_prior_on_fashion_mnist_and_features_mmd_elsewhere():
     def kind(data: DataArguments, jtln: JTLNArguments) -> str:
-        return cost_kind(data.spec(), cost_settings(ModelArguments(), jtln))
+        return resolved_cost(data, ModelArguments(), jtln).kind
 
     assert kind(DataArguments(), JTLNArguments()) == "prior"
     assert kind(DataArguments(source_dataset="a", target_dataset="b"), JTLNArguments()) == "features-mmd"
@@ -31,16 +30,30 @@ def test_default_cost_is_the_prior_on_fashion_mnist_and_features_mmd_elsewhere()
 )
 def test_warmup_steps_follow_the_cost_and_the_weights(cost, pretrained, expected):
     model = ModelArguments(pretrained_backbone=pretrained)
-    assert cost_warmup_steps(cost_settings(model, JTLNArguments(cost=cost)), DataArguments().spec()) == expected
-    given = cost_warmup_steps(cost_settings(model, JTLNArguments(cost=cost, cost_warmup_steps=7)), DataArguments().spec())
+    assert resolved_cost(DataArguments(), model, JTLNArguments(cost=cost)).warmup_steps == expected
+    given = resolved_cost(DataArguments(), model, JTLNArguments(cost=cost, cost_warmup_steps=7)).warmup_steps
     assert given == (7 if cost in ("features-mmd", "relationship") else 0)  # the flag wins where a model is read
     assert ModelArguments(backbone_checkpoint="w.safetensors").pretrained  # a checkpoint implies pretrained
 
 
-def test_cotuning_always_warms_the_source_head_up():
-    model = ModelArguments()
-    assert cotuning_warmup_steps(cost_settings(model, JTLNArguments())) == DEFAULT_COST_WARMUP_STEPS
-    assert cotuning_warmup_steps(cost_settings(model, JTLNArguments(cost_warmup_steps=3))) == 3
+@pytest.mark.parametrize("pretrained", [False, True])
+def test_cotuning_always_warms_the_source_head_up(pretrained):
+    def warmup(jtln: JTLNArguments) -> int:
+        return method_settings(DataArguments(), ModelArguments(pretrained_backbone=pretrained), jtln).of("cotuning").cost_warmup_steps
+
+    assert warmup(JTLNArguments()) == DEFAULT_COST_WARMUP_STEPS
+    assert warmup(JTLNArguments(cost_warmup_steps=3)) == 3
+
+
+def test_the_cli_defaults_are_the_library_defaults():
+    """One default per setting: the flag's default is the library's constant, not a copy of it."""
+    from jtln_hf.cost.normalize import DEFAULT_NORMALIZATION
+    from jtln_hf.cotuning import DEFAULT_COTUNING_WEIGHT
+
+    jtln = JTLNArguments()
+    assert jtln.cost_normalization == DEFAULT_NORMALIZATION == "column"
+    assert jtln.cotuning_weight == DEFAULT_COTUNING_WEIGHT
+    assert method_settings(DataArguments(), ModelArguments(), jtln).of("cotuning").cotuning_weight == DEFAULT_COTUNING_WEIGHT
 
 
 def _check(given, data=None, model=None, jtln=None):

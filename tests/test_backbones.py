@@ -38,7 +38,7 @@ def test_checkpoint_loads_into_the_backbone_exactly(tmp_path, fashion_mnist, suf
     path, state = _timm_weights(tmp_path, suffix)
     backbones.check_checkpoint(path)
     model_args = ModelArguments(backbone="test_resnet", backbone_checkpoint=str(path), in_chans=1, image_size=28)
-    config = build_config(model_args, DataArguments(), _exp(fashion_mnist))
+    config = build_config(model_args, DataArguments().spec(), _exp(fashion_mnist))
     model = build_model(config, seed=0, image_size=28)
     loaded = model.backbone.state_dict()
     assert set(loaded) == set(state) - {"fc.weight", "fc.bias"}  # timm drops the classifier (num_classes=0)
@@ -53,7 +53,7 @@ def test_checkpoint_loads_into_the_backbone_exactly(tmp_path, fashion_mnist, suf
 def test_checkpoint_of_rgb_weights_is_adapted_by_timm_to_one_channel(tmp_path, fashion_mnist):
     path, state = _timm_weights(tmp_path, ".safetensors", in_chans=3)
     model_args = ModelArguments(backbone="test_resnet", backbone_checkpoint=str(path), in_chans=1)
-    model = build_model(build_config(model_args, DataArguments(), _exp(fashion_mnist)), seed=0)
+    model = build_model(build_config(model_args, DataArguments().spec(), _exp(fashion_mnist)), seed=0)
     # timm's adapt_input_conv: a 3-channel first conv becomes one channel by summing over channels
     first = timm.models.get_pretrained_cfg("test_resnet").first_conv + ".weight"  # conv1.0 (a deep stem)
     loaded = model.backbone.state_dict()
@@ -113,7 +113,7 @@ def test_pretrained_weights_keep_the_pretrained_data_config(tmp_path, fashion_mn
     """No --in_chans/--image_size: timm's pretrained config decides size, mean and std, not the data."""
     path, _ = _timm_weights(tmp_path, ".safetensors", in_chans=3)
     model = build_model(build_config(ModelArguments(backbone="test_resnet", backbone_checkpoint=str(path)),
-                                     DataArguments(), _exp(fashion_mnist)), seed=0)  # fmt: skip
+                                     DataArguments().spec(), _exp(fashion_mnist)), seed=0)  # fmt: skip
     expected = timm.data.resolve_data_config({}, model=timm.create_model("test_resnet", pretrained=False))
     assert model.config.data_config["input_size"] == list(expected["input_size"])  # 3 x 160 x 160
     assert model.config.data_config["mean"] == pytest.approx(list(expected["mean"]))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jtln_hf import data as jdata
-from jtln_hf.arguments import DataArguments, JTLNArguments, ModelArguments, check_arguments, cost_settings
+from jtln_hf.arguments import DataArguments, JTLNArguments, ModelArguments, check_arguments, resolved_cost
 from jtln_hf.cost import FASHION_MNIST_PRIOR_PATH
 from jtln_hf.cost_builders import (
     COST_BUILDERS,
@@ -22,7 +22,7 @@ from jtln_hf.cost_builders import (
     register_cost,
 )
 from jtln_hf.experiment import plan_experiment
-from jtln_hf.sources import KNOWN_DATASETS, known_dataset
+from jtln_hf.data import KNOWN_DATASETS, known_dataset
 
 SOURCE = ["T-shirt/top", "Trouser", "Pullover"]
 TARGET = ["Shirt", "Coat"]
@@ -126,12 +126,12 @@ def test_defaults_come_from_the_known_dataset(tmp_path, monkeypatch):
     """
     data, jtln, plan = _plan(tmp_path, "--mode", "jtln")  # Fashion-MNIST, split by class: the default data
     exp = plan.data[0]
-    assert cost_kind(data.spec(), cost_settings(ModelArguments(), jtln)) == "prior"
+    assert plan.cost.kind == resolved_cost(data, ModelArguments(), jtln).kind == "prior"
     registered = known_dataset("fashion-mnist").prior_cost
     assert registered.is_file()
     expected = _prior_by_hand(registered, exp.source_names, exp.target_names)
-    np.testing.assert_allclose(plan.fixed_cost[0], expected, rtol=0, atol=1e-12)
-    assert registered.name in plan.fixed_cost[1]
+    np.testing.assert_allclose(plan.cost.fixed.matrix, expected, rtol=0, atol=1e-12)
+    assert registered.name in plan.cost.fixed.description
 
     # the default follows the registry, not a path written into the code: register another prior file
     other = tmp_path / "other_prior.csv"
@@ -145,17 +145,17 @@ def test_defaults_come_from_the_known_dataset(tmp_path, monkeypatch):
     data, jtln, plan = _plan(tmp_path, "--mode", "jtln")
     other_expected = _prior_by_hand(other, exp.source_names, exp.target_names)
     assert np.abs(other_expected - expected).max() >= 0.05  # a different cost indeed
-    np.testing.assert_allclose(plan.fixed_cost[0], other_expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(plan.cost.fixed.matrix, other_expected, rtol=0, atol=1e-12)
 
 
 def test_data_without_a_prior_defaults_to_the_feature_cost(tmp_path, digits_folder):
     data, jtln, plan = _plan(tmp_path, "--mode", "jtln", "--source_dataset", "fashion-mnist", "--target_dataset",
                              str(digits_folder), "--shots", "2")  # fmt: skip
-    assert cost_kind(data.spec(), cost_settings(ModelArguments(), jtln)) == DEFAULT_FEATURE_COST == "features-mmd"
-    assert plan.fixed_cost is None  # a model cost: computed from each seed's model, after its warm-up
+    assert plan.cost.kind == DEFAULT_FEATURE_COST == "features-mmd"
+    assert plan.cost.fixed is None  # a model cost: computed from each seed's model, after its warm-up
     # a known dataset registered without a prior: the feature cost too
     assert known_dataset("fgvc-aircraft").prior_cost is None
-    assert cost_kind(DataArguments(dataset="fgvc-aircraft").spec(), cost_settings(ModelArguments(), JTLNArguments())) == DEFAULT_FEATURE_COST
+    assert cost_kind(None, DataArguments(dataset="fgvc-aircraft").spec()) == DEFAULT_FEATURE_COST
 
 
 def test_a_registered_cost_is_a_choice_of_the_cli_and_its_flags_follow(request, fashion_mnist):

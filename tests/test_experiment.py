@@ -13,8 +13,9 @@ from PIL import Image
 from conftest import make_args, write_digits_folder
 from jtln_hf import JointImageClassifier
 from jtln_hf import data as jdata
-from jtln_hf.arguments import DataArguments, JTLNArguments, ModelArguments, method_settings
-from jtln_hf.experiment import build_config, load_pools, plan_experiment, prepare_data
+from jtln_hf.arguments import DataArguments, JTLNArguments, ModelArguments
+from jtln_hf.data import load_pools, prepare_data
+from jtln_hf.experiment import build_config, plan_experiment
 from jtln_hf.methods import run_method
 from jtln_hf.trainer import JTLNTrainer
 
@@ -29,22 +30,22 @@ def _per_class(ds: datasets.Dataset) -> np.ndarray:
 
 def test_two_datasets_keep_their_own_classes(digits_folder):
     data_args = DataArguments(source_dataset="fashion-mnist", target_dataset=str(digits_folder), shots=3)
-    pools = load_pools(data_args)
-    exp = prepare_data(data_args, seed=0, pools=pools)
+    pools = load_pools(data_args.spec())
+    exp = prepare_data(data_args.spec(), seed=0, pools=pools)
     assert exp.source_names == list(jdata.FASHION_MNIST_LABELS) and len(exp.source) == 60_000
     assert exp.target_names == [str(d) for d in range(10)]
     assert len(exp.target) == 30 and list(_per_class(exp.target)) == [3] * 10
     assert len(exp.target_test) == 540  # the folder's test split (30% of 1,797)
     assert not _paths(exp.target) & _paths(exp.target_test)
     # the shots change with the seed, the test set does not
-    other = prepare_data(data_args, seed=1, pools=pools)
+    other = prepare_data(data_args.spec(), seed=1, pools=pools)
     assert _paths(other.target) != _paths(exp.target) and _paths(other.target_test) == _paths(exp.target_test)
 
 
 def test_class_subsets_on_both_sides(digits_folder):
     data_args = DataArguments(source_dataset="fashion-mnist", target_dataset=str(digits_folder), shots=2,
                               source_classes=["Trouser", "Bag"], target_classes=["7", "1"])  # fmt: skip
-    exp = prepare_data(data_args, seed=0)
+    exp = prepare_data(data_args.spec(), seed=0)
     assert exp.source_names == ["Trouser", "Bag"] and exp.target_names == ["7", "1"]
     assert set(exp.target_test["label"]) == {0, 1}
 
@@ -70,29 +71,29 @@ def test_test_fraction_carves_a_stratified_split_disjoint_from_the_shots(tmp_pat
     root = write_digits_folder(tmp_path / "digits", layout="classes")  # a single split
     data_args = DataArguments(source_dataset="fashion-mnist", target_dataset=str(root), shots=5,
                               target_test_fraction=0.25, target_validation_fraction=0.2)  # fmt: skip
-    pools = load_pools(data_args)
+    pools = load_pools(data_args.spec())
     full = _per_class(datasets.load_dataset("imagefolder", data_dir=str(root), split="train"))
     test, validation = _per_class(pools.target_test), _per_class(pools.target_validation)
     assert full.sum() == 1797
     _assert_stratified(test, full, 0.25)  # 450 test images, stratified
     _assert_stratified(validation, full - test, 0.2)  # then the validation set, from what is left
-    exp = prepare_data(data_args, seed=0, pools=pools)
+    exp = prepare_data(data_args.spec(), seed=0, pools=pools)
     shots, test_paths, val_paths = _paths(exp.target), _paths(exp.target_test), _paths(exp.target_validation)
     assert len(shots) == 50 and not shots & test_paths and not shots & val_paths and not test_paths & val_paths
-    again = load_pools(data_args)  # the same carve every time: every seed is tested on the same images
+    again = load_pools(data_args.spec())  # the same carve every time: every seed is tested on the same images
     assert _paths(again.target_test) == test_paths
 
 
 def test_missing_test_split_says_how_to_carve_one(tmp_path):
     root = write_digits_folder(tmp_path / "digits", layout="classes")
     with pytest.raises(ValueError, match=r"has no such split \(splits: \['train'\]\).*--target_test_fraction 0.2"):
-        load_pools(DataArguments(source_dataset="fashion-mnist", target_dataset=str(root)))
+        load_pools(DataArguments(source_dataset="fashion-mnist", target_dataset=str(root)).spec())
 
 
 def test_input_comes_from_the_data_when_training_from_scratch(digits_folder):
     data_args = DataArguments(source_dataset="fashion-mnist", target_dataset=str(digits_folder), shots=5)
-    exp = prepare_data(data_args, seed=0)
-    config = build_config(ModelArguments(backbone="test_resnet"), data_args, exp)
+    exp = prepare_data(data_args.spec(), seed=0)
+    config = build_config(ModelArguments(backbone="test_resnet"), data_args.spec(), exp)
     assert config.data_config["input_size"] == [1, 28, 28] and config.backbone_kwargs == {"in_chans": 1}
     mean = config.data_config["mean"][0]
     assert 0.05 < mean < 0.5  # dark backgrounds: Fashion-MNIST ~0.29, digits ~0.2
@@ -171,7 +172,7 @@ def test_grayscale_and_colour_images_meet_in_one_batch(tmp_path, digits_folder, 
         return compute_loss(self, model, inputs, *a, **kw)
 
     monkeypatch.setattr(JTLNTrainer, "compute_loss", recording)
-    run = run_method("joint", exp, plan.config, method_settings(data_args, model_args, jtln_args), args, seed=0)
+    run = run_method("joint", exp, plan.config, plan.settings, args, seed=0)
     assert len(seen) == 2  # max_steps
     for pixel_values, domain in seen:
         assert pixel_values.shape == (8, 3, size, size) and set(domain.tolist()) == {0, 1}  # both origins in one batch
@@ -200,7 +201,7 @@ def test_validation_metrics_are_reported(tmp_path, digits_folder):
     model_args, jtln_args = ModelArguments(backbone="test_resnet"), JTLNArguments(mode="finetune", seeds=[0])
     args = make_args(tmp_path / "run", max_steps=1)
     plan = plan_experiment(data_args, model_args, jtln_args, args)
-    run = run_method("finetune", plan.data[0], plan.config, method_settings(data_args, model_args, jtln_args), args, seed=0)
+    run = run_method("finetune", plan.data[0], plan.config, plan.settings, args, seed=0)
     assert {"accuracy", "validation_accuracy", "validation_mean_per_class_accuracy"} <= set(run.metrics)
     stage = tmp_path / "run" / "runs" / "finetune-seed0"
     assert {"train_results.json", "eval_results.json", "all_results.json", "trainer_state.json"} <= {
@@ -222,7 +223,7 @@ def test_relationship_and_constant_costs_run(tmp_path, cost):
     jtln_args = JTLNArguments(mode="jtln", seeds=[0], cost=cost, cost_warmup_steps=2)
     args = make_args(tmp_path / "run", max_steps=2, per_device_train_batch_size=8)
     plan = plan_experiment(data_args, model_args, jtln_args, args)
-    run = run_method("jtln", plan.data[0], plan.config, method_settings(data_args, model_args, jtln_args), args, 0, plan.fixed_cost)
+    run = run_method("jtln", plan.data[0], plan.config, plan.settings, args, 0)
     cost_matrix = run.model.cost_matrix.numpy()
     assert cost_matrix.shape == (5, 5)
     warmed = (tmp_path / "run" / "runs" / "jtln-seed0-warmup").is_dir()
@@ -283,7 +284,7 @@ def test_cotuning_runs_as_a_method_and_states_its_steps(tmp_path):
     jtln_args = JTLNArguments(mode="cotuning", seeds=[0], cost_warmup_steps=2)
     args = make_args(tmp_path / "run", max_steps=2, per_device_train_batch_size=8)
     plan = plan_experiment(data_args, model_args, jtln_args, args)
-    run = run_method("cotuning", plan.data[0], plan.config, method_settings(data_args, model_args, jtln_args), args, 0)
+    run = run_method("cotuning", plan.data[0], plan.config, plan.settings, args, 0)
     assert run.steps == "2 warm-up + 2" and "Co-Tuning" in run.cost_description
     state = (tmp_path / "run" / "runs" / "cotuning-seed0" / "trainer_state.json").read_text()
     assert '"cotuning"' in state  # the soft source term is logged beside ce_target, ce_source, ot

@@ -1,4 +1,4 @@
-"""Tests for jtln_hf.fgvc_aircraft on a miniature archive written in the official layout.
+"""Tests for jtln_hf.data.fgvc_aircraft on a miniature archive written in the official layout.
 
 The archive holds eight tiny JPEGs whose bottom 20 rows are a red "copyright banner" and whose
 content is noise around a colour of their own (so a row's image can be told apart and the banner
@@ -20,7 +20,7 @@ import yaml
 from PIL import Image, JpegImagePlugin
 
 from jtln_hf import data as jdata
-from jtln_hf.fgvc_aircraft import BANNER_HEIGHT, crop_banner, load_fgvc_aircraft
+from jtln_hf.data.fgvc_aircraft import BANNER_HEIGHT, crop_banner, load_fgvc_aircraft
 
 CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"
 
@@ -297,12 +297,12 @@ def test_boeing_and_airbus_targets_are_disjoint():
 def test_the_recipe_splits_the_archive_by_variant(archive):
     """``--dataset fgvc-aircraft --dataset_root DIR --label_column variant``: the paper's shape, banner-free."""
     from jtln_hf.arguments import DataArguments
-    from jtln_hf.experiment import load_pools, prepare_data
+    from jtln_hf.data import load_pools, prepare_data
 
     data_args = DataArguments(dataset="fgvc-aircraft", dataset_root=str(archive.parent), label_column="variant",
                               train_split="trainval", test_split="test", target_classes=["737-300", "737-400"],
                               shots=1)  # fmt: skip
-    exp = prepare_data(data_args, seed=0, pools=load_pools(data_args))
+    exp = prepare_data(data_args.spec(), seed=0, pools=load_pools(data_args.spec()))
     assert exp.target_names == ["737-300", "737-400"] and exp.source_names == ["Boeing 717", "F/A-18"]
     assert len(exp.source) == 2 and len(exp.target) == 2 and len(exp.target_test) == 2
     for image in exp.target_test["image"]:

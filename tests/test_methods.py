@@ -7,12 +7,13 @@ import dataclasses
 import pytest
 from conftest import make_args
 
-from jtln_hf.arguments import DataArguments, JTLNArguments, ModelArguments, check_arguments, method_settings
+from jtln_hf.arguments import DataArguments, JTLNArguments, ModelArguments, check_arguments
 from jtln_hf.experiment import plan_experiment
 from jtln_hf.methods import (
     METHOD_REGISTRY,
-    METHODS,
     Trained,
+    baseline_method,
+    method_names,
     register_method,
     run_method,
     train_target_only,
@@ -21,10 +22,29 @@ from jtln_hf.results import results_markdown, summarize
 
 
 def test_registry_holds_the_paper_methods_and_the_baseline_in_order():
-    assert METHODS == ("finetune", "consecutive", "joint", "jtln", "cotuning")
-    assert [m for m in METHODS if METHOD_REGISTRY[m].uses_ot] == ["jtln"]
-    assert [m for m in METHODS if METHOD_REGISTRY[m].joint_batches] == ["joint", "jtln", "cotuning"]
-    assert len({METHOD_REGISTRY[m].colour for m in METHODS}) == len(METHODS)  # one colour each in the figure
+    names = method_names()
+    assert names == ("finetune", "consecutive", "joint", "jtln", "cotuning")
+    assert [m for m in names if METHOD_REGISTRY[m].uses_ot] == ["jtln"]
+    assert [m for m in names if METHOD_REGISTRY[m].joint_batches] == ["joint", "jtln", "cotuning"]
+    assert [m for m in names if not METHOD_REGISTRY[m].trains_source] == ["finetune"]
+    assert baseline_method() == "joint"
+    assert len({METHOD_REGISTRY[m].colour for m in names}) == len(names)  # one colour each in the figure
+
+
+def test_the_budget_text_is_a_fact_of_the_registration():
+    assert METHOD_REGISTRY["consecutive"].steps_text("500", 0) == "500 source + 500 target"
+    assert METHOD_REGISTRY["jtln"].steps_text("500", 200) == "200 warm-up + 500"
+    assert METHOD_REGISTRY["joint"].steps_text("500", 0) == "500"
+
+
+def test_method_names_are_read_at_call_time(request):
+    from jtln_hf.method_styles import METHOD_STYLES
+
+    request.addfinalizer(lambda: (METHOD_REGISTRY.pop("late", None), METHOD_STYLES.pop("late", None)))
+    register_method("late", "a late method", "late", "tab:olive")(lambda run: None)
+    assert method_names()[-1] == "late"
+    assert JTLNArguments(mode="late").run_methods == ["late"]
+    assert "late" in JTLNArguments().methods  # the default comparison includes it
 
 
 def test_method_flags_are_checked_from_the_registry():
@@ -53,8 +73,8 @@ def test_a_registered_method_runs_and_reports_under_its_title(request, tmp_path)
     check_arguments(data_args, model_args, jtln_args, {"mode"})
     args = make_args(tmp_path / "run", max_steps=2, per_device_train_batch_size=8)
     plan = plan_experiment(data_args, model_args, jtln_args, args)
-    assert plan.methods == ["half"]
-    run = run_method("half", plan.data[0], plan.config, method_settings(data_args, model_args, jtln_args), args, 0)
+    assert plan.methods == ("half",)
+    run = run_method("half", plan.data[0], plan.config, plan.settings, args, 0)
     assert stages == ["half-seed0"] and run.cost_description == "half budget"
     assert (tmp_path / "run" / "runs" / "half-seed0" / "eval_results.json").is_file()
     assert "| target only, half the steps |" in results_markdown(summarize([run]))

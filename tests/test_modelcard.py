@@ -84,7 +84,7 @@ def test_heatmap_has_class_names_and_a_labelled_colour_bar():
 
 
 def test_compare_figure_shows_paired_differences_and_accuracy():
-    fig = figures.compare_figure(SUMMARY)
+    fig = figures.compare_figure(SUMMARY, "joint")
     diff, acc = fig.axes
     assert [t.get_text().split("\n")[0] for t in diff.get_xticklabels()] == ["target only", "consecutive", "JTLN"]
     assert [t.get_text() for t in acc.get_xticklabels()] == ["target only", "consecutive", "joint (no OT)", "JTLN"]
@@ -106,7 +106,7 @@ def test_card_metadata_content_and_figures(tmp_path):
     plan[0, 0] -= 0.05
     args = make_args_for_card(tmp_path)
     write_model_card(
-        tmp_path, model, plan=plan, plan_images=200, summary=SUMMARY,
+        tmp_path, model, plan=plan, plan_images=200, summary=SUMMARY, baseline="joint",
         repo_id="tester/jtln-tiny", cost_description="Hand-written prior; normalisation: column.",
         hyperparameters=training_hyperparameters(args), results_table="| method | accuracy |\n|---|---|\n| JTLN | 72 |",
         metrics={"accuracy": 0.7234, "mean_per_class_accuracy": 0.7012}, datasets=["fashion_mnist"],
@@ -242,7 +242,7 @@ def test_card_states_what_the_run_did(tmp_path, steps, seeds, hub_model_id):
     args = make_args(tmp_path, hub_model_id=hub_model_id, max_steps=4)
     data_args, jtln_args = DataArguments(), JTLNArguments(methods=methods, seeds=seeds)
     (kept,) = [r for r in runs if r.model is not None]
-    settings = method_settings(data_args, ModelArguments(), jtln_args)
+    settings = method_settings(data_args, ModelArguments(), jtln_args)  # what the plan resolves
     folder = save_model(kept, tmp_path, args, settings, table, summary=summary)
     results = json.loads((tmp_path / "results.json").read_text())
     card = ModelCard.load(folder / "README.md")
@@ -366,10 +366,10 @@ def test_top_k_is_reported_only_well_above_chance(num_labels, shown):
 def test_compare_png_is_readable_at_the_cards_width(tmp_path):
     """Five methods: at most ~1000 px wide, so shown 800 px wide the smallest text keeps >= 12 px."""
     summary = {**SUMMARY, "cotuning": SUMMARY["jtln"]}
-    path = figures.plot_compare(summary, tmp_path / COMPARE_FIGURE)
+    path = figures.plot_compare(summary, tmp_path / COMPARE_FIGURE, "joint")
     with Image.open(path) as image:
         width = image.width
-    fig = figures.compare_figure(summary)
+    fig = figures.compare_figure(summary, "joint")
     sizes = [t.get_fontsize() for t in fig.findobj(matplotlib.text.Text) if t.get_text().strip()]
     smallest_px_at_800 = min(sizes) * 150 / 72 * 800 / width
     assert width <= 1000 and smallest_px_at_800 >= 12, (width, min(sizes))

@@ -105,14 +105,13 @@ def _after(tokens: list[str], word: str) -> list[str]:
 
 # ----------------------------------------------------------------------------- the small runs
 def _reads_warmup(argv: list[str]) -> bool:
-    from jtln_hf.arguments import cost_settings
-    from jtln_hf.cost_builders import cost_warmup_steps
+    from jtln_hf.arguments import resolved_cost
     from jtln_hf.methods import METHOD_REGISTRY
 
     data, model, jtln, *_ = recipe.parse_args(argv)
     methods = [METHOD_REGISTRY[m] for m in jtln.run_methods]
     return any("cost_warmup_steps" in m.flags and not m.uses_ot for m in methods) or (
-        any(m.uses_ot for m in methods) and cost_warmup_steps(cost_settings(model, jtln), data.spec()) > 0)  # fmt: skip
+        any(m.uses_ot for m in methods) and resolved_cost(data, model, jtln).warmup_steps > 0)  # fmt: skip
 
 
 def small_run(argv: list[str]) -> list[str]:

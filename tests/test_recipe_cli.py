@@ -125,6 +125,32 @@ def test_help_leads_with_the_description_examples_and_jtln_flags():
     assert order == sorted(order)  # data, model, JTLN, the objective, then the Trainer's flags
 
 
+def test_help_lists_methods_and_costs_registered_before_the_parser_is_built(request, tmp_path):
+    """--help is built from the registries at call time: a user's late registrations are listed and accepted."""
+    from jtln_hf.cost_builders import COST_BUILDERS, register_cost
+    from jtln_hf.method_styles import METHOD_STYLES
+    from jtln_hf.methods import METHOD_REGISTRY, register_method
+
+    def forget():
+        METHOD_REGISTRY.pop("mine", None)
+        METHOD_STYLES.pop("mine", None)
+        COST_BUILDERS.pop("diagonal", None)
+
+    request.addfinalizer(forget)
+    before = " ".join(recipe.build_parser().format_help().split())
+    assert "mine" not in before and "diagonal" not in before
+    register_method("mine", "my method", "mine", "tab:olive")(lambda run: None)
+    register_cost("diagonal", "0 on the diagonal, 1 elsewhere", normalized=False)(lambda inputs: None)
+    parser = recipe.build_parser()
+    helps = {action.dest: " ".join((action.help or "").split()) for action in parser._actions}
+    assert "mine, compare}" in helps["mode"] and "cotuning, mine}" in helps["methods"]
+    assert "diagonal: 0 on the diagonal, 1 elsewhere" in helps["cost"]
+    text = " ".join(parser.format_help().split())
+    assert "diagonal: 0 on the diagonal" in text and "mine, compare}" in text
+    data, model, jtln, *_ = recipe.parse_args(["--mode", "mine", "--cost", "diagonal", "--output_dir", str(tmp_path)])
+    assert jtln.run_methods == ["mine"] and jtln.cost == "diagonal"
+
+
 def test_epochs_replace_the_default_steps_only_when_given(tmp_path):
     parsed = recipe.parse_args(["--num_train_epochs", "2", "--output_dir", str(tmp_path)])
     training, given = parsed[3], parsed[4]

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import write_digits_folder
-from jtln_hf.sources import (
+from jtln_hf.data.sources import (
     data_config_from_stats,
     hub_dataset_id,
     image_stats,

@@ -135,7 +135,7 @@ def test_the_card_shows_the_paired_column(tmp_path):
     summary = summarize(runs)
     table = write_results(tmp_path / "results", summary, runs, {}, "Caption.")
     write_model_card(tmp_path / "card", make_model(), summary=summary, results_table=table, repo_id="tester/paired",
-                     cost_description="", hyperparameters={})  # fmt: skip
+                     cost_description="", hyperparameters={}, baseline="joint")  # fmt: skip
     text = (tmp_path / "card" / "README.md").read_text()
     assert f"| {HEADER} |" in text and "| +0.7 [+0.1, +1.4], 4/5 |" in text
     assert f"]({COMPARE_FIGURE})" in text
@@ -162,10 +162,10 @@ def _bars(ax) -> list[tuple[float, float | None]]:
 def test_compare_png(tmp_path, n_seeds, with_joint):
     methods = ("finetune", "consecutive", "joint", "jtln") if with_joint else ("finetune", "jtln")
     summary = summarize(fake_runs(range(n_seeds), methods=methods))
-    path = figures.plot_compare(summary, tmp_path / "compare.png")
+    path = figures.plot_compare(summary, tmp_path / "compare.png", "joint")
     with Image.open(path) as image:
         assert image.format == "PNG" and image.width > 300 and image.height > 200
-    fig = figures.compare_figure(summary)
+    fig = figures.compare_figure(summary, "joint")
     assert len(fig.axes) == (2 if with_joint else 1)
     accuracy = fig.axes[-1]
     assert [t.get_text() for t in accuracy.get_xticklabels()] == [METHOD_REGISTRY[m].label for m in methods]
@@ -176,7 +176,7 @@ def test_compare_png(tmp_path, n_seeds, with_joint):
     if not with_joint:
         return
     diff = fig.axes[0]
-    paired = paired_summary(summary)
+    paired = paired_summary(summary, "joint")
     assert [t.get_text() for t in diff.get_xticklabels()] == [
         f"{METHOD_REGISTRY[m].label}\n{paired[m].to_text().rsplit(', ', 1)[0]}\nwon {paired[m].wins}/{paired[m].n}"
         for m in ("finetune", "consecutive", "jtln")]
@@ -194,7 +194,7 @@ def test_compare_png(tmp_path, n_seeds, with_joint):
 
 def test_compare_figure_draws_mean_per_class_accuracy_only_when_it_differs():
     summary = summarize(fake_runs(range(3), balanced=False))
-    accuracy = figures.compare_figure(summary).axes[-1]
+    accuracy = figures.compare_figure(summary, "joint").axes[-1]
     bars = _bars(accuracy)
     assert len(bars) == 8
     per_class = sorted(m for m, _ in bars[1::2])

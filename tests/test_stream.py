@@ -22,7 +22,7 @@ from jtln_hf.data.splits import select_classes, standardize_columns
 from jtln_hf.data.stream import PairedStream
 from jtln_hf.data.stream_loader import load_stream_state, save_stream_state, streaming_dataloader
 from jtln_hf.data.stream_source import open_streaming_source, row_identity, take_per_class
-from jtln_hf.sources import open_dataset
+from jtln_hf.data.sources import open_dataset
 
 NAMES = ["ant", "bee", "cat"]
 ROWS_PER_SHARD = 12

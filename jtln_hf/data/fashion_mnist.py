@@ -1,17 +1,23 @@
-"""Fashion-MNIST from Debian's idx files, its embedded class split and its timm data config."""
+"""Fashion-MNIST from Debian's idx files, its embedded class split, its timm data config, its prior cost
+and its registration as the known dataset ``fashion-mnist`` (:mod:`jtln_hf.data.known`)."""
 
 from __future__ import annotations
 
 import gzip
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import datasets
 import numpy as np
 
+from ..cost import FASHION_MNIST_PRIOR_PATH
 from .image_stats import ImageStats, data_config_from_stats
+from .known import KnownDataset, register_known_dataset
+
+#: The dataset spec (``--dataset fashion-mnist``), and the default data of the recipe.
+FASHION_MNIST = "fashion-mnist"
 
 
 #: Where Debian's ``dataset-fashion-mnist`` puts the idx files; ``JTLN_FASHION_MNIST_DIR`` overrides it
@@ -66,3 +72,11 @@ def load_fashion_mnist(split: str = "train", data_dir: str | Path = FASHION_MNIS
         gen_kwargs={"images_path": str(images), "labels_path": str(labels)},
         split=datasets.Split.TRAIN if split == "train" else datasets.Split.TEST,
     )
+
+
+def _open_fashion_mnist(root: str | None, splits: Sequence[str] | None) -> datasets.DatasetDict:
+    return datasets.DatasetDict({"train": load_fashion_mnist("train"), "test": load_fashion_mnist("test")})
+
+
+register_known_dataset(KnownDataset(FASHION_MNIST, _open_fashion_mnist, "zalando-datasets/fashion_mnist",
+                                    DEFAULT_TARGET_CLASSES, FASHION_MNIST_DATA_CONFIG, FASHION_MNIST_PRIOR_PATH))

@@ -19,7 +19,7 @@ from typing import Any
 
 import datasets
 
-from ..sources import DATA_FILE_BUILDERS
+from .sources import DATA_FILE_BUILDERS
 from .splits import resolve_classes
 
 #: File endings a streamed source may be read from, and the packaged builder for each.

@@ -12,15 +12,25 @@ A stage plan trains a fresh model through one or more stages (each a :class:`JTL
 in ``output_dir/runs/<method>-seed<seed>[-stage]``). Every method sees the same target images
 per step (``per_device_train_batch_size x (1 - source_fraction)``). Adding a method is one
 :func:`register_method` call (the built-ins' are in :mod:`jtln_hf.methods.plans`): the CLI's
-``--mode``/``--methods``, the table and the figure read the registry.
+``--mode``/``--methods`` (and their ``--help``, built after registration), the table, the figure
+and the card read the registry (:func:`method_names`, :func:`baseline_method`, the :class:`Method` facts).
 """
 
 from __future__ import annotations
 
 from . import plans  # noqa: F401  (registers the built-in methods)
-from .plans import METHODS, OT_FLAGS, cotuning_warmup_steps
+from .plans import OT_FLAGS, CoTuningSettings
 from .predict import evaluate_model, predict_outputs, resolve_cost
-from .registry import METHOD_REGISTRY, Method, MethodRun, MethodSettings, Trained, register_method
+from .registry import (
+    METHOD_REGISTRY,
+    Method,
+    MethodRun,
+    MethodSettings,
+    Trained,
+    baseline_method,
+    method_names,
+    register_method,
+)
 from .run import RunResult, run_method, stage_length
 from .stages import (
     build_model,
@@ -34,17 +44,18 @@ from .stages import (
 from .stages import _with_transform  # noqa: F401  (importable here, as before the split)
 
 __all__ = [
-    "METHODS",
     "OT_FLAGS",
     "METHOD_REGISTRY",
+    "CoTuningSettings",
     "Method",
     "MethodRun",
     "MethodSettings",
     "RunResult",
     "Trained",
+    "baseline_method",
     "build_model",
-    "cotuning_warmup_steps",
     "evaluate_model",
+    "method_names",
     "predict_outputs",
     "quiet_args",
     "register_method",

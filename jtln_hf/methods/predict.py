@@ -10,7 +10,7 @@ import datasets
 import numpy as np
 
 from ..cost import FASHION_MNIST_PRIOR_PATH
-from ..cost_builders import CostInputs, CostSettings, Predict, build_cost, cost_kind, data_prior
+from ..cost_builders import Cost, CostInputs, FixedCost, Predict, build_cost
 from ..data.pools import DataSpec, ExperimentData
 from ..modeling_jtln import JointImageClassifier
 from ..trainer import JTLNTrainer, JTLNTrainingArguments
@@ -36,10 +36,10 @@ def _predictor(model, data: DataSpec, args: JTLNTrainingArguments) -> Predict:
 
 
 def resolve_cost(
-    cost: CostSettings, data: DataSpec, exp: ExperimentData, model: JointImageClassifier | None = None,
+    cost: Cost, data: DataSpec, exp: ExperimentData, model: JointImageClassifier | None = None,
     seed: int = 0, warmup_steps: int = 0, args: JTLNTrainingArguments | None = None,
-) -> tuple[np.ndarray, str]:  # fmt: skip
-    """The cost matrix C for ``--cost`` (or its default) and a sentence saying how it was built.
+) -> FixedCost:  # fmt: skip
+    """The cost matrix C of ``cost.kind`` and a sentence saying how it was built.
 
     Looks the builder up in :data:`jtln_hf.cost_builders.COST_BUILDERS` (a file path otherwise);
     builders that read the model run it through :func:`predict_outputs` (needs ``model`` and ``args``).
@@ -47,10 +47,10 @@ def resolve_cost(
     predict = _predictor(model, data, args) if model is not None and args is not None else None
     inputs = CostInputs(
         exp.source, exp.target, list(exp.source_names), list(exp.target_names), predict=predict,
-        prior=data_prior(data) or FASHION_MNIST_PRIOR_PATH, seed=seed, warmup_steps=warmup_steps,
+        prior=cost.prior or FASHION_MNIST_PRIOR_PATH, seed=seed, warmup_steps=warmup_steps,
         samples_per_class=cost.samples_per_class,
     )  # fmt: skip
-    return build_cost(cost_kind(data, cost), inputs, cost.normalization)
+    return FixedCost(*build_cost(cost.kind, inputs, cost.normalization))
 
 
 def evaluate_model(

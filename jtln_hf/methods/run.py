@@ -7,7 +7,6 @@ import dataclasses
 import time
 from dataclasses import dataclass
 
-import numpy as np
 from transformers.utils import logging
 
 from ..configuration_jtln import JointImageClassifierConfig
@@ -40,35 +39,27 @@ class RunResult:
 def run_method(
     method: str, exp: ExperimentData, config: JointImageClassifierConfig, settings: MethodSettings,
     args: JTLNTrainingArguments, seed: int,
-    fixed_cost: tuple[np.ndarray, str] | None = None,
 ) -> RunResult:  # fmt: skip
     """Train one method for one seed (its registered stage plan) and evaluate it on the target test set.
 
-    ``fixed_cost`` is a cost resolved before training (``prior`` or a file); model costs are
-    computed in the plan, from this seed's model.
+    ``settings`` come resolved from the run's plan: ``settings.cost.fixed`` is a cost resolved before
+    training (``prior`` or a file); model costs are computed in the stage plan, from this seed's model.
     """
     if method not in METHOD_REGISTRY:
         raise ValueError(f"unknown method {method!r}: choose from {list(METHOD_REGISTRY)}.")
     args = dataclasses.replace(args, seed=seed)
-    model = build_model(config, seed, settings.image_size if settings.cost.pretrained else None)
+    registered = METHOD_REGISTRY[method]
+    model = build_model(config, seed, settings.image_size)
     start = time.perf_counter()
-    run = MethodRun(model, exp, settings, args, f"{method}-seed{seed}", fixed_cost)
-    trained = METHOD_REGISTRY[method].plan(run)
+    run = MethodRun(model, exp, settings, args, f"{method}-seed{seed}", settings.of(method))
+    trained = registered.plan(run)
     seconds = time.perf_counter() - start
     metrics = evaluate_model(model, exp, settings.data, args, log_to=trained.last)
     logger.warning(f"{method} seed {seed}: accuracy {metrics['accuracy']:.4f} ({seconds:.0f} s)")
-    return RunResult(method, seed, metrics, seconds, model, trained.description,
-                     _steps_text(method, args, trained.warmup), trained.warmup)  # fmt: skip
+    steps = registered.steps_text(stage_length(args).removesuffix(" steps"), trained.warmup)
+    return RunResult(method, seed, metrics, seconds, model, trained.description, steps, trained.warmup)
 
 
 def stage_length(args: JTLNTrainingArguments) -> str:
     """The length of one stage: ``"500 steps"`` or ``"2 epochs"``."""
     return f"{args.max_steps} steps" if args.max_steps > 0 else f"{args.num_train_epochs:g} epochs"
-
-
-def _steps_text(method: str, args: JTLNTrainingArguments, warmup: int) -> str:
-    """The training budget of one run: consecutive trains twice, warm-ups add source-only steps."""
-    length = stage_length(args).removesuffix(" steps")
-    if method == "consecutive":
-        return f"{length} source + {length} target"
-    return f"{warmup} warm-up + {length}" if warmup else length

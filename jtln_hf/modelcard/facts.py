@@ -162,12 +162,12 @@ def cost_ties(
     return ties
 
 
-def comparison_facts(summary: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def comparison_facts(summary: Mapping[str, Mapping[str, Any]], baseline: str | None = None) -> dict[str, Any]:
     """What the card says about a comparison, from :func:`jtln_hf.results.summarize`'s ``summary``.
 
     ``methods`` (row titles, in order), ``seeds`` (when every method ran the same ones, else None),
     ``steps`` (the one budget every method had, else None: the table's "steps per seed" column
-    gives each) and ``paired`` (whether the table has the "− joint" column).
+    gives each) and ``paired`` (whether the table has the "− ``baseline``" column).
     """
     from ..stats import paired_summary
 
@@ -177,7 +177,7 @@ def comparison_facts(summary: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]
         "methods": [METHOD_STYLES[m].title if m in METHOD_STYLES else m for m in summary],
         "seeds": list(next(iter(seeds))) if len(seeds) == 1 else None,
         "steps": next(iter(steps)) if len(steps) == 1 and "" not in steps else None,
-        "paired": bool(paired_summary(summary)),
+        "paired": baseline is not None and bool(paired_summary(summary, baseline)),
     }
 
 

@@ -99,12 +99,13 @@ def write_figures(
     plan_images: int | None = None,
     summary: Mapping[str, Any] | None = None,
     cost_normalization: str | None = None,
+    baseline: str | None = None,
 ) -> dict[str, str]:
     """Draw the card's PNGs into ``folder``; return ``{"cost"|"plan"|"compare": file name}`` of those drawn.
 
     The cost heatmap needs a non-zero cost matrix, the plan heatmap a ``plan`` (see
     :func:`jtln_hf.sinkhorn.mean_transport_plan`), the comparison (:func:`jtln_hf.figures.compare_figure`: paired
-    differences to joint, accuracy per method) a ``summary`` of several methods. The cost heatmap's
+    differences to ``baseline``, accuracy per method) a ``summary`` of several methods. The cost heatmap's
     title names ``cost_normalization`` and what it did.
     """
     folder = Path(folder)
@@ -118,7 +119,7 @@ def write_figures(
         _figures.plot_transport_plan(plan, source, target, folder / PLAN_FIGURE, num_images=plan_images)
         drawn["plan"] = PLAN_FIGURE
     if summary is not None and len(summary) > 1:
-        _figures.plot_compare(summary, folder / COMPARE_FIGURE)
+        _figures.plot_compare(summary, folder / COMPARE_FIGURE, baseline)
         drawn["compare"] = COMPARE_FIGURE
     return drawn
 
@@ -146,6 +147,8 @@ def render_model_card(
     tags: Sequence[str] | None = None,
     base_model: str | None = None,
     timm_export: str | None = None,
+    baseline: str | None = None,
+    source_head_trained: bool = True,
 ) -> ModelCard:
     """Render the card of ``model`` (a `JointImageClassifier`) from ``model_card_template.md``.
 
@@ -207,6 +210,11 @@ def render_model_card(
         Where a plain timm copy of the target network is, as ``timm.create_model`` takes it:
         ``"hf-hub:user/name"`` (a Hub repository) or ``"local-dir:<folder>"`` (a folder of this
         repository). None: there is none, and the card says the Hub widget does not run this model.
+    baseline : str, optional
+        The method the comparison pairs every other one with, seed by seed (the registry's
+        :func:`jtln_hf.methods.baseline_method`); None: no paired comparison.
+    source_head_trained : bool
+        Whether the method trained the source head (its :class:`jtln_hf.methods.Method` fact).
     """
     config = model.config
     source_labels, target_labels = label_names(model)
@@ -250,7 +258,7 @@ def render_model_card(
     cost = model.cost_matrix.detach().cpu().numpy()
     comparison_text, compare_alt = "", "Comparison: target test accuracy per method"
     if results_table:
-        comparison_text, compare_alt = _comparison_text(summary, registered, seed)
+        comparison_text, compare_alt = _comparison_text(summary, registered, seed, baseline)
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE_PATH),
@@ -260,7 +268,7 @@ def render_model_card(
         package=package_reference(),
         method_title=intro.title,
         method_uses_ot=intro.uses_ot,
-        source_head_trained=method != "finetune",
+        source_head_trained=source_head_trained,
         paper_url=PAPER_URL,
         backbone=config.backbone,
         pretrained_backbone=bool(config.pretrained_backbone),
@@ -320,13 +328,11 @@ def _timm_export(spec: str | None) -> dict[str, str]:
     return {"folder": folder, "name": f"local-dir:{folder}"}
 
 
-def _comparison_text(summary, checkpoint, seed) -> tuple[str, str]:
+def _comparison_text(summary, checkpoint, seed, baseline: str | None) -> tuple[str, str]:
     """The sentences above the comparison table, and the comparison figure's alt text, from ``summary``."""
-    from ..stats import BASELINE
-
     sentences, alt = [], "Comparison: target test accuracy per method"
     if summary:
-        facts = comparison_facts(summary)
+        facts = comparison_facts(summary, baseline)
         n = len(facts["methods"])
         seeds = f" and seeds ({', '.join(map(str, facts['seeds']))})" if facts["seeds"] else ""
         sentences.append(f"Target test accuracy of the {n} methods this run compared ({'; '.join(facts['methods'])}), "
@@ -338,10 +344,10 @@ def _comparison_text(summary, checkpoint, seed) -> tuple[str, str]:
         if facts["paired"]:
             sentences.append(
                 "For a seed every method sees the same target images and initial weights, so the "
-                f'"− {BASELINE}" column compares each method with {BASELINE} fine-tuning seed by seed: mean '
+                f'"− {baseline}" column compares each method with {baseline} fine-tuning seed by seed: mean '
                 "difference in percentage points, its 95% Student-t interval and the number of seeds won."
             )
-            alt = (f"Comparison: per-seed difference to {BASELINE} fine-tuning with mean and 95% interval; "
+            alt = (f"Comparison: per-seed difference to {baseline} fine-tuning with mean and 95% interval; "
                    "target test accuracy per method")  # fmt: skip
     if checkpoint is not None:
         on_seed = "" if seed is None else f" on seed {seed}"
@@ -368,7 +374,8 @@ def write_model_card(
     ``render_kwargs`` go to :func:`render_model_card`. Returns the card.
     """
     drawn = write_figures(folder, model, plan=plan, plan_images=plan_images, summary=summary,
-                          cost_normalization=render_kwargs.get("cost_normalization"))  # fmt: skip
+                          cost_normalization=render_kwargs.get("cost_normalization"),
+                          baseline=render_kwargs.get("baseline"))  # fmt: skip
     card = render_model_card(model, figures=drawn, plan=plan, plan_images=plan_images, summary=summary, **render_kwargs)
     save_model_card(card, folder)
     return card

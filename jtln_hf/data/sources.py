@@ -5,7 +5,7 @@ One spec string names a dataset on either side of JTLN (``--dataset``, ``--sourc
 
 * ``fashion-mnist`` -- the Debian package ``dataset-fashion-mnist`` (offline; splits train, test);
 * ``fgvc-aircraft`` -- FGVC-Aircraft from its official archive layout under ``root``
-  (:func:`jtln_hf.fgvc_aircraft.load_fgvc_aircraft`; splits train, val, trainval, test);
+  (:func:`jtln_hf.data.fgvc_aircraft.load_fgvc_aircraft`; splits train, val, trainval, test);
 * a local folder -- an ImageFolder (``train/<class>/*.png``, ``test/<class>/...``, or class
   folders only, which give one ``train`` split), or a folder written by ``Dataset.save_to_disk``
   / ``DatasetDict.save_to_disk``;
@@ -15,15 +15,15 @@ One spec string names a dataset on either side of JTLN (``--dataset``, ``--sourc
 
 Everything goes through ``datasets.load_dataset`` / ``load_from_disk``; this module only maps a
 spec to the right call and turns the usual mistakes (a missing split, a missing column) into
-one-line errors that name the fix.
+one-line errors that name the fix. The datasets known by name (:class:`KnownDataset`) live in
+:mod:`jtln_hf.data.known` and register themselves beside their readers.
 """
 
 from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,83 +31,14 @@ import datasets
 import numpy as np
 from PIL import Image as PILImage
 
-from .cost import FASHION_MNIST_PRIOR_PATH
-from .data import DEFAULT_TARGET_CLASSES, FASHION_MNIST_DATA_CONFIG, load_fashion_mnist
-from .data.image_stats import ImageStats, data_config_from_stats
-from .image_processing_jtln import CHANNEL_MODES
+from ..image_processing_jtln import CHANNEL_MODES
+from .fashion_mnist import FASHION_MNIST
+from .fgvc_aircraft import FGVC_AIRCRAFT
+from .image_stats import ImageStats, data_config_from_stats
+from .known import KNOWN_DATASETS, KnownDataset, known_dataset, register_known_dataset
 
-FASHION_MNIST = "fashion-mnist"
-FGVC_AIRCRAFT = "fgvc-aircraft"
 #: File endings that ``datasets`` reads as data files, and the packaged builder for each.
 DATA_FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".arrow": "arrow"}
-
-
-@dataclass(frozen=True)
-class KnownDataset:
-    """What is special about a dataset the package knows by name; every other spec is read generically.
-
-    Attributes
-    ----------
-    name : str
-        The spec (``--dataset fashion-mnist``).
-    open : callable
-        ``open(root, splits) -> DatasetDict``: its splits (``root`` from ``--dataset_root``).
-    hub_id : str or None
-        The Hub id a model card cites in its metadata (None: no Hub copy to cite).
-    target_classes : tuple of str, optional
-        The target classes when the dataset is split by class and ``--target_classes`` is not
-        given (the paper's benchmark shape); without them the flag is required.
-    data_config : dict, optional
-        timm data config of a backbone trained from scratch on it, instead of one read from the
-        images (:func:`image_stats`).
-    prior_cost : Path, optional
-        A hand-written source-target prior (labelled CSV): ``--cost prior``, and the default cost
-        when the dataset is split by class.
-    """
-
-    name: str
-    open: Callable[[str | None, Sequence[str] | None], datasets.DatasetDict]
-    hub_id: str | None = None
-    target_classes: tuple[str, ...] | None = None
-    data_config: dict[str, Any] | None = None
-    prior_cost: Path | None = None
-
-
-def _open_fashion_mnist(root: str | None, splits: Sequence[str] | None) -> datasets.DatasetDict:
-    return datasets.DatasetDict({"train": load_fashion_mnist("train"), "test": load_fashion_mnist("test")})
-
-
-def _open_fgvc_aircraft(root: str | None, splits: Sequence[str] | None) -> datasets.DatasetDict:
-    if not root:
-        raise ValueError(
-            "--dataset fgvc-aircraft needs --dataset_root DIR: the folder holding fgvc-aircraft-2013b "
-            "(jtln_hf.fgvc_aircraft.load_fgvc_aircraft(DIR, download=True) fetches it)."
-        )
-    from .fgvc_aircraft import load_fgvc_aircraft
-
-    known = ("train", "val", "trainval", "test")
-    wanted = [s for s in dict.fromkeys(splits or known) if s in known]  # each split is built on first use
-    return datasets.DatasetDict({s: load_fgvc_aircraft(root, s) for s in wanted})
-
-
-#: The datasets known by name (``register_known_dataset`` adds one); every other spec is read generically.
-KNOWN_DATASETS: dict[str, KnownDataset] = {}
-
-
-def register_known_dataset(known: KnownDataset) -> KnownDataset:
-    """Make ``known.name`` a dataset spec of every flag that takes one (``--dataset`` ...)."""
-    KNOWN_DATASETS[known.name] = known
-    return known
-
-
-def known_dataset(spec: str | None) -> KnownDataset | None:
-    """The :class:`KnownDataset` named by ``spec``, or None for a folder, a data file or a Hub id."""
-    return KNOWN_DATASETS.get(spec) if spec else None
-
-
-register_known_dataset(KnownDataset(FASHION_MNIST, _open_fashion_mnist, "zalando-datasets/fashion_mnist",
-                                    DEFAULT_TARGET_CLASSES, FASHION_MNIST_DATA_CONFIG, FASHION_MNIST_PRIOR_PATH))
-register_known_dataset(KnownDataset(FGVC_AIRCRAFT, _open_fgvc_aircraft))
 
 
 def is_local_spec(spec: str) -> bool:

@@ -51,6 +51,11 @@ import datasets
 from PIL import Image as PILImage
 from PIL import JpegImagePlugin
 
+from .known import KnownDataset, register_known_dataset
+
+#: The dataset spec (``--dataset fgvc-aircraft``, with ``--dataset_root``).
+FGVC_AIRCRAFT = "fgvc-aircraft"
+
 #: The folder the archive ``fgvc-aircraft-2013b.tar.gz`` extracts to.
 ARCHIVE_DIR = "fgvc-aircraft-2013b"
 SPLITS = ("train", "val", "trainval", "test")
@@ -277,3 +282,17 @@ def crop_banner(path: str | os.PathLike[str], banner_height: int = BANNER_HEIGHT
     out = io.BytesIO()
     cropped.save(out, format="JPEG", **settings)
     return out.getvalue()
+
+
+def _open_fgvc_aircraft(root: str | None, splits: Sequence[str] | None) -> datasets.DatasetDict:
+    if not root:
+        raise ValueError(
+            "--dataset fgvc-aircraft needs --dataset_root DIR: the folder holding fgvc-aircraft-2013b "
+            "(jtln_hf.data.fgvc_aircraft.load_fgvc_aircraft(DIR, download=True) fetches it)."
+        )
+    known = ("train", "val", "trainval", "test")
+    wanted = [s for s in dict.fromkeys(splits or known) if s in known]  # each split is built on first use
+    return datasets.DatasetDict({s: load_fgvc_aircraft(root, s) for s in wanted})
+
+
+register_known_dataset(KnownDataset(FGVC_AIRCRAFT, _open_fgvc_aircraft))
