@@ -87,39 +87,39 @@ def wasserstein_loss(
 
 
 def sinkhorn_potentials(
-    source_probs: torch.Tensor, target_probs: torch.Tensor, cost: torch.Tensor, **settings: Any
+    source_probs: torch.Tensor, target_probs: torch.Tensor, cost: torch.Tensor, *, epsilon: float = 0.1,
+    iterations: int = 50, method: str = "auto", tol: float | None = None, check_inputs: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Dual potentials ``f`` (B, L_s), ``g`` (B, L_t) of :func:`wasserstein_loss`'s problems.
 
     :math:`\gamma^*_b[i, j] = \exp\big((f_{b,i} + g_{b,j} - C_{ij})/\varepsilon\big)`, i.e.
     :math:`f = \varepsilon\log u + \min C`, :math:`g = \varepsilon\log v` for Sinkhorn's scalings
-    (Peyre & Cuturi 2019, Prop. 4.3).  ``settings``: ``epsilon``, ``iterations``, ``method``, ``tol``,
+    (Peyre & Cuturi 2019, Prop. 4.3).  ``epsilon``, ``iterations``, ``method``, ``tol``,
     ``check_inputs`` as in :func:`wasserstein_loss`.  No autograd graph.
     """
-    f, g, _ = _without_grad(source_probs, target_probs, cost, "none", **settings)
+    f, g, _ = _without_grad(source_probs, target_probs, cost, "none", epsilon, iterations, method, tol, check_inputs)
     return f, g
 
 
 def transport_plan(
-    source_probs: torch.Tensor, target_probs: torch.Tensor, cost: torch.Tensor, **settings: Any
+    source_probs: torch.Tensor, target_probs: torch.Tensor, cost: torch.Tensor, *, epsilon: float = 0.1,
+    iterations: int = 50, method: str = "auto", tol: float | None = None, check_inputs: bool = True,
 ) -> torch.Tensor:
     r"""Entropic OT plans :math:`\gamma^*_b` (B, L_s, L_t) of :func:`wasserstein_loss`'s problems.
 
     :math:`\gamma^*_b = \mathrm{diag}(u_b)\,K\,\mathrm{diag}(v_b)`, :math:`K = e^{-(C - \min C)/\varepsilon}`
     (Cuturi 2013): column sums exactly the (floored) ``target_probs``, row sums ``source_probs`` up to
-    convergence.  ``settings`` as in :func:`sinkhorn_potentials`.  No autograd graph.
+    convergence.  The settings as in :func:`wasserstein_loss`.  No autograd graph.
     """
-    return _without_grad(source_probs, target_probs, cost, "plan", **settings)[2]
+    return _without_grad(source_probs, target_probs, cost, "plan", epsilon, iterations, method, tol, check_inputs)[2]
 
 
 def _without_grad(
-    source_probs: torch.Tensor, target_probs: torch.Tensor, cost: torch.Tensor, want: str, *,
-    epsilon: float = 0.1, iterations: int = 50, method: str = "auto", tol: float | None = None,
-    check_inputs: bool = True,
+    source_probs: torch.Tensor, target_probs: torch.Tensor, cost: torch.Tensor, want: str, *settings: Any
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The solve behind :func:`sinkhorn_potentials` and :func:`transport_plan`: the same defaults as the loss."""
+    """The solve behind :func:`sinkhorn_potentials` and :func:`transport_plan`, outside autograd."""
     with torch.no_grad():
-        return sinkhorn_solve(source_probs, target_probs, cost, epsilon, iterations, method, tol, check_inputs, want)
+        return sinkhorn_solve(source_probs, target_probs, cost, *settings, want)
 
 
 def mean_transport_plan(
