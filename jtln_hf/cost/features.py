@@ -122,7 +122,7 @@ def compute_class_pairwise(
 def _group_by_class(features: Any, labels: Any, num_labels: int | None, domain: str,
                     max_per_class: int | None, rng: np.random.Generator) -> list[np.ndarray]:
     """Split ``features`` (N, D) by integer ``labels`` (N,), subsampling each class."""
-    x = _to_numpy(features)
+    x = _to_numpy(features, dtype=None)  # float64 per class below: one copy of the kept rows, not two
     y = _to_numpy(labels, dtype=None).reshape(-1)
     if x.ndim == 1:
         x = x[:, None]
@@ -145,8 +145,19 @@ def _group_by_class(features: Any, labels: Any, num_labels: int | None, domain: 
             raise ValueError(f"{domain} class {c} has no feature rows; every class needs at least one")
         if max_per_class is not None and len(rows) > max_per_class:
             rows = np.sort(rng.choice(rows, max_per_class, replace=False))
-        groups.append(x[rows])
+        groups.append(x[rows].astype(np.float64))
     return groups
+
+
+def _median_sample(groups: Sequence[np.ndarray], seed: int) -> np.ndarray:
+    """``np.concatenate(groups)`` as :func:`mmd_bandwidths` subsamples it (the same rows, in the same
+    order), without concatenating every row first (at 1,000 classes x 200 rows x 2048 dims, 3.3 GB)."""
+    offsets = np.cumsum([0] + [len(g) for g in groups])
+    if offsets[-1] <= _MEDIAN_MAX_POINTS:
+        return np.concatenate(groups)
+    idx = np.random.default_rng(seed).choice(offsets[-1], _MEDIAN_MAX_POINTS, replace=False)
+    which = np.searchsorted(offsets, idx, side="right") - 1
+    return np.stack([groups[g][i - offsets[g]] for g, i in zip(which, idx)])
 
 
 def cost_from_features(
@@ -227,7 +238,7 @@ def cost_from_features(
         cost = compute_class_pairwise(src, tgt, wasserstein2)
     else:
         if bandwidths is None:
-            bandwidths = mmd_bandwidths(np.concatenate(src + tgt), seed=seed)
+            bandwidths = mmd_bandwidths(_median_sample(src + tgt, seed), seed=seed)
         bw = np.asarray(bandwidths, dtype=np.float64)
         if bw.ndim != 1 or len(bw) == 0 or np.any(bw <= 0):
             raise ValueError(f"bandwidths must be a non-empty list of positive numbers, got {bandwidths}")
