@@ -38,7 +38,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 from bench_ot import _profiled_peak_mib
-from bench_step import build, make_step
+from bench_step import alternate, build, make_step
 
 from jtln_hf.cost import cost_from_features, normalize_cost
 from jtln_hf.loss import JTLNLoss
@@ -145,11 +145,7 @@ def main():
         start = time.perf_counter()
         build_cost(features, args)
         times["cost"].append(time.perf_counter() - start)
-        for _ in range(args.steps):
-            for name, step in steps.items():
-                start = time.perf_counter()
-                step()
-                times[name].append(time.perf_counter() - start)
+        alternate(steps, args.steps, times)
     med = {name: statistics.median(t) for name, t in times.items()}
 
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
