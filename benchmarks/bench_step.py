@@ -86,6 +86,17 @@ def count_syncs(step) -> int:
     return _sync_warnings(step) - _sync_warnings(torch.cuda.synchronize)
 
 
+def alternate(steps: dict, rounds: int, times: dict | None = None) -> dict:
+    """Run every step of ``steps`` back to back, ``rounds`` times; append each one's seconds to ``times[name]``."""
+    times = {name: [] for name in steps} if times is None else times
+    for _ in range(rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
@@ -119,12 +130,7 @@ def main():
     for _ in range(args.warmup):
         for step in steps.values():
             step()
-    times = {name: [] for name in steps}
-    for _ in range(args.steps):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
+    times = alternate(steps, args.steps)
     med = {name: statistics.median(t) for name, t in times.items()}
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"{device}: {args.backbone} {args.image_size}px batch {args.batch} (half target), "

@@ -121,3 +121,44 @@ def cross_entropy_atol(dtype: torch.dtype, num_classes: int, max_abs_logit: floa
     """
     per_row = (num_classes + 6) * unit_roundoff(dtype) * (2 * max_abs_logit + math.log(max(num_classes, 2)))
     return per_row * (1 + gamma(max(rows, 2), dtype))
+
+
+def squared_distance_atol(dim: int, max_norm: float, dtype: torch.dtype) -> float:
+    """Absolute error of ``||x - y||^2`` for vectors of norm at most ``max_norm`` in ``dim`` dimensions.
+
+    Computed as ``||x||^2 + ||y||^2 - 2 <x, y>`` (``ot.dist``): three dot products of ``dim`` terms
+    and two additions, at most ``gamma(dim + 2) (||x||^2 + ||y||^2 + 2 |<x, y>|)``; or as
+    ``sum_k (x_k - y_k)^2``: a subtraction, a square and a sum of ``dim`` positive terms, at most
+    ``gamma(dim + 2) ||x - y||^2``.  Both are at most ``gamma(dim + 2) (2 max_norm)^2`` (a
+    clip of the first at 0 only moves it towards the exact value, which is >= 0).
+    """
+    return gamma(dim + 2, dtype) * (2 * max_norm) ** 2
+
+
+def mmd2_atol(dim: int, max_norm: float, max_group_size: int, sig2, dtype: torch.dtype) -> float:
+    """Absolute error of the biased multi-kernel MMD^2 of :func:`jtln_hf.cost.mmd2` (one computation).
+
+    With ``sig2`` the exponents' divisors ``2 sigma_s^2`` (``S`` of them, the same numbers in every
+    computation), a kernel entry ``exp(-d / s)`` in [0, 1] is off by at most ``Δd / s`` (``exp(-t)``
+    is 1-Lipschitz for ``t >= 0``; ``Δd`` from :func:`squared_distance_atol`) plus three roundings
+    (the division, the exponential, the product's second-order terms: ``3 u``).  The mean of ``N``
+    such entries adds ``gamma(N - 1)`` (a sum of ``N`` terms <= 1, in any order) and one division:
+    ``Δd / s + gamma(N + 4)`` with ``N <= max_group_size^2``.  The sum over the ``S`` kernels adds
+    ``gamma(S) S``, and ``T_xx + T_yy - 2 T_xy`` (terms <= ``S``) adds ``gamma(2) 4 S`` to
+    ``E_xx + E_yy + 2 E_xy``: four times one term's error.  The clip at 0 is 1-Lipschitz.
+    """
+    dd = squared_distance_atol(dim, max_norm, dtype)
+    S = len(sig2)
+    term = sum(dd / float(s) for s in sig2) + S * gamma(max_group_size**2 + 4, dtype) + gamma(max(S, 2), dtype) * S
+    return 4 * term + gamma(2, dtype) * 4 * S
+
+
+def euclidean_distance_atol(dim: int, max_norm: float, computed: float, dtype: torch.dtype) -> float:
+    """Absolute error of ``||x - y||`` computed as the square root of a squared distance.
+
+    ``|sqrt(a') - sqrt(a)| = |a' - a| / (sqrt(a') + sqrt(a)) <= min(sqrt(Δ), Δ / sqrt(a'))`` for
+    ``|a' - a| <= Δ`` (:func:`squared_distance_atol`), ``sqrt(a') = computed``; the square root
+    itself rounds once more (``u computed``).
+    """
+    dd = squared_distance_atol(dim, max_norm, dtype)
+    return min(math.sqrt(dd), dd / computed if computed > 0 else math.inf) + unit_roundoff(dtype) * computed
