@@ -42,7 +42,7 @@ from bench_step import alternate, build, make_step
 
 from jtln_hf.cost import cost_from_features, normalize_cost
 from jtln_hf.loss import JTLNLoss
-from jtln_hf.ot import resolve_method, wasserstein_loss
+from jtln_hf.sinkhorn import resolve_method, wasserstein_loss
 
 
 def synthetic_features(args):
