@@ -36,7 +36,7 @@ from .methods import METHOD_REGISTRY, RunResult, build_model, resolve_cost, run_
 from .modeling_jtln import JointImageClassifier, TimmExportError
 from .results import results_markdown, save_model, summarize, write_results
 from .sources import FASHION_MNIST, data_config_from_stats, display_name, image_stats, known_dataset, open_dataset, pick_split
-from .training_args import JTLNTrainingArguments, jtln_loss_from_args
+from .training_args import JTLNTrainingArguments, loss_settings
 
 logger = logging.get_logger(__name__)
 
@@ -258,7 +258,7 @@ def _uses_ot(methods: list[str]) -> bool:
 def check_ot_settings(model: JointImageClassifier, cost: np.ndarray, args: JTLNTrainingArguments) -> None:
     """What ``JTLNTrainer`` checks at its start (C's shape and values, the solver), before any method trains."""
     model.set_cost_matrix(cost)
-    jtln_loss_from_args(args).check(model.cost_matrix, model.config.num_source_labels, model.config.num_labels)
+    loss_settings(args).check_cost(model.cost_matrix, model.config.num_source_labels, model.config.num_labels)
 
 
 def run_experiment(
