@@ -133,7 +133,8 @@ class JTLNTrainer(Trainer):
         """
         labels, domain = inputs["labels"], inputs.get("domain")
         if domain is None:
-            return Rows(labels.new_zeros(0), torch.arange(labels.shape[0], device=labels.device))
+            return Rows(torch.zeros(0, dtype=torch.long, device=labels.device),
+                        torch.arange(labels.shape[0], device=labels.device))
         if training and self._train_composition and labels.shape[0] == self._train_composition[0]:
             return Rows(*split_rows(domain, self._train_composition[1]), counted=True)
         return Rows(*rows_of(domain))
