@@ -13,7 +13,7 @@ Measured, alternated round by round so that machine noise hits all alike:
 * ``ot``: the OT term alone, forward + backward: ``wasserstein_loss`` on the softmaxes of
   ``--ot_batch`` rows of source and target logits, the recipe's settings (ε 0.05, 50 iterations,
   the ``entropic`` objective, solver resolved once and ``check_inputs=False``, as
-  :class:`jtln_hf.loss.JTLNLoss` calls it), on the cost built above.
+  as :func:`jtln_hf.loss.jtln_loss` calls it), on the cost built above.
 * ``joint``: a backbone step at the same label space: forward + backward + AdamW step of a
   :class:`JointImageClassifier` (timm ``--backbone`` with a 1,000-class source head and a 200-class
   target head) on a batch of ``--batch`` images at ``--image_size`` px, half of them target rows;
@@ -41,7 +41,7 @@ from bench_ot import _profiled_peak_mib
 from bench_step import alternate, build, make_step
 
 from jtln_hf.cost import cost_from_features, normalize_cost
-from jtln_hf.loss import JTLNLoss
+from jtln_hf.loss import LossSettings
 from jtln_hf.sinkhorn import resolve_method, wasserstein_loss
 
 
@@ -78,7 +78,7 @@ def make_ot_step(cost, args):
     g = torch.Generator().manual_seed(args.seed)
     zs = torch.randn(args.ot_batch, args.num_source_labels, generator=g).to(args.device)
     zt = torch.randn(args.ot_batch, args.num_target_labels, generator=g).to(args.device)
-    method = resolve_method(cost, epsilon=args.epsilon)  # once per cost, as JTLNLoss does
+    method = resolve_method(cost, epsilon=args.epsilon)  # once per cost, as JTLNTrainer does
 
     def step():
         a, b = zs.clone().requires_grad_(), zt.clone().requires_grad_()
@@ -132,8 +132,8 @@ def main():
     model, x, labels, domain, n_source = build(model_args)
     model.set_cost_matrix(cost)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    losses = {"joint": JTLNLoss(ot_loss_weight=0.0),
-              "jtln": JTLNLoss(ot_epsilon=args.epsilon, ot_iterations=args.iterations, ot_objective="entropic")}
+    losses = {"joint": LossSettings(ot_loss_weight=0.0),
+              "jtln": LossSettings(ot_epsilon=args.epsilon, ot_iterations=args.iterations, ot_objective="entropic")}
     steps = {"ot": ot_step, **{name: make_step(model, x, labels, domain, n_source, loss, optimizer, model_args)
                                for name, loss in losses.items()}}  # fmt: skip
     for step in steps.values():  # warm-up: allocator, kernels, the solver's resolution

@@ -6,7 +6,9 @@ All steps run the same model, batch and optimiser; they differ only by the OT te
 (``ot_tol=--tol``, ``--iterations`` the maximum). Steps alternate (joint, jtln, jtln-tol, joint,
 ...) so that machine noise hits all alike; the ratios of the medians are printed. Inputs are
 synthetic tensors (the data loader is the same for all and is left out); the rows are split as
-``JTLNTrainer.compute_loss`` splits them (:func:`jtln_hf.loss.split_rows`). On a GPU the script also
+``JTLNTrainer.compute_loss`` splits them (:func:`jtln_hf.loss.split_rows`), and the loss is called as
+the trainer calls it (:func:`jtln_hf.loss.jtln_loss` with the solver chosen once and the checks read a
+step later, :mod:`jtln_hf.step_state`). On a GPU the script also
 counts the host-device synchronisations of one step of each kind (``torch.cuda.set_sync_debug_mode``).
 
     python benchmarks/bench_step.py                                   # the embedded default, CPU
@@ -23,7 +25,8 @@ import time
 import torch
 
 from jtln_hf import JointImageClassifier, JointImageClassifierConfig
-from jtln_hf.loss import JTLNLoss, split_rows
+from jtln_hf.loss import LossSettings, jtln_loss, split_rows, step_stats, wrong_domain_rows
+from jtln_hf.step_state import DeferredCheck, SolverChoice
 
 
 def build(args):
@@ -51,13 +54,18 @@ def build(args):
     return model, x, labels, domain, n_source
 
 
-def make_step(model, x, labels, domain, n_source, loss_fn, optimizer, args):
+def make_step(model, x, labels, domain, n_source, settings, optimizer, args):
+    solver, checks = SolverChoice(settings), DeferredCheck()  # what JTLNTrainer keeps between steps
+
     def step():
         with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.bf16):
             out = model(pixel_values=x)
             source_rows, target_rows = split_rows(domain, n_source)  # as JTLNTrainer.compute_loss does
-            loss = loss_fn(out.logits, out.source_logits, labels, domain, model.cost_matrix,
-                           source_rows=source_rows, target_rows=target_rows)["loss"]  # fmt: skip
+            cost = model.cost_matrix
+            parts = jtln_loss(out.logits, out.source_logits, labels, cost, settings, source_rows=source_rows,
+                              target_rows=target_rows, solver=solver(cost) if settings.uses_ot else None)  # fmt: skip
+            checks.queue(step_stats(wrong_domain_rows(domain, source_rows, target_rows), parts.pop("prob_ranges", None)))
+            loss = parts["loss"]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -120,11 +128,11 @@ def main():
     model, x, labels, domain, n_source = build(args)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     losses = {
-        "joint": JTLNLoss(ot_loss_weight=0.0),
-        "jtln": JTLNLoss(ot_loss_weight=1.0, ot_epsilon=args.epsilon, ot_iterations=args.iterations,
-                         ot_objective=args.objective),
-        "jtln-tol": JTLNLoss(ot_loss_weight=1.0, ot_epsilon=args.epsilon, ot_iterations=args.iterations,
-                             ot_tol=args.tol, ot_objective=args.objective),
+        "joint": LossSettings(ot_loss_weight=0.0),
+        "jtln": LossSettings(ot_loss_weight=1.0, ot_epsilon=args.epsilon, ot_iterations=args.iterations,
+                             ot_objective=args.objective),
+        "jtln-tol": LossSettings(ot_loss_weight=1.0, ot_epsilon=args.epsilon, ot_iterations=args.iterations,
+                                 ot_tol=args.tol, ot_objective=args.objective),
     }
     steps = {name: make_step(model, x, labels, domain, n_source, loss, optimizer, args) for name, loss in losses.items()}
     for _ in range(args.warmup):

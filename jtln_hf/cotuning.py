@@ -21,14 +21,9 @@ Reference: K. You, Z. Kou, M. Long, J. Wang, "Co-Tuning for Transfer Learning", 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 
-from .data import TARGET
-from .loss import split_rows
-from .trainer import JTLNTrainer
+from .trainer import JTLNTrainer, Rows
 
 #: TLlib's default trade-off between the target cross-entropy and the soft source term.
 DEFAULT_COTUNING_WEIGHT = 2.3
@@ -42,20 +37,24 @@ def soft_cross_entropy(logits: torch.Tensor, soft_labels: torch.Tensor) -> torch
 
 
 class CoTuningTrainer(JTLNTrainer):
-    """:class:`~jtln_hf.trainer.JTLNTrainer` whose loss adds Co-Tuning's soft source term on target rows.
+    """:class:`~jtln_hf.trainer.JTLNTrainer` whose objective adds Co-Tuning's soft source term on target rows.
+
+    The term comes in through :meth:`~jtln_hf.trainer.JTLNTrainer.extra_loss` and is logged as
+    ``cotuning`` (``eval_cotuning`` in evaluation, where ``eval_loss`` stays the target cross-entropy).
+    Its card names the method only if told: ``push_to_hub(method="cotuning")``.
 
     Args:
         relationship (`torch.Tensor` of shape `(L_t, L_s)`): :math:`p(y_s \\mid y_t)`, each row a
             distribution over the source classes.
         cotuning_weight (`float`): :math:`\\lambda_{ct}`.
-        Other arguments: as :class:`~jtln_hf.trainer.JTLNTrainer` (use ``ot_loss_weight=0``).
+        Other arguments: as :class:`~jtln_hf.trainer.JTLNTrainer`, keyword-only (use ``ot_loss_weight=0``).
     """
 
-    card_method = "cotuning"  # what its model card names
+    loss_parts = (*JTLNTrainer.loss_parts, "cotuning")
 
-    def __init__(self, *args, relationship: torch.Tensor, cotuning_weight: float = DEFAULT_COTUNING_WEIGHT,
+    def __init__(self, *, relationship: torch.Tensor, cotuning_weight: float = DEFAULT_COTUNING_WEIGHT,
                  **kwargs) -> None:  # fmt: skip
-        super().__init__(*args, **kwargs)
+        super().__init__(**kwargs)
         config = self.accelerator.unwrap_model(self.model).config
         relationship = torch.as_tensor(relationship, dtype=torch.float32)
         if tuple(relationship.shape) != (config.num_labels, config.num_source_labels):
@@ -68,44 +67,11 @@ class CoTuningTrainer(JTLNTrainer):
             raise ValueError(f"cotuning_weight must be a finite number >= 0, got {cotuning_weight}.")
         self.relationship = relationship
         self.cotuning_weight = float(cotuning_weight)
-        self._cotuning_sum: torch.Tensor | float = 0.0
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """The joint objective of :class:`JTLNTrainer` plus ``cotuning_weight`` x the soft source term."""
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True)
-        labels, domain = inputs["labels"], inputs.get("domain")
-        if domain is None:
-            target_rows = torch.arange(labels.shape[0], device=labels.device)
-        elif model.training and self._train_composition and labels.shape[0] == self._train_composition[0]:
-            target_rows = split_rows(domain, self._train_composition[1])[1]  # known on the host: no sync
-        else:
-            target_rows = torch.nonzero(domain == TARGET).flatten()
-        soft = self.relationship.to(labels.device)[labels[target_rows]]
-        term = soft_cross_entropy(outputs.source_logits[target_rows], soft)
-        if model.training:
-            self._cotuning_sum = self._cotuning_sum + term.detach()
-        loss = loss + self.cotuning_weight * term
-        return (loss, outputs) if return_outputs else loss
-
-    @contextlib.contextmanager
-    def target_loss_only(self) -> Iterator[None]:
-        """As :meth:`JTLNTrainer.target_loss_only`, with the soft source term off too."""
-        saved = self.cotuning_weight
-        self.cotuning_weight = 0.0
-        try:
-            with super().target_loss_only():
-                yield
-        finally:
-            self.cotuning_weight = saved
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add ``cotuning``, the mean soft source term since the last log."""
-        if "loss" in logs and self._part_count:
-            value = self.accelerator.reduce(torch.as_tensor(self._cotuning_sum, dtype=torch.float32).reshape(1),
-                                            reduction="mean") / self._part_count  # fmt: skip
-            logs["cotuning"] = round(float(value), 6)
-            self._cotuning_sum = 0.0
-        super().log(logs, start_time)
+    def extra_loss(self, outputs, labels: torch.Tensor, rows: Rows) -> dict[str, tuple[float, torch.Tensor]]:
+        """``{"cotuning": (λ_ct, soft source cross-entropy on the target rows)}``."""
+        soft = self.relationship.to(labels.device)[labels[rows.target]]
+        return {"cotuning": (self.cotuning_weight, soft_cross_entropy(outputs.source_logits[rows.target], soft))}
 
 
 __all__ = ["DEFAULT_COTUNING_WEIGHT", "CoTuningTrainer", "soft_cross_entropy"]

@@ -38,7 +38,7 @@ from .data.sources import data_config_from_stats, image_stats
 from .methods import METHOD_REGISTRY, MethodSettings, RunResult, build_model, resolve_cost, run_method, stage_length
 from .modeling_jtln import JointImageClassifier, TimmExportError
 from .results import results_markdown, save_model, summarize, write_results
-from .training_args import JTLNTrainingArguments, jtln_loss_from_args
+from .training_args import JTLNTrainingArguments, loss_settings
 
 logger = logging.get_logger(__name__)
 
@@ -161,7 +161,7 @@ def _uses_ot(methods: tuple[str, ...]) -> bool:
 def check_ot_settings(model: JointImageClassifier, cost: np.ndarray, args: JTLNTrainingArguments) -> None:
     """What ``JTLNTrainer`` checks at its start (C's shape and values, the solver), before any method trains."""
     model.set_cost_matrix(cost)
-    jtln_loss_from_args(args).check(model.cost_matrix, model.config.num_source_labels, model.config.num_labels)
+    loss_settings(args).check_cost(model.cost_matrix, model.config.num_source_labels, model.config.num_labels)
 
 
 def _method_meta(plan: RunPlan) -> dict[str, Any]:

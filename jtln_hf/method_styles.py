@@ -42,9 +42,17 @@ def method_style(name: str) -> MethodStyle:
     return METHOD_STYLES.get(name) or MethodStyle(name, name, FALLBACK_COLOUR)
 
 
+def default_method(uses_ot: bool) -> str:
+    """The method a two-head run is when its caller does not say: JTLN with the OT term, joint fine-tuning without.
+
+    What a card names when it knows only the run's settings (e.g. ``JTLNTrainer.push_to_hub()``).
+    """
+    return "jtln" if uses_ot else "joint"
+
+
 def style_of(name: str) -> dict[str, Any]:
     """A built-in method's style as :func:`jtln_hf.methods.register_method`'s keyword arguments."""
     return dataclasses.asdict(METHOD_STYLES[name])
 
 
-__all__ = ["FALLBACK_COLOUR", "METHOD_STYLES", "MethodStyle", "method_style", "style_of"]
+__all__ = ["FALLBACK_COLOUR", "METHOD_STYLES", "MethodStyle", "default_method", "method_style", "style_of"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
-from .loss import JTLNLoss
+from .loss import LossSettings
 from .sinkhorn import OBJECTIVES
 
 
@@ -101,12 +101,12 @@ class JTLNTrainingArguments(TrainingArguments, JTLNObjectiveArguments):
             self.dataloader_pin_memory = False  # nothing to pin to; silences torch's warning
         if not 0.0 <= self.source_fraction <= 1.0:
             raise ValueError(f"source_fraction must be in [0, 1], got {self.source_fraction}.")
-        jtln_loss_from_args(self)  # the loss weights and OT settings, checked where the loss checks them
+        loss_settings(self)  # the loss weights and OT settings, checked where the loss checks them
 
 
-def jtln_loss_from_args(args: JTLNTrainingArguments) -> JTLNLoss:
-    """The :class:`~jtln_hf.loss.JTLNLoss` that ``args`` describe (weights and OT settings)."""
-    return JTLNLoss(
+def loss_settings(args: JTLNObjectiveArguments) -> LossSettings:
+    """The :class:`~jtln_hf.loss.LossSettings` that ``args`` describe (weights and OT settings), checked."""
+    return LossSettings(
         source_loss_weight=args.source_loss_weight,
         ot_loss_weight=args.ot_loss_weight,
         ot_epsilon=args.ot_epsilon,
@@ -118,4 +118,4 @@ def jtln_loss_from_args(args: JTLNTrainingArguments) -> JTLNLoss:
     )
 
 
-__all__ = ["JTLNObjectiveArguments", "JTLNTrainingArguments", "jtln_loss_from_args"]
+__all__ = ["JTLNObjectiveArguments", "JTLNTrainingArguments", "loss_settings"]

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from jtln_hf import JointImageClassifier
 from jtln_hf import data as jdata
 from jtln_hf.cost import load_cost
-from jtln_hf.loss import JTLNLoss
+from jtln_hf.loss import JTLNLoss, LossSettings
 from jtln_hf.sinkhorn import resolve_method, wasserstein_loss
 
 from conftest import make_config, make_model, make_trainer
@@ -145,17 +145,17 @@ def test_all_zero_cost_with_ot_at_train(tiny_joint, tmp_path):
 
 
 def test_loss_check_names_every_cost_problem():
-    loss = JTLNLoss(ot_loss_weight=1.0, ot_epsilon=0.05, ot_method="kernel")
+    loss = LossSettings(ot_loss_weight=1.0, ot_epsilon=0.05, ot_method="kernel")
     with pytest.raises(ValueError, match=r"shape \(2, 3\) but the model has L_s=3 source and L_t=2 target"):
-        loss.check(torch.rand(2, 3), 3, 2)
+        loss.check_cost(torch.rand(2, 3), 3, 2)
     with pytest.raises(ValueError, match=r"non-finite entry at \(source 0, target 1\) = nan.*replace missing pairs"):
-        loss.check(torch.tensor([[0.0, float("nan")], [1.0, 0.0]]))
+        loss.check_cost(torch.tensor([[0.0, float("nan")], [1.0, 0.0]]))
     with pytest.raises(ValueError, match=r"negative entry at \(source 0, target 1\) = -1.*shift it"):
-        loss.check(torch.tensor([[0.0, -1.0], [1.0, 0.0]]))
+        loss.check_cost(torch.tensor([[0.0, -1.0], [1.0, 0.0]]))
     with pytest.raises(ValueError, match=r"method='kernel' needs \(max C - min C\) / epsilon <= 50.*use "
                                          r"method='log' or 'auto'"):
-        loss.check(torch.tensor([[0.0, 5.0], [1.0, 0.0]]))  # 5 / 0.05 = 100 > 50
-    JTLNLoss(ot_loss_weight=0.0).check(torch.full((2, 2), float("nan")))  # no OT term: nothing to check
+        loss.check_cost(torch.tensor([[0.0, 5.0], [1.0, 0.0]]))  # 5 / 0.05 = 100 > 50
+    LossSettings(ot_loss_weight=0.0).check_cost(torch.full((2, 2), float("nan")))  # no OT term: nothing to check
 
 
 # ---------------------------------------------------------------------------------- OT settings
@@ -186,6 +186,8 @@ def test_logits_passed_instead_of_probabilities():
     ({"ot_loss_weight": float("inf")}, r"ot_loss_weight must be a finite number >= 0, got inf"),
 ])  # fmt: skip
 def test_bad_ot_settings_at_loss_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LossSettings(**kwargs)
     with pytest.raises(ValueError, match=match):
         JTLNLoss(**kwargs)
 
@@ -331,7 +333,7 @@ def test_every_consumer_of_a_cost_gives_the_one_check_message(bad, message):
         "check_cost_matrix": lambda: check_cost_matrix(bad, 3, 2),
         "set_cost_matrix": lambda: model.set_cost_matrix(bad),
         "validate_cost": lambda: validate_cost(bad.numpy(), 3, 2),
-        "JTLNLoss.check": lambda: JTLNLoss(ot_loss_weight=1.0).check(bad, 3, 2),
+        "LossSettings.check_cost": lambda: LossSettings(ot_loss_weight=1.0).check_cost(bad, 3, 2),
         "wasserstein_loss": lambda: wasserstein_loss(a, b, bad),
     }
     messages = {}

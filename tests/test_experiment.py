@@ -265,10 +265,13 @@ def test_cotuning_adds_the_soft_source_term_with_the_relationship(tmp_path):
     inputs = {"pixel_values": pixels, "labels": labels, "domain": domain}
     plain = make_trainer(model, None, tmp_path / "a", ot_loss_weight=0.0)
     co = CoTuningTrainer(model=model, args=plain.args, relationship=relationship, cotuning_weight=2.3)
-    model.eval()
+    model.eval()  # BatchNorm on running statistics ...
+    model.training = True  # ... on the training path: the whole objective
     with torch.no_grad():
         joint_loss = plain.compute_loss(model, inputs)
         total = co.compute_loss(model, inputs)
+        model.training = False  # evaluation: the target cross-entropy alone, for both
+        assert torch.equal(co.compute_loss(model, inputs), plain.compute_loss(model, inputs))
         out = model(pixel_values=pixels)
     target = domain == 1
     log_p = torch.log_softmax(out.source_logits[target].double(), -1)

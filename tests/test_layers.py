@@ -69,6 +69,7 @@ LAYER = {
     "share": PRESENTATION,
     "loss": TRAINING,
     "training_args": TRAINING,
+    "step_state": TRAINING,
     "trainer": TRAINING,
     "cotuning": TRAINING,
     "cost_builders": REGISTRIES,

@@ -1,4 +1,5 @@
-"""Tests for jtln_hf.loss.JTLNLoss against the objective written out by hand.
+"""Tests for jtln_hf.loss (LossSettings, jtln_loss, JTLNLoss) against the objective written out by hand,
+and for what the trainer keeps beside it (jtln_hf.step_state: the solver per cost, the deferred check).
 
 Reference: cross-entropy as ``-log_softmax`` picked at the label (float64), and the OT term from
 POT: ``ot.sinkhorn(a, b, C, reg=eps)`` gives the entropic plan gamma for each target row,
@@ -7,13 +8,16 @@ whose linear cost <gamma, C> is averaged over the target rows of the batch (help
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import ce_by_hand, objective_by_hand, ot_by_hand
 from tolerances import cross_entropy_atol, sinkhorn_value_atol
 
-from jtln_hf.loss import JTLNLoss, split_rows
+from jtln_hf.loss import JTLNLoss, LossSettings, jtln_loss, rows_of, split_rows, step_stats
 from jtln_hf.sinkhorn import resolve_method
+from jtln_hf.step_state import DeferredCheck, SolverChoice
 
 L_S, L_T = 4, 3
 
@@ -196,23 +200,45 @@ def test_row_positions_given_or_found_give_the_same_loss():
 
 
 def test_solver_resolved_once_per_cost_version(monkeypatch):
-    """The cost's range is read once (a host sync on a GPU), again only when the cost changes."""
+    """SolverChoice (the trainer's) reads the cost's range once (a host sync on a GPU), again only when it changes."""
     import jtln_hf.loss as loss_module
 
     calls = []
     real = loss_module.resolve_method
     monkeypatch.setattr(loss_module, "resolve_method", lambda *a, **k: calls.append(1) or real(*a, **k))
     logits, source_logits, labels, domain, cost = batch(seed=6)
-    loss_fn = JTLNLoss()
+    choice = SolverChoice(LossSettings())
     for _ in range(3):
-        loss_fn(logits, source_logits, labels, domain, cost)
+        assert choice(cost) == "kernel"
     assert len(calls) == 1
     cost.mul_(2.0)  # edited in place (e.g. model.set_cost_matrix): checked and resolved again
-    loss_fn(logits, source_logits, labels, domain, cost)
+    choice(cost)
     assert len(calls) == 2
+    choice(cost.clone())  # another tensor: resolved again
+    assert len(calls) == 3
     with pytest.raises(ValueError, match=r"negative entry at \(source 0, target 0\)"):
         cost[0, 0] = -1.0
-        loss_fn(logits, source_logits, labels, domain, cost)
+        choice(cost)
+
+
+def test_pure_loss_returns_the_histogram_ranges_it_checks():
+    """jtln_loss given rows and a solver: the wrapper's parts, plus the min/max of both histograms (by hand)."""
+    logits, source_logits, labels, domain, cost = batch(seed=4)
+    settings = LossSettings(ot_iterations=1000)
+    source_rows, target_rows = rows_of(domain)
+    parts = jtln_loss(logits, source_logits, labels, cost, settings, source_rows=source_rows, target_rows=target_rows,
+                      solver=resolve_method(cost, epsilon=0.05))  # fmt: skip
+    ranges = parts.pop("prob_ranges")
+    wrapped = JTLNLoss(settings)(logits, source_logits, labels, domain, cost)
+    assert parts.keys() == wrapped.keys()
+    for name in parts:
+        assert torch.equal(parts[name], wrapped[name]), name
+    a, b = source_logits[domain == 1].softmax(-1), logits[domain == 1].softmax(-1)
+    assert ranges.tolist() == [a.min().item(), a.max().item(), b.min().item(), b.max().item()]
+    assert not ranges.requires_grad
+    no_ot = jtln_loss(logits, source_logits, labels, cost, dataclasses.replace(settings, ot_loss_weight=0.0),
+                      source_rows=source_rows, target_rows=target_rows)  # fmt: skip
+    assert "prob_ranges" not in no_ot and no_ot["ot"].item() == 0.0
 
 
 def test_nan_logits_raise_with_the_fix():
@@ -223,18 +249,31 @@ def test_nan_logits_raise_with_the_fix():
 
 
 def test_deferred_errors_keep_the_first_failure_and_go_on():
-    """defer_errors (JTLNTrainer on several processes): no raise in the step, the first failure kept."""
+    """DeferredCheck with defer_errors (JTLNTrainer on several processes): no raise in the step, the first
+    failure kept; without it, the failed check raises (on a CPU at once)."""
     logits, source_logits, labels, domain, cost = batch(seed=7)
-    loss_fn = JTLNLoss()
-    loss_fn.defer_errors = True
-    loss_fn(logits, source_logits, labels, domain, cost)  # check 1 passes
+    settings = LossSettings()
+    source_rows, target_rows = rows_of(domain)
+    checks = DeferredCheck(defer_errors=True)
+
+    def step(source_logits):
+        parts = jtln_loss(logits, source_logits, labels, cost, settings, source_rows=source_rows,
+                          target_rows=target_rows, solver="kernel")  # fmt: skip
+        checks.queue(step_stats(None, parts.pop("prob_ranges")))
+        return parts
+
+    step(source_logits)  # check 1 passes
     bad = source_logits.clone()
     bad[domain == 1] = float("nan")
     for _ in range(2):  # checks 2 and 3 fail: the process trains on, check 2 is the one kept
-        parts = loss_fn(logits, bad, labels, domain, cost)
+        parts = step(bad)
     assert torch.isnan(parts["loss"])
-    index, error = loss_fn.deferred_error
+    index, error = checks.take_error()
     assert index == 2 and isinstance(error, ValueError) and "source_probs contains NaN" in str(error)
+    assert checks.take_error() is None
+    checks = DeferredCheck()
+    with pytest.raises(ValueError, match="source_probs contains NaN"):
+        step(bad)
 
 
 def test_ot_tol_reaches_the_converged_value():
@@ -255,19 +294,20 @@ def test_wrong_row_positions_are_caught():
         JTLNLoss(ot_loss_weight=0.0)(logits, source_logits, labels % L_T, domain, cost, **swapped)
 
 
-def test_solver_re_resolved_when_epsilon_changes():
-    """A stale kernel solver at a tiny ε would give NaN; the cache keys on ε and the method."""
+def test_settings_are_frozen_so_a_cached_solver_cannot_go_stale():
+    """A stale kernel solver at a tiny ε would give NaN: the settings a SolverChoice keys on cannot change."""
     logits, source_logits, labels, domain, cost = batch(seed=10)
-    loss_fn = JTLNLoss(ot_epsilon=0.1)
-    assert torch.isfinite(loss_fn(logits, source_logits, labels, domain, cost)["ot"])
-    loss_fn.ot_epsilon = 1e-3  # e.g. an ε schedule: (max C - min C)/ε > 50 needs the log domain
-    ot_value = loss_fn(logits, source_logits, labels, domain, cost)["ot"]
-    assert torch.isfinite(ot_value)
-    torch.testing.assert_close(ot_value, JTLNLoss(ot_epsilon=1e-3)(logits, source_logits, labels, domain, cost)["ot"])
+    settings = LossSettings(ot_epsilon=0.1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.ot_epsilon = 1e-3
+    assert SolverChoice(settings)(cost) == "kernel"
+    small = dataclasses.replace(settings, ot_epsilon=1e-3)  # (max C - min C)/ε > 50 needs the log domain
+    assert SolverChoice(small)(cost) == "log"
+    assert torch.isfinite(JTLNLoss(small)(logits, source_logits, labels, domain, cost)["ot"])
 
 
 def test_cost_made_in_inference_mode():
-    """Inference tensors have no version counter: resolved on every call instead of cached.
+    """Inference tensors have no version counter: SolverChoice resolves them on every call instead of caching.
 
     So a cost made under ``torch.inference_mode`` gives the loss and the gradients (into both
     heads' logits) of the same values in an ordinary tensor, and an in-place change to it made
@@ -283,7 +323,12 @@ def test_cost_made_in_inference_mode():
     with torch.inference_mode():
         cost = values.clone()
     assert cost.is_inference() and not values.is_inference()
-    loss_fn = JTLNLoss(ot_epsilon=0.05)
+    settings = LossSettings(ot_epsilon=0.05)
+    choice = SolverChoice(settings)
+    source_rows, target_rows = rows_of(domain)
+
+    def cached(x, s, labels, domain, c):  # as JTLNTrainer.compute_loss calls it
+        return jtln_loss(x, s, labels, c, settings, source_rows=source_rows, target_rows=target_rows, solver=choice(c))
 
     def loss_and_grads(loss, c):
         x, s = logits.clone().requires_grad_(), source_logits.clone().requires_grad_()
@@ -297,8 +342,9 @@ def test_cost_made_in_inference_mode():
                 cost.mul_(scale)  # allowed on an inference tensor, inside inference mode only
         reference = values * scale
         assert resolve_method(reference, epsilon=0.05) == ("kernel" if scale == 1.0 else "log")
-        parts, grad, source_grad = loss_and_grads(loss_fn, cost)
-        ref_parts, ref_grad, ref_source_grad = loss_and_grads(JTLNLoss(ot_epsilon=0.05), reference)
+        assert choice(cost) == ("kernel" if scale == 1.0 else "log")
+        parts, grad, source_grad = loss_and_grads(cached, cost)
+        ref_parts, ref_grad, ref_source_grad = loss_and_grads(JTLNLoss(settings), reference)
         for key in ("loss", "ot", "ce_target", "ce_source"):
             assert torch.equal(parts[key], ref_parts[key]), key
         assert parts["ot"] > 0 and torch.isfinite(parts["loss"])

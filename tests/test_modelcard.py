@@ -190,6 +190,12 @@ def test_trainer_push_to_hub_publishes_the_jtln_card(small_split, tmp_path, monk
     assert {r.metric_type for r in card.data.eval_results} == {"accuracy", "mean_per_class_accuracy"}
     assert "over 100 target test images" in card.text and "| steps | 2 |" in card.text
     assert "This model is a fine-tuned version" not in card.text  # not transformers' generic card
+    assert "**JTLN**, the Joint Transfer Learning Network" in card.text  # trained with OT: JTLN by default
+    # what trained the model and the plan are values the caller passes (no plan here: the card says nothing of one)
+    trainer.create_model_card(method="cotuning", transport_plan=(None, None))
+    text = (tmp_path / "out" / "README.md").read_text()
+    assert "**Co-Tuning (joint + soft source labels)**, one of the baselines" in text
+    assert "over 100 target test images" not in text
 
 
 # ------------------------------------------------------------------ the card says only what the run did

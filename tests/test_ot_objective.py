@@ -266,7 +266,7 @@ def test_paper_constant_cost_is_flat_but_its_gradient_is_not_zero(method):
     assert grad.abs().max() > 0.1  # not a rounding artefact: a gradient on a flat function
 
 
-# 4. the value JTLNLoss logs is the value that is differentiated ----------------------------------
+# 4. the value the JTLN loss logs is the value that is differentiated ----------------------------------
 def loss_batch(seed=0):
     g = torch.Generator().manual_seed(seed)
     domain = torch.tensor([0, 1, 1, 0, 1, 1])
@@ -325,9 +325,11 @@ def test_jtln_loss_kl_constant_cost_contributes_no_gradient():
     loss = JTLNLoss(ot_objective="kl")
     parts = loss(x, y, labels, domain, torch.full((4, 3), 0.5))
     gx, gy = torch.autograd.grad(parts["ot"], (x, y))
-    atol = sinkhorn_value_atol(torch.float32, loss.ot_iterations, 0.0, 4, 3, epsilon=loss.ot_epsilon, cost_max=0.5)
+    settings = loss.settings
+    atol = sinkhorn_value_atol(torch.float32, settings.ot_iterations, 0.0, 4, 3, epsilon=settings.ot_epsilon,
+                               cost_max=0.5)  # fmt: skip
     assert parts["ot"].item() == pytest.approx(0.5, abs=atol)
-    bound = kl_constant_cost_gradient_bound(torch.float32, loss.ot_iterations, 4, 3, loss.ot_epsilon)
+    bound = kl_constant_cost_gradient_bound(torch.float32, settings.ot_iterations, 4, 3, settings.ot_epsilon)
     assert gx.abs().max() <= bound and gy.abs().max() <= bound
     entropic = JTLNLoss(ot_objective="entropic")(x, y, labels, domain, torch.full((4, 3), 0.5))
     ex, _ = torch.autograd.grad(entropic["ot"], (x, y))
@@ -377,7 +379,7 @@ def test_unknown_objective_is_refused_everywhere(tmp_path):
     with pytest.raises(ValueError, match="ot_" + CHOICES):
         make_args(tmp_path, ot_objective="sharp")
     assert make_args(tmp_path).ot_objective == "entropic"  # the training default, chosen by recipes/sweep.py
-    assert JTLNLoss().ot_objective == "entropic"
+    assert JTLNLoss().settings.ot_objective == "entropic"
     # the library's default is the recipe's: a user of wasserstein_loss gets the consistent gradient
     assert inspect.signature(wasserstein_loss).parameters["objective"].default == "entropic"
     assert inspect.signature(check_settings).parameters["objective"].default == "entropic"
@@ -385,7 +387,7 @@ def test_unknown_objective_is_refused_everywhere(tmp_path):
 
 def test_trainer_passes_ot_objective_to_the_loss(small_split, tmp_path):
     trainer = make_trainer(make_model(), small_split["joint"], tmp_path, ot_objective="kl")
-    assert trainer.jtln_loss.ot_objective == "kl"
+    assert trainer.loss_settings.ot_objective == "kl"
     with torch.no_grad():
         loss = trainer.compute_loss(trainer.model, next(iter(trainer.get_train_dataloader())))
     assert math.isfinite(loss.item())

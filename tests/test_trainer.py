@@ -17,6 +17,7 @@ import pytest
 import torch
 from conftest import make_args, make_model, make_trainer, objective_by_hand
 from PIL import Image
+from tolerances import cross_entropy_atol, sinkhorn_value_atol
 from transformers import TrainingArguments
 
 import jtln_hf
@@ -62,10 +63,11 @@ def test_compute_loss_equals_objective_by_hand(small_split, tmp_path, lam_s, lam
     trainer = make_trainer(model, small_split["joint"], tmp_path, per_device_train_batch_size=12,
                            source_loss_weight=lam_s, ot_loss_weight=lam_ot, ot_epsilon=0.05,
                            ot_iterations=1000 if tol is None else 5000, ot_tol=tol)  # fmt: skip
-    assert trainer.jtln_loss.ot_tol == tol
+    assert trainer.loss_settings.ot_tol == tol
     batch = first_batch(trainer)
     assert batch["domain"].tolist() == [0] * 6 + [1] * 6
-    model.eval()  # BatchNorm on running statistics: the forward below sees the same numbers
+    model.eval()  # BatchNorm on running statistics: the forward below sees the same numbers ...
+    model.training = True  # ... while compute_loss takes its training path (the whole objective)
     loss, outputs = trainer.compute_loss(model, batch, return_outputs=True)
     with torch.no_grad():
         ref_out = model(batch["pixel_values"])
@@ -75,12 +77,13 @@ def test_compute_loss_equals_objective_by_hand(small_split, tmp_path, lam_s, lam
     )
     assert loss.item() == pytest.approx(total, rel=1e-4)
     assert ot_value > 0 and ce_s > 0 and ce_t > 0
-    parts = trainer.jtln_loss(ref_out.logits, ref_out.source_logits, batch["labels"], batch["domain"], model.cost_matrix)
+    parts = JTLNLoss(trainer.loss_settings)(ref_out.logits, ref_out.source_logits, batch["labels"], batch["domain"],
+                                            model.cost_matrix)  # fmt: skip
     for name, by_hand in (("ce_target", ce_t), ("ce_source", ce_s), ("ot", ot_value)):  # each part, by hand
         assert parts[name].item() == pytest.approx(by_hand, rel=1e-4), name
 
 
-def test_training_selects_rows_from_the_sampler_composition(small_split, tmp_path):
+def test_training_selects_rows_from_the_sampler_composition(small_split, tmp_path, monkeypatch):
     """In training the rows come from the sampler's n_source (no host sync); the loss is the objective by hand."""
     model = make_model()
     trainer = make_trainer(model, small_split["joint"], tmp_path, per_device_train_batch_size=8, source_fraction=0.25,
@@ -89,13 +92,13 @@ def test_training_selects_rows_from_the_sampler_composition(small_split, tmp_pat
     assert trainer._train_composition == (8, 2)
     assert batch["domain"].tolist() == [0, 0, 1, 1, 1, 1, 1, 1]  # the sampler's documented order: source rows first
     seen = {}
-    forward = trainer.jtln_loss.forward
+    real = jtln_hf.trainer.jtln_loss
 
     def spy(*args, **kwargs):
         seen.update(kwargs)
-        return forward(*args, **kwargs)
+        return real(*args, **kwargs)
 
-    trainer.jtln_loss.forward = spy
+    monkeypatch.setattr(jtln_hf.trainer, "jtln_loss", spy)
     model.eval()  # BatchNorm on running statistics, so both losses see the same logits ...
     model.training = True  # ... while compute_loss takes its training path
     loss = trainer.compute_loss(model, batch)
@@ -111,18 +114,24 @@ def test_training_selects_rows_from_the_sampler_composition(small_split, tmp_pat
 
 
 def test_compute_loss_without_domain_counts_rows_as_target(small_split, tmp_path):
+    """Rows without ``domain`` are target rows; in training the loss is the objective, in evaluation
+    (model in eval mode, as Trainer's evaluation loop sets it) the target cross-entropy alone."""
     model = make_model().eval()
     trainer = make_trainer(model, small_split["joint"], tmp_path, ot_iterations=1000)
     rows = [small_split["test"][i] for i in range(0, 100, 10)]
     batch = jdata.collate(rows)
     assert "domain" not in batch
+    evaluated = trainer.compute_loss(model, batch)
+    model.training = True  # the training path, BatchNorm still on running statistics
     loss = trainer.compute_loss(model, batch)
     with torch.no_grad():
         out = model(batch["pixel_values"])
     target = torch.ones_like(batch["labels"])
-    total, *_ = objective_by_hand(out.logits, out.source_logits, batch["labels"], target, model.cost_matrix,
-                                  1.0, 1.0, 0.05)
+    total, ce_t, ce_s, ot_value = objective_by_hand(out.logits, out.source_logits, batch["labels"], target,
+                                                    model.cost_matrix, 1.0, 1.0, 0.05)  # fmt: skip
     assert loss.item() == pytest.approx(total, rel=1e-4)
+    assert ce_s == 0.0 and ot_value > 0.01
+    assert evaluated.item() == pytest.approx(ce_t, rel=1e-5)
 
 
 def _rgba_joint(n_source: int = 12, n_target: int = 8, size: int = 20) -> datasets.Dataset:
@@ -449,34 +458,59 @@ def test_predict_outputs_is_the_model_on_every_row_in_order(small_split, tmp_pat
     assert set(trainer.evaluate(rows)) >= {"eval_loss", "eval_accuracy"}
 
 
-def test_predict_outputs_leaves_the_trainer_as_it_was_when_predict_fails(small_split, tmp_path, monkeypatch):
-    trainer = make_trainer(make_model(num_target=2), small_split["joint"], tmp_path)
-    metrics_fn = trainer.compute_metrics
+def test_predict_outputs_leaves_the_model_as_it_was_when_a_forward_fails(small_split, tmp_path, monkeypatch):
+    """predict_outputs is its own loop, no mode of the trainer: a failure mid-way leaves the model in the
+    mode it had, and the trainer's evaluation works as before."""
+    model = make_model(num_target=2)
+    trainer = make_trainer(model, small_split["joint"], tmp_path, per_device_eval_batch_size=4)
+    forward, calls = model.forward, []
 
     def broken(*args, **kwargs):
-        raise RuntimeError("out of memory")
+        calls.append(model.training)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        return forward(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "predict", broken)
+    monkeypatch.setattr(model, "forward", broken)
+    model.train()
     with pytest.raises(RuntimeError, match="out of memory"):
-        trainer.predict_outputs(small_split["test"], ("pooler_output",))
-    assert trainer.compute_metrics is metrics_fn and trainer._output_fields is None
+        trainer.predict_outputs(small_split["test"].select(range(8)), ("pooler_output",))
+    assert calls == [False, False] and model.training  # ran in eval mode, left in train mode
     monkeypatch.undo()
-    assert "eval_accuracy" in trainer.evaluate(small_split["test"].select(range(8)))  # an ordinary evaluation again
+    assert "eval_accuracy" in trainer.evaluate(small_split["test"].select(range(8)))  # an ordinary evaluation
 
 
-def test_target_loss_only_turns_the_ot_term_off_and_back_on(small_split, tmp_path):
-    from conftest import ce_by_hand
+def test_eval_loss_is_the_target_cross_entropy_and_the_other_parts_are_reported(small_split, tmp_path):
+    """In evaluation ``eval_loss`` is the target cross-entropy by construction (whatever the weights), and
+    ``eval_ce_source`` / ``eval_ot`` are the mean over batches of the other parts, computed by hand."""
+    from conftest import ce_by_hand, ot_by_hand
 
     model = make_model(num_target=2)
-    trainer = make_trainer(model, small_split["joint"], tmp_path, ot_loss_weight=1.0)
+    trainer = make_trainer(model, small_split["joint"], tmp_path, ot_loss_weight=1.0, per_device_eval_batch_size=8,
+                           ot_iterations=1000)  # fmt: skip
     rows = small_split["test"].select(range(16))
-    full = trainer.evaluate(rows)["eval_loss"]
-    with trainer.target_loss_only():
-        plain = trainer.evaluate(rows)["eval_loss"]
-    assert trainer.jtln_loss.ot_loss_weight == 1.0 and trainer.evaluate(rows)["eval_loss"] == pytest.approx(full)
+    metrics = trainer.evaluate(rows)
     batch = [rows[i] for i in range(len(rows))]
     model.eval()
     with torch.no_grad():
-        logits = model(pixel_values=torch.stack([r["pixel_values"] for r in batch])).logits
-    assert plain == pytest.approx(ce_by_hand(logits, torch.tensor([r["labels"] for r in batch])), rel=1e-5)
-    assert full > plain  # the OT term is > 0 on these rows
+        out = model(pixel_values=torch.stack([r["pixel_values"] for r in batch]))
+    labels = torch.tensor([r["labels"] for r in batch])
+    z = max(float(out.logits.abs().max()), float(out.source_logits.abs().max()))
+    cost = model.cost_matrix
+    # two batches of 8: eval_loss (Trainer's mean over rows) and eval_ot (ours, over batches) are both the
+    # mean of the two batch means; float32 against float64 by hand within the derived bounds, and the
+    # parts are rounded to 6 decimals (5e-7) when reported
+    ce_tol = cross_entropy_atol(torch.float32, 2, z, rows=16)
+    ot_tol = sinkhorn_value_atol(torch.float32, 1000, float(cost.max()) / 0.05, 3, 2, epsilon=0.05,
+                                 cost_max=float(cost.max())) + 5e-7  # fmt: skip
+    assert metrics["eval_loss"] == pytest.approx(ce_by_hand(out.logits, labels), rel=0, abs=ce_tol)
+    assert metrics["eval_ce_source"] == 0.0  # an evaluation set is all target rows
+    by_hand = [ot_by_hand(out.source_logits[i:i + 8], out.logits[i:i + 8], cost, 0.05) for i in (0, 8)]
+    assert metrics["eval_ot"] == pytest.approx(sum(by_hand) / 2, rel=0, abs=ot_tol) and metrics["eval_ot"] > 0.01
+    assert "eval_ce_target" not in metrics  # it is eval_loss
+    assert trainer.loss_settings.ot_loss_weight == 1.0  # nothing was switched off to get there
+
+
+def test_trainer_arguments_are_keyword_only(small_split, tmp_path):
+    with pytest.raises(TypeError, match="positional"):
+        JTLNTrainer(make_model(), make_args(tmp_path))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .domains import SOURCE, TARGET
+from .domains import SOURCE, TARGET, check_domains
 
 
 def check_labels(dataset, num_source_labels: int, num_target_labels: int) -> None:
@@ -15,9 +15,7 @@ def check_labels(dataset, num_source_labels: int, num_target_labels: int) -> Non
         raise ValueError(f"dataset has no 'label' column (columns: {columns}): rename the label column to 'label'.")
     labels = read_column(dataset, "label")
     domains = domains_of(dataset)
-    unknown = sorted(set(np.unique(domains).tolist()) - {SOURCE, TARGET})
-    if unknown:
-        raise ValueError(f"domain values must be 0 (source) or 1 (target), found {unknown}.")
+    check_domains(domains)
     for domain, size, name in ((SOURCE, num_source_labels, "source"), (TARGET, num_target_labels, "target")):
         rows = labels[domains == domain]
         bad = rows[(rows < 0) | (rows >= size)]

@@ -9,7 +9,7 @@ import numpy as np
 from torch.utils.data import Sampler
 
 
-from .domains import SOURCE, TARGET
+from .domains import SOURCE, TARGET, check_domains
 
 
 def source_rows_per_batch(batch_size: int, source_fraction: float) -> int:
@@ -61,9 +61,7 @@ class PairedBatchSampler(Sampler[list[int]]):
         if batch_size < 1 or num_replicas < 1:
             raise ValueError(f"batch_size and num_replicas must be >= 1, got {batch_size} and {num_replicas}.")
         domains = np.asarray(domains)
-        unknown = set(np.unique(domains).tolist()) - {SOURCE, TARGET}
-        if unknown:
-            raise ValueError(f"domain values must be 0 (source) or 1 (target), found {sorted(unknown)}.")
+        check_domains(domains)
         self.source_rows = np.flatnonzero(domains == SOURCE)
         self.target_rows = np.flatnonzero(domains == TARGET)
         self.n_source = source_rows_per_batch(batch_size, source_fraction)

@@ -62,8 +62,8 @@ def evaluate_model(
     ``log_to``, the method's last training stage, evaluates its own model (``Trainer.evaluate``):
     the metrics join that stage's log history and loggers at its last step (with ``--report_to
     tensorboard`` its curves end with the test metrics) and ``eval_results.json`` is written in its
-    folder. The ``loss`` is the plain target cross-entropy for every method
-    (:meth:`JTLNTrainer.target_loss_only`), so it compares across methods. With a validation set
+    folder. The ``loss`` is the target cross-entropy for every method (``eval_loss`` of
+    :meth:`JTLNTrainer.compute_loss` in evaluation), so it compares across methods. With a validation set
     (``--target_validation_fraction``) its accuracy and mean per-class accuracy are added as
     ``validation_*`` (what settings are chosen on), by a trainer of its own: not in the loggers.
     """
@@ -72,8 +72,7 @@ def evaluate_model(
     if log_to is None or exp.target_validation is not None:  # a trainer of its own only where one is needed
         quiet = JTLNTrainer(model=model, args=quiet_args(args, stage_dir))
     trainer = log_to if log_to is not None else quiet
-    with trainer.target_loss_only():
-        metrics = trainer.evaluate(_eval_dataset(exp.target_test, model.config, data))
+    metrics = trainer.evaluate(_eval_dataset(exp.target_test, model.config, data))
     if exp.target_validation is not None:
         metrics.update(quiet.evaluate(_eval_dataset(exp.target_validation, model.config, data),
                                       metric_key_prefix="validation"))  # fmt: skip
