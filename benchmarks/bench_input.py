@@ -134,22 +134,26 @@ def timm_loader(args, folder: Path):
 
 
 # --------------------------------------------------------------------------------------- measuring
-def epoch_images_per_s(loader, epoch: int) -> float:
-    """Images/s of one epoch (from ``iter`` to the last batch, worker start-up included when not persistent)."""
+def epoch_images_per_s(loader, epoch: int) -> tuple[float, float]:
+    """Images per second of one epoch (from ``iter`` to the last batch), by the wall clock and by this process's CPU time.
+
+    The second is the per-core rate with ``--workers 0`` (everything runs in this process), whatever
+    else the machine runs; with workers it counts only the waiting main process.
+    """
     sampler = getattr(loader, "batch_sampler", None)
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)
-    start, images = time.perf_counter(), 0
+    start, cpu, images = time.perf_counter(), time.process_time(), 0
     for batch in loader:
         images += len(batch["pixel_values"] if isinstance(batch, dict) else batch[0])
-    return images / (time.perf_counter() - start)
+    return images / (time.perf_counter() - start), images / max(time.process_time() - cpu, 1e-9)
 
 
 def profile_ours(loader, top: int) -> None:
     """cProfile one epoch of our path (``--workers 0``: everything runs in this process)."""
     profiler = cProfile.Profile()
     profiler.enable()
-    rate = epoch_images_per_s(loader, 0)
+    rate = epoch_images_per_s(loader, 0)[0]
     profiler.disable()
     print(f"ours: {rate:.1f} images/s under cProfile")
     pstats.Stats(profiler).sort_stats("tottime").print_stats(top)
@@ -193,21 +197,24 @@ def main() -> None:
         raise SystemExit(f"the augmentations differ:\nours {transform}\ntimm {theirs.dataset.transform}")
     print(f"folder {folder} | workers {args.workers} | batch {args.batch} | {args.batches} batches per loader "
           f"and round | prefetch {args.prefetch} | transform: {transform}")  # fmt: skip
-    ratios, rates = [], {"ours": [], "timm": []}
+    ratios, rates, cpu_rates = [], {"ours": [], "timm": []}, {"ours": [], "timm": []}
     for r in range(args.rounds + 1):
         order = [("ours", ours), ("timm", theirs)] if r % 2 else [("timm", theirs), ("ours", ours)]
         now = {name: epoch_images_per_s(loader, r) for name, loader in order}
         if r == 0:
-            print(f"warm-up: ours {now['ours']:.1f}, timm {now['timm']:.1f} images/s")
+            print(f"warm-up: ours {now['ours'][0]:.1f}, timm {now['timm'][0]:.1f} images/s")
             continue
         for name in rates:
-            rates[name].append(now[name])
-        ratios.append(now["ours"] / now["timm"])
-        print(f"round {r}: ours {now['ours']:.1f}, timm {now['timm']:.1f} images/s, ours/timm {ratios[-1]:.3f}")
+            rates[name].append(now[name][0])
+            cpu_rates[name].append(now[name][1])
+        ratios.append(now["ours"][0] / now["timm"][0])
+        print(f"round {r}: ours {now['ours'][0]:.1f}, timm {now['timm'][0]:.1f} images/s, ours/timm {ratios[-1]:.3f}")
     print(f"median over {args.rounds} rounds: ours {statistics.median(rates['ours']):.1f}, "
           f"timm {statistics.median(rates['timm']):.1f} images/s; ours/timm {statistics.median(ratios):.3f} "
           f"(range {min(ratios):.3f}-{max(ratios):.3f})")  # fmt: skip
-
+    if not args.workers:
+        print(f"per core (images per CPU-second of this process, median): ours {statistics.median(cpu_rates['ours']):.1f}, "
+              f"timm {statistics.median(cpu_rates['timm']):.1f}")  # fmt: skip
 
 if __name__ == "__main__":
     main()
