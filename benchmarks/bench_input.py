@@ -22,9 +22,9 @@ not counted.
     python benchmarks/bench_input.py                         # 2 workers, batch 64, 5 rounds
     python benchmarks/bench_input.py --workers 0 --profile   # cProfile of our path in this process
 
-Streaming: ``OUR_PATHS`` maps ``--ours`` to a builder of our loader; the map-style path is
-``map``. A streamed path (``datasets.IterableDataset``) is added there as ``stream`` once the
-training data path supports streaming.
+``--ours stream`` measures the streamed path instead: the folder's images written once as
+``--shards`` parquet shards and streamed as the source (``jtln_hf.data.stream.PairedStream``,
+``streaming_dataloader``), the map-style folder as the target; ``OUR_PATHS`` maps ``--ours`` to the builder of our loader.
 """
 
 from __future__ import annotations
@@ -75,6 +75,25 @@ def write_folder(root: Path, images: int, classes: int, seed: int = 0) -> Path:
     return folder
 
 
+def write_shards(folder: Path, shards: int) -> str:
+    """The folder's images (bytes embedded) as ``shards`` parquet files beside it, written once: a streamed source."""
+    import datasets
+
+    out = folder.with_name(f"{folder.name}-parquet{shards}")
+    if not (out / ".complete").exists():
+        files = sorted((folder / "train").glob("*/*.jpg"))
+        names = sorted({f.parent.name for f in files})
+        features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+        out.mkdir(parents=True, exist_ok=True)
+        for s in range(shards):
+            part = files[s::shards]
+            rows = {"image": [{"bytes": f.read_bytes(), "path": None} for f in part],
+                    "label": [names.index(f.parent.name) for f in part]}  # fmt: skip
+            datasets.Dataset.from_dict(rows, features=features).to_parquet(str(out / f"part-{s:02d}.parquet"))
+        (out / ".complete").touch()
+    return str(out / "*.parquet")
+
+
 # ------------------------------------------------------------------------------------------ loaders
 class FirstBatches(Sampler[list[int]]):
     """The first ``n`` batches of each epoch of ``batch_sampler`` (the epoch advances with :meth:`set_epoch`)."""
@@ -116,8 +135,38 @@ def ours_map(args, folder: Path, transform):
                       **loader_kwargs(args))  # fmt: skip
 
 
-#: Our loaders by ``--ours``; a streamed path (``datasets.IterableDataset``) goes here as "stream".
-OUR_PATHS = {"map": ours_map}
+def ours_stream(args, folder: Path, transform):
+    """The streamed path: the folder streamed as the source (``PairedStream``), read as a map-style target."""
+    import datasets
+
+    from jtln_hf.data import make_batch_transform
+    from jtln_hf.data.stream import PairedStream
+    from jtln_hf.data.stream_loader import streaming_dataloader
+    from jtln_hf.data.stream_source import open_streaming_source
+
+    class FirstStreamBatches(PairedStream):
+        """``--batches`` batches per epoch of the loader, split over the workers; each worker's stream goes on
+        where it stopped (persistent workers keep it), so no round refills the shuffle buffer."""
+
+        def __iter__(self):
+            info = torch.utils.data.get_worker_info()
+            worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+            if getattr(self, "_rows", None) is None:
+                self._rows = super().__iter__()
+            return itertools.islice(self._rows, args.batches // workers + (worker < args.batches % workers))
+
+    target = datasets.load_dataset("imagefolder", data_dir=str(folder), split="train",
+                                   cache_dir=str(Path(args.cache_dir) / "hf-datasets"))  # fmt: skip
+    stream = FirstStreamBatches(open_streaming_source(write_shards(folder, args.shards)), target, n_source=args.batch // 2,
+                                n_target=args.batch - args.batch // 2, seed=0, buffer_size=args.buffer,
+                                transform=make_batch_transform(transform, in_chans=3, seed=0))  # fmt: skip
+    kwargs = loader_kwargs(args)
+    return streaming_dataloader(stream, num_workers=kwargs["num_workers"], prefetch_factor=kwargs.get("prefetch_factor"),
+                                persistent_workers=kwargs.get("persistent_workers", False))  # fmt: skip
+
+
+#: Our loaders by ``--ours``: map-style (the trainer's) and streamed (``PairedStream``).
+OUR_PATHS = {"map": ours_map, "stream": ours_stream}
 
 
 def timm_loader(args, folder: Path):
@@ -172,6 +221,8 @@ def main() -> None:
     parser.add_argument("--cache_dir", default=os.path.join(tempfile.gettempdir(), "jtln-bench-input"),
                         help="where the folder (and the datasets cache) is written once")  # fmt: skip
     parser.add_argument("--ours", choices=sorted(OUR_PATHS), default="map", help="our data path")
+    parser.add_argument("--buffer", type=int, default=1000, help="shuffle buffer of the streamed source (rows per worker)")
+    parser.add_argument("--shards", type=int, default=4, help="parquet shards of the streamed source")
     parser.add_argument("--profile", action="store_true", help="cProfile one epoch of ours, then stop")
     args = parser.parse_args()
     if args.batches * args.batch > args.images:
