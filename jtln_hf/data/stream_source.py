@@ -19,7 +19,7 @@ from typing import Any
 
 import datasets
 
-from .sources import DATA_FILE_BUILDERS
+from .sources import DATA_FILE_BUILDERS, file_builder
 from .splits import resolve_classes
 
 #: File endings a streamed source may be read from, and the packaged builder for each.
@@ -77,13 +77,8 @@ def _load(spec: str, split: str, config_name: str | None) -> datasets.IterableDa
         return _split(datasets.load_dataset("imagefolder", data_dir=str(path), streaming=True), split, spec)
     files = [spec] if path.is_file() else sorted(glob.glob(spec))
     if files:
-        builders = {STREAM_FILE_BUILDERS.get(Path(f).suffix.lower()) for f in files}
-        if None in builders or len(builders) != 1:
-            raise ValueError(
-                f"{spec}: streamed data files must all be one of {sorted(STREAM_FILE_BUILDERS)} (got "
-                f"{sorted({Path(f).suffix for f in files})}); for images, pass their folder (ImageFolder)."
-            )
-        return datasets.load_dataset(builders.pop(), data_files={split: files}, streaming=True, split=split)
+        builder = file_builder(spec, files, STREAM_FILE_BUILDERS, "streamed data files")
+        return datasets.load_dataset(builder, data_files={split: files}, streaming=True, split=split)
     if spec.startswith(("/", ".")):
         raise ValueError(f"{spec}: no such file or folder: pass an existing folder, data files, or a Hub dataset id.")
     kwargs = {"name": config_name} if config_name else {}
