@@ -189,7 +189,17 @@ def take_per_class(stream: datasets.IterableDataset, per_class: int, *, max_rows
     if short:
         raise ValueError(
             f"within the first {max_rows} streamed source rows, classes {', '.join(short)} have fewer than "
-            f"{per_class} images: raise the bound, lower the images per class, or drop them with --source_classes."
+            f"{per_class} images: lower the images per class (--cost_samples_per_class), or drop those classes "
+            "with --source_classes."
         )
+    return _in_memory(rows, stream)
+
+
+def take_rows(stream: datasets.IterableDataset, rows: int) -> datasets.Dataset:
+    """The first ``rows`` rows of ``stream`` in memory (e.g. the sample the input statistics are read from)."""
+    return _in_memory(list(stream.take(rows)), stream)
+
+
+def _in_memory(rows: list[dict[str, Any]], stream: datasets.IterableDataset) -> datasets.Dataset:
     features = datasets.Features({"image": datasets.Image(decode=False), "label": stream.features["label"]})
     return datasets.Dataset.from_list(rows, features=features)
