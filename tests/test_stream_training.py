@@ -8,13 +8,11 @@ reduction order), as tests/test_resume.py does for the map-style path.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -30,20 +28,12 @@ from jtln_hf.data.stream_source import open_streaming_source
 from jtln_hf.io import latest_complete_checkpoint
 
 from conftest import make_model, make_trainer
-from test_resume import _step_logs, _wait_for_checkpoint
-from test_stream import NAMES, _encoded, _write_shards, target  # noqa: F401  (target: a fixture)
+from test_resume import _step_logs, _StopAt, _wait_for_checkpoint, one_intra_op_thread  # noqa: F401  (autouse)
+from test_stream import NAMES, _write_shards, target, write_tar_shards  # noqa: F401  (target: a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "train_jtln.py"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-@pytest.fixture(autouse=True)
-def one_intra_op_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -63,17 +53,6 @@ def _paired(pattern: str, target, log: Path | None = None) -> PairedStream:
 
     return PairedStream(open_streaming_source(pattern), target, n_source=4, n_target=4, transform=transform,
                         seed=5, buffer_size=7)  # fmt: skip
-
-
-class _StopAt(TrainerCallback):
-    """Ends training right after step ``step`` (and its checkpoint): an in-process stand-in for a kill."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
 
 
 class _Compositions(TrainerCallback):
@@ -163,15 +142,9 @@ def test_the_recipe_trains_joint_and_jtln_on_a_streamed_source(tmp_path, shards2
 
 def test_the_recipe_streams_webdataset_shards_with_label_names(tmp_path, digits):
     """webdataset .tar shards (``<key>.jpg`` + ``<key>.cls``): integer labels named by --source_label_names."""
-    for shard in range(2):
-        with tarfile.open(tmp_path / f"src-{shard}.tar", "w") as tar:
-            for i in range(shard * 9, shard * 9 + 9):
-                for suffix, data in ((".jpg", _encoded(i, "JPEG")), (".cls", str(i % 3).encode())):
-                    info = tarfile.TarInfo(f"{i:04d}{suffix}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
+    shards = write_tar_shards(tmp_path, 2, 9, "JPEG")
     out = tmp_path / "run"
-    proc = _recipe("--source_dataset", str(tmp_path / "src-*.tar"), "--source_streaming", "--source_image_column",
+    proc = _recipe("--source_dataset", shards, "--source_streaming", "--source_image_column",
                    "jpg", "--source_label_column", "cls", "--source_label_names", *NAMES, "--target_dataset",
                    str(digits), "--mode", "consecutive", "--max_steps", "2", "--output_dir", str(out), *QUICK,
                    cwd=tmp_path)  # fmt: skip
