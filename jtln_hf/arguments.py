@@ -71,6 +71,19 @@ class DataArguments:
     source_split: str = field(default="train", metadata={"help": "Split of the source dataset to train on."})
     source_image_column: str = field(default="image", metadata={"help": "Image column of the source dataset."})
     source_label_column: str = field(default="label", metadata={"help": "Label column of the source dataset."})
+    source_streaming: bool = field(
+        default=False,
+        metadata={"help": "Stream --source_dataset (a Hub id, parquet/arrow/webdataset shards, an ImageFolder) "
+                  "instead of loading it: each process reads its own shards; needs --max_steps."},
+    )  # fmt: skip
+    source_shuffle_buffer: int = field(
+        default=1000, metadata={"help": "--source_streaming: source rows in each process's shuffle buffer."}
+    )
+    source_label_names: list[str] | None = field(
+        default=None,
+        metadata={"help": "--source_streaming: class names, in label-id order, when the source's label column "
+                  "has none (e.g. webdataset 'cls' integers)."},
+    )  # fmt: skip
     target_dataset: str | None = field(
         default=None, metadata={"help": "Target dataset (same kinds as --dataset); needs --source_dataset."}
     )
@@ -113,6 +126,8 @@ class DataArguments:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and 0.0 < value < 1.0):
                 raise ValueError(f"--{name} must be in (0, 1), e.g. 0.2, got {value}.")
+        if self.source_shuffle_buffer < 1:
+            raise ValueError(f"--source_shuffle_buffer must be >= 1, got {self.source_shuffle_buffer}.")
         if self.max_eval_samples is not None and self.max_eval_samples < 1:
             raise ValueError(f"--max_eval_samples must be >= 1, got {self.max_eval_samples}.")
 
@@ -224,8 +239,10 @@ ONE_DATASET_FLAGS = {
 }
 TWO_DATASET_FLAGS = (
     "source_dataset_config", "source_split", "source_image_column", "source_label_column", "target_dataset_config",
-    "target_train_split", "target_test_split", "target_image_column", "target_label_column",
+    "target_train_split", "target_test_split", "target_image_column", "target_label_column", "source_streaming",
 )  # fmt: skip
+#: Flags that only a streamed source (``--source_streaming``) reads.
+STREAMING_FLAGS = ("source_shuffle_buffer", "source_label_names")
 
 
 def check_arguments(data: DataArguments, model: ModelArguments, jtln: JTLNArguments, given: set[str]) -> None:
@@ -249,6 +266,7 @@ def check_arguments(data: DataArguments, model: ModelArguments, jtln: JTLNArgume
             if name in given:
                 raise ValueError(f"--{name} applies to --source_dataset/--target_dataset runs; with --dataset use "
                                  f"{_one_dataset_counterpart(name)}.")  # fmt: skip
+    _check_streaming(data, given)
     if "target_test_split" in given and data.target_test_fraction is not None:
         raise ValueError("--target_test_split and --target_test_fraction exclude each other: test on the dataset's "
                          "split, or carve one from its train split.")  # fmt: skip
@@ -335,6 +353,17 @@ def method_settings(data: DataArguments, model: ModelArguments, jtln: JTLNArgume
     return MethodSettings(data=data.spec(), cost=resolved_cost(data, model, jtln),
                           image_size=model.image_size if model.pretrained else None,
                           methods=MappingProxyType(own))  # fmt: skip
+
+
+def _check_streaming(data: DataArguments, given: set[str]) -> None:
+    """``--source_streaming`` needs a step count (a stream has no length); its own flags need it."""
+    if not data.source_streaming:
+        for name in STREAMING_FLAGS:
+            if name in given:
+                raise ValueError(f"--{name} applies to a streamed source: add --source_streaming, or drop it.")
+        return
+    if "max_steps" not in given:
+        raise ValueError("--source_streaming needs --max_steps N: a stream has no length to derive the steps from.")
 
 
 def _one_dataset_counterpart(name: str) -> str:

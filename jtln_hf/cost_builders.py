@@ -28,11 +28,14 @@ from .data import sample_shots
 from .data.labels import read_column
 from .data.known import known_dataset
 from .data.pools import DataSpec
+from .data.stream_source import take_per_class
 
 #: ``predict(dataset, fields) -> ({field: array}, labels)``: the model's outputs on a dataset's rows.
 Predict = Callable[[datasets.Dataset, tuple[str, ...]], tuple[dict[str, np.ndarray], np.ndarray]]
 #: Source-only steps before a model-computed cost, for a backbone trained from scratch.
 DEFAULT_COST_WARMUP_STEPS = 200
+#: A features-* cost reads at most this many times the rows it keeps from a streamed source (class imbalance).
+STREAM_SCAN_FACTOR = 10
 #: The cost when ``--cost`` is not given and the data has no prior: the paper's fc7-MKMMD.
 DEFAULT_FEATURE_COST = "features-mmd"
 
@@ -80,13 +83,15 @@ class Cost:
 class CostInputs:
     """What a cost builder may read.
 
-    ``source`` / ``target`` are the source training set and the k-shot target set (labels in
+    ``source`` / ``target`` are the source training set (a stream with ``--source_streaming``: a
+    features-* cost then reads its first ``samples_per_class`` images of each class, from at most
+    :data:`STREAM_SCAN_FACTOR` times that many rows) and the k-shot target set (labels in
     their own spaces); ``predict`` runs the (warmed-up) model on a dataset, None before a model
     exists; ``prior`` is a hand-written prior file, its rows and columns looked up by class name
     (the data's own, else the shipped Fashion-MNIST prior, which serves any classes it names).
     """
 
-    source: datasets.Dataset
+    source: datasets.Dataset | datasets.IterableDataset
     target: datasets.Dataset
     source_names: list[str]
     target_names: list[str]
@@ -152,8 +157,12 @@ def _prior(inputs: CostInputs) -> tuple[np.ndarray, str]:
 def _feature_builder(distance: str) -> Callable[[CostInputs], tuple[np.ndarray, str]]:
     def build(inputs: CostInputs) -> tuple[np.ndarray, str]:
         predict = _needs_model(inputs, f"features-{distance}")
-        smallest = int(np.bincount(read_column(inputs.source, "label")).min())
-        source = sample_shots(inputs.source, min(inputs.samples_per_class, smallest), seed=inputs.seed)
+        if isinstance(inputs.source, datasets.IterableDataset):  # a stream: its first images of each class
+            per_class, classes = inputs.samples_per_class, len(inputs.source_names)
+            source = take_per_class(inputs.source, per_class, max_rows=STREAM_SCAN_FACTOR * per_class * classes)
+        else:
+            smallest = int(np.bincount(read_column(inputs.source, "label")).min())
+            source = sample_shots(inputs.source, min(inputs.samples_per_class, smallest), seed=inputs.seed)
         (xs, ys), (xt, yt) = [
             (outputs["pooler_output"], labels)
             for outputs, labels in (predict(ds, ("pooler_output",)) for ds in (source, inputs.target))
@@ -272,6 +281,7 @@ __all__ = [
     "COST_BUILDERS",
     "DEFAULT_COST_WARMUP_STEPS",
     "DEFAULT_FEATURE_COST",
+    "STREAM_SCAN_FACTOR",
     "CostBuilder",
     "CostInputs",
     "Cost",

@@ -25,6 +25,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import datasets
 import numpy as np
 from transformers.utils import logging
 
@@ -35,6 +36,7 @@ from .cost_builders import Cost
 from .data.known import known_dataset
 from .data.pools import DataPools, DataSpec, ExperimentData, load_pools, prepare_data
 from .data.sources import data_config_from_stats, image_stats
+from .data.stream_source import take_rows
 from .methods import METHOD_REGISTRY, MethodSettings, RunResult, build_model, resolve_cost, run_method, stage_length
 from .modeling_jtln import JointImageClassifier, TimmExportError
 from .results import results_markdown, save_model, summarize, write_results
@@ -58,7 +60,7 @@ def build_config(model_args: ModelArguments, data: DataSpec, exp: ExperimentData
       images of any mode and size are converted to it.
     * From scratch: channels, size, mean and std are read from the images
       (:func:`jtln_hf.data.sources.image_stats`: 1 channel when every image is grayscale, the target
-      images' median side), not timm's 3 x 160 default; a known dataset split by class keeps its own
+      images' median side; a streamed source's first 256 rows), not timm's 3 x 160 default; a known dataset split by class keeps its own
       (:class:`jtln_hf.data.known.KnownDataset`, e.g. Fashion-MNIST's).
     * ``--backbone_checkpoint``: timm loads the file (``pretrained_cfg_overlay=dict(file=...)``);
       :func:`build_model` drops the local path from the saved config.
@@ -73,7 +75,8 @@ def build_config(model_args: ModelArguments, data: DataSpec, exp: ExperimentData
     else:
         data_config = _own_data_config(data)
         if data_config is None or model_args.in_chans not in (None, data_config["input_size"][0]):
-            stats = image_stats([exp.source, exp.target], in_chans=model_args.in_chans,
+            source = take_rows(exp.source, 256) if isinstance(exp.source, datasets.IterableDataset) else exp.source
+            stats = image_stats([source, exp.target], in_chans=model_args.in_chans,
                                 image_size=model_args.image_size)  # fmt: skip
             data_config = data_config_from_stats(stats)
         backbone_kwargs["in_chans"] = data_config["input_size"][0]

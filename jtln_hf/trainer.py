@@ -42,6 +42,7 @@ from .loss import LossSettings, jtln_loss, rows_of, split_rows, step_stats, wron
 from .method_styles import default_method
 from .metrics import compute_classification_metrics
 from .step_state import DeferredCheck, PartMeans, SolverChoice
+from .stream_training import StreamTrainingMixin
 # the arguments are re-exported here: `from jtln_hf.trainer import JTLNTrainer, JTLNTrainingArguments` (README)
 from .training_args import JTLNObjectiveArguments, JTLNTrainingArguments, loss_settings  # noqa: F401
 
@@ -57,11 +58,12 @@ class Rows(NamedTuple):
     counted: bool = False
 
 
-class JTLNTrainer(Trainer):
+class JTLNTrainer(StreamTrainingMixin, Trainer):
     """Trainer for a :class:`~jtln_hf.JointImageClassifier` on mixed source/target datasets.
 
     ``train_dataset`` needs ``image``, ``label`` and ``domain`` columns (see
-    :func:`jtln_hf.data.build_joint_dataset`) and a transform producing ``pixel_values``; a
+    :func:`jtln_hf.data.build_joint_dataset`) and a transform producing ``pixel_values``, or is a
+    streamed source's :class:`~jtln_hf.data.stream.PairedStream` (:mod:`jtln_hf.stream_training`); a
     dataset without ``domain`` is all target rows, as are evaluation datasets (``domain`` 1).
     Labels are checked against the model's label sets before the first step. Arguments are
     keyword-only, as :class:`transformers.Trainer`'s (``model``, ``args``, ``train_dataset`` ...).
@@ -87,8 +89,8 @@ class JTLNTrainer(Trainer):
         self._part_means = {"train": PartMeans(), "eval": PartMeans()}
         self._train_composition: tuple[int, int] | None = None  # (batch size, source rows) per device batch
         config = self.accelerator.unwrap_model(self.model).config
-        for ds in [self.train_dataset] + _as_list(self.eval_dataset):
-            if ds is not None:
+        for ds in [None if self.streams_source else self.train_dataset] + _as_list(self.eval_dataset):
+            if ds is not None:  # a stream's labels come ranged from open_streaming_source
                 check_labels(ds, config.num_source_labels, config.num_labels)
         # shape, NaN/inf/negative entries, all zeros, and a kernel solver that would underflow: before step 1
         cost = self.accelerator.unwrap_model(self.model).cost_matrix
@@ -98,9 +100,11 @@ class JTLNTrainer(Trainer):
 
     # ------------------------------------------------------------------------------- data
     def get_train_dataloader(self) -> DataLoader:
-        """Per-device batches from :class:`PairedBatchSampler`; Accelerate shards whole batches."""
+        """Per-device batches from :class:`PairedBatchSampler`; Accelerate shards whole batches (a stream: its own loader)."""
         if self.train_dataset is None:
             raise ValueError("JTLNTrainer: training requires a train_dataset.")
+        if self.streams_source:
+            return self.stream_dataloader()
         sampler = PairedBatchSampler(
             domains_of(self.train_dataset),
             batch_size=self._train_batch_size,
@@ -390,11 +394,7 @@ class JTLNTrainer(Trainer):
 
 
 def _as_list(eval_dataset: Any) -> list:
-    if eval_dataset is None:
-        return []
-    if isinstance(eval_dataset, dict):
-        return list(eval_dataset.values())
-    return [eval_dataset]
+    return [] if eval_dataset is None else list(eval_dataset.values()) if isinstance(eval_dataset, dict) else [eval_dataset]
 
 
 __all__ = ["JTLNTrainer", "Rows"]

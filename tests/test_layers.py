@@ -71,6 +71,7 @@ LAYER = {
     "loss": TRAINING,
     "training_args": TRAINING,
     "step_state": TRAINING,
+    "stream_training": TRAINING,
     "trainer": TRAINING,
     "cotuning": TRAINING,
     "cost_builders": REGISTRIES,

@@ -47,6 +47,21 @@ def _write_shards(folder: Path, shards: int) -> str:
     return str(folder / "*.parquet")
 
 
+def write_tar_shards(folder: Path, shards: int, rows: int, fmt: str) -> str:
+    """webdataset shards ``shard-<s>.tar`` of ``rows`` images each (``<i>.png``/``.jpg`` + ``<i>.cls``: i % 3)."""
+    import tarfile
+
+    suffix = {"PNG": "png", "JPEG": "jpg"}[fmt]
+    for s in range(shards):
+        with tarfile.open(folder / f"shard-{s}.tar", "w") as tar:
+            for i in range(s * rows, (s + 1) * rows):
+                for ending, data in ((suffix, _encoded(i, fmt)), ("cls", str(i % 3).encode())):
+                    info = tarfile.TarInfo(f"{i:04d}.{ending}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return str(folder / "*.tar")
+
+
 @pytest.fixture(scope="module")
 def shards4(tmp_path_factory) -> str:
     return _write_shards(tmp_path_factory.mktemp("shards4"), 4)
@@ -233,16 +248,7 @@ def test_why_not_datasets_shuffle_its_resume_refills_the_buffer_with_other_rows(
 
 def test_webdataset_tar_shards_stream_with_their_own_columns(tmp_path):
     """webdataset shards name columns by file ending (png, cls); label_names gives the classes."""
-    import tarfile
-
-    for s in range(2):
-        with tarfile.open(tmp_path / f"shard-{s}.tar", "w") as tar:
-            for i in range(s * 3, s * 3 + 3):
-                for suffix, data in (("png", _encoded(i, "PNG")), ("cls", str(i % 3).encode())):
-                    info = tarfile.TarInfo(f"{i:04d}.{suffix}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-    stream = open_streaming_source(str(tmp_path / "*.tar"), image_column="png", label_column="cls",
+    stream = open_streaming_source(write_tar_shards(tmp_path, 2, 3, "PNG"), image_column="png", label_column="cls",
                                    label_names=NAMES, classes=["cat"])  # fmt: skip
     assert stream.num_shards == 2
     assert [(r["image"]["bytes"], r["label"]) for r in stream] == [(_encoded(2, "PNG"), 0), (_encoded(5, "PNG"), 0)]

@@ -15,13 +15,15 @@ from . import splits as jsplits
 from .fashion_mnist import FASHION_MNIST
 from .known import known_dataset
 from .sources import display_name, open_dataset, pick_split
+from .stream_source import open_streaming_source
 
 
 @dataclass(frozen=True)
 class DataPools:
-    """What is fixed across seeds: the source set, the target pool the shots come from, the test set."""
+    """What is fixed across seeds: the source set (a stream with ``--source_streaming``), the target pool the
+    shots come from, the test set."""
 
-    source: datasets.Dataset
+    source: datasets.Dataset | datasets.IterableDataset
     target_pool: datasets.Dataset
     target_test: datasets.Dataset
     target_validation: datasets.Dataset | None = None
@@ -30,9 +32,9 @@ class DataPools:
 
 @dataclass(frozen=True)
 class ExperimentData:
-    """The source set, the k-shot target set and the target test set (labels in own spaces)."""
+    """The source set (or stream), the k-shot target set and the target test set (labels in own spaces)."""
 
-    source: datasets.Dataset
+    source: datasets.Dataset | datasets.IterableDataset
     target: datasets.Dataset
     target_test: datasets.Dataset
     source_names: list[str]
@@ -61,6 +63,9 @@ class DataSpec:
     source_split: str
     source_image_column: str
     source_label_column: str
+    source_streaming: bool
+    source_shuffle_buffer: int
+    source_label_names: tuple[str, ...] | None
     target_dataset: str | None
     target_dataset_config: str | None
     target_train_split: str
@@ -133,11 +138,15 @@ def _carve(ds: datasets.Dataset, fraction: float, flag: str) -> tuple[datasets.D
 
 def _two_datasets(data: DataSpec) -> tuple[datasets.Dataset, datasets.Dataset, datasets.Dataset, str]:
     """Source, target pool, target test and description of a ``--source_dataset`` + ``--target_dataset`` run."""
-    source_spec, source_splits = _side(data, "source")
-    source = _standard(pick_split(source_splits, data.source_split, "--source_split", source_spec),
-                       data.source_image_column, data.source_label_column, f"--source_dataset {source_spec}")  # fmt: skip
-    if data.source_classes:
-        source = jsplits.select_classes(source, list(data.source_classes))
+    source_spec = data.source_dataset
+    if data.source_streaming:
+        source = _streamed_source(data)
+    else:
+        source_splits = _side(data, "source")[1]
+        source = _standard(pick_split(source_splits, data.source_split, "--source_split", source_spec),
+                           data.source_image_column, data.source_label_column, f"--source_dataset {source_spec}")  # fmt: skip
+        if data.source_classes:
+            source = jsplits.select_classes(source, list(data.source_classes))
     target_spec, target_splits = _side(data, "target")
     columns = (data.target_image_column, data.target_label_column, f"--target_dataset {target_spec}")
     pool = _standard(pick_split(target_splits, data.target_train_split, "--target_train_split", target_spec),
@@ -156,6 +165,19 @@ def _two_datasets(data: DataSpec) -> tuple[datasets.Dataset, datasets.Dataset, d
         pool = jsplits.select_classes(pool, list(data.target_classes))
         test = jsplits.select_classes(test, list(data.target_classes))
     return source, pool, test, f"source {display_name(source_spec)} ({data.source_split}), target {display_name(target_spec)}"
+
+
+def _streamed_source(data: DataSpec) -> datasets.IterableDataset:
+    """``--source_dataset`` as a stream (``--source_streaming``): columns and classes as the map-style path."""
+    spec = data.source_dataset
+    if known_dataset(spec) is not None:
+        raise ValueError(f"--source_streaming: {spec} is read into memory by jtln_hf, not streamed: drop "
+                         "--source_streaming, or name its files, folder or Hub id.")  # fmt: skip
+    return open_streaming_source(
+        spec, split=data.source_split, config_name=data.source_dataset_config,
+        image_column=data.source_image_column, label_column=data.source_label_column,
+        classes=data.source_classes, label_names=data.source_label_names,
+    )  # fmt: skip
 
 
 def _one_dataset(data: DataSpec) -> tuple[datasets.Dataset, datasets.Dataset, datasets.Dataset, str]:
@@ -195,8 +217,9 @@ def load_pools(data: DataSpec) -> DataPools:
     seed and every method is tested on the same images.
     """
     source, pool, test, description = _two_datasets(data) if data.two_datasets else _one_dataset(data)
-    if not len(source) or not len(pool) or not len(test):
-        empty = "source" if not len(source) else "target training" if not len(pool) else "target test"
+    streamed = isinstance(source, datasets.IterableDataset)  # its length is unknown: PairedStream says if it is empty
+    if (not streamed and not len(source)) or not len(pool) or not len(test):
+        empty = "source" if not streamed and not len(source) else "target training" if not len(pool) else "target test"
         raise ValueError(f"the {empty} set is empty: check the split and class flags.")
     validation = None
     if data.target_validation_fraction is not None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,18 @@ from .known import KNOWN_DATASETS, KnownDataset, known_dataset, register_known_d
 
 #: File endings that ``datasets`` reads as data files, and the packaged builder for each.
 DATA_FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".arrow": "arrow"}
+
+
+def file_builder(spec: str, files: Sequence[str], builders: Mapping[str, str] = DATA_FILE_BUILDERS,
+                 kind: str = "data files") -> str:  # fmt: skip
+    """The one ``datasets`` builder of ``files`` (by their endings in ``builders``), or a one-line error."""
+    found = {builders.get(Path(f).suffix.lower()) for f in files}
+    if None in found or len(found) != 1:
+        raise ValueError(
+            f"{spec}: {kind} must all be one of {sorted(builders)} (got {sorted({Path(f).suffix for f in files})}); "
+            "for images, pass their folder (ImageFolder)."
+        )
+    return found.pop()
 
 
 def is_local_spec(spec: str) -> bool:
@@ -100,13 +112,7 @@ def open_dataset(spec: str, *, config_name: str | None = None, root: str | None 
         return datasets.load_dataset("imagefolder", data_dir=str(path))
     files = sorted(glob.glob(spec)) if not path.is_file() else [spec]
     if files:
-        builders = {DATA_FILE_BUILDERS.get(Path(f).suffix.lower()) for f in files}
-        if None in builders or len(builders) != 1:
-            raise ValueError(
-                f"{spec}: data files must all be one of {sorted(DATA_FILE_BUILDERS)} (got "
-                f"{sorted({Path(f).suffix for f in files})}); for images, pass their folder (ImageFolder)."
-            )
-        return datasets.load_dataset(builders.pop(), data_files={"train": files})
+        return datasets.load_dataset(file_builder(spec, files), data_files={"train": files})
     if spec.startswith(("/", ".")):
         raise ValueError(f"{spec}: no such file or folder: pass an existing folder, data file, or a Hub dataset id.")
     kwargs = {"name": config_name} if config_name else {}

@@ -60,6 +60,7 @@ def streaming_dataloader(
 def save_stream_state(loader: StatefulDataLoader, folder: str | Path, rank: int) -> Path:
     """Write ``loader``'s position (every worker's stream) into checkpoint ``folder`` for process ``rank``."""
     path = Path(folder) / STREAM_STATE_FILE.format(rank=rank)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(loader.state_dict()))
     return path
 

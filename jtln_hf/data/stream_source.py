@@ -19,7 +19,7 @@ from typing import Any
 
 import datasets
 
-from .sources import DATA_FILE_BUILDERS
+from .sources import DATA_FILE_BUILDERS, file_builder
 from .splits import resolve_classes
 
 #: File endings a streamed source may be read from, and the packaged builder for each.
@@ -77,13 +77,8 @@ def _load(spec: str, split: str, config_name: str | None) -> datasets.IterableDa
         return _split(datasets.load_dataset("imagefolder", data_dir=str(path), streaming=True), split, spec)
     files = [spec] if path.is_file() else sorted(glob.glob(spec))
     if files:
-        builders = {STREAM_FILE_BUILDERS.get(Path(f).suffix.lower()) for f in files}
-        if None in builders or len(builders) != 1:
-            raise ValueError(
-                f"{spec}: streamed data files must all be one of {sorted(STREAM_FILE_BUILDERS)} (got "
-                f"{sorted({Path(f).suffix for f in files})}); for images, pass their folder (ImageFolder)."
-            )
-        return datasets.load_dataset(builders.pop(), data_files={split: files}, streaming=True, split=split)
+        builder = file_builder(spec, files, STREAM_FILE_BUILDERS, "streamed data files")
+        return datasets.load_dataset(builder, data_files={split: files}, streaming=True, split=split)
     if spec.startswith(("/", ".")):
         raise ValueError(f"{spec}: no such file or folder: pass an existing folder, data files, or a Hub dataset id.")
     kwargs = {"name": config_name} if config_name else {}
@@ -194,7 +189,17 @@ def take_per_class(stream: datasets.IterableDataset, per_class: int, *, max_rows
     if short:
         raise ValueError(
             f"within the first {max_rows} streamed source rows, classes {', '.join(short)} have fewer than "
-            f"{per_class} images: raise the bound, lower the images per class, or drop them with --source_classes."
+            f"{per_class} images: lower the images per class (--cost_samples_per_class), or drop those classes "
+            "with --source_classes."
         )
+    return _in_memory(rows, stream)
+
+
+def take_rows(stream: datasets.IterableDataset, rows: int) -> datasets.Dataset:
+    """The first ``rows`` rows of ``stream`` in memory (e.g. the sample the input statistics are read from)."""
+    return _in_memory(list(stream.take(rows)), stream)
+
+
+def _in_memory(rows: list[dict[str, Any]], stream: datasets.IterableDataset) -> datasets.Dataset:
     features = datasets.Features({"image": datasets.Image(decode=False), "label": stream.features["label"]})
     return datasets.Dataset.from_list(rows, features=features)

@@ -17,6 +17,7 @@ from transformers.utils import logging
 from .. import data as jdata
 from ..configuration_jtln import JointImageClassifierConfig
 from ..data.pools import DataSpec
+from ..data.stream import PairedStream
 from ..io import latest_complete_checkpoint, resume_choice
 from ..modeling_jtln import JointImageClassifier
 from ..trainer import JTLNTrainer, JTLNTrainingArguments
@@ -49,9 +50,31 @@ def _with_transform(ds: datasets.Dataset, config: JointImageClassifierConfig, tr
     Without the salt, a row drawn in the same batch position by two seeds would get the same crop
     and flip: the seeds of a comparison would share their augmentation noise.
     """
+    return ds.with_transform(_batch_transform(config, training, data, seed))
+
+
+def _batch_transform(config: JointImageClassifierConfig, training: bool, data: DataSpec, seed: int = 0):
     kwargs = {"scale": tuple(data.train_scale), "hflip": data.hflip} if training else {}
     transform = jdata.build_transform(config.data_config, training, **kwargs)
-    return ds.with_transform(jdata.make_batch_transform(transform, config.data_config["input_size"][0], seed=seed))
+    return jdata.make_batch_transform(transform, config.data_config["input_size"][0], seed=seed)
+
+
+def _train_set(source, target, config: JointImageClassifierConfig, data: DataSpec, stage: JTLNTrainingArguments):
+    """The stage's training rows: a joint dataset, or a :class:`PairedStream` over a streamed ``source``.
+
+    A stream is read by each process on its own, in per-device batches of the stage's
+    ``source_fraction`` (source-only stages: ``target`` None), augmented as the joint dataset is.
+    """
+    transform = _batch_transform(config, True, data, stage.seed)
+    if not isinstance(source, datasets.IterableDataset):
+        return jdata.build_joint_dataset(source, target).with_transform(transform)
+    batch = stage.per_device_train_batch_size
+    n_source = jdata.source_rows_per_batch(batch, stage.source_fraction)
+    return PairedStream(
+        source, target if n_source < batch else None, n_source=n_source, n_target=batch - n_source,
+        transform=transform, seed=stage.data_seed if stage.data_seed is not None else stage.seed,
+        buffer_size=data.source_shuffle_buffer, rank=stage.process_index, world_size=stage.world_size,
+    )  # fmt: skip
 
 
 def _stage_args(args: JTLNTrainingArguments, name: str, **overrides: Any) -> JTLNTrainingArguments:
@@ -127,12 +150,11 @@ def _stage_eval_dataset(stage: JTLNTrainingArguments, exp, config, data) -> data
 
 def train_source_only(model, exp, args, data, name: str, steps: int) -> JTLNTrainer:
     """Source head only (λ_ot = 0, batches of source rows)."""
-    train_ds = _with_transform(jdata.build_joint_dataset(exp.source, None), model.config, True, data, args.seed)
     stage = _stage_args(
         args, name, max_steps=steps, per_device_train_batch_size=source_batch_size(args),
         source_fraction=1.0, ot_loss_weight=0.0,
     )  # fmt: skip
-    return _train(model, stage, train_ds)
+    return _train(model, stage, _train_set(exp.source, None, model.config, data, stage))
 
 
 def train_target_only(model, exp, args, data, name: str) -> JTLNTrainer:
@@ -147,10 +169,8 @@ def train_target_only(model, exp, args, data, name: str) -> JTLNTrainer:
 def train_joint(model, exp, args, data, name: str, ot_loss_weight: float, trainer_cls: type[JTLNTrainer] = JTLNTrainer,
                 **trainer_kwargs: Any) -> JTLNTrainer:  # fmt: skip
     """Both heads on mixed batches, with the OT term when ``ot_loss_weight > 0`` (``trainer_cls``: e.g. Co-Tuning)."""
-    train_ds = _with_transform(
-        jdata.build_joint_dataset(exp.source, exp.target), model.config, True, data, args.seed
-    )
     stage = _stage_args(args, name, ot_loss_weight=ot_loss_weight)
+    train_ds = _train_set(exp.source, exp.target, model.config, data, stage)
     return _train(model, stage, train_ds, _stage_eval_dataset(stage, exp, model.config, data), trainer_cls,
                   **trainer_kwargs)  # fmt: skip
 
