@@ -309,12 +309,13 @@ def check_arguments(data: DataArguments, model: ModelArguments, jtln: JTLNArgume
                          "transformers): pass one of them.")  # fmt: skip
 
 
-#: Flags that say where a run is written, reported or shared (or which process reads them), not
-#: what it trains: :func:`run_settings` leaves them out, so a resumed run may change them.
+#: Flags that say where a run is written, reported or shared (or which process reads them, or how
+#: many data-loader workers load its batches, which never changes a batch), not what it trains:
+#: :func:`run_settings` leaves them out, so a resumed run may change them.
 NOT_SETTINGS = frozenset({
     "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "push_to_hub", "report_to", "run_name",
     "project", "logging_dir", "disable_tqdm", "log_level", "log_level_replica", "log_on_each_node", "local_rank",
-    "debug",
+    "debug", "dataloader_num_workers", "dataloader_persistent_workers", "dataloader_prefetch_factor",
 })  # fmt: skip
 
 

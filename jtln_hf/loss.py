@@ -55,8 +55,7 @@ class LossSettings:
             as both the value (logged as ``ot``) and the function differentiated; ``"paper"`` logs
             ``<γ, C>`` but back-propagates the gradient of ``<γ, C> - εH(γ)`` (the paper's
             inconsistent choice). ``"entropic"`` trains exactly as ``"paper"`` (same gradient) and
-            logs the value it differentiates; ``recipes/sweep.py`` on the embedded split found
-            ``"kl"`` within 0.1 point of it on validation (README, "What we found").
+            logs the value it differentiates.
     """
 
     source_loss_weight: float = 1.0

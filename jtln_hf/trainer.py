@@ -120,6 +120,7 @@ class JTLNTrainer(StreamTrainingMixin, Trainer):
             num_workers=self.args.dataloader_num_workers,
             pin_memory=self.args.dataloader_pin_memory,
             persistent_workers=self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0,
+            prefetch_factor=self.args.dataloader_prefetch_factor if self.args.dataloader_num_workers > 0 else None,
             worker_init_fn=lambda worker_id: seed_worker(
                 worker_id, self.args.dataloader_num_workers, self.args.process_index
             ),

@@ -63,6 +63,7 @@ from jtln_hf.arguments import (
     mode_choices,
     run_settings,
 )
+from jtln_hf.data.loader import default_num_workers, loader_settings
 from jtln_hf.experiment import plan_experiment, run_experiment
 from jtln_hf.hub import HubPushError, check_can_push, push_model_folder
 from jtln_hf.io import check_output_dir, clear_run_outputs, write_run_settings
@@ -184,7 +185,9 @@ def parse_args(argv: list[str] | None = None):
     """Parse ``--config FILE.yaml`` first (defaults), then every flag (overrides).
 
     Returns the four argument dataclasses, the names of the flags the user set (command line or
-    config file) and whether ``--debug`` is on. Raises :class:`UsageError` on a bad flag.
+    config file) and whether ``--debug`` is on. Raises :class:`UsageError` on a bad flag. Without
+    ``--dataloader_num_workers``, the workers are :func:`jtln_hf.data.loader.default_num_workers`
+    (persistent, prefetching).
     """
     argv, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
@@ -218,6 +221,9 @@ def parse_args(argv: list[str] | None = None):
     given |= _given_flags(parser, argv)
     if "num_train_epochs" in given and "max_steps" not in given:
         training_args = dataclasses.replace(training_args, max_steps=-1)  # the epochs count, not the default steps
+    if "dataloader_num_workers" not in given:  # workers from this process's CPUs; batches do not depend on them
+        loader = {k: v for k, v in loader_settings(default_num_workers()).items() if k not in given}
+        training_args = dataclasses.replace(training_args, **loader)
     return data_args, model_args, jtln_args, training_args, given, debug
 
 

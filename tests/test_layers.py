@@ -52,6 +52,7 @@ LAYER = {
     "data.checks": DATA,
     "data.joint": DATA,
     "data.sampler": DATA,
+    "data.loader": DATA,
     "data.labels": DATA,
     "data.stream_source": DATA,
     "data.stream": DATA,

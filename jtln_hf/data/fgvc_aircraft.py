@@ -25,12 +25,9 @@ Arrow cache, not at read time: the rest of the package decodes images itself
 applied when a path-only column is decoded would be dropped by ``select``/``filter``/``cast``
 and the banner would reach training silently.
 
-Cropping a JPEG means re-encoding it (Pillow has no lossless JPEG crop). Each image is re-encoded
-with *its own* quantization tables and chroma subsampling rather than at a fixed quality: the crop
-starts at (0, 0), so the 8x8 block grid is unchanged and the coefficients re-quantize to almost
-the same values, and the file keeps the original's size. On sample photos this gave 50-57 dB PSNR
-against the decoded original at the original's size, where quality 95 gave 36-47 dB (it
-subsamples 4:4:4 chroma to 4:2:0) and grew a quality-85 photo 1.8x. Disk cost: a split's Arrow
+Cropping a JPEG means re-encoding it (Pillow has no lossless JPEG crop): each image is re-encoded
+with *its own* quantization tables and chroma subsampling, at an unchanged 8x8 block grid, so the
+coefficients re-quantize to almost the same values (docs/design.md, "FGVC-Aircraft"). Disk cost: a split's Arrow
 cache is about as large as its JPEGs in the archive; ``trainval`` + ``test`` hold all 10,000
 images (about the archive's 2.7 GB), and ``train``/``val``, subsets of ``trainval``, add their
 images again if they are built too. Building a split decodes and encodes every image once
@@ -132,7 +129,7 @@ def load_fgvc_aircraft(
     if archive is None:
         raise FileNotFoundError(
             f"no FGVC-Aircraft archive at {root}: neither {root / 'data'} nor {root / ARCHIVE_DIR / 'data'} "
-            f"exists. To fix: {_FIX}."
+            f"exists: {_FIX}."
         )
     data = archive / "data"
     class_names = {level: _read_class_list(data / name) for level, name in CLASS_LIST_FILES.items()}
@@ -224,7 +221,7 @@ def _check_same_images(labels: dict[str, dict[str, int]], data: Path, split: str
             raise ValueError(
                 f"{data / f'images_variant_{split}.txt'} and {data / f'images_{level}_{split}.txt'} label "
                 f"different images: {len(only_variant)} id(s) only in the first (e.g. {only_variant[:3]}), "
-                f"{len(only_level)} only in the second (e.g. {only_level[:3]}). The archive is damaged: {_FIX}."
+                f"{len(only_level)} only in the second (e.g. {only_level[:3]}), so the archive is damaged: {_FIX}."
             )
 
 

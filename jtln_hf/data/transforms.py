@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import random
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -12,10 +13,10 @@ import datasets
 import numpy as np
 import timm.data
 import torch
+import torchvision.transforms
 from PIL import Image as PILImage
 
-from ..image_processing_jtln import CHANNEL_MODES as PROCESSOR_CHANNEL_MODES
-from ..image_processing_jtln import to_mode
+from ..image_processing_jtln import CHANNEL_MODES, to_mode
 from .domains import SOURCE, TARGET
 
 
@@ -31,8 +32,6 @@ def build_transform(data_config: dict[str, Any], training: bool, **train_kwargs:
     return timm.data.create_transform(**cfg, is_training=False)
 
 
-#: PIL mode each backbone channel count is converted to (shared with the image processor).
-CHANNEL_MODES = PROCESSOR_CHANNEL_MODES
 #: Image errors the batch transform and :func:`check_images` turn into a message naming the row.
 IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, PILImage.DecompressionBombError)
 
@@ -56,6 +55,11 @@ def make_batch_transform(transform: Callable, in_chans: int, *, seed: int = 0) -
       drawn from the global generators would differ). A batch's rows are drawn at random by
       :class:`PairedBatchSampler`, so a row seen again (another epoch, or a re-sampled target
       row) almost surely sits in a different batch and gets a fresh augmentation.
+    * **One batch tensor.** When ``transform`` is a ``Compose`` ending in ``ToTensor`` (or timm's
+      ``MaybeToTensor``) and ``Normalize``, as timm's are, those two steps write every image of
+      the batch straight into one ``(batch, C, H, W)`` tensor (in shared memory inside a
+      data-loader worker), with the same operations, hence the same bits; ``pixel_values`` holds
+      its rows and :func:`collate` returns that tensor without copying it.
 
     Args:
         transform: per-image transform (e.g. :func:`build_transform`).
@@ -68,17 +72,18 @@ def make_batch_transform(transform: Callable, in_chans: int, *, seed: int = 0) -
             "or give Dataset.with_transform your own function."
         )
     mode = CHANNEL_MODES[in_chans]
+    pil_steps, to_tensor_tail = _split_tensor_tail(transform)
 
     def apply(batch: dict[str, list]) -> dict[str, list]:
         images = [to_mode(_decode(img, batch, k), mode) for k, img in enumerate(batch["image"])]
         keys = _row_keys(batch, images)
         batch_key = hashlib.blake2b(repr((seed, keys)).encode(), digest_size=16).digest()
-        pixel_values = []
+        transformed = []
         with _preserved_global_rng():
             for k, image in enumerate(images):
                 _seed_generators(batch_key, k)
-                pixel_values.append(transform(image))
-        out = {"pixel_values": pixel_values}
+                transformed.append(pil_steps(image))
+        out = {"pixel_values": to_tensor_tail(transformed)}
         if "label" in batch:
             out["labels"] = batch["label"]
         if "domain" in batch:
@@ -86,6 +91,69 @@ def make_batch_transform(transform: Callable, in_chans: int, *, seed: int = 0) -
         return out
 
     return apply
+
+
+def _split_tensor_tail(transform: Callable) -> tuple[Callable, Callable[[list], list]]:
+    """``transform`` as (per-image steps, a function of the list of their outputs -> list of tensors).
+
+    For a ``Compose`` ending in ``ToTensor``/``MaybeToTensor`` + ``Normalize`` the second writes the
+    whole batch into one tensor (:func:`_normalized_batch`); for any other transform it is the identity.
+    """
+    steps = getattr(transform, "transforms", None)
+    if type(transform) is not torchvision.transforms.Compose or len(steps) < 2:
+        return transform, list
+    to_tensor, normalize = steps[-2:]
+    if type(to_tensor) not in (torchvision.transforms.ToTensor, timm.data.transforms.MaybeToTensor):
+        return transform, list
+    if type(normalize) is not torchvision.transforms.Normalize:
+        return transform, list
+    head = torchvision.transforms.Compose(steps[:-2])
+
+    def tail(images: list) -> list:
+        return _normalized_batch(images, normalize) or [normalize(to_tensor(image)) for image in images]
+
+    return head, tail
+
+
+def _normalized_batch(images: list, normalize: torchvision.transforms.Normalize) -> list[torch.Tensor] | None:
+    """``[normalize(to_tensor(im)) for im in images]`` as the rows of one batch tensor; ``None`` if not applicable.
+
+    torchvision's ``to_tensor`` of an 8-bit PIL image is ``float(u8) / 255`` (CHW) and ``Normalize``
+    is ``(x - mean) / std``: the same element-wise operations are applied here in place, in the
+    batch tensor, so every value is rounded exactly as there. Only 8-bit L/RGB/RGBA images of one
+    size and mode qualify; anything else (or a zero ``std``, which ``Normalize`` refuses) gets ``None``.
+    """
+    if not images or not all(isinstance(im, PILImage.Image) for im in images):
+        return None
+    first = images[0]
+    if first.mode not in ("L", "RGB", "RGBA") or any((im.mode, im.size) != (first.mode, first.size) for im in images):
+        return None
+    dtype = torch.get_default_dtype()
+    mean = torch.as_tensor(normalize.mean, dtype=dtype)
+    std = torch.as_tensor(normalize.std, dtype=dtype)
+    channels, (width, height) = len(first.getbands()), first.size
+    if (std == 0).any() or mean.numel() not in (1, channels) or std.numel() not in (1, channels):
+        return None
+    mean, std = mean.view(-1, 1, 1), std.view(-1, 1, 1)
+    out = _new_batch_tensor((len(images), channels, height, width), dtype)
+    for image, row in zip(images, out):
+        pixels = torch.from_numpy(np.array(image, np.uint8, copy=True)).view(height, width, channels)
+        row.copy_(pixels.permute(2, 0, 1))  # u8 -> float: exact
+        row.div_(255).sub_(mean).div_(std)
+    return list(out)
+
+
+def _new_batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor; in a data-loader worker in shared memory, as torch's ``default_collate`` does.
+
+    A batch built in a worker is sent to the main process through shared memory: allocated there
+    from the start, it is not copied again when it is sent.
+    """
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * itemsize)
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
 
 
 def _row_name(batch: dict[str, list], k: int) -> str:
@@ -148,10 +216,30 @@ def _seed_generators(batch_key: bytes, position: int) -> None:
 
 
 def collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack transformed rows into a batch of ``pixel_values``, ``labels`` and (if present) ``domain``."""
-    batch = {"pixel_values": torch.stack([r["pixel_values"] for r in rows])}
+    """Stack transformed rows into a batch of ``pixel_values``, ``labels`` and (if present) ``domain``.
+
+    Rows that are, in order, the rows of one tensor (as :func:`make_batch_transform` writes them)
+    give that tensor itself; other rows are stacked into a new one (in shared memory inside a
+    data-loader worker).
+    """
+    batch = {"pixel_values": _stacked([r["pixel_values"] for r in rows])}
     if "labels" in rows[0]:
         batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
     if "domain" in rows[0]:
         batch["domain"] = torch.tensor([r["domain"] for r in rows], dtype=torch.long)
     return batch
+
+
+def _stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack(tensors)``; without a copy when they are the consecutive rows of one contiguous tensor."""
+    first = tensors[0]
+    if first.device.type != "cpu":
+        return torch.stack(tensors)
+    storage, numel = first.untyped_storage(), first.numel()
+    if storage.nbytes() == len(tensors) * numel * first.element_size() and all(
+        t.is_contiguous() and t.shape == first.shape and t.dtype == first.dtype
+        and t.untyped_storage().data_ptr() == storage.data_ptr() and t.storage_offset() == k * numel
+        for k, t in enumerate(tensors)
+    ):  # fmt: skip
+        return torch.empty(0, dtype=first.dtype).set_(storage, 0, (len(tensors), *first.shape))
+    return torch.stack(tensors, out=_new_batch_tensor((len(tensors), *first.shape), first.dtype))

@@ -15,7 +15,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from .. import figures as _figures
 from ..cost import NORMALIZATIONS
 from ..io import atomic_write_text
-from ..method_styles import METHOD_STYLES
+from ..method_styles import METHOD_STYLES, default_method
 from .facts import (
     PAPER_URL,
     TAGS,
@@ -220,7 +220,7 @@ def render_model_card(
     source_labels, target_labels = label_names(model)
     placeholder = not repo_id or "/" not in repo_id
     registered = METHOD_STYLES.get(method) if method else None
-    intro = registered or METHOD_STYLES["jtln" if has_cost(model) else "joint"]  # what trained it, if not said
+    intro = registered or METHOD_STYLES[default_method(uses_ot=has_cost(model))]  # what trained it, if not said
     name = model_name or (repo_id.split("/")[-1] if repo_id else None) or default_model_name(
         method, config.backbone, eval_dataset or (datasets[-1] if datasets else None))  # fmt: skip
     shown_repo = f"your-name/{name}" if placeholder else repo_id
