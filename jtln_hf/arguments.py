@@ -316,6 +316,7 @@ NOT_SETTINGS = frozenset({
     "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "push_to_hub", "report_to", "run_name",
     "project", "logging_dir", "disable_tqdm", "log_level", "log_level_replica", "log_on_each_node", "local_rank",
     "debug", "dataloader_num_workers", "dataloader_persistent_workers", "dataloader_prefetch_factor",
+    "max_bad_images",
 })  # fmt: skip
 
 

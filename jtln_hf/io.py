@@ -256,7 +256,7 @@ def _is_complete(checkpoint: Path, step: int) -> bool:
 #: output folder before the first step; a resumed run must have the same.
 RUN_SETTINGS = "settings.json"
 #: What a run of the recipe writes into its output folder: all that ``--overwrite_output_dir`` removes.
-RUN_OUTPUTS = ("results.md", "results.json", RUN_SETTINGS, "runs", "model")
+RUN_OUTPUTS = ("results.md", "results.json", RUN_SETTINGS, "runs", "model", "bad_images.json")
 
 
 def resume_choice(value: str | bool | None) -> str | None:

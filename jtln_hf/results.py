@@ -18,6 +18,7 @@ import numpy as np
 from .hub import save_model_folder
 from .io import atomic_write_dir, atomic_write_text
 from .methods import METHOD_REGISTRY, MethodSettings, RunResult, baseline_method, predict_outputs
+from .data.bad_images import write_bad_images
 from .data.pools import ExperimentData
 from .data.sources import display_name, hub_dataset_id
 from .modelcard import default_model_name, has_cost, training_hyperparameters, write_model_card
@@ -88,9 +89,12 @@ def results_markdown(summary: dict[str, dict[str, Any]], caption: str = "", base
 def write_results(output_dir: str | Path, summary: dict, runs: list[RunResult], meta: dict[str, Any], caption: str) -> str:
     """Write ``results.json`` and ``results.md`` atomically; return the Markdown table.
 
-    ``results.json`` holds ``meta``, the ``summary``, every run's metrics and ``"paired"``:
+    ``results.json`` holds ``meta``, the ``summary``, every run's metrics and skipped rows
+    (``bad_images``: how many images its stages could not decode) and ``"paired"``:
     ``{"<method>-<baseline>": PairedDifference.to_dict()}`` of the accuracy (fractions), for every
     method but the baseline (the registered one, joint); empty when the baseline did not run.
+    Rows skipped by any run are listed in ``bad_images.json`` (with method, seed and stage); no
+    file when none was.
     """
     output_dir = Path(output_dir)
     baseline = baseline_method()
@@ -100,10 +104,12 @@ def write_results(output_dir: str | Path, summary: dict, runs: list[RunResult], 
         "summary": summary,
         "paired": {f"{m}-{baseline}": d.to_dict() for m, d in paired_summary(summary, baseline).items()},
         "runs": [
-            {"method": r.method, "seed": r.seed, "steps": r.steps, "train_seconds": r.train_seconds, **r.metrics}
+            {"method": r.method, "seed": r.seed, "steps": r.steps, "train_seconds": r.train_seconds,
+             "bad_images": len(r.bad_images), **r.metrics}  # fmt: skip
             for r in runs
         ],
     }
+    write_bad_images(output_dir, [{"method": r.method, "seed": r.seed, **b} for r in runs for b in r.bad_images])
     atomic_write_text(output_dir / "results.json", json.dumps(payload, indent=2) + "\n")
     atomic_write_text(output_dir / "results.md", table)
     return table

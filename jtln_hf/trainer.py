@@ -11,8 +11,7 @@ checkpoints and logging. This subclass changes:
   means the same for every method and the other parts are reported as ``eval_<part>``;
 * ``log`` adds the mean of each part named in ``loss_parts`` since the last log, and with several
   processes a check that failed on one of them raises on all (at ``log`` and at the end of ``predict``);
-* ``predict_outputs`` returns any model outputs over a dataset, gathered over processes: the one
-  forward pass outside training.
+* ``predict_outputs`` returns any model outputs over a dataset, gathered over processes.
 
 It owns, visibly, what keeps the step free of host-device waits: the solver choice per cost
 (:class:`~jtln_hf.step_state.SolverChoice`) and the check read a step later
@@ -35,6 +34,7 @@ from transformers import Trainer
 from transformers.trainer_utils import seed_worker
 from transformers.utils import logging
 
+from .bad_image_training import BadImagesMixin
 from .data import PairedBatchSampler, collate
 from .data.labels import check_labels, domains_of  # noqa: F401  (check_labels: also re-exported)
 from .image_processing_jtln import JointImageClassifierImageProcessor
@@ -58,15 +58,15 @@ class Rows(NamedTuple):
     counted: bool = False
 
 
-class JTLNTrainer(StreamTrainingMixin, Trainer):
+class JTLNTrainer(BadImagesMixin, StreamTrainingMixin, Trainer):
     """Trainer for a :class:`~jtln_hf.JointImageClassifier` on mixed source/target datasets.
 
     ``train_dataset`` needs ``image``, ``label`` and ``domain`` columns (see
     :func:`jtln_hf.data.build_joint_dataset`) and a transform producing ``pixel_values``, or is a
     streamed source's :class:`~jtln_hf.data.stream.PairedStream` (:mod:`jtln_hf.stream_training`); a
-    dataset without ``domain`` is all target rows, as are evaluation datasets (``domain`` 1).
-    Labels are checked against the model's label sets before the first step. Arguments are
-    keyword-only, as :class:`transformers.Trainer`'s (``model``, ``args``, ``train_dataset`` ...).
+    dataset without ``domain`` is all target rows, as are evaluation datasets (``domain`` 1). Labels
+    are checked before the first step; unreadable rows skipped are counted (:mod:`jtln_hf.bad_image_training`).
+    Arguments are keyword-only, as :class:`transformers.Trainer`'s (``model``, ``args`` ...).
     """
 
     #: The loss parts logged (mean since the last log) beside ``loss``; a subclass adding a term extends it.

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
+from .data.bad_images import check_max_bad_images
 from .loss import LossSettings
 from .sinkhorn import OBJECTIVES
 
@@ -79,6 +80,13 @@ class JTLNTrainingArguments(TrainingArguments, JTLNObjectiveArguments):
         default=False, metadata={"help": "Keep False: the transform needs the image column."}
     )
 
+    max_bad_images: float = field(
+        default=0.001,
+        metadata={"help": "Training images that may fail to decode (each skipped, replaced by a row of its domain, "
+                  "listed in bad_images.json) before a stage stops: a count (1, 2 ...) or a fraction (< 1) of the "
+                  "rows the stage reads; 0: stop at the first, naming it."},
+    )  # fmt: skip
+
     # Sharing (the recipe's model/ folder and --push_to_hub; jtln_hf.share).
     save_timm: bool = field(
         default=True,
@@ -100,6 +108,7 @@ class JTLNTrainingArguments(TrainingArguments, JTLNObjectiveArguments):
             self.dataloader_pin_memory = False  # nothing to pin to; silences torch's warning
         if not 0.0 <= self.source_fraction <= 1.0:
             raise ValueError(f"source_fraction must be in [0, 1], got {self.source_fraction}.")
+        check_max_bad_images(self.max_bad_images)
         loss_settings(self)  # the loss weights and OT settings, checked where the loss checks them
 
 

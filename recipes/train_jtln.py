@@ -63,6 +63,7 @@ from jtln_hf.arguments import (
     mode_choices,
     run_settings,
 )
+from jtln_hf.data.bad_images import BadImagesError
 from jtln_hf.data.loader import default_num_workers, loader_settings
 from jtln_hf.experiment import plan_experiment, run_experiment
 from jtln_hf.hub import HubPushError, check_can_push, push_model_folder
@@ -319,6 +320,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except BadImagesError as err:  # met in training, past --max_bad_images: the rows are listed, nothing half-written
+        if debug:
+            raise
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 1
     if training_args.process_index == 0:
         print(result["table"])
         out = Path(training_args.output_dir)

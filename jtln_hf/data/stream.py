@@ -12,6 +12,7 @@ still in the buffer, so a resumed stream yields the very batches an uninterrupte
 from __future__ import annotations
 
 import hashlib
+import itertools
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,10 +22,14 @@ import numpy as np
 import torch
 from datasets.distributed import split_dataset_by_node
 
+from .bad_images import StandIns
 from .checks import check_images
 from .domains import SOURCE, TARGET
 from .stream_source import row_identity
-from .transforms import collate
+from .transforms import BAD_IMAGES_KEY, Replace, collate
+
+#: Stream rows tried in place of one unreadable source row before giving up (a stream of unreadable images).
+MAX_SOURCE_STAND_INS = 10_000
 
 _STATE_VERSION = 1
 
@@ -64,11 +69,16 @@ class PairedStream(torch.utils.data.IterableDataset):
         This process and the number of processes; each reads a disjoint part of the source.
     return_rows : bool
         Add the rows' identities to every batch (for checks; a model's forward does not take them).
+    skip_bad_images : bool
+        A source row whose image cannot be decoded is skipped for the next row of the stream, a
+        target row replaced as in a joint dataset (:class:`~jtln_hf.data.bad_images.StandIns`);
+        both are recorded under ``bad_images``. False: such a row raises, naming it.
     """
 
     def __init__(self, source: datasets.IterableDataset, target: datasets.Dataset | None, *, n_source: int,
                  n_target: int, transform: Callable[[dict], dict], seed: int = 0, buffer_size: int = 1000,
-                 rank: int = 0, world_size: int = 1, return_rows: bool = False) -> None:  # fmt: skip
+                 rank: int = 0, world_size: int = 1, return_rows: bool = False,
+                 skip_bad_images: bool = False) -> None:  # fmt: skip
         if n_source < 1 or n_target < 0:
             raise ValueError(f"a streamed source needs n_source >= 1 and n_target >= 0, got {n_source} and {n_target}.")
         if buffer_size < 1 or not 0 <= rank < world_size:
@@ -90,7 +100,7 @@ class PairedStream(torch.utils.data.IterableDataset):
         self.node_shards = self.shards // world_size if self.shards % world_size == 0 else self.shards
         self.target, self.n_source, self.n_target, self.transform = target, n_source, n_target, transform
         self.seed, self.buffer_size, self.rank, self.world_size = seed, buffer_size, rank, world_size
-        self.return_rows = return_rows
+        self.return_rows, self.skip_bad_images = return_rows, skip_bad_images
         self._resume: dict[str, Any] | None = None
         self._live: dict[str, Any] | None = None
 
@@ -138,7 +148,7 @@ class PairedStream(torch.utils.data.IterableDataset):
             target_ids = [self._target_row(live["target_drawn"] + i, worker) for i in range(self.n_target)]
             live["target_drawn"] += self.n_target
             live["batches"] += 1
-            yield self._collate(source, target_ids)
+            yield self._collate(source, target_ids, rows)
 
     def _source_rows(self, live: dict[str, Any], resume: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
         while True:
@@ -169,7 +179,8 @@ class PairedStream(torch.utils.data.IterableDataset):
             self._perm = np.random.default_rng([self.seed, 1, self.rank, worker, cycle]).permutation(n)
         return int(self._perm[position])
 
-    def _collate(self, source: list[dict[str, Any]], target_ids: list[int]) -> dict[str, torch.Tensor]:
+    def _collate(self, source: list[dict[str, Any]], target_ids: list[int],
+                 stream: Iterator[dict[str, Any]]) -> dict[str, torch.Tensor]:  # fmt: skip
         images = [ex["image"] for ex in source]
         labels = [int(ex["label"]) for ex in source]
         rows = [row_identity(image) for image in images]
@@ -177,11 +188,29 @@ class PairedStream(torch.utils.data.IterableDataset):
             picked = self.target[target_ids]
             images, labels, rows = images + picked["image"], labels + list(picked["label"]), rows + target_ids
         domains = [SOURCE] * len(source) + [TARGET] * len(target_ids)
-        out = self.transform({"image": images, "label": labels, "domain": domains, "row": rows})
-        batch = collate([{k: out[k][i] for k in ("pixel_values", "labels", "domain")} for i in range(len(rows))])
+        batch = {"image": images, "label": labels, "domain": domains, "row": rows}
+        keys = ("pixel_values", "labels", "domain")
+        if self.skip_bad_images:  # the next stream row stands in for a source row, the transform's records come along
+            out, keys = self.transform(batch, replace=self._stand_ins(stream)), keys + (BAD_IMAGES_KEY,)
+        else:
+            out = self.transform(batch)
+        batch = collate([{k: out[k][i] for k in keys} for i in range(len(rows))])
         if self.return_rows:
-            batch["row"] = torch.tensor(rows, dtype=torch.long)
+            batch["row"] = torch.tensor(out.get("row", rows), dtype=torch.long)
         return batch
+
+    def _stand_ins(self, stream: Iterator[dict[str, Any]]) -> Replace:
+        """Stand-ins of an unreadable row: the stream's next rows (source), :class:`StandIns` (target)."""
+        if getattr(self, "_target_stand_ins", None) is None and self.target is not None:
+            self._target_stand_ins = StandIns(self.target, self.seed, domain=TARGET)
+
+        def replace(domain: int, row: int) -> Iterator[dict[str, Any]]:
+            if domain == TARGET:
+                return self._target_stand_ins(domain, row)
+            return ({"image": ex["image"], "label": int(ex["label"]), "row": row_identity(ex["image"])}
+                    for ex in itertools.islice(stream, MAX_SOURCE_STAND_INS))  # fmt: skip
+
+        return replace
 
 
 class _ShuffleBuffer:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import math
 import random
 from collections.abc import Callable, Iterator
@@ -18,6 +19,8 @@ from PIL import Image as PILImage
 
 from ..image_processing_jtln import CHANNEL_MODES, to_mode
 from .domains import SOURCE, TARGET
+
+logger = logging.getLogger(__name__)
 
 
 # -------------------------------------------------------------------------------------- transforms
@@ -34,9 +37,14 @@ def build_transform(data_config: dict[str, Any], training: bool, **train_kwargs:
 
 #: Image errors the batch transform and :func:`check_images` turn into a message naming the row.
 IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, PILImage.DecompressionBombError)
+#: The batch key of the rows a batch skipped (``make_batch_transform(replace=...)``): one list of records per row.
+BAD_IMAGES_KEY = "bad_images"
+#: A function ``(domain, row) -> stand-in rows`` (``{"image", "label", "row"}`` dicts) for an unreadable row.
+Replace = Callable[[int, int], Iterator[dict[str, Any]]]
 
 
-def make_batch_transform(transform: Callable, in_chans: int, *, seed: int = 0) -> Callable[[dict], dict]:
+def make_batch_transform(transform: Callable, in_chans: int, *, seed: int = 0,
+                         replace: Replace | None = None) -> Callable[..., dict]:  # fmt: skip
     """A ``Dataset.with_transform`` function: images -> ``pixel_values``, ``label`` -> ``labels``.
 
     * **Channels.** Images are converted to the backbone's channel count ("L" for 1, "RGB" for
@@ -45,6 +53,11 @@ def make_batch_transform(transform: Callable, in_chans: int, *, seed: int = 0) -
       dicts of ``datasets.Image(decode=False)``, as :func:`build_joint_dataset` stores them).
       An image that cannot be decoded raises a ``ValueError`` naming its row (``domain`` and
       ``row`` columns, added by :func:`build_joint_dataset`) and the decoder's message.
+    * **Unreadable rows replaced** (with ``replace``, e.g. :class:`~jtln_hf.data.bad_images.StandIns`).
+      A row whose image cannot be decoded is replaced, in place, by the first of
+      ``replace(domain, row)`` that decodes: the batch keeps its size and its domains. Each
+      skipped row is logged (a warning) and recorded (``domain``, ``row``, ``path``, ``error``)
+      under :data:`BAD_IMAGES_KEY`, a list per row of the batch, which :func:`collate` joins.
     * **Random augmentation without global state.** Each image is transformed with Python's,
       NumPy's and torch's CPU generators seeded from ``seed``, the identities of the batch's
       rows (``(domain, row)``, else a hash of the image) and its position in the batch; the
@@ -65,6 +78,8 @@ def make_batch_transform(transform: Callable, in_chans: int, *, seed: int = 0) -
         transform: per-image transform (e.g. :func:`build_transform`).
         in_chans: the backbone's input channels (1, 3 or 4).
         seed: salt of the augmentation seeds.
+        replace: stand-ins of an unreadable row (a batch needs ``domain`` and ``row``); None:
+            raise. ``apply(batch, replace=...)`` overrides it for one call (a stream's own).
     """
     if in_chans not in CHANNEL_MODES:
         raise ValueError(
@@ -74,7 +89,10 @@ def make_batch_transform(transform: Callable, in_chans: int, *, seed: int = 0) -
     mode = CHANNEL_MODES[in_chans]
     pil_steps, to_tensor_tail = _split_tensor_tail(transform)
 
-    def apply(batch: dict[str, list]) -> dict[str, list]:
+    def apply(batch: dict[str, list], replace: Replace | None = replace) -> dict[str, list]:
+        skipped = None
+        if replace is not None:
+            batch, skipped = _decode_or_replace(batch, replace)
         images = [to_mode(_decode(img, batch, k), mode) for k, img in enumerate(batch["image"])]
         keys = _row_keys(batch, images)
         batch_key = hashlib.blake2b(repr((seed, keys)).encode(), digest_size=16).digest()
@@ -88,9 +106,51 @@ def make_batch_transform(transform: Callable, in_chans: int, *, seed: int = 0) -
             out["labels"] = batch["label"]
         if "domain" in batch:
             out["domain"] = batch["domain"]
+        if skipped is not None:
+            out["row"], out[BAD_IMAGES_KEY] = batch["row"], skipped
         return out
 
     return apply
+
+
+def _decode_or_replace(batch: dict[str, list], replace: Replace) -> tuple[dict[str, list], list[list[dict]]]:
+    """``batch`` with every image decoded, an unreadable one replaced by a stand-in; the records per row."""
+    if "domain" not in batch or "row" not in batch:
+        raise ValueError("replacing unreadable images needs 'domain' and 'row' columns: build the dataset with "
+                         "jtln_hf.data.build_joint_dataset.")  # fmt: skip
+    columns = [c for c in ("image", "label", "row") if c in batch]
+    out = {**batch, **{c: list(batch[c]) for c in columns}}
+    skipped: list[list[dict]] = [[] for _ in batch["image"]]
+    for k in range(len(batch["image"])):
+        row, stand_ins = {c: batch[c][k] for c in columns}, None
+        while True:
+            try:
+                image = _decode_one(row["image"])
+                break
+            except IMAGE_ERRORS as err:
+                skipped[k].append(_skip_record(int(batch["domain"][k]), row, err))
+                stand_ins = stand_ins or replace(int(batch["domain"][k]), int(skipped[k][0]["row"]))
+                row = next(stand_ins, None)
+                if row is None:
+                    raise ValueError(f"no image of the {skipped[k][0]['domain']} rows can be decoded (the last: "
+                                     f"{skipped[k][-1]['error']}): check the dataset's files.") from err  # fmt: skip
+        for c in columns:
+            out[c][k] = image if c == "image" else row[c]
+    return out, skipped
+
+
+def _decode_one(image: Any) -> Any:
+    return datasets.Image().decode_example(image) if isinstance(image, dict) else image
+
+
+def _skip_record(domain: int, row: dict[str, Any], err: BaseException) -> dict[str, Any]:
+    """What is recorded, and logged once, of a skipped row: its domain, row, path and the decoder's error."""
+    image = row["image"] if isinstance(row["image"], dict) else {}
+    record = {"domain": {SOURCE: "source", TARGET: "target"}.get(domain, str(domain)), "row": int(row["row"]),
+              "path": image.get("path"), "error": f"{type(err).__name__}: {err}"}  # fmt: skip
+    path = f" (path {record['path']!r})" if record["path"] else ""
+    logger.warning(f"skipped {record['domain']} row {record['row']}{path}, replaced by another row: {record['error']}")
+    return record
 
 
 def _split_tensor_tail(transform: Callable) -> tuple[Callable, Callable[[list], list]]:
@@ -227,6 +287,8 @@ def collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
     if "domain" in rows[0]:
         batch["domain"] = torch.tensor([r["domain"] for r in rows], dtype=torch.long)
+    if BAD_IMAGES_KEY in rows[0]:
+        batch[BAD_IMAGES_KEY] = [record for r in rows for record in r[BAD_IMAGES_KEY]]
     return batch
 
 

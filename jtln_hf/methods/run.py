@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 from dataclasses import dataclass
 
 from transformers.utils import logging
 
 from ..configuration_jtln import JointImageClassifierConfig
+from ..data.bad_images import read_bad_images
 from ..data.pools import ExperimentData
 from ..modeling_jtln import JointImageClassifier
 from ..trainer import JTLNTrainingArguments
@@ -34,6 +36,7 @@ class RunResult:
     cost_description: str = ""
     steps: str = ""  # what the run trained, e.g. "200 warm-up + 500": the budget every table states
     warmup_steps: int = 0  # source-only steps before the cost (JTLN) or the relationship (Co-Tuning)
+    bad_images: list[dict] = dataclasses.field(default_factory=list)  # rows its stages skipped, with their stage
 
 
 def run_method(
@@ -57,7 +60,8 @@ def run_method(
     metrics = evaluate_model(model, exp, settings.data, args, log_to=trained.last)
     logger.warning(f"{method} seed {seed}: accuracy {metrics['accuracy']:.4f} ({seconds:.0f} s)")
     steps = registered.steps_text(stage_length(args).removesuffix(" steps"), trained.warmup)
-    return RunResult(method, seed, metrics, seconds, model, trained.description, steps, trained.warmup)
+    bad = read_bad_images(Path(args.output_dir) / "runs", run.name)  # the listings its stages wrote
+    return RunResult(method, seed, metrics, seconds, model, trained.description, steps, trained.warmup, bad)
 
 
 def stage_length(args: JTLNTrainingArguments) -> str:

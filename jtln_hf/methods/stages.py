@@ -16,6 +16,7 @@ from transformers.utils import logging
 
 from .. import data as jdata
 from ..configuration_jtln import JointImageClassifierConfig
+from ..data.bad_images import StandIns
 from ..data.pools import DataSpec
 from ..data.stream import PairedStream
 from ..io import latest_complete_checkpoint, resume_choice
@@ -53,10 +54,20 @@ def _with_transform(ds: datasets.Dataset, config: JointImageClassifierConfig, tr
     return ds.with_transform(_batch_transform(config, training, data, seed))
 
 
-def _batch_transform(config: JointImageClassifierConfig, training: bool, data: DataSpec, seed: int = 0):
+def _batch_transform(config: JointImageClassifierConfig, training: bool, data: DataSpec, seed: int = 0,
+                     replace=None):  # fmt: skip
     kwargs = {"scale": tuple(data.train_scale), "hflip": data.hflip} if training else {}
     transform = jdata.build_transform(config.data_config, training, **kwargs)
-    return jdata.make_batch_transform(transform, config.data_config["input_size"][0], seed=seed)
+    return jdata.make_batch_transform(transform, config.data_config["input_size"][0], seed=seed, replace=replace)
+
+
+def _joint_train_set(source, target, config, data: DataSpec, stage: JTLNTrainingArguments) -> datasets.Dataset:
+    """The joint dataset under the training transform; unless ``max_bad_images`` is 0, an unreadable row is
+    replaced by a stand-in of its domain (:class:`~jtln_hf.data.bad_images.StandIns`, seeded by the data seed)."""
+    joint = jdata.build_joint_dataset(source, target)
+    data_seed = stage.data_seed if stage.data_seed is not None else stage.seed
+    replace = StandIns(joint, data_seed) if stage.max_bad_images else None
+    return joint.with_transform(_batch_transform(config, True, data, stage.seed, replace))
 
 
 def _train_set(source, target, config: JointImageClassifierConfig, data: DataSpec, stage: JTLNTrainingArguments):
@@ -65,15 +76,16 @@ def _train_set(source, target, config: JointImageClassifierConfig, data: DataSpe
     A stream is read by each process on its own, in per-device batches of the stage's
     ``source_fraction`` (source-only stages: ``target`` None), augmented as the joint dataset is.
     """
-    transform = _batch_transform(config, True, data, stage.seed)
     if not isinstance(source, datasets.IterableDataset):
-        return jdata.build_joint_dataset(source, target).with_transform(transform)
+        return _joint_train_set(source, target, config, data, stage)
+    transform = _batch_transform(config, True, data, stage.seed)
     batch = stage.per_device_train_batch_size
     n_source = jdata.source_rows_per_batch(batch, stage.source_fraction)
     return PairedStream(
         source, target if n_source < batch else None, n_source=n_source, n_target=batch - n_source,
         transform=transform, seed=stage.data_seed if stage.data_seed is not None else stage.seed,
         buffer_size=data.source_shuffle_buffer, rank=stage.process_index, world_size=stage.world_size,
+        skip_bad_images=bool(stage.max_bad_images),
     )  # fmt: skip
 
 
@@ -101,6 +113,7 @@ def _train(model, args, train_ds, eval_ds=None, trainer_cls: type[JTLNTrainer] =
         # Trainer resumed at its last step trains one step more: a finished stage reloads what it trained
         model.load_state_dict(load_file(Path(checkpoint) / "model.safetensors"))
         trainer.state = finished
+        trainer.write_bad_images()  # the rows it skipped, from the checkpoint's state
         return trainer
     result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_metrics("train", result.metrics)
@@ -159,10 +172,10 @@ def train_source_only(model, exp, args, data, name: str, steps: int) -> JTLNTrai
 
 def train_target_only(model, exp, args, data, name: str) -> JTLNTrainer:
     """Target head only (batches of target rows); evaluated on the target test set if ``eval_strategy`` asks."""
-    train_ds = _with_transform(jdata.build_joint_dataset(None, exp.target), model.config, True, data, args.seed)
     stage = _stage_args(
         args, name, per_device_train_batch_size=target_batch_size(args), source_fraction=0.0, ot_loss_weight=0.0
     )
+    train_ds = _joint_train_set(None, exp.target, model.config, data, stage)
     return _train(model, stage, train_ds, _stage_eval_dataset(stage, exp, model.config, data))
 
 
