@@ -188,7 +188,7 @@ def parse_args(argv: list[str] | None = None):
     Returns the four argument dataclasses, the names of the flags the user set (command line or
     config file) and whether ``--debug`` is on. Raises :class:`UsageError` on a bad flag. Without
     ``--dataloader_num_workers``, the workers are :func:`jtln_hf.data.loader.default_num_workers`
-    (persistent, prefetching).
+    (prefetching).
     """
     argv, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()

@@ -44,10 +44,9 @@ def test_default_workers_read_the_affinity_and_the_local_world_size(monkeypatch)
         jloader.default_num_workers()
 
 
-def test_loader_settings_persist_and_prefetch_only_with_workers():
+def test_loader_settings_prefetch_only_with_workers():
     assert jloader.loader_settings(0) == {"dataloader_num_workers": 0}
-    assert jloader.loader_settings(3) == {"dataloader_num_workers": 3, "dataloader_persistent_workers": True,
-                                          "dataloader_prefetch_factor": 2}  # fmt: skip
+    assert jloader.loader_settings(3) == {"dataloader_num_workers": 3, "dataloader_prefetch_factor": 2}
 
 
 # ------------------------------------------------------------------------------------- batch tensor

@@ -181,19 +181,19 @@ def test_shipped_configs_parse_and_pass_the_cross_checks(name):
 
 
 def test_workers_default_to_the_cpus_unless_given(tmp_path, monkeypatch):
-    """Without --dataloader_num_workers the recipe asks default_num_workers (persistent, prefetching workers);
+    """Without --dataloader_num_workers the recipe asks default_num_workers (prefetching, not persistent workers);
     a flag on the command line or in --config is kept as given, and settings.json records neither."""
     from jtln_hf.arguments import run_settings
 
     monkeypatch.setattr(recipe, "default_num_workers", lambda: 3)
     data, model, jtln, training, given, _ = recipe.parse_args(["--output_dir", str(tmp_path)])
     assert (training.dataloader_num_workers, training.dataloader_persistent_workers,
-            training.dataloader_prefetch_factor) == (3, True, 2)  # fmt: skip
+            training.dataloader_prefetch_factor) == (3, False, 2)  # fmt: skip
     assert "dataloader_num_workers" not in run_settings(data, model, jtln, training)
     training = recipe.parse_args(["--dataloader_num_workers", "0", "--output_dir", str(tmp_path)])[3]
     assert (training.dataloader_num_workers, training.dataloader_persistent_workers) == (0, False)
-    training = recipe.parse_args(["--dataloader_persistent_workers", "false", "--output_dir", str(tmp_path)])[3]
-    assert (training.dataloader_num_workers, training.dataloader_persistent_workers) == (3, False)
+    training = recipe.parse_args(["--dataloader_persistent_workers", "true", "--output_dir", str(tmp_path)])[3]
+    assert (training.dataloader_num_workers, training.dataloader_persistent_workers) == (3, True)
     config = tmp_path / "c.yaml"
     config.write_text("dataloader_num_workers: 1\n")
     assert recipe.parse_args(["--config", str(config)])[3].dataloader_num_workers == 1

@@ -37,11 +37,14 @@ def default_num_workers(cpus: int | None = None, local_world_size: int | None = 
 
 
 def loader_settings(num_workers: int) -> dict[str, object]:
-    """The ``TrainingArguments`` data-loader fields for ``num_workers`` workers: persistent and prefetching when > 0."""
+    """The ``TrainingArguments`` data-loader fields for ``num_workers`` workers: 2 batches prefetched each when > 0.
+
+    Workers are not persistent: a stage reads its loader once (the sampler's one epoch), and torch
+    joins persistent workers at the loader's end only after a 5 s timeout, per loader.
+    """
     if num_workers == 0:
         return {"dataloader_num_workers": 0}
-    return {"dataloader_num_workers": num_workers, "dataloader_persistent_workers": True,
-            "dataloader_prefetch_factor": 2}  # fmt: skip
+    return {"dataloader_num_workers": num_workers, "dataloader_prefetch_factor": 2}
 
 
 __all__ = ["available_cpus", "default_num_workers", "loader_settings"]
