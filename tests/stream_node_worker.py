@@ -23,12 +23,12 @@ def main() -> int:
     log = Path(sys.argv[1]) / f"rank{os.environ['RANK']}.jsonl"
     collate = PairedStream._collate
 
-    def logged(self, source, target_ids):
+    def logged(self, source, target_ids, *rest):  # rest: the stream, for stand-ins of bad rows
         record = {"rank": self.rank, "world_size": self.world_size, "target": len(target_ids),
                   "source": [row_identity(example["image"]) for example in source]}  # fmt: skip
         with log.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        return collate(self, source, target_ids)
+        return collate(self, source, target_ids, *rest)
 
     PairedStream._collate = logged
     return train_jtln.main(sys.argv[2:])
