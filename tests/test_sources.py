@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import datasets
 import numpy as np
 import pytest
@@ -104,6 +106,20 @@ def test_image_stats_colour_anywhere_means_three_channels_and_size_comes_from_th
     palette = Image.fromarray(np.zeros((8, 8), np.uint8)).convert("P")
     assert image_stats([_images(np.zeros((8, 8), np.uint8)),
                         datasets.Dataset.from_dict({"image": [palette]})]).in_chans == 3  # fmt: skip
+
+
+def test_image_stats_leave_out_unreadable_images():
+    """A sample of a large source may hold a corrupt file: the statistics are those of the readable images."""
+    png = io.BytesIO()
+    Image.fromarray(np.full((10, 10), 255, np.uint8)).save(png, format="PNG")
+    broken = {"bytes": png.getvalue()[:40], "path": None}  # a valid header, truncated pixels
+    good = [{"bytes": png.getvalue(), "path": None}]
+    ds = datasets.Dataset.from_dict({"image": [*good, broken]}).cast_column("image", datasets.Image())
+    stats = image_stats([ds])
+    assert (stats.in_chans, stats.image_size, stats.mean) == (1, 10, (1.0,))  # the white image alone
+    unreadable = datasets.Dataset.from_dict({"image": [broken]}).cast_column("image", datasets.Image())
+    with pytest.raises(ValueError, match="none of the sampled images could be decoded"):
+        image_stats([unreadable])
 
 
 def test_image_stats_given_channels_and_size_win():

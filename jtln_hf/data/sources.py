@@ -36,6 +36,7 @@ from .fashion_mnist import FASHION_MNIST
 from .fgvc_aircraft import FGVC_AIRCRAFT
 from .image_stats import ImageStats, data_config_from_stats
 from .known import KNOWN_DATASETS, KnownDataset, known_dataset, register_known_dataset
+from .transforms import IMAGE_ERRORS
 
 #: File endings that ``datasets`` reads as data files, and the packaged builder for each.
 DATA_FILE_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".arrow": "arrow"}
@@ -138,14 +139,20 @@ def image_stats(sets: Sequence[datasets.Dataset], *, size_from: int = -1, in_cha
     * mean and std: per channel, over the sampled images of every set converted to that mode
       and resized to that size, as fractions of 255 (what ``timm``'s ``Normalize`` expects).
 
-    ``in_chans`` / ``image_size`` fix the channels / size instead of reading them.
+    ``in_chans`` / ``image_size`` fix the channels / size instead of reading them. A sampled image
+    that cannot be decoded is left out (training replaces such rows, ``--max_bad_images``).
     """
     rng = np.random.default_rng(seed)
     drawn: list[list[PILImage.Image]] = []
     for ds in sets:
         rows = rng.choice(len(ds), size=min(samples, len(ds)), replace=False) if len(ds) else []
         column = ds.select_columns(["image"]).select(np.sort(rows))
-        drawn.append([_as_pil(v) for v in column["image"]])
+        if isinstance(column.features["image"], datasets.Image):  # decode one by one, to skip the unreadable
+            column = column.cast_column("image", datasets.Image(decode=False))
+        drawn.append([im for im in map(_readable, column["image"]) if im is not None])
+    if any(len(ds) for ds in sets) and not any(drawn):
+        raise ValueError("none of the sampled images could be decoded: check the dataset's image column "
+                         "(jtln_hf.data.check_images lists the unreadable rows).")
     if in_chans is None:
         in_chans = 1 if all(im.getbands() == (im.getbands()[0],) and im.mode != "P" for s in drawn for im in s) else 3
     if image_size is None:
@@ -161,6 +168,14 @@ def image_stats(sets: Sequence[datasets.Dataset], *, size_from: int = -1, in_cha
     std = np.maximum(stacked.std(0), 1e-3)  # a constant channel must not divide by zero
     return ImageStats(in_chans, image_size, tuple(round(float(v), 4) for v in stacked.mean(0)),
                       tuple(round(float(v), 4) for v in std))
+
+
+def _readable(value: Any) -> PILImage.Image | None:
+    """``value`` as a PIL image, or None when it cannot be decoded."""
+    try:
+        return _as_pil(value)
+    except IMAGE_ERRORS:
+        return None
 
 
 def _as_pil(value: Any) -> PILImage.Image:
