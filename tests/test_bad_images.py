@@ -104,6 +104,8 @@ def test_an_unreadable_row_is_replaced_by_the_next_readable_row_of_its_domain(jo
     twice = transform(joint[[5, 0, 24 + 3]])
     assert [d for d in out["domain"]] == [SOURCE, SOURCE, TARGET]
     assert out["row"][0] not in BAD_SOURCE and out["row"][2] not in BAD_TARGET  # readable stand-ins
+    # exact: the same function on the same rows in one process (PIL's integer resampling, then element-wise
+    # ToTensor/Normalize, no reduction), with the augmentation generators seeded by the batch
     assert out["row"] == twice["row"] and all(torch.equal(a, b) for a, b in zip(out["pixel_values"], twice["pixel_values"]))
     assert [[r["row"] for r in rs] for rs in out["bad_images"]] == [[5], [], [3]]
     record = out["bad_images"][0][0]
@@ -139,6 +141,8 @@ def test_training_skips_replaces_counts_and_lists_the_bad_rows(joint, tmp_path):
 def test_two_workers_give_the_batches_of_none(joint, tmp_path):
     none, two = _train(joint, tmp_path / "w0"), _train(joint, tmp_path / "w2", workers=2)
     assert len(none.seen) == len(two.seen) == STEPS
+    # exact: a worker is a fork of this process running the same code on the same rows (PIL's integer
+    # resampling, element-wise ToTensor/Normalize: each element is one correctly rounded IEEE operation, no sum)
     for a, b in zip(none.seen, two.seen):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert none.bad_images == two.bad_images
@@ -210,6 +214,6 @@ def test_a_streamed_source_skips_a_bad_row_for_the_next_one(tmp_path):
     state = two.state_dict()
     resumed = stream()
     resumed.load_state_dict(state)
-    for a, b in zip(batches[2:], iter(resumed)):
+    for a, b in zip(batches[2:], iter(resumed)):  # exact: the same rows through the same element-wise transform
         assert torch.equal(a["pixel_values"], b["pixel_values"]) and torch.equal(a["row"], b["row"])
         assert a["bad_images"] == b["bad_images"]

@@ -93,15 +93,19 @@ def test_folder_has_weights_config_processor_and_code(saved):
     torch.testing.assert_close(weights["cost_matrix"], model.cost_matrix, rtol=0, atol=0)
 
 
-_WITHOUT_JTLN_HF = r'''
+#: The head of a script run where jtln_hf is hidden (:data:`_BLOCKER`): it stops if jtln_hf still imports.
+WITHOUT_JTLN_HF_HEAD = '''
 import json, sys
-import numpy as np, torch
 try:
     import jtln_hf
 except ImportError as err:
     blocked = str(err)
 else:
     raise SystemExit("jtln_hf is importable: the test would prove nothing")
+'''
+
+_WITHOUT_JTLN_HF = WITHOUT_JTLN_HF_HEAD + r'''
+import numpy as np, torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
 
