@@ -141,13 +141,18 @@ sys.meta_path.insert(0, _BlockJtlnHf())
 '''
 
 
+def hidden_jtln_hf(tmp_path):
+    """A folder whose ``sitecustomize.py`` hides jtln_hf (put it first on PYTHONPATH), and an output folder."""
+    hidden, out = tmp_path / "hide", tmp_path / "out"
+    hidden.mkdir()
+    out.mkdir()
+    (hidden / "sitecustomize.py").write_text(_BLOCKER)
+    return hidden, out
+
+
 def test_loads_with_trust_remote_code_where_jtln_hf_is_not_importable(saved, tmp_path):
     model, folder = saved
-    hidden = tmp_path / "hide"
-    hidden.mkdir()
-    (hidden / "sitecustomize.py").write_text(_BLOCKER)
-    out = tmp_path / "out"
-    out.mkdir()
+    hidden, out = hidden_jtln_hf(tmp_path)
     x = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     np.save(out / "input.npy", x.numpy())
     images = _images()

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_model
-from test_hub import _BLOCKER, WITHOUT_JTLN_HF_HEAD
+from test_hub import WITHOUT_JTLN_HF_HEAD, hidden_jtln_hf
 from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
@@ -149,11 +149,7 @@ def test_loads_without_jtln_hf_and_gives_the_target_logits(exported, fashion_mni
     after (no resize at 28x28), plus float32 rounding.
     """
     model, folder = exported
-    hidden = tmp_path / "hide"
-    hidden.mkdir()
-    (hidden / "sitecustomize.py").write_text(_BLOCKER)
-    out = tmp_path / "out"
-    out.mkdir()
+    hidden, out = hidden_jtln_hf(tmp_path)
     gray, colour = _gray_images(fashion_mnist), _colour_images()
     images = gray + colour
     for i, image in enumerate(images):
