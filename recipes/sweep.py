@@ -22,6 +22,7 @@ into ``--output_dir``, and one ``runs/<setting>/seed<k>`` folder per run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -49,10 +50,14 @@ DEFAULT_GRID: dict[str, dict[str, str]] = {
     "constant cost (control)": {"cost": "constant"},
     "Co-Tuning (baseline, not JTLN)": {"method": "cotuning"},
 }
+#: Each run's record in its folder: read back by a later sweep with the same flags (no retraining).
+RECORD = "record.json"
 _POOLS: dict[str, Any] = {}  # per worker process: the data, loaded once per data flags
 
 
 def _parse_vary(text: str) -> tuple[str, dict[str, str]]:
+    if text.strip() == "default":  # the recipe's defaults: a setting with no override
+        return "default", {}
     pairs = [part.split("=", 1) for part in text.split()]
     if not pairs or any(len(p) != 2 or not p[0] for p in pairs):
         raise argparse.ArgumentTypeError(f"--vary {text!r}: expected 'flag=value [flag=value ...]'")
@@ -65,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
         usage="%(prog)s [--vary 'flag=value ...'] [--seeds ...] [--workers N] [--output_dir DIR] [-- RECIPE FLAGS]",
     )  # fmt: skip
     parser.add_argument("--vary", type=_parse_vary, action="append", default=None,
-                        help="One setting (repeat for more); default: the built-in one-factor grid.")  # fmt: skip
+                        help="One setting (repeat for more): 'flag=value ...', or 'default' (the recipe's defaults); "
+                             "default: the built-in one-factor grid.")  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--workers", type=int, default=1, help="Runs in parallel (one CPU thread each).")
     parser.add_argument("--output_dir", default="outputs/sweep")
@@ -94,26 +100,47 @@ def _argv(base: list[str], overrides: dict[str, str], method: str, seed: int, ou
 
 
 def run_job(job: tuple[str, str, int, list[str]]) -> dict[str, Any]:
-    """Train one method for one seed with the recipe's own parsing and checks; return its metrics."""
+    """Train one method for one seed with the recipe's own parsing and checks; return its record.
+
+    The record (metrics, per-class accuracy, cost and mean transport plan: :func:`jtln_hf.methods.diagnose_model`)
+    is written to ``record.json`` in the run's folder; a later sweep with the same flags for that
+    run reads it back instead of training again, so a sweep can be extended (more seeds, more
+    settings) or continued after an interruption.
+    """
     from train_jtln import parse_args
 
     from jtln_hf.arguments import check_arguments
     from jtln_hf.data import load_pools
     from jtln_hf.experiment import plan_experiment
-    from jtln_hf.methods import run_method
+    from jtln_hf.io import atomic_write_text
+    from jtln_hf.methods import diagnose_model, run_method
 
     setting, method, seed, argv = job
     data_args, model_args, jtln_args, args, given, _ = parse_args(argv)
+    record_path = Path(args.output_dir) / RECORD
+    if record_path.is_file():
+        record = json.loads(record_path.read_text())
+        if record.get("argv") == argv:
+            return {**record, "setting": setting}
     check_arguments(data_args, model_args, jtln_args, given)
     spec = data_args.spec()
     if spec not in _POOLS:
         _POOLS[spec] = load_pools(spec)
     plan = plan_experiment(data_args, model_args, jtln_args, args, pools=_POOLS[spec])
     start = time.perf_counter()
-    run = run_method(method, plan.data[seed], plan.config, plan.settings, args, seed)
-    return {"setting": setting, "method": method, "seed": seed, "seconds": time.perf_counter() - start,
-            "metrics": run.metrics, "cost": run.cost_description, "max_steps": args.max_steps,
-            "warmup_steps": run.warmup_steps}  # fmt: skip
+    exp = plan.data[seed]
+    run = run_method(method, exp, plan.config, plan.settings, args, seed)
+    seconds = time.perf_counter() - start
+    from jtln_hf.methods import METHOD_REGISTRY
+
+    uses_ot = METHOD_REGISTRY[method].uses_ot
+    args_of_run = dataclasses.replace(args, seed=seed, ot_loss_weight=args.ot_loss_weight if uses_ot else 0.0)
+    record = {"setting": setting, "method": method, "seed": seed, "seconds": seconds, "argv": argv,
+              "metrics": run.metrics, "cost": run.cost_description, "max_steps": args.max_steps,
+              "warmup_steps": run.warmup_steps,
+              **diagnose_model(run.model, exp, plan.settings.data, args_of_run)}  # fmt: skip
+    atomic_write_text(record_path, json.dumps(record, indent=1, default=float) + "\n")
+    return record
 
 
 def summarize_sweep(records: list[dict[str, Any]], settings: list[str]) -> list[dict[str, Any]]:
@@ -138,9 +165,30 @@ def summarize_sweep(records: list[dict[str, Any]], settings: list[str]) -> list[
             "test_mean": sum(test.values()) / len(test), "test_minus_joint": diff.to_dict(),
             "validation_minus_joint": val_diff.to_dict(), "text": diff.to_text(), "validation_text": val_diff.to_text(),
             "steps": mine[0]["max_steps"] + mine[0]["warmup_steps"], "warmup_steps": mine[0]["warmup_steps"],
-            "cost": mine[0]["cost"],
+            "cost": mine[0]["cost"], **_class_view(mine, [r for r in records if r["setting"] == baseline]),
         })  # fmt: skip
     return rows
+
+
+def _class_view(mine: list[dict[str, Any]], joint: list[dict[str, Any]]) -> dict[str, Any]:
+    """A setting's per-class test accuracy (mean over seeds), its seed-paired difference to joint per class,
+    and its mean cost matrix and transport plan over seeds (JTLN settings)."""
+    import numpy as np
+
+    def per_class(runs: list[dict[str, Any]]) -> dict[int, np.ndarray]:
+        return {r["seed"]: np.array(r["per_class_accuracy"]["test"], dtype=float) for r in runs
+                if r.get("per_class_accuracy", {}).get("test") is not None}  # fmt: skip
+
+    ours, theirs = per_class(mine), per_class(joint)
+    paired = [ours[s] - theirs[s] for s in sorted(ours) if s in theirs]
+    view: dict[str, Any] = {
+        "per_class_test": np.mean(list(ours.values()), 0).tolist() if ours else None,
+        "per_class_minus_joint": np.mean(paired, 0).tolist() if paired else None,
+    }
+    for key in ("cost_matrix", "transport_plan"):
+        mats = [np.array(r[key]) for r in mine if r.get(key) is not None]
+        view[key] = np.mean(mats, 0).tolist() if mats else None
+    return view
 
 
 def sweep_markdown(rows: list[dict[str, Any]], joint: dict[str, Any], chosen: str, caption: str) -> str:
@@ -160,14 +208,22 @@ def sweep_markdown(rows: list[dict[str, Any]], joint: dict[str, Any], chosen: st
     return "\n".join(lines) + "\n"
 
 
-def sweep_figure(rows: list[dict[str, Any]], chosen: str, path: Path) -> None:
-    """Per-seed test differences to joint (dots), their mean and 95% interval, per setting."""
+def sweep_figure(rows: list[dict[str, Any]], chosen: str, path: Path, class_names: list[str] | None = None) -> None:
+    """Left: per-seed test differences to joint (dots), their mean and 95% interval, per setting.
+    Right (with ``class_names``): each setting's per-class test accuracy − joint's, mean over seeds (points)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.4))
+    panel = class_names is not None and all(row.get("per_class_minus_joint") for row in rows)
+    height = 0.45 * len(rows) + 1.6
+    if panel:
+        fig, (ax, cax) = plt.subplots(1, 2, figsize=(8 + 0.6 * len(class_names), height),
+                                      gridspec_kw={"width_ratios": [8, 0.6 * len(class_names)]})  # fmt: skip
+    else:
+        fig, ax = plt.subplots(figsize=(8, height))
     for k, row in enumerate(rows):
         d = row["test_minus_joint"]
         y = len(rows) - 1 - k
@@ -180,6 +236,15 @@ def sweep_figure(rows: list[dict[str, Any]], chosen: str, path: Path) -> None:
     ax.set_yticks(range(len(rows)), [row["setting"] for row in reversed(rows)])
     ax.set_xlabel("test accuracy − joint training (points; dots: seeds, line: 95% CI)")
     ax.set_title("JTLN − joint, paired by seed (red: chosen on validation)", fontsize=10)
+    if panel:
+        diff = 100 * np.array([row["per_class_minus_joint"] for row in reversed(rows)])
+        top = max(float(np.abs(diff).max()), 1e-9)
+        cax.imshow(diff, cmap="RdBu", vmin=-top, vmax=top, aspect="auto", origin="lower")
+        for (i, j), v in np.ndenumerate(diff):
+            cax.text(j, i, f"{v:+.1f}", ha="center", va="center", fontsize=7)
+        cax.set_xticks(range(len(class_names)), class_names, rotation=60, ha="right", fontsize=8)
+        cax.set_yticks([])
+        cax.set_title("per class − joint (points)", fontsize=10)
     fig.tight_layout()
     from jtln_hf.io import atomic_write
 
@@ -236,12 +301,13 @@ def main(argv: list[str] | None = None) -> int:
     from jtln_hf.io import atomic_write_text
 
     table = sweep_markdown(rows, joint_rows, chosen, caption)
+    class_names = next((r["target_names"] for r in records if r.get("target_names")), None)
     payload = {"seeds": opts.seeds, "grid": grid, "base_flags": base, "chosen": chosen, "wall_seconds": wall,
-               "joint": joint_rows, "settings": rows, "runs": records}  # fmt: skip
+               "target_names": class_names, "joint": joint_rows, "settings": rows, "runs": records}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "sweep.json", json.dumps(payload, indent=2, default=float) + "\n")
     atomic_write_text(out / "sweep.md", table)
-    sweep_figure(rows, chosen, out / "sweep.png")
+    sweep_figure(rows, chosen, out / "sweep.png", class_names)
     print(table)
     print(f"chosen on validation: {chosen}; files: {out / 'sweep.md'}, {out / 'sweep.json'}, {out / 'sweep.png'}")
     return 0

@@ -62,3 +62,40 @@ def test_a_bad_setting_fails_before_anything_trains(tmp_path, capsys):
     status = sweep.main(["--vary", "ot_loss_wieght=3", "--seeds", "0", "--output_dir", str(tmp_path / "o"), "--", *TINY])
     assert status == 2 and "did you mean --ot_loss_weight" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_each_run_records_per_class_accuracy_cost_and_mean_plan(tiny_sweep):
+    out, result = tiny_sweep
+    names = result["target_names"]
+    for run in result["runs"]:
+        per_class = run["per_class_accuracy"]
+        assert set(per_class) == {"test", "validation"} and len(per_class["test"]) == len(names)
+        present = [v for v in per_class["test"] if v is not None]
+        # the same per-class ratios sklearn's balanced accuracy averages: equal up to float64 rounding of a
+        # mean of <= 5 terms in [0, 1] (a few ulps), so 1e-12 is a bound, not a tuned value
+        assert abs(sum(present) / len(present) - run["metrics"]["mean_per_class_accuracy"]) <= 1e-12
+        assert ("transport_plan" in run) == (run["method"] == "jtln")  # joint trains no OT term: no plan
+    constant = next(r for r in result["runs"] if r["setting"] == "cost=constant")
+    plan = constant["transport_plan"]
+    assert len(plan) == len(result["runs"][0]["source_names"]) and len(plan[0]) == len(names)
+    assert constant["cost_matrix"] == [[1.0] * len(names)] * len(plan)
+    # column sums are the (floored at 1e-8) target probabilities, in float32: the total is 1 up to
+    # 25 entries x 2^-24 rounding + 5 x 1e-8 floor, < 1e-5
+    assert min(min(row) for row in plan) >= 0 and abs(sum(map(sum, plan)) - 1) < 1e-5
+    row = next(r for r in result["settings"] if r["setting"] == "cost=constant")
+    assert len(row["per_class_minus_joint"]) == len(names) and row["transport_plan"] is not None
+
+
+def test_a_finished_run_is_read_back_not_trained_again(tiny_sweep, monkeypatch):
+    out, result = tiny_sweep
+    import jtln_hf.methods
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a run with a record.json was trained again")
+
+    monkeypatch.setattr(jtln_hf.methods, "run_method", refuse)
+    status = sweep.main(["--vary", "ot_loss_weight=0.3", "--vary", "cost=constant", "--seeds", "0", "1",
+                         "--output_dir", str(out), "--", *TINY])  # fmt: skip
+    assert status == 0
+    rerun = json.loads((out / "sweep.json").read_text())
+    assert [r["metrics"] for r in rerun["runs"]] == [r["metrics"] for r in result["runs"]]

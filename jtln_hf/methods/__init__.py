@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from . import plans  # noqa: F401  (registers the built-in methods)
 from .plans import OT_FLAGS, CoTuningSettings
-from .predict import evaluate_model, predict_outputs, resolve_cost
+from .predict import diagnose_model, evaluate_model, per_class_accuracy, predict_outputs, resolve_cost
 from .registry import (
     METHOD_REGISTRY,
     Method,
@@ -54,8 +54,10 @@ __all__ = [
     "Trained",
     "baseline_method",
     "build_model",
+    "diagnose_model",
     "evaluate_model",
     "method_names",
+    "per_class_accuracy",
     "predict_outputs",
     "quiet_args",
     "register_method",

@@ -1,5 +1,6 @@
 """What runs a trained model outside training: its outputs over a dataset, the cost it defines
-(:func:`resolve_cost`) and the target test metrics (:func:`evaluate_model`).
+(:func:`resolve_cost`), the target test metrics (:func:`evaluate_model`) and the per-class view
+that explains a comparison's row (:func:`diagnose_model`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from ..cost import FASHION_MNIST_PRIOR_PATH
 from ..cost_builders import Cost, CostInputs, FixedCost, Predict, build_cost
 from ..data.pools import DataSpec, ExperimentData
 from ..modeling_jtln import JointImageClassifier
+from ..sinkhorn import mean_transport_plan
 from ..trainer import JTLNTrainer, JTLNTrainingArguments
+from ..training_args import loss_settings
 
 from .stages import _eval_dataset, _with_transform, quiet_args
 
@@ -85,4 +88,52 @@ def evaluate_model(
             out[name] = float(value)
         elif prefix == "validation" and name in keep[:2]:
             out[key] = float(value)
+    return out
+
+
+def per_class_accuracy(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> list[float | None]:
+    """Accuracy of each class: :math:`|\\{i : y_i = k, \\hat y_i = k\\}| / |\\{i : y_i = k\\}|`, None for an absent class.
+
+    The terms whose mean is the mean per-class accuracy (``sklearn.metrics.balanced_accuracy_score``).
+    """
+    predictions = np.asarray(logits).argmax(-1)
+    labels = np.asarray(labels)
+    out: list[float | None] = []
+    for k in range(num_classes):
+        mine = labels == k
+        out.append(float((predictions[mine] == k).mean()) if mine.any() else None)
+    return out
+
+
+def diagnose_model(
+    model: JointImageClassifier, exp: ExperimentData, data: DataSpec, args: JTLNTrainingArguments
+) -> dict[str, object]:  # fmt: skip
+    """What explains a trained model's row in a comparison: per-class accuracy, its cost and mean transport plan.
+
+    ``per_class_accuracy``: ``{"test": [...], "validation": [...]}`` (one value per target class,
+    :func:`per_class_accuracy`; validation only with a validation split); with a cost matrix and an
+    OT term (``args.ot_loss_weight > 0``), ``cost_matrix`` (the model's final C, ``(L_s, L_t)``) and
+    ``transport_plan``: the mean OT plan between the two heads over the target test images
+    (:func:`jtln_hf.sinkhorn.mean_transport_plan` under the training's ε and solver), the plan the card
+    draws. One forward pass over each split through :func:`predict_outputs`: every process must call it.
+    """
+    fields = ("logits", "source_logits")
+    out: dict[str, object] = {"target_names": list(exp.target_names), "source_names": list(exp.source_names)}
+    splits = {"test": exp.target_test, "validation": exp.target_validation}
+    per_class, test_outputs = {}, None
+    for name, ds in splits.items():
+        if ds is None:
+            continue
+        outputs, labels = predict_outputs(model, ds, data, args, fields)
+        per_class[name] = per_class_accuracy(outputs["logits"], labels, len(exp.target_names))
+        test_outputs = outputs if name == "test" else test_outputs
+    out["per_class_accuracy"] = per_class
+    cost = model.cost_matrix.detach().cpu()
+    if args.ot_loss_weight > 0 and bool((cost != 0).any()):
+        settings = loss_settings(args)
+        out["cost_matrix"] = cost.double().numpy().tolist()
+        out["transport_plan"] = mean_transport_plan(
+            test_outputs["source_logits"], test_outputs["logits"], cost, epsilon=settings.ot_epsilon,
+            iterations=settings.ot_iterations, method=settings.ot_method, tol=settings.ot_tol,
+        ).tolist()  # fmt: skip
     return out
