@@ -93,6 +93,10 @@ def _argv(base: list[str], overrides: dict[str, str], method: str, seed: int, ou
     argv = list(base)
     if "--target_validation_fraction" not in base:
         argv += ["--target_validation_fraction", str(fraction)]
+    if "--dataloader_num_workers" not in base:
+        # runs go in parallel, one CPU thread each: loader workers would oversubscribe the cores (and a
+        # pool's spawned process spawns, not forks, its loader workers: the batch transform is a closure)
+        argv += ["--dataloader_num_workers", "0"]
     for flag, value in overrides.items():
         if flag != "method":
             argv += [f"--{flag}", value]
