@@ -193,6 +193,11 @@ class JTLNArguments:
                   f"{DEFAULT_COST_WARMUP_STEPS}, or 0 for features-* on a pretrained backbone."},
     )  # fmt: skip
     cost_samples_per_class: int = field(default=200, metadata={"help": "Source images per class for a features-* cost."})
+    cost_refresh_steps: int = field(
+        default=0,
+        metadata={"help": "Recompute a features-* or relationship cost from the current backbone every K joint "
+                  "steps (same images; logged as cost_change, saved in each checkpoint). 0: computed once."},
+    )  # fmt: skip
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Replace the run in a non-empty --output_dir: its results.md, results.json, settings.json, "
@@ -222,6 +227,8 @@ class JTLNArguments:
             raise ValueError(f"--cotuning_weight must be a finite number >= 0, got {self.cotuning_weight}.")
         if self.cost_warmup_steps is not None and self.cost_warmup_steps < 0:
             raise ValueError(f"--cost_warmup_steps must be >= 0, got {self.cost_warmup_steps}.")
+        if self.cost_refresh_steps < 0:
+            raise ValueError(f"--cost_refresh_steps must be >= 0 (0: no refresh), got {self.cost_refresh_steps}.")
 
     @property
     def run_methods(self) -> list[str]:
@@ -287,6 +294,7 @@ def check_arguments(data: DataArguments, model: ModelArguments, jtln: JTLNArgume
         cost = resolved_cost(data, model, jtln)
         kind = cost.kind
         unused = {"cost_warmup_steps": [b.name for b in COST_BUILDERS.values() if b.from_model],
+                  "cost_refresh_steps": [b.name for b in COST_BUILDERS.values() if b.from_model],
                   "cost_samples_per_class": [b.name for b in COST_BUILDERS.values() if b.samples]}  # fmt: skip
         for name, kinds in unused.items():
             also_read = any(name in m.flags for m in registered if not m.uses_ot)  # e.g. Co-Tuning's warm-up
@@ -336,6 +344,7 @@ def resolved_cost(data: DataArguments, model: ModelArguments, jtln: JTLNArgument
     """The cost flags resolved into the frozen :class:`~jtln_hf.cost_builders.Cost` (kind, warm-up, prior)."""
     return plan_cost(jtln.cost, data.spec(), normalization=jtln.cost_normalization,
                      warmup_steps=jtln.cost_warmup_steps, samples_per_class=jtln.cost_samples_per_class,
+                     refresh_steps=jtln.cost_refresh_steps,
                      pretrained=model.pretrained)  # fmt: skip
 
 

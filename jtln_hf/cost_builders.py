@@ -55,7 +55,8 @@ class Cost:
     ``kind``: a registered ``--cost`` name or a ``.npy``/``.csv`` path (the data's default when
     not given: :func:`cost_kind`); ``normalization``: ``--cost_normalization``; ``warmup_steps``:
     source-only steps before a model cost is computed (0 for a fixed cost: :func:`default_warmup_steps`);
-    ``samples_per_class``: ``--cost_samples_per_class``; ``prior``: the data's hand-written prior
+    ``samples_per_class``: ``--cost_samples_per_class``; ``refresh_steps``: ``--cost_refresh_steps`` (a
+    model cost recomputed every that many joint steps; 0: computed once); ``prior``: the data's hand-written prior
     (:func:`data_prior`); ``fixed``: the matrix when it is resolved before training (``None`` for a
     model cost, or before the plan resolves it).
     """
@@ -64,6 +65,7 @@ class Cost:
     normalization: str
     warmup_steps: int
     samples_per_class: int
+    refresh_steps: int = 0
     prior: Path | None = None
     fixed: FixedCost | None = None
 
@@ -262,19 +264,20 @@ def default_warmup_steps(given: int | None, *, pretrained: bool = False, needs_s
 
 def plan_cost(
     cost: str | None, data: DataSpec, *, normalization: str, warmup_steps: int | None, samples_per_class: int,
-    pretrained: bool,
+    pretrained: bool, refresh_steps: int = 0,
 ) -> Cost:  # fmt: skip
-    """The cost flags resolved once into a :class:`Cost` (kind, warm-up, prior; no matrix yet).
+    """The cost flags resolved once into a :class:`Cost` (kind, warm-up, refresh, prior; no matrix yet).
 
     ``cost`` and ``warmup_steps`` as given (None: their defaults, :func:`cost_kind` and
-    :func:`default_warmup_steps`; a cost that needs no model has no warm-up).
+    :func:`default_warmup_steps`; a cost that needs no model has no warm-up and no refresh).
     """
     kind = cost_kind(cost, data)
     warmup = 0
     if is_model_cost(kind):
         warmup = default_warmup_steps(warmup_steps, pretrained=pretrained,
                                       needs_source_head=COST_BUILDERS[kind].warmup_when_pretrained)  # fmt: skip
-    return Cost(kind, normalization, warmup, samples_per_class, data_prior(data))
+    refresh = refresh_steps if is_model_cost(kind) else 0
+    return Cost(kind, normalization, warmup, samples_per_class, refresh, data_prior(data))
 
 
 __all__ = [

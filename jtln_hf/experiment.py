@@ -227,6 +227,7 @@ def run_experiment(plan: RunPlan, args: JTLNTrainingArguments) -> dict[str, Any]
         "cost": plan.cost.kind if ot_methods else None,
         "cost_normalization": plan.cost.normalization,
         "cost_warmup_steps": plan.cost.warmup_steps if ot_methods else 0,
+        "cost_refresh_steps": plan.cost.refresh_steps if ot_methods else 0,
         "ot_loss_weight": args.ot_loss_weight,
         "ot_epsilon": args.ot_epsilon,
         "ot_iterations": args.ot_iterations,

@@ -82,6 +82,7 @@ LAYER = {
     "methods.stages": REGISTRIES,
     "methods.predict": REGISTRIES,
     "methods.plans": REGISTRIES,
+    "methods.refresh": REGISTRIES,
     "methods.run": REGISTRIES,
     "results": RESULTS,
     "arguments": CLI,

@@ -58,6 +58,10 @@ CASES = {
     "ignored OT flag": (["--mode", "joint", "--ot_epsilon", "0.1"], r"--ot_epsilon has no effect: no method"),
     "ignored warm-up": (["--mode", "jtln", "--cost_warmup_steps", "5"],
                         r"--cost_warmup_steps is only used by features-ot / .* / relationship costs and --cost is prior"),
+    "refresh of a fixed cost": (["--mode", "jtln", "--cost_refresh_steps", "100"],
+                                r"--cost_refresh_steps is only used by features-ot / .* / relationship costs and --cost "
+                                r"is prior"),
+    "negative refresh": (["--cost_refresh_steps", "-1"], r"--cost_refresh_steps must be >= 0 \(0: no refresh\)"),
     "methods without compare": (["--mode", "jtln", "--methods", "jtln"], r"--methods chooses what --mode compare"),
     "one side only": (["--source_dataset", "fashion-mnist"], r"need both --source_dataset and --target_dataset"),
     "steps and epochs": (["--max_steps", "5", "--num_train_epochs", "2"], r"--max_steps and --num_train_epochs"),

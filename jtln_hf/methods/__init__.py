@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from . import plans  # noqa: F401  (registers the built-in methods)
 from .plans import OT_FLAGS, CoTuningSettings
-from .predict import diagnose_model, evaluate_model, per_class_accuracy, predict_outputs, resolve_cost
+from .predict import diagnose_model, evaluate_model, model_predictor, per_class_accuracy, predict_outputs, resolve_cost
+from .refresh import CostRefresh, relative_change
 from .registry import (
     METHOD_REGISTRY,
     Method,
@@ -47,6 +48,7 @@ __all__ = [
     "OT_FLAGS",
     "METHOD_REGISTRY",
     "CoTuningSettings",
+    "CostRefresh",
     "Method",
     "MethodRun",
     "MethodSettings",
@@ -57,10 +59,12 @@ __all__ = [
     "diagnose_model",
     "evaluate_model",
     "method_names",
+    "model_predictor",
     "per_class_accuracy",
     "predict_outputs",
     "quiet_args",
     "register_method",
+    "relative_change",
     "resolve_cost",
     "run_method",
     "source_batch_size",

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..cotuning import CoTuningTrainer
-from ..cost_builders import default_warmup_steps, relationship_of
+from ..cost_builders import FixedCost, default_warmup_steps, relationship_of
 from ..method_styles import style_of
 
+from .refresh import CostRefresh
 from .registry import MethodRun, Trained, register_method
-from .predict import _predictor, resolve_cost
+from .predict import model_predictor, resolve_cost
 from .stages import train_joint, train_source_only, train_target_only
 
 
@@ -40,22 +41,34 @@ def _joint(run: MethodRun) -> Trained:
 
 #: The flags of the OT term and its cost: read by JTLN only.
 OT_FLAGS = (
-    "cost", "cost_normalization", "cost_warmup_steps", "cost_samples_per_class", "ot_loss_weight", "ot_epsilon",
-    "ot_iterations", "ot_tol", "ot_method", "ot_detach_target", "ot_objective",
+    "cost", "cost_normalization", "cost_warmup_steps", "cost_samples_per_class", "cost_refresh_steps", "ot_loss_weight",
+    "ot_epsilon", "ot_iterations", "ot_tol", "ot_method", "ot_detach_target", "ot_objective",
 )  # fmt: skip
 
 
 @register_method("jtln", **style_of("jtln"), flags=OT_FLAGS, joint_batches=True)
 def _jtln(run: MethodRun) -> Trained:
-    """A fixed cost (prior, file) as resolved before training; a model cost from this seed's (warmed-up) model."""
-    warmup, fixed = 0, run.settings.cost.fixed
+    """A fixed cost (prior, file) as resolved before training; a model cost from this seed's (warmed-up) model,
+    recomputed every ``--cost_refresh_steps`` joint steps when asked (:class:`~jtln_hf.methods.refresh.CostRefresh`)."""
+    cost, data = run.settings.cost, run.settings.data
+    warmup, fixed, callbacks = 0, cost.fixed, []
     if fixed is None:
-        warmup = run.settings.cost.warmup_steps
+        warmup = cost.warmup_steps
         if warmup:
-            train_source_only(run.model, run.exp, run.args, run.settings.data, f"{run.name}-warmup", warmup)
-        fixed = resolve_cost(run.settings.cost, run.settings.data, run.exp, run.model, run.args.seed, warmup, run.args)
+            train_source_only(run.model, run.exp, run.args, data, f"{run.name}-warmup", warmup)
+        predict = model_predictor(run.model, data, run.args)  # one, reused by every refresh
+
+        def resolve() -> FixedCost:
+            return resolve_cost(cost, data, run.exp, run.model, run.args.seed, warmup, run.args, predict=predict)
+
+        fixed = resolve()
+        if cost.refresh_steps:
+            callbacks.append(CostRefresh(lambda: resolve().matrix, cost.refresh_steps))
+            fixed = FixedCost(fixed.matrix, f"{fixed.description.removesuffix('.')}; recomputed from the current "
+                                            f"backbone every {cost.refresh_steps} joint steps.")  # fmt: skip
     run.model.set_cost_matrix(fixed.matrix)
-    last = train_joint(run.model, run.exp, run.args, run.settings.data, run.name, ot_loss_weight=run.args.ot_loss_weight)
+    last = train_joint(run.model, run.exp, run.args, data, run.name, ot_loss_weight=run.args.ot_loss_weight,
+                       callbacks=callbacks or None)  # fmt: skip
     return Trained(last, fixed.description, warmup)
 
 
@@ -79,7 +92,7 @@ def _cotuning(run: MethodRun) -> Trained:
     warmup = options.cost_warmup_steps
     if warmup:
         train_source_only(run.model, run.exp, run.args, run.settings.data, f"{run.name}-warmup", warmup)
-    relationship = relationship_of(_predictor(run.model, run.settings.data, run.args), run.exp.target,
+    relationship = relationship_of(model_predictor(run.model, run.settings.data, run.args), run.exp.target,
                                    len(run.exp.target_names))  # fmt: skip
     last = train_joint(run.model, run.exp, run.args, run.settings.data, run.name, ot_loss_weight=0.0,
                        trainer_cls=CoTuningTrainer, relationship=relationship,

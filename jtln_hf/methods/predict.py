@@ -29,10 +29,10 @@ def predict_outputs(
     Under the eval transform, through :meth:`jtln_hf.trainer.JTLNTrainer.predict_outputs`
     (``Trainer.predict``: batched, gathered over processes); every process must call it.
     """
-    return _predictor(model, data, args)(ds, fields)
+    return model_predictor(model, data, args)(ds, fields)
 
 
-def _predictor(model, data: DataSpec, args: JTLNTrainingArguments) -> Predict:
+def model_predictor(model, data: DataSpec, args: JTLNTrainingArguments) -> Predict:
     """``predict(dataset, fields)`` on ``model`` under the eval transform, one quiet trainer for every call."""
     trainer = JTLNTrainer(model=model, args=quiet_args(args))
     return lambda ds, fields: trainer.predict_outputs(_with_transform(ds, model.config, False, data), fields)
@@ -40,14 +40,16 @@ def _predictor(model, data: DataSpec, args: JTLNTrainingArguments) -> Predict:
 
 def resolve_cost(
     cost: Cost, data: DataSpec, exp: ExperimentData, model: JointImageClassifier | None = None,
-    seed: int = 0, warmup_steps: int = 0, args: JTLNTrainingArguments | None = None,
+    seed: int = 0, warmup_steps: int = 0, args: JTLNTrainingArguments | None = None, predict: Predict | None = None,
 ) -> FixedCost:  # fmt: skip
     """The cost matrix C of ``cost.kind`` and a sentence saying how it was built.
 
     Looks the builder up in :data:`jtln_hf.cost_builders.COST_BUILDERS` (a file path otherwise);
-    builders that read the model run it through :func:`predict_outputs` (needs ``model`` and ``args``).
+    builders that read the model run it through :func:`predict_outputs` (needs ``model`` and ``args``,
+    or a ``predict`` of :func:`model_predictor` to reuse).
     """
-    predict = _predictor(model, data, args) if model is not None and args is not None else None
+    if predict is None and model is not None and args is not None:
+        predict = model_predictor(model, data, args)
     inputs = CostInputs(
         exp.source, exp.target, list(exp.source_names), list(exp.target_names), predict=predict,
         prior=cost.prior or FASHION_MNIST_PRIOR_PATH, seed=seed, warmup_steps=warmup_steps,

@@ -1,0 +1,152 @@
+"""--cost_refresh_steps: a model cost recomputed from the current backbone every K steps (jtln_hf.methods.refresh)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from jtln_hf.methods import CostRefresh, relative_change
+
+from conftest import default_cost, make_model, make_trainer
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "train_jtln.py"
+
+
+@pytest.fixture(autouse=True)
+def one_intra_op_thread():
+    """Runs compared bit for bit must reduce floats in the same order: one thread in this process."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_relative_change_is_the_frobenius_ratio():
+    old = np.array([[3.0, 0.0], [0.0, 4.0]])  # ||old||_F = 5
+    new = old + np.array([[0.0, 1.0], [0.0, 0.0]])
+    assert relative_change(new, old) == 1 / 5  # 1/5 and the norms of these integers are exact in float64
+    assert relative_change(old, old) == 0.0
+    assert relative_change(np.zeros((2, 2)), np.zeros((2, 2))) == 0.0
+    assert relative_change(old, np.zeros((2, 2))) == float("inf")
+
+
+def _run(small_split, tmp_path, callbacks, steps=7):
+    model = make_model(num_target=2)
+    trainer = make_trainer(model, small_split["joint"], tmp_path, max_steps=steps)
+    for callback in callbacks:
+        trainer.add_callback(callback)
+    trainer.train()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    return model, trainer, losses
+
+
+def test_refreshes_at_every_kth_step_but_the_last_and_leaves_the_random_state_alone(small_split, tmp_path):
+    calls, costs = [], []
+
+    def rebuild():
+        # draws from every generator training uses: the refresh must hide these draws from training
+        torch.rand(3), np.random.rand(3), random.random()
+        calls.append(len(calls))
+        costs.append(default_cost(3, 2) + len(calls))  # a new cost each time, shifted by the refresh count
+        return costs[-1].numpy()
+
+    model, trainer, losses = _run(small_split, tmp_path / "a", [CostRefresh(rebuild, every=3)], steps=7)
+    refreshes = [e for e in trainer.state.log_history if "cost_refresh" in e]
+    assert [(e["step"], e["cost_refresh"]) for e in refreshes] == [(3, 1), (6, 2)]  # not at 7, the last step
+    assert torch.equal(model.cost_matrix, costs[-1].float())
+    first = (default_cost(3, 2) + 1).double().numpy()
+    assert refreshes[1]["cost_change"] == pytest.approx(relative_change((default_cost(3, 2) + 2).double().numpy(),
+                                                                        first.astype(np.float32)), rel=1e-6)  # fmt: skip
+
+    # the same run with a refresh that returns the cost unchanged trains exactly as with no refresh:
+    # same process, same thread, same batches, so the same float operations (bitwise, not approx)
+    same = lambda: default_cost(3, 2).numpy()  # noqa: E731  (make_model's cost)
+    _, _, with_noop = _run(small_split, tmp_path / "b", [CostRefresh(same, every=2)], steps=7)
+    _, _, without = _run(small_split, tmp_path / "c", [], steps=7)
+    assert with_noop == without
+
+
+def test_refresh_needs_a_positive_interval():
+    with pytest.raises(ValueError, match="--cost_refresh_steps must be >= 1"):
+        CostRefresh(lambda: None, every=0)
+
+
+# ------------------------------------------------------------------------------- the recipe
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+COMMAND = [
+    sys.executable, str(RECIPE), "--mode", "jtln", "--seeds", "0", "--shots", "2", "--max_eval_samples", "40",
+    "--per_device_train_batch_size", "8", "--max_steps", "6", "--cost", "relationship", "--cost_warmup_steps", "2",
+    "--cost_refresh_steps", "2", "--save_strategy", "steps", "--save_steps", "2", "--logging_steps", "1",
+    "--dataloader_num_workers", "0",
+]  # fmt: skip
+STAGE = Path("runs") / "jtln-seed0"
+
+
+def _recipe(out: Path, *extra: str) -> None:
+    proc = subprocess.run([*COMMAND, "--output_dir", str(out), *extra], env=ENV, capture_output=True, text=True,
+                          cwd=out.parent)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def refreshed_runs(tmp_path_factory):
+    """A: uninterrupted; B: the same run, its joint stage cut back to checkpoint-2 and resumed."""
+    root = tmp_path_factory.mktemp("refresh")
+    run_a, run_b = root / "a", root / "b"
+    _recipe(run_a)
+    _recipe(run_b)
+    for path in [run_b / STAGE / "checkpoint-4", run_b / STAGE / "checkpoint-6", run_b / "model",
+                 run_b / "results.json", run_b / "results.md"]:
+        subprocess.run(["rm", "-rf", str(path)], check=True)
+    _recipe(run_b, "--resume_from_checkpoint", "true")
+    return run_a, run_b
+
+
+def _refreshes(run: Path, checkpoint: int) -> list[tuple[int, int]]:
+    state = json.loads((run / STAGE / f"checkpoint-{checkpoint}" / "trainer_state.json").read_text())
+    return [(e["step"], e["cost_refresh"]) for e in state["log_history"] if "cost_refresh" in e]
+
+
+def test_the_recipe_refreshes_at_the_same_steps_after_a_resume(refreshed_runs):
+    run_a, run_b = refreshed_runs
+    assert _refreshes(run_a, 6) == [(2, 1), (4, 2)]  # not at 6, the last step
+    assert _refreshes(run_a, 2) == [(2, 1)]  # refreshed before the step's checkpoint, saved with it
+    assert _refreshes(run_b, 6) == [(2, 1), (4, 2)]  # step 2 from checkpoint-2's state, step 4 refreshed again
+    final_a, final_b = (load_file(run / "model" / "model.safetensors") for run in (run_a, run_b))
+    # bit for bit: one thread, the same batches and RNG states after the resume (as tests/test_resume.py)
+    assert [k for k in final_a if not torch.equal(final_a[k], final_b[k])] == []
+    assert json.loads((run_a / "results.json").read_text())["cost_refresh_steps"] == 2
+    card = (run_a / "model" / "README.md").read_text()
+    assert "recomputed from the current backbone every 2 joint steps" in card
+
+
+def test_a_refresh_reads_the_weights_of_its_step(refreshed_runs):
+    """checkpoint-4 is saved right after the step-4 refresh: its cost is the one its own weights define."""
+    run_a, _ = refreshed_runs
+    sys.path.insert(0, str(RECIPE.parent))
+    from train_jtln import parse_args
+
+    from jtln_hf import JointImageClassifier
+    from jtln_hf.experiment import plan_experiment
+    from jtln_hf.methods import resolve_cost
+
+    data_args, model_args, jtln_args, args, _, _ = parse_args([*COMMAND[2:], "--output_dir", str(run_a / "check")])
+    plan = plan_experiment(data_args, model_args, jtln_args, args)
+    checkpoint = run_a / STAGE / "checkpoint-4"
+    model = JointImageClassifier.from_pretrained(checkpoint)
+    saved = model.cost_matrix.clone()
+    recomputed = resolve_cost(plan.cost, plan.settings.data, plan.data[0], model, 0, 2, args).matrix
+    # the same weights, images, batches and thread count as the refresh in the run: the same floats
+    assert torch.equal(torch.as_tensor(recomputed, dtype=torch.float32), saved)
+    earlier = load_file(run_a / STAGE / "checkpoint-2" / "model.safetensors")["cost_matrix"]
+    assert not torch.equal(earlier, saved)  # the step-4 refresh moved C
