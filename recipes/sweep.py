@@ -15,8 +15,10 @@ examples:
       --source_dataset fashion-mnist --target_dataset my_images --target_test_fraction 0.3
 
 Flags after ``--`` go to every run (any flag of recipes/train_jtln.py). Writes ``sweep.json``,
-``sweep.md`` (the table) and ``sweep.png`` (per-seed test differences to joint, 95% intervals)
-into ``--output_dir``, and one ``runs/<setting>/seed<k>`` folder per run.
+``sweep.md`` (the table), ``sweep.png`` (per-seed test differences to joint with 95% intervals, and
+each setting's per-class difference to joint) and ``sweep-plans.png`` (each JTLN setting's cost and
+mean transport plan) into ``--output_dir``, and one ``runs/<setting>/seed<k>`` folder per run, whose
+``record.json`` a later sweep with the same flags reads back (add seeds or settings without retraining).
 """
 
 from __future__ import annotations
@@ -256,6 +258,40 @@ def sweep_figure(rows: list[dict[str, Any]], chosen: str, path: Path, class_name
     plt.close(fig)
 
 
+def plans_figure(rows: list[dict[str, Any]], path: Path, source_names: list[str], target_names: list[str]) -> bool:
+    """Each JTLN setting's cost (mean over seeds) and mean transport plan over the test images, side by side.
+
+    The plan's entry (s, t) is the share of test images' probability mass the OT term moved from source
+    class s to target class t; the cost shows what the setting asked for. Returns False (no file) when
+    no setting has a plan.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    shown = [row for row in rows if row.get("transport_plan") is not None]
+    if not shown:
+        return False
+    size = 0.32 * max(len(source_names), len(target_names)) + 1.6
+    fig, axes = plt.subplots(len(shown), 2, figsize=(2 * size + 1.5, size * len(shown)), squeeze=False)
+    for (cost_ax, plan_ax), row in zip(axes, shown):
+        for ax, key, cmap, title in ((cost_ax, "cost_matrix", "viridis", "cost C"),
+                                     (plan_ax, "transport_plan", "Blues", "mean plan (test)")):  # fmt: skip
+            matrix = np.array(row[key])
+            ax.imshow(matrix, cmap=cmap, aspect="auto")
+            ax.set_xticks(range(len(target_names)), target_names, rotation=60, ha="right", fontsize=7)
+            ax.set_yticks(range(len(source_names)), source_names, fontsize=7)
+            ax.set_title(f"{row['setting']}: {title}", fontsize=8)
+    fig.tight_layout()
+    from jtln_hf.io import atomic_write
+
+    atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
+    plt.close(fig)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     base = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -312,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(out / "sweep.json", json.dumps(payload, indent=2, default=float) + "\n")
     atomic_write_text(out / "sweep.md", table)
     sweep_figure(rows, chosen, out / "sweep.png", class_names)
+    source_names = next((r["source_names"] for r in records if r.get("source_names")), None)
+    if class_names and source_names:
+        plans_figure(rows, out / "sweep-plans.png", source_names, class_names)
     print(table)
     print(f"chosen on validation: {chosen}; files: {out / 'sweep.md'}, {out / 'sweep.json'}, {out / 'sweep.png'}")
     return 0

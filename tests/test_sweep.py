@@ -55,6 +55,7 @@ def test_the_choice_is_made_on_validation_not_test(tiny_sweep):
     table = (out / "sweep.md").read_text()
     assert f"**{best['setting']}** (chosen on validation)" in table and "| joint (no OT, baseline) |" in table
     Image.open(out / "sweep.png").verify()
+    Image.open(out / "sweep-plans.png").verify()
     assert (out / "runs" / "cost=constant" / "seed1" / "runs" / "jtln-seed1" / "trainer_state.json").is_file()
 
 
