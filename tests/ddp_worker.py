@@ -6,6 +6,8 @@ that 2 processes x batch b and 1 process x batch 2b compute the same objective o
 Each process writes the composition of every batch it trained on; process 0 writes the logged
 loss history and the gathered evaluation predictions. ``--nan_rank`` makes one process's logits
 NaN at one training step (NaN images), for the test that every process then raises.
+``--refresh_every K`` recomputes C every K steps from the source head's predictions on the labelled
+target rows (:class:`jtln_hf.methods.CostRefresh`), and each process writes the cost it ends with.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def main() -> None:
     p.add_argument("--ddp_timeout", type=int, default=1800, help="process group timeout, seconds")
     p.add_argument("--nan_rank", type=int, default=-1, help="this process's images are NaN at --nan_step")
     p.add_argument("--nan_step", type=int, default=2, help="1-based training forward pass")
+    p.add_argument("--refresh_every", type=int, default=0, help="recompute C every K steps (0: never)")
     a = p.parse_args()
     rank = int(os.environ.get("RANK", 0))
 
@@ -102,7 +105,21 @@ def main() -> None:
         source_fraction=0.5,
         ot_loss_weight=1.0,
     )
-    trainer = RecordingTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds)
+    callbacks = []
+    if a.refresh_every:
+        from jtln_hf.cost import cost_from_relationship
+        from jtln_hf.cost_builders import relationship_of
+        from jtln_hf.methods import CostRefresh
+
+        labelled = target.with_transform(transform)
+
+        def rebuild():  # every process runs the forward pass (gathered), as the recipe's refresh does
+            relationship = relationship_of(trainer.predict_outputs, labelled, 2)
+            return cost_from_relationship(relationship)
+
+        callbacks.append(CostRefresh(rebuild, a.refresh_every))
+    trainer = RecordingTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                               callbacks=callbacks)  # fmt: skip
     trainer.compositions = []
     trainer.train()
     prediction = trainer.predict(eval_ds)
@@ -128,6 +145,8 @@ def main() -> None:
             "predicted_rows": len(outputs["logits"]),
             "pooler_shape": list(outputs["pooler_output"].shape),
             "labels_in_order": labels.tolist() == eval_ds.select_columns(["label"]).with_format("numpy")[:]["label"].tolist(),
+            "cost_matrix": trainer.model.cost_matrix.tolist(),
+            "refreshes": [(e["step"], e["cost_refresh"]) for e in trainer.state.log_history if "cost_refresh" in e],
         })
     )
     if trainer.is_world_process_zero():

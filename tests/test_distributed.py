@@ -114,6 +114,22 @@ def test_predict_outputs_gives_every_process_every_row(runs):
             assert np.all(np.abs(got - forward) <= bound), (field, float((np.abs(got - forward) / bound).max()))
 
 
+def test_a_cost_refresh_runs_on_every_process_and_gives_each_the_same_cost(tmp_path):
+    """CostRefresh's forward pass is gathered: both ranks read every labelled target row and set the same C.
+
+    Equal bit for bit, not approximately: both hold the same gathered float32 outputs, in row order,
+    and turn them into C with the same numpy operations.
+    """
+    torchrun = Path(sys.executable).with_name("torchrun")
+    _run([str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+          str(WORKER), "--out", str(tmp_path), "--batch", "8", "--refresh_every", "2"])  # fmt: skip
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert ranks[0]["refreshes"] == ranks[1]["refreshes"] == [[2, 1], [4, 2]]  # steps 2 and 4 of 6
+    assert ranks[0]["cost_matrix"] == ranks[1]["cost_matrix"]
+    initial = [[0.0, 1.0], [0.4, 1.0], [1.0, 0.0]]
+    assert ranks[0]["cost_matrix"] != initial  # the refresh replaced the worker's hand-written C
+
+
 PG_TIMEOUT = 60  # process group timeout (s), far below the 30 min default: a hang ends in a gloo timeout
 
 
