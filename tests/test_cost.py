@@ -304,7 +304,13 @@ def test_normalize_modes():
     np.testing.assert_allclose(normalize_cost(c, "minmax"), [[0.0, 0.25], [0.5, 1.0]])
     np.testing.assert_allclose(normalize_cost(c, "max"), [[1 / 9, 1 / 3], [5 / 9, 1.0]])
     np.testing.assert_allclose(normalize_cost(c, "column"), [[0.0, 0.0], [0.5, 0.75]])
-    for mode in ("minmax", "max", "column"):
+    # each column on its own: (1, 5) -> (0, 1) and (3, 9) -> (0, 1); (0.5 is 2/4 exactly, so are these)
+    np.testing.assert_array_equal(normalize_cost(c, "column-minmax"), [[0.0, 0.0], [1.0, 1.0]])
+    uneven = np.array([[2.0, 4.0, 7.0], [3.0, 4.0, 1.0], [6.0, 4.0, 3.0]])
+    # column 0: (x - 2) / 4; column 1 is constant (no structure: zeros); column 2: (x - 1) / 6
+    np.testing.assert_allclose(normalize_cost(uneven, "column-minmax"),
+                               [[0.0, 0.0, 1.0], [0.25, 0.0, 0.0], [1.0, 0.0, 1 / 3]], rtol=0, atol=1e-15)
+    for mode in ("minmax", "max", "column", "column-minmax"):
         np.testing.assert_array_equal(normalize_cost(np.full((2, 3), 0.0 if mode == "max" else 7.0), mode),
                                       np.zeros((2, 3)))
     with pytest.raises(ValueError, match="cost normalization"):

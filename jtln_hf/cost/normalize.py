@@ -16,6 +16,7 @@ NORMALIZATIONS = {
     "minmax": "rescaled to [0, 1]",
     "max": "divided by its maximum",
     "column": "rescaled to [0, 1], each column shifted to min 0",
+    "column-minmax": "each column rescaled to [0, 1] on its own",
 }
 COST_NORMALIZATIONS = tuple(NORMALIZATIONS)
 #: The normalisation of :func:`normalize_cost`, of every builder here and of ``--cost_normalization``.
@@ -85,9 +86,12 @@ def normalize_cost(cost: Any, method: str = DEFAULT_NORMALIZATION) -> np.ndarray
     * ``"max"``: :math:`C / \max C` (needs :math:`\max C \ge 0`).
     * ``"column"`` (default): ``"minmax"``, then :math:`C_{ij} - \min_k C_{kj}`, so that every
       target class has a source class of cost 0 (docs/design.md, "Decisions").
+    * ``"column-minmax"``: :math:`(C_{ij} - \min_k C_{kj}) / (\max_k C_{kj} - \min_k C_{kj})`, each
+      column on its own: every target class has a free source class *and* a cost-1 one, so no
+      column is cheap from every source class (a constant column becomes zeros).
 
-    A constant C carries no class structure: ``"minmax"``, ``"column"`` and ``"max"`` (of zeros)
-    return zeros for it.
+    A constant C carries no class structure: ``"minmax"``, ``"column"``, ``"column-minmax"`` and
+    ``"max"`` (of zeros) return zeros for it.
 
     Parameters
     ----------
@@ -113,6 +117,9 @@ def normalize_cost(cost: Any, method: str = DEFAULT_NORMALIZATION) -> np.ndarray
         if top < 0:
             raise ValueError(f"normalize='max' needs a non-negative maximum, got {top}; use 'minmax'")
         return np.zeros_like(c) if top == 0 else c / top
+    if method == "column-minmax":
+        lo, span = c.min(axis=0, keepdims=True), np.ptp(c, axis=0, keepdims=True)
+        return np.divide(c - lo, span, out=np.zeros_like(c), where=span > 0)
     lo, hi = c.min(), c.max()
     c = np.zeros_like(c) if hi == lo else (c - lo) / (hi - lo)
     if method == "column":
