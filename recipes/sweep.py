@@ -309,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         method = overrides.get("method", "jtln")
         jobs += [(name, method, seed, _argv(base, overrides, method, seed, out / "runs" / folder / f"seed{seed}",
                                             opts.validation_fraction)) for seed in opts.seeds]  # fmt: skip
+    # seed-major: a sweep stopped early holds every setting for the seeds it finished (a later sweep
+    # with fewer --seeds summarises them from their records)
+    jobs.sort(key=lambda job: job[2])
     try:  # every setting's flags are checked before anything trains
         from train_jtln import parse_args
 
