@@ -64,9 +64,9 @@ def test_refreshes_at_every_kth_step_but_the_last_and_leaves_the_random_state_al
     refreshes = [e for e in trainer.state.log_history if "cost_refresh" in e]
     assert [(e["step"], e["cost_refresh"]) for e in refreshes] == [(3, 1), (6, 2)]  # not at 7, the last step
     assert torch.equal(model.cost_matrix, costs[-1].float())
-    first = (default_cost(3, 2) + 1).double().numpy()
-    assert refreshes[1]["cost_change"] == pytest.approx(relative_change((default_cost(3, 2) + 2).double().numpy(),
-                                                                        first.astype(np.float32)), rel=1e-6)  # fmt: skip
+    # exact: both sides convert the same float32 values to float64 losslessly and run the same numpy ops
+    first, second = ((default_cost(3, 2) + k).double().numpy() for k in (1, 2))
+    assert refreshes[1]["cost_change"] == relative_change(second, first)
 
     # the same run with a refresh that returns the cost unchanged trains exactly as with no refresh:
     # same process, same thread, same batches, so the same float operations (bitwise, not approx)
