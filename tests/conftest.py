@@ -71,6 +71,17 @@ def tiny_model() -> JointImageClassifier:
     return make_model(num_target=4)
 
 
+@pytest.fixture
+def one_intra_op_thread():
+    """torch's intra-op threads in this process: 1 during a test, whatever OMP_NUM_THREADS says; restored after.
+
+    Runs compared bit for bit must reduce floats in the same order."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def fashion_mnist():
     """(train, test) Fashion-MNIST as ``datasets.Dataset`` (image, label); cached by ``datasets``."""

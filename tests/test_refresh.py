@@ -22,13 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "train_jtln.py"
 
 
-@pytest.fixture(autouse=True)
-def one_intra_op_thread():
-    """Runs compared bit for bit must reduce floats in the same order: one thread in this process."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")  # conftest: one torch thread
 
 
 def test_relative_change_is_the_frobenius_ratio():

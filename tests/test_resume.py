@@ -57,13 +57,7 @@ COMMAND = [
 STEP_KEYS = ("loss", "ce_target", "ce_source", "ot", "grad_norm", "learning_rate")
 
 
-@pytest.fixture(autouse=True)
-def one_intra_op_thread():
-    """torch's intra-op threads in this process: 1 during each test, whatever OMP_NUM_THREADS says; restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")  # conftest: one torch thread
 
 
 def _start(output_dir: Path, *extra: str) -> subprocess.Popen:
