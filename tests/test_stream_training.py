@@ -28,11 +28,12 @@ from jtln_hf.data.stream_source import open_streaming_source
 from jtln_hf.io import latest_complete_checkpoint
 
 from conftest import make_model, make_trainer
-from test_resume import _step_logs, _StopAt, _wait_for_checkpoint, one_intra_op_thread  # noqa: F401  (autouse)
+from test_resume import _step_logs, _StopAt, _wait_for_checkpoint
 from test_stream import NAMES, _write_shards, target, write_tar_shards  # noqa: F401  (target: a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "train_jtln.py"
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")  # conftest: one torch thread
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
