@@ -310,7 +310,13 @@ def test_normalize_modes():
     # column 0: (x - 2) / 4; column 1 is constant (no structure: zeros); column 2: (x - 1) / 6
     np.testing.assert_allclose(normalize_cost(uneven, "column-minmax"),
                                [[0.0, 0.0, 1.0], [0.25, 0.0, 0.0], [1.0, 0.0, 1 / 3]], rtol=0, atol=1e-15)
-    for mode in ("minmax", "max", "column", "column-minmax"):
+    # 0/1 forms, by hand. column-top1: 0 at each column's minimum (2, 4 tied three times, 1);
+    # column-below-mean: means 11/3, 4 (constant: zeros), 11/3; 0 below, 1 at or above
+    np.testing.assert_array_equal(normalize_cost(uneven, "column-top1"), [[0, 0, 1], [1, 0, 0], [1, 0, 1]])
+    np.testing.assert_array_equal(normalize_cost(uneven, "column-below-mean"), [[0, 0, 1], [0, 0, 0], [1, 0, 0]])
+    # a constant column whose float mean is not its value (0.1 * 3 / 3) is still zeros
+    np.testing.assert_array_equal(normalize_cost(np.full((3, 1), 0.1), "column-below-mean"), np.zeros((3, 1)))
+    for mode in ("minmax", "max", "column", "column-minmax", "column-top1", "column-below-mean"):
         np.testing.assert_array_equal(normalize_cost(np.full((2, 3), 0.0 if mode == "max" else 7.0), mode),
                                       np.zeros((2, 3)))
     with pytest.raises(ValueError, match="cost normalization"):
