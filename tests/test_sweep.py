@@ -100,3 +100,21 @@ def test_a_finished_run_is_read_back_not_trained_again(tiny_sweep, monkeypatch):
     assert status == 0
     rerun = json.loads((out / "sweep.json").read_text())
     assert [r["metrics"] for r in rerun["runs"]] == [r["metrics"] for r in result["runs"]]
+
+
+def test_a_warm_up_setting_is_paired_with_its_control_which_is_never_chosen(tmp_path):
+    """``cost=relationship`` trains the source head alone first; its control has the same warm-up and no OT term."""
+    warm = ["cost_warmup_steps=2"]
+    jtln, control = " ".join(["cost=relationship", *warm]), " ".join(["cost=relationship", *warm, "ot_loss_weight=0"])
+    other = "cost=relationship cost_warmup_steps=1"  # another warm-up: no control in the grid
+    status = sweep.main(["--vary", jtln, "--vary", control, "--vary", other, "--seeds", "0", "1",
+                         "--output_dir", str(tmp_path), "--", *TINY])  # fmt: skip
+    assert status == 0
+    result = json.loads((tmp_path / "sweep.json").read_text())
+    rows = {row["setting"]: row for row in result["settings"]}
+    assert rows[jtln]["control"] == control and "control" not in rows[other] and "control" not in rows[control]
+    acc = {(r["setting"], r["seed"]): r["metrics"]["accuracy"] for r in result["runs"]}
+    assert rows[jtln]["test_minus_control"]["per_seed"] == pytest.approx([acc[jtln, k] - acc[control, k] for k in (0, 1)])
+    assert result["chosen"] != control
+    table = (tmp_path / "sweep.md").read_text()
+    assert "test − its warm-up control |" in table and f"| {rows[jtln]['control_text']} |" in table
