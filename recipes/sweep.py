@@ -193,7 +193,8 @@ def attach_controls(rows: list[dict[str, Any]], grid: dict[str, dict[str, str]],
     ``ot_loss_weight=0`` after the same number of warm-up steps and the same other flags (the
     ``cost*`` and ``ot_*`` flags aside: without the OT term they change nothing but the warm-up).
     ``setting − control`` is then what the OT term adds; the row gets ``control``,
-    ``test_minus_control``, ``validation_minus_control`` and ``control_text``.
+    ``test_minus_control``, ``validation_minus_control`` and ``control_text``, a control's row
+    ``is_control``.
     """
     from jtln_hf.stats import paired_difference
 
@@ -204,6 +205,8 @@ def attach_controls(rows: list[dict[str, Any]], grid: dict[str, dict[str, str]],
 
     controls = {key(name): name for name in grid if _is_control(grid[name])}
     by_name = {row["setting"]: row for row in rows}
+    for name in controls.values():
+        by_name[name]["is_control"] = True
     for name, overrides in grid.items():
         control = controls.get(key(name))
         if control is None or _is_control(overrides) or key(name)[0] == 0:  # no warm-up: joint is the control
@@ -261,7 +264,7 @@ def sweep_markdown(rows: list[dict[str, Any]], joint: dict[str, Any], chosen: st
 
 
 def sweep_figure(rows: list[dict[str, Any]], chosen: str, path: Path, class_names: list[str] | None = None) -> None:
-    """Left: per-seed test differences to joint (dots), their mean and 95% interval, per setting.
+    """Left: per-seed test differences to joint (dots), their mean and 95% interval, per setting (controls grey).
     Right (with ``class_names``): each setting's per-class test accuracy − joint's, mean over seeds (points)."""
     import matplotlib
 
@@ -271,23 +274,24 @@ def sweep_figure(rows: list[dict[str, Any]], chosen: str, path: Path, class_name
 
     panel = class_names is not None and all(row.get("per_class_minus_joint") for row in rows)
     height = 0.45 * len(rows) + 1.6
+    labels = 0.075 * max(len(row["setting"]) for row in rows)  # inches of y tick labels at 10 pt, roughly
     if panel:
-        fig, (ax, cax) = plt.subplots(1, 2, figsize=(8 + 0.6 * len(class_names), height),
-                                      gridspec_kw={"width_ratios": [8, 0.6 * len(class_names)]})  # fmt: skip
+        fig, (ax, cax) = plt.subplots(1, 2, figsize=(6 + labels + 0.8 * len(class_names), height),
+                                      gridspec_kw={"width_ratios": [6, 0.8 * len(class_names)]})  # fmt: skip
     else:
-        fig, ax = plt.subplots(figsize=(8, height))
+        fig, ax = plt.subplots(figsize=(6 + labels, height))
     for k, row in enumerate(rows):
         d = row["test_minus_joint"]
         y = len(rows) - 1 - k
-        colour = "tab:red" if row["setting"] == chosen else "tab:blue"
+        colour = "tab:red" if row["setting"] == chosen else "tab:gray" if row.get("is_control") else "tab:blue"
         ax.scatter([100 * v for v in d["per_seed"]], [y] * len(d["per_seed"]), s=14, color=colour, alpha=0.5)
         if d["ci95"] is not None:
             ax.plot([100 * d["ci95"][0], 100 * d["ci95"][1]], [y, y], color=colour, lw=2)
         ax.scatter([100 * d["mean"]], [y], marker="D", color=colour, zorder=3)
     ax.axvline(0, color="grey", lw=1)
     ax.set_yticks(range(len(rows)), [row["setting"] for row in reversed(rows)])
-    ax.set_xlabel("test accuracy − joint training (points; dots: seeds, line: 95% CI)")
-    ax.set_title("JTLN − joint, paired by seed (red: chosen on validation)", fontsize=10)
+    ax.set_xlabel("test accuracy − joint (points; dots: seeds, line: 95% CI)", fontsize=9)
+    ax.set_title("− joint, paired by seed (red: chosen on validation, grey: controls)", fontsize=10)
     if panel:
         diff = 100 * np.array([row["per_class_minus_joint"] for row in reversed(rows)])
         top = max(float(np.abs(diff).max()), 1e-9)
@@ -296,7 +300,7 @@ def sweep_figure(rows: list[dict[str, Any]], chosen: str, path: Path, class_name
             cax.text(j, i, f"{v:+.1f}", ha="center", va="center", fontsize=7)
         cax.set_xticks(range(len(class_names)), class_names, rotation=60, ha="right", fontsize=8)
         cax.set_yticks([])
-        cax.set_title("per class − joint (points)", fontsize=10)
+        cax.set_title("per class − joint", fontsize=10)
     fig.tight_layout()
     from jtln_hf.io import atomic_write
 

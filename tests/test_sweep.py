@@ -113,6 +113,7 @@ def test_a_warm_up_setting_is_paired_with_its_control_which_is_never_chosen(tmp_
     result = json.loads((tmp_path / "sweep.json").read_text())
     rows = {row["setting"]: row for row in result["settings"]}
     assert rows[jtln]["control"] == control and "control" not in rows[other] and "control" not in rows[control]
+    assert rows[control].get("is_control") and not rows[jtln].get("is_control")
     acc = {(r["setting"], r["seed"]): r["metrics"]["accuracy"] for r in result["runs"]}
     assert rows[jtln]["test_minus_control"]["per_seed"] == pytest.approx([acc[jtln, k] - acc[control, k] for k in (0, 1)])
     assert result["chosen"] != control
