@@ -119,3 +119,13 @@ def test_a_warm_up_setting_is_paired_with_its_control_which_is_never_chosen(tmp_
     assert result["chosen"] != control
     table = (tmp_path / "sweep.md").read_text()
     assert "test − its warm-up control |" in table and f"| {rows[jtln]['control_text']} |" in table
+
+
+def test_a_control_is_not_chosen_even_when_it_is_best_on_validation():
+    grid = {"cost=relationship": {"cost": "relationship"},
+            "control": {"cost": "relationship", "ot_loss_weight": "0"}, "half": {"ot_loss_weight": "0.5"}}  # fmt: skip
+    rows = [{"setting": "cost=relationship", "validation_mean": 0.80}, {"setting": "control", "validation_mean": 0.90},
+            {"setting": "half", "validation_mean": 0.70}]  # fmt: skip
+    assert sweep.choose_setting(rows, grid) == "cost=relationship"
+    # a grid of controls only still names one (the best)
+    assert sweep.choose_setting(rows[1:2], {"control": grid["control"]}) == "control"

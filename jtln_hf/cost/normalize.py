@@ -130,7 +130,7 @@ def normalize_cost(cost: Any, method: str = DEFAULT_NORMALIZATION) -> np.ndarray
             raise ValueError(f"normalize='max' needs a non-negative maximum, got {top}; use 'minmax'")
         return np.zeros_like(c) if top == 0 else c / top
     if method in ("column-top1", "column-below-mean"):
-        # a column within rounding of its threshold everywhere is constant: zeros, not float noise
+        # a constant column is zeros: its float mean may differ from its value in the last bit
         edge = c.min(axis=0, keepdims=True) if method == "column-top1" else c.mean(axis=0, keepdims=True)
         flat = np.ptp(c, axis=0, keepdims=True) == 0
         return np.where(flat, 0.0, (c > edge) if method == "column-top1" else (c >= edge)).astype(np.float64)
