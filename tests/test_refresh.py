@@ -126,23 +126,38 @@ def test_the_recipe_refreshes_at_the_same_steps_after_a_resume(refreshed_runs):
     assert "recomputed from the current backbone every 2 joint steps" in card
 
 
-def test_a_refresh_reads_the_weights_of_its_step(refreshed_runs):
-    """checkpoint-4 is saved right after the step-4 refresh: its cost is the one its own weights define."""
-    run_a, _ = refreshed_runs
+def test_a_refresh_reads_the_weights_of_its_step(tmp_path, monkeypatch):
+    """checkpoint-4 is saved right after the step-4 refresh: its cost is the one its own weights define.
+
+    The run goes in this process, and the refresh's own ``rebuild`` (its predictor, arguments and data,
+    as the run called it) is called again on checkpoint-4's weights read back from the file: the same
+    calls on the same shapes in one process, so the same floats on any CPU. (A recomputation through
+    another entry point, or in another process, may round differently: one ulp apart on an AVX2 CPU.)
+    """
     sys.path.insert(0, str(RECIPE.parent))
-    from train_jtln import parse_args
+    import train_jtln
 
-    from jtln_hf import JointImageClassifier
-    from jtln_hf.experiment import plan_experiment
-    from jtln_hf.methods import resolve_cost
+    from jtln_hf.methods import plans
 
-    data_args, model_args, jtln_args, args, _, _ = parse_args([*COMMAND[2:], "--output_dir", str(run_a / "check")])
-    plan = plan_experiment(data_args, model_args, jtln_args, args)
-    checkpoint = run_a / STAGE / "checkpoint-4"
-    model = JointImageClassifier.from_pretrained(checkpoint)
-    saved = model.cost_matrix.clone()
-    recomputed = resolve_cost(plan.cost, plan.settings.data, plan.data[0], model, 0, 2, args).matrix
-    # the same weights, images, batches and thread count as the refresh in the run: the same floats
-    assert torch.equal(torch.as_tensor(recomputed, dtype=torch.float32), saved)
-    earlier = load_file(run_a / STAGE / "checkpoint-2" / "model.safetensors")["cost_matrix"]
-    assert not torch.equal(earlier, saved)  # the step-4 refresh moved C
+    refreshes: list[CostRefresh] = []
+
+    class Recorded(CostRefresh):  # the run's refresh, and the model it refreshes
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            refreshes.append(self)
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            self.model = model
+            return super().on_step_end(args, state, control, model=model, **kwargs)
+
+    monkeypatch.setattr(plans, "CostRefresh", Recorded)
+    out = tmp_path / "run"
+    assert train_jtln.main([*COMMAND[2:], "--output_dir", str(out)]) == 0
+    (refresh,) = refreshes
+    checkpoint = out / STAGE / "checkpoint-4"
+    weights = load_file(checkpoint / "model.safetensors")
+    refresh.model.load_state_dict(weights)  # the weights of step 4, bit for bit (a tensor saved and read back)
+    recomputed = torch.as_tensor(refresh.rebuild(), dtype=torch.float64)
+    assert torch.equal(recomputed.float(), weights["cost_matrix"])  # set_cost_matrix stores float32 of the float64 C
+    earlier = load_file(out / STAGE / "checkpoint-2" / "model.safetensors")["cost_matrix"]
+    assert not torch.equal(earlier, weights["cost_matrix"])  # the step-4 refresh moved C
