@@ -198,6 +198,8 @@ class JTLNArguments:
         metadata={"help": "Recompute a features-* or relationship cost from the current backbone every K joint "
                   "steps (same images; logged as cost_change, saved in each checkpoint). 0: computed once."},
     )  # fmt: skip
+    cost_shuffle_seed: int | None = field(default=None, metadata={"help": "A control: permute C's target columns by "
+                                          "this seed once C is built and normalised (same values, wrong relations)."})
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Replace the run in a non-empty --output_dir: its results.md, results.json, settings.json, "
@@ -344,7 +346,7 @@ def resolved_cost(data: DataArguments, model: ModelArguments, jtln: JTLNArgument
     """The cost flags resolved into the frozen :class:`~jtln_hf.cost_builders.Cost` (kind, warm-up, prior)."""
     return plan_cost(jtln.cost, data.spec(), normalization=jtln.cost_normalization,
                      warmup_steps=jtln.cost_warmup_steps, samples_per_class=jtln.cost_samples_per_class,
-                     refresh_steps=jtln.cost_refresh_steps,
+                     refresh_steps=jtln.cost_refresh_steps, shuffle_seed=jtln.cost_shuffle_seed,
                      pretrained=model.pretrained)  # fmt: skip
 
 

@@ -4,7 +4,9 @@ A builder turns :class:`CostInputs` (the run's data, and a way to run the model 
 raw ``(L_s, L_t)`` matrix and a sentence for the model card; :func:`build_cost` then normalises
 it (``--cost_normalization``). ``--help`` lists the registry's names and help texts, and the
 argument checks read its flags, so a new cost is one :func:`register_cost` call here. Any other
-``--cost`` value is a ``.npy``/``.csv`` file (:func:`jtln_hf.cost.load_cost`).
+``--cost`` value is a ``.npy``/``.csv`` file (:func:`jtln_hf.cost.load_cost`). ``--cost_shuffle_seed``
+then permutes the built C's target columns (:func:`jtln_hf.cost.shuffle_cost_columns`, in
+:func:`jtln_hf.methods.resolve_cost`), the shuffled-cost control.
 """
 
 from __future__ import annotations
@@ -42,10 +44,15 @@ DEFAULT_FEATURE_COST = "features-mmd"
 
 @dataclass(frozen=True, eq=False)
 class FixedCost:
-    """A cost matrix resolved before training (a prior, a file, the constant control) and the card's sentence on it."""
+    """A cost matrix resolved before training (a prior, a file, the constant control) and the card's sentence on it.
+
+    ``permutation``: with ``--cost_shuffle_seed``, column ``j`` of ``matrix`` is column ``permutation[j]`` of
+    C as built (a refresh applies the same one); None otherwise.
+    """
 
     matrix: np.ndarray
     description: str
+    permutation: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -58,7 +65,8 @@ class Cost:
     ``samples_per_class``: ``--cost_samples_per_class``; ``refresh_steps``: ``--cost_refresh_steps`` (a
     model cost recomputed every that many joint steps; 0: computed once); ``prior``: the data's hand-written prior
     (:func:`data_prior`); ``fixed``: the matrix when it is resolved before training (``None`` for a
-    model cost, or before the plan resolves it).
+    model cost, or before the plan resolves it); ``shuffle_seed``: ``--cost_shuffle_seed`` (C's target
+    columns permuted by that seed once built and normalised: the shuffled-cost control; None: not shuffled).
     """
 
     kind: str
@@ -68,6 +76,7 @@ class Cost:
     refresh_steps: int = 0
     prior: Path | None = None
     fixed: FixedCost | None = None
+    shuffle_seed: int | None = None
 
     @property
     def from_model(self) -> bool:
@@ -79,6 +88,12 @@ class Cost:
         """Whether ``--cost_normalization`` applies (a file cost is normalised too)."""
         builder = COST_BUILDERS.get(self.kind)
         return builder is None or builder.normalized
+
+    @property
+    def relations(self) -> bool:
+        """Whether C can relate source and target classes (a file cost can), so that a shuffled C is a control."""
+        builder = COST_BUILDERS.get(self.kind)
+        return builder is None or builder.relations
 
 
 @dataclass
@@ -111,7 +126,9 @@ class CostBuilder:
     ``from_model``: computed from the model (per seed, after ``--cost_warmup_steps`` source-only
     steps); ``warmup_when_pretrained``: whether those steps also default to 200 on a pretrained
     backbone (features are meaningful without them, a source head is not); ``samples``: reads
-    ``--cost_samples_per_class``; ``normalized``: ``--cost_normalization`` applies.
+    ``--cost_samples_per_class``; ``normalized``: ``--cost_normalization`` applies; ``relations``: C can
+    relate source and target classes (False for a control without class structure, which
+    ``--cost_shuffle_seed`` refuses: there is nothing to shuffle).
     """
 
     name: str
@@ -121,6 +138,7 @@ class CostBuilder:
     warmup_when_pretrained: bool = True
     samples: bool = False
     normalized: bool = True
+    relations: bool = True
 
 
 COST_BUILDERS: dict[str, CostBuilder] = {}
@@ -206,7 +224,7 @@ def _relationship(inputs: CostInputs) -> tuple[np.ndarray, str]:
                  f"of each target class (Co-Tuning's category relationship), {_after(inputs)}")  # fmt: skip
 
 
-@register_cost("constant", "every entry 1: a control without class structure", normalized=False)
+@register_cost("constant", "every entry 1: a control without class structure", normalized=False, relations=False)
 def _constant(inputs: CostInputs) -> tuple[np.ndarray, str]:
     return np.ones((len(inputs.source_names), len(inputs.target_names))), "Constant cost (every entry 1): a control with no class structure"
 
@@ -264,12 +282,13 @@ def default_warmup_steps(given: int | None, *, pretrained: bool = False, needs_s
 
 def plan_cost(
     cost: str | None, data: DataSpec, *, normalization: str, warmup_steps: int | None, samples_per_class: int,
-    pretrained: bool, refresh_steps: int = 0,
+    pretrained: bool, refresh_steps: int = 0, shuffle_seed: int | None = None,
 ) -> Cost:  # fmt: skip
-    """The cost flags resolved once into a :class:`Cost` (kind, warm-up, refresh, prior; no matrix yet).
+    """The cost flags resolved once into a :class:`Cost` (kind, warm-up, refresh, prior, shuffle; no matrix yet).
 
     ``cost`` and ``warmup_steps`` as given (None: their defaults, :func:`cost_kind` and
     :func:`default_warmup_steps`; a cost that needs no model has no warm-up and no refresh).
+    ``shuffle_seed`` (``--cost_shuffle_seed``) must be an integer >= 0, for a cost with relations.
     """
     kind = cost_kind(cost, data)
     warmup = 0
@@ -277,7 +296,13 @@ def plan_cost(
         warmup = default_warmup_steps(warmup_steps, pretrained=pretrained,
                                       needs_source_head=COST_BUILDERS[kind].warmup_when_pretrained)  # fmt: skip
     refresh = refresh_steps if is_model_cost(kind) else 0
-    return Cost(kind, normalization, warmup, samples_per_class, refresh, data_prior(data))
+    planned = Cost(kind, normalization, warmup, samples_per_class, refresh, data_prior(data), shuffle_seed=shuffle_seed)
+    if shuffle_seed is not None and shuffle_seed < 0:
+        raise ValueError(f"--cost_shuffle_seed must be >= 0 (a numpy seed), got {shuffle_seed}.")
+    if shuffle_seed is not None and not planned.relations:
+        raise ValueError(f"--cost_shuffle_seed permutes C's target columns, and --cost {kind} relates no class to "
+                         "another: drop --cost_shuffle_seed, or pass a cost with relations.")  # fmt: skip
+    return planned
 
 
 __all__ = [

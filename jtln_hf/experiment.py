@@ -32,6 +32,7 @@ from transformers.utils import logging
 from .arguments import DataArguments, JTLNArguments, ModelArguments, method_settings
 from .backbones import check_backbone
 from .configuration_jtln import JointImageClassifierConfig
+from .cost import SHUFFLE_CONTROL
 from .cost_builders import Cost
 from .data.known import known_dataset
 from .data.pools import DataPools, DataSpec, ExperimentData, load_pools, prepare_data
@@ -131,7 +132,8 @@ def plan_experiment(
     In order: the backbone name and its weights (a local checkpoint is read; pretrained weights
     must be cached or downloadable: no minute of retries offline), the datasets, splits, columns
     and classes, every seed's shots, the config, a first model (the checkpoint must fit the
-    architecture), and a ``prior`` or file cost (its shape and class names) with the OT settings.
+    architecture), and a ``prior`` or file cost (its shape and class names, shuffled with ``--cost_shuffle_seed``)
+    with the OT settings (a model cost shuffled needs two target classes; its permutation is drawn per seed).
     Raises a one-line ``ValueError`` naming the problem and the fix. ``pools`` (from
     :func:`jtln_hf.data.load_pools` on the same data spec) skips loading the data again, e.g. in a sweep.
     """
@@ -149,6 +151,9 @@ def plan_experiment(
         except TimmExportError as err:
             raise TimmExportError(f"{err} Pass --save_timm false to train without the timm export.") from None
     methods = tuple(jtln_args.run_methods)
+    if _uses_ot(methods) and settings.cost.shuffle_seed is not None and config.num_labels < 2:
+        raise ValueError("--cost_shuffle_seed permutes C's target columns, and this run has one target class: drop "
+                         "--cost_shuffle_seed, or add target classes.")  # fmt: skip
     if _uses_ot(methods) and not settings.cost.from_model:
         fixed = resolve_cost(settings.cost, spec, data[seeds[0]])
         check_ot_settings(model, fixed.matrix, args)
@@ -200,6 +205,7 @@ def run_experiment(plan: RunPlan, args: JTLNTrainingArguments) -> dict[str, Any]
     wall = time.perf_counter() - start
     summary = summarize(runs)
     shots = spec.shots or "all"
+    shuffle = plan.cost.shuffle_seed if ot_methods else None
     caption = (
         f"Target test accuracy on {plan.pools.description} ({len(exp.target_names)} target classes, "
         f"{shots} labelled images each, {len(exp.target_test)} test images); "
@@ -207,6 +213,7 @@ def run_experiment(plan: RunPlan, args: JTLNTrainingArguments) -> dict[str, Any]
         f"(source fraction {args.source_fraction}), backbone {plan.backbone}"
         f"{' (pretrained)' if plan.pretrained else ''}, "
         f"seeds {list(plan.seeds)}, mean ± sample std over seeds; wall time {wall:.0f} s."
+        + (f" C's target columns shuffled by seed {shuffle} ({SHUFFLE_CONTROL})." if shuffle is not None else "")
     )
     meta = {
         "dataset": None if spec.two_datasets else spec.specs[0],
@@ -228,6 +235,7 @@ def run_experiment(plan: RunPlan, args: JTLNTrainingArguments) -> dict[str, Any]
         "cost_normalization": plan.cost.normalization,
         "cost_warmup_steps": plan.cost.warmup_steps if ot_methods else 0,
         "cost_refresh_steps": plan.cost.refresh_steps if ot_methods else 0,
+        "cost_shuffle_seed": shuffle,
         "ot_loss_weight": args.ot_loss_weight,
         "ot_epsilon": args.ot_epsilon,
         "ot_iterations": args.ot_iterations,

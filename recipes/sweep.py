@@ -8,13 +8,18 @@ weights (paired). A validation split carved from the target *training* pool
 (``--target_validation_fraction``, default 0.1 here) chooses the setting; the test split only
 reports. A setting with ``ot_loss_weight=0`` is a *control*, never chosen: a JTLN setting with a
 source-only warm-up (a cost computed from the data) is also paired with the control after the same
-warm-up, which tells the OT term's part from the warm-up's. Without ``--vary`` the sweep is the
-one-factor-at-a-time grid around the default on the embedded Fashion-MNIST split (:data:`DEFAULT_GRID`).
+warm-up, which tells the OT term's part from the warm-up's. ``--shuffled_controls`` adds to every
+setting that trains the OT term under a cost with relations its *shuffled twin*: the same flags plus
+``--cost_shuffle_seed`` = the run's seed (C's target columns permuted: same values, wrong relations),
+also a control, never chosen; ``setting − its shuffled control``, paired by seed, says whether C's
+relations are what the OT term uses. Without ``--vary`` the sweep is the one-factor-at-a-time grid
+around the default on the embedded Fashion-MNIST split (:data:`DEFAULT_GRID`).
 
 examples:
   python recipes/sweep.py --seeds 0 1 2 3 4 --workers 2 --output_dir outputs/sweep
   python recipes/sweep.py --vary ot_loss_weight=0.3 --vary ot_loss_weight=3 --seeds 0 1 2 -- \\
       --source_dataset fashion-mnist --target_dataset my_images --target_test_fraction 0.3
+  python recipes/sweep.py --vary default --shuffled_controls --seeds 0 1 2 3 4   # does my C carry relations?
 
 Flags after ``--`` go to every run (any flag of recipes/train_jtln.py). Writes ``sweep.json``,
 ``sweep.md`` (the table), ``sweep.png`` (per-seed test differences to joint with 95% intervals, and
@@ -56,6 +61,10 @@ DEFAULT_GRID: dict[str, dict[str, str]] = {
 }
 #: Each run's record in its folder: read back by a later sweep with the same flags (no retraining).
 RECORD = "record.json"
+#: A shuffled twin's ``cost_shuffle_seed`` in the grid: each of its runs is shuffled by that run's own seed.
+RUN_SEED = "seed"
+#: The name of a setting's shuffled twin (``--shuffled_controls``).
+SHUFFLED = "{} (shuffled)"
 _POOLS: dict[str, Any] = {}  # per worker process: the data, loaded once per data flags
 
 
@@ -81,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output_dir", default="outputs/sweep")
     parser.add_argument("--validation_fraction", type=float, default=0.1,
                         help="--target_validation_fraction of every run (the setting is chosen on it).")  # fmt: skip
+    parser.add_argument("--shuffled_controls", action="store_true",
+                        help="Add each OT setting's shuffled twin (--cost_shuffle_seed = the run's seed: C's "
+                             "target columns permuted), a control never chosen; sweep.md gets '− its shuffled "
+                             "control'.")  # fmt: skip
     return parser
 
 
@@ -103,7 +116,7 @@ def _argv(base: list[str], overrides: dict[str, str], method: str, seed: int, ou
         argv += ["--dataloader_num_workers", "0"]
     for flag, value in overrides.items():
         if flag != "method":
-            argv += [f"--{flag}", value]
+            argv += [f"--{flag}", str(seed) if (flag, value) == ("cost_shuffle_seed", RUN_SEED) else value]
     return argv + ["--mode", method, "--seeds", str(seed), "--output_dir", str(out)]
 
 
@@ -183,10 +196,17 @@ def _is_control(overrides: dict[str, str]) -> bool:
     return "ot_loss_weight" in overrides and float(overrides["ot_loss_weight"]) == 0.0
 
 
+def _is_shuffled(overrides: dict[str, str]) -> bool:
+    """A shuffled-cost control (``cost_shuffle_seed`` set: a shuffled twin, or a setting written so)."""
+    return "cost_shuffle_seed" in overrides
+
+
 def choose_setting(rows: list[dict[str, Any]], grid: dict[str, dict[str, str]]) -> str:
-    """The setting with the best mean validation accuracy; a control (:func:`attach_controls`) is a
-    reference for what the OT term adds, not a candidate, unless the grid holds nothing else."""
-    candidates = [row for row in rows if not _is_control(grid[row["setting"]])] or rows
+    """The setting with the best mean validation accuracy; a control (:func:`attach_controls`, a shuffled
+    cost: :func:`attach_shuffled`) is a reference for what the OT term adds, not a candidate, unless the
+    grid holds nothing else."""
+    candidates = [row for row in rows if not (_is_control(grid[row["setting"]]) or _is_shuffled(grid[row["setting"]]))]
+    candidates = candidates or rows
     return max(candidates, key=lambda row: row["validation_mean"])["setting"]
 
 
@@ -221,6 +241,59 @@ def attach_controls(rows: list[dict[str, Any]], grid: dict[str, dict[str, str]],
         validation = paired_difference(row["validation_accuracy"], theirs["validation_accuracy"])
         row.update(control=control, test_minus_control=test.to_dict(), validation_minus_control=validation.to_dict(),
                    control_text=test.to_text())  # fmt: skip
+
+
+def shuffled_twins(grid: dict[str, dict[str, str]], base: list[str]) -> dict[str, dict[str, str]]:
+    """The grid with each setting's shuffled twin after it (``--shuffled_controls``), for every setting that
+    trains the OT term under a cost with relations; a control, a method without OT, a cost without relations
+    (``constant``) and a setting already shuffled get none.
+
+    A twin, :data:`SHUFFLED` of the setting's name, has the setting's flags and ``cost_shuffle_seed`` =
+    :data:`RUN_SEED` (each run's own seed). Each setting's flags must have passed the checks. Raises a
+    one-line ``ValueError`` when no setting gets a twin.
+    """
+    from train_jtln import parse_args
+
+    from jtln_hf.arguments import resolved_cost
+    from jtln_hf.methods import METHOD_REGISTRY
+
+    out: dict[str, dict[str, str]] = {}
+    for name, overrides in grid.items():
+        out[name] = overrides
+        method = overrides.get("method", "jtln")
+        if _is_control(overrides) or _is_shuffled(overrides) or not METHOD_REGISTRY[method].uses_ot:
+            continue
+        data, model, jtln, *_ = parse_args(_argv(base, overrides, method, 0, Path("unused"), 0.1))
+        if resolved_cost(data, model, jtln).relations:
+            out[SHUFFLED.format(name)] = {**overrides, "cost_shuffle_seed": RUN_SEED}
+    if len(out) == len(grid):
+        raise ValueError("--shuffled_controls: no setting trains the OT term under a cost with relations (controls, "
+                         "other methods and --cost constant get no shuffled twin): drop it, or vary such a setting.")
+    return out
+
+
+def attach_shuffled(rows: list[dict[str, Any]], grid: dict[str, dict[str, str]]) -> None:
+    """Pair each setting with its shuffled twin (:func:`shuffled_twins`) by seed, in place.
+
+    The twin trains on C with its target columns permuted (same values, wrong relations), so
+    ``setting − its shuffled control`` is what C's relations give the OT term: the row gets ``shuffled``
+    (the twin's name), ``test_minus_shuffled``, ``validation_minus_shuffled`` and ``shuffled_text``; a
+    shuffled setting's row ``is_control``.
+    """
+    from jtln_hf.stats import paired_difference
+
+    by_name = {row["setting"]: row for row in rows}
+    for name, overrides in grid.items():
+        if _is_shuffled(overrides):
+            by_name[name]["is_control"] = True
+        twin = SHUFFLED.format(name)
+        if twin not in grid or not _is_shuffled(grid[twin]) or _is_shuffled(overrides):
+            continue
+        row, theirs = by_name[name], by_name[twin]
+        test = paired_difference(row["test_accuracy"], theirs["test_accuracy"])
+        validation = paired_difference(row["validation_accuracy"], theirs["validation_accuracy"])
+        row.update(shuffled=twin, test_minus_shuffled=test.to_dict(), validation_minus_shuffled=validation.to_dict(),
+                   shuffled_text=test.to_text())  # fmt: skip
 
 
 def _class_view(mine: list[dict[str, Any]], joint: list[dict[str, Any]]) -> dict[str, Any]:
@@ -258,6 +331,11 @@ def sweep_markdown(rows: list[dict[str, Any]], joint: dict[str, Any], chosen: st
         lines[2] += " test − its warm-up control |"
         lines[3] += "---|"
         lines[4] += " — |"
+    shuffled = any("shuffled" in row for row in rows)
+    if shuffled:  # what C's relations add over the same values in the wrong places (attach_shuffled)
+        lines[2] += " test − its shuffled control |"
+        lines[3] += "---|"
+        lines[4] += " — |"
     for row in rows:
         name = f"**{row['setting']}** (chosen on validation)" if row["setting"] == chosen else row["setting"]
         steps = f"{row['warmup_steps']} + {row['steps'] - row['warmup_steps']}" if row["warmup_steps"] else row["steps"]
@@ -265,6 +343,8 @@ def sweep_markdown(rows: list[dict[str, Any]], joint: dict[str, Any], chosen: st
                      f"| {100 * row['test_mean']:.1f} | {row['text']} | {steps} |")  # fmt: skip
         if controlled:
             lines[-1] += f" {row['control_text']} |" if "control" in row else " — |"
+        if shuffled:
+            lines[-1] += f" {row['shuffled_text']} |" if "shuffled" in row else " — |"
     return "\n".join(lines) + "\n"
 
 
@@ -347,6 +427,37 @@ def plans_figure(rows: list[dict[str, Any]], path: Path, source_names: list[str]
     return True
 
 
+def _jobs(grid: dict[str, dict[str, str]], base: list[str], seeds: list[int], out: Path,
+          fraction: float) -> list[tuple[str, str, int, list[str]]]:  # fmt: skip
+    """``(setting, method, seed, recipe argv)`` of every run: the baseline's (joint) and each setting's, per seed.
+
+    Seed-major: a sweep stopped early holds every setting for the seeds it finished (a later sweep with
+    fewer ``--seeds`` summarises them from their records).
+    """
+    from jtln_hf.methods import baseline_method
+
+    baseline = baseline_method()
+    jobs = [(baseline, baseline, seed, _argv(base, {}, baseline, seed, out / "runs" / baseline / f"seed{seed}",
+                                          fraction)) for seed in seeds]  # fmt: skip
+    for name, overrides in grid.items():
+        folder = "-".join(f"{k}={v}" for k, v in overrides.items()) or "default"
+        method = overrides.get("method", "jtln")
+        jobs += [(name, method, seed, _argv(base, overrides, method, seed, out / "runs" / folder / f"seed{seed}",
+                                            fraction)) for seed in seeds]  # fmt: skip
+    return sorted(jobs, key=lambda job: job[2])
+
+
+def check_jobs(jobs: list[tuple[str, str, int, list[str]]]) -> None:
+    """Every run's flags through the recipe's parsing and checks; a one-line ``ValueError`` on the first bad one."""
+    from train_jtln import parse_args
+
+    from jtln_hf.arguments import check_arguments
+
+    for _, _, _, job_argv in jobs:
+        parsed = parse_args(job_argv)
+        check_arguments(*parsed[:3], parsed[4])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     base = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -354,30 +465,20 @@ def main(argv: list[str] | None = None) -> int:
     opts = build_parser().parse_args(own)
     grid = dict(opts.vary) if opts.vary else default_grid()
     out = Path(opts.output_dir)
-    from jtln_hf.methods import baseline_method
-
-    baseline = baseline_method()
-    jobs = [(baseline, baseline, seed, _argv(base, {}, baseline, seed, out / "runs" / baseline / f"seed{seed}",
-                                          opts.validation_fraction)) for seed in opts.seeds]  # fmt: skip
-    for name, overrides in grid.items():
-        folder = "-".join(f"{k}={v}" for k, v in overrides.items()) or "default"
-        method = overrides.get("method", "jtln")
-        jobs += [(name, method, seed, _argv(base, overrides, method, seed, out / "runs" / folder / f"seed{seed}",
-                                            opts.validation_fraction)) for seed in opts.seeds]  # fmt: skip
-    # seed-major: a sweep stopped early holds every setting for the seeds it finished (a later sweep
-    # with fewer --seeds summarises them from their records)
-    jobs.sort(key=lambda job: job[2])
     try:  # every setting's flags are checked before anything trains
-        from train_jtln import parse_args
-
-        from jtln_hf.arguments import check_arguments
-
-        for _, _, _, job_argv in jobs:
-            parsed = parse_args(job_argv)
-            check_arguments(*parsed[:3], parsed[4])
+        check_jobs(_jobs(grid, base, opts.seeds, out, opts.validation_fraction))
+        if opts.shuffled_controls:  # built from flags that passed the checks; the twins' own are checked too
+            twins = shuffled_twins(grid, base)
+            check_jobs([job for job in _jobs(twins, base, opts.seeds, out, opts.validation_fraction)
+                        if job[0] in set(twins) - set(grid)])  # fmt: skip
+            grid = twins
     except ValueError as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    from jtln_hf.methods import baseline_method
+
+    baseline = baseline_method()
+    jobs = _jobs(grid, base, opts.seeds, out, opts.validation_fraction)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     start = time.perf_counter()
     if opts.workers > 1:
@@ -394,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = list(grid)
     rows = summarize_sweep(records, settings)
     attach_controls(rows, grid, records)
+    attach_shuffled(rows, grid)
     joint_rows = summarize_sweep(records, [baseline])[0]
     chosen = choose_setting(rows, grid)
     caption = (
@@ -402,6 +504,9 @@ def main(argv: list[str] | None = None) -> int:
         f"target training pool), the test split only reports. Recipe flags: {' '.join(base) or '(defaults)'}. "
         f"Wall time {wall / 60:.0f} min with {opts.workers} worker(s)."
     )
+    if any("shuffled" in row for row in rows):
+        caption += (" A setting's shuffled control (\"(shuffled)\", never chosen) has its flags and C's target columns "
+                    "permuted by each run's seed (--cost_shuffle_seed): same values, wrong relations.")  # fmt: skip
     from jtln_hf.io import atomic_write_text
 
     table = sweep_markdown(rows, joint_rows, chosen, caption)

@@ -42,6 +42,7 @@ LAYER = {
     "cost.features": MODEL,
     "cost.relationship": MODEL,
     "cost.files": MODEL,
+    "cost.shuffle": MODEL,
     "data": DATA,
     "data.pools": DATA,
     "data.domains": DATA,

@@ -70,6 +70,13 @@ CASES = {
     "backbone typo": (["--backbone", "resnet5O"], r"did you mean 'resnet50'"),
     "bad value": (["--max_steps", "many"], r"argument --max_steps/--max-steps: invalid int value: 'many'"),
     "bad epsilon": (["--ot_epsilon", "0"], r"ot_epsilon must be > 0 and finite, got 0.0: e.g. 0.05 \(JTLN's default\)"),
+    "shuffle without OT": (["--mode", "joint", "--cost_shuffle_seed", "1"],
+                           r"--cost_shuffle_seed has no effect: no method of this run \(joint\) reads it"),
+    "shuffle a constant cost": (["--mode", "jtln", "--cost", "constant", "--cost_shuffle_seed", "1"],
+                                r"--cost constant relates no class to another: drop --cost_shuffle_seed"),
+    "negative shuffle seed": (["--mode", "jtln", "--cost_shuffle_seed", "-1"], r"--cost_shuffle_seed must be >= 0"),
+    "shuffle one target class": (["--mode", "jtln", "--cost", "relationship", "--target_classes", "Shirt",
+                                  "--cost_shuffle_seed", "1"], r"and this run has one target class: drop"),
 }
 
 
@@ -92,6 +99,15 @@ def test_fail_fast_on_two_datasets(capsys, tmp_path, digits_folder, no_training)
     message = _fails(capsys, tmp_path, *two, "--cost", str(bad))
     assert "shape" in message and "(10, 10)" in message
     assert "does not fit these classes" in _fails(capsys, tmp_path, *two, "--cost", "prior")
+
+
+def test_a_cost_file_no_shuffle_can_change_fails_before_training(capsys, tmp_path, no_training):
+    """4 of the 5 target columns of this C are equal: no permutation gives each of them other values."""
+    cost = tmp_path / "cost.npy"
+    np.save(cost, np.array([[0.0, 0.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0, 0.0]] * 2 + [[0.5] * 5]))
+    message = _fails(capsys, tmp_path, "--mode", "jtln", "--cost", str(cost), "--cost_shuffle_seed", "2")
+    assert re.search(r"--cost_shuffle_seed 2: no permutation of C's 5 target columns .* columns \[0, 1, 2, 3\] are "
+                     r"equal and need 4 other columns .* and C has 1", message), message
 
 
 def test_config_errors_are_one_line_too(capsys, tmp_path, no_training):

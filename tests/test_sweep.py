@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -129,3 +130,73 @@ def test_a_control_is_not_chosen_even_when_it_is_best_on_validation():
     assert sweep.choose_setting(rows, grid) == "cost=relationship"
     # a grid of controls only still names one (the best)
     assert sweep.choose_setting(rows[1:2], {"control": grid["control"]}) == "control"
+
+
+# ------------------------------------------------------------------------------- shuffled controls
+
+
+def test_each_ot_setting_gets_a_shuffled_twin_and_nothing_else_does():
+    grid = {"default": {}, "ot_loss_weight=0.3": {"ot_loss_weight": "0.3"},
+            "control": {"cost": "relationship", "ot_loss_weight": "0"}, "cost=constant": {"cost": "constant"},
+            "Co-Tuning": {"method": "cotuning"}, "mine": {"cost_shuffle_seed": "7"}}  # fmt: skip
+    twins = sweep.shuffled_twins(grid, TINY)
+    assert list(twins) == ["default", "default (shuffled)", "ot_loss_weight=0.3", "ot_loss_weight=0.3 (shuffled)",
+                           "control", "cost=constant", "Co-Tuning", "mine"]  # fmt: skip
+    assert twins["ot_loss_weight=0.3 (shuffled)"] == {"ot_loss_weight": "0.3", "cost_shuffle_seed": sweep.RUN_SEED}
+    # each run of a twin is shuffled by its own seed
+    argv = sweep._argv(TINY, twins["default (shuffled)"], "jtln", 4, Path("o"), 0.1)
+    assert argv[argv.index("--cost_shuffle_seed") + 1] == "4"
+    with pytest.raises(ValueError, match="--shuffled_controls: no setting trains the OT term under a cost with rel"):
+        sweep.shuffled_twins({k: grid[k] for k in ("control", "cost=constant", "Co-Tuning")}, TINY)
+
+
+def test_a_setting_is_paired_with_its_shuffled_twin_by_seed_which_is_never_chosen():
+    grid = {"default": {}, "default (shuffled)": {"cost_shuffle_seed": sweep.RUN_SEED}}
+    rows = [{"setting": "default", "test_accuracy": {0: 0.80, 1: 0.70, 2: 0.75},
+             "validation_accuracy": {0: 0.60, 1: 0.65, 2: 0.70}, "validation_mean": 0.65},
+            {"setting": "default (shuffled)", "test_accuracy": {0: 0.75, 1: 0.72, 2: 0.70},
+             "validation_accuracy": {0: 0.70, 1: 0.70, 2: 0.70}, "validation_mean": 0.70}]  # fmt: skip
+    sweep.attach_shuffled(rows, grid)
+    mine, twin = rows
+    # by hand: 0.80 - 0.75, 0.70 - 0.72, 0.75 - 0.70 on test; 0.60 - 0.70, 0.65 - 0.70, 0.70 - 0.70 on validation
+    assert mine["shuffled"] == "default (shuffled)" and twin.get("is_control") and "shuffled" not in twin
+    assert mine["test_minus_shuffled"]["per_seed"] == pytest.approx([0.05, -0.02, 0.05])
+    assert mine["test_minus_shuffled"]["mean"] == pytest.approx(0.08 / 3) and mine["test_minus_shuffled"]["wins"] == 2
+    assert mine["validation_minus_shuffled"]["per_seed"] == pytest.approx([-0.10, -0.05, 0.0])
+    assert sweep.choose_setting(rows, grid) == "default"  # the twin is best on validation, and never chosen
+
+
+def test_a_shuffled_sweep_end_to_end(tmp_path):
+    status = sweep.main(["--vary", "default", "--shuffled_controls", "--seeds", "0", "1", "--output_dir", str(tmp_path),
+                         "--", *TINY])  # fmt: skip
+    assert status == 0
+    result = json.loads((tmp_path / "sweep.json").read_text())
+    assert list(result["grid"]) == ["default", "default (shuffled)"] and result["chosen"] == "default"
+    runs = {(r["setting"], r["seed"]): r for r in result["runs"]}
+    from jtln_hf.cost import FASHION_MNIST_PRIOR_PATH, column_permutation, load_cost, normalize_cost
+
+    prior = normalize_cost(load_cost(FASHION_MNIST_PRIOR_PATH, result["runs"][0]["source_names"],
+                                     result["target_names"]), "column")  # fmt: skip
+    for seed in (0, 1):
+        twin = runs["default (shuffled)", seed]
+        assert twin["argv"][twin["argv"].index("--cost_shuffle_seed") + 1] == str(seed)
+        # the record keeps the final C: the float32 buffer read back as float64, exactly the shuffled prior rounded so
+        expected = prior[:, column_permutation(prior, seed)].astype(np.float32).astype(np.float64)
+        assert np.array_equal(twin["cost_matrix"], expected) and "shuffled by seed" in twin["cost"]
+        assert np.array_equal(runs["default", seed]["cost_matrix"], prior.astype(np.float32).astype(np.float64))
+    rows = {row["setting"]: row for row in result["settings"]}
+    acc = {key: r["metrics"]["accuracy"] for key, r in runs.items()}
+    assert rows["default"]["test_minus_shuffled"]["per_seed"] == pytest.approx(
+        [acc["default", k] - acc["default (shuffled)", k] for k in (0, 1)])  # fmt: skip
+    assert "validation_minus_shuffled" in rows["default"] and rows["default (shuffled)"]["is_control"]
+    table = (tmp_path / "sweep.md").read_text()
+    assert "test − its shuffled control |" in table and f"| {rows['default']['shuffled_text']} |" in table
+    assert (tmp_path / "runs" / "cost_shuffle_seed=seed" / "seed1" / "record.json").is_file()
+
+
+def test_shuffled_controls_without_an_ot_setting_fail_before_anything_trains(tmp_path, capsys):
+    status = sweep.main(["--vary", "cost=constant", "--shuffled_controls", "--seeds", "0", "--output_dir",
+                         str(tmp_path / "o"), "--", *TINY])  # fmt: skip
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("error: ") == 1 and "--shuffled_controls: no setting" in err
+    assert not (tmp_path / "o").exists()

@@ -13,7 +13,9 @@ Builders (each ends with :func:`normalize_cost`, by default :data:`DEFAULT_NORMA
 :func:`cost_from_relation` (hand-written costs), :func:`cost_from_hierarchy` (tree distance in a
 label hierarchy), :func:`cost_from_features` (the paper's fc7-OT and fc7-MKMMD, or class
 centroids) and :func:`cost_from_relationship` (Co-Tuning's relationship). :func:`load_cost` reads
-a ``.npy`` or ``.csv`` matrix as written; :func:`validate_cost` checks C against a model's classes.
+a ``.npy`` or ``.csv`` matrix as written; :func:`validate_cost` checks C against a model's classes;
+:func:`shuffle_cost_columns` permutes C's target columns into the shuffled-cost control (same values,
+wrong relations).
 """
 
 from __future__ import annotations
@@ -34,24 +36,30 @@ from .files import (
 from .normalize import COST_NORMALIZATIONS, DEFAULT_NORMALIZATION, NORMALIZATIONS, normalize_cost, validate_cost
 from .priors import cost_from_hierarchy, cost_from_relation
 from .relationship import category_relationship, cost_from_relationship
+from .shuffle import SHUFFLE_CONTROL, column_permutation, describe_shuffle, permute_columns, shuffle_cost_columns
 
 __all__ = [
     "COST_NORMALIZATIONS",
     "DEFAULT_NORMALIZATION",
     "NORMALIZATIONS",
+    "SHUFFLE_CONTROL",
     "FEATURE_COST_METHODS",
     "MMD_BANDWIDTH_MULTIPLIERS",
     "FASHION_MNIST_PRIOR_PATH",
     "category_relationship",
+    "column_permutation",
     "compute_class_pairwise",
     "cost_from_features",
     "cost_from_hierarchy",
     "cost_from_relation",
     "cost_from_relationship",
+    "describe_shuffle",
     "load_cost",
     "mmd2",
     "mmd_bandwidths",
     "normalize_cost",
+    "permute_columns",
+    "shuffle_cost_columns",
     "validate_cost",
     "wasserstein2",
 ]

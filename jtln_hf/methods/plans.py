@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ..cotuning import CoTuningTrainer
 from ..cost_builders import FixedCost, default_warmup_steps, relationship_of
 from ..method_styles import style_of
@@ -41,15 +43,18 @@ def _joint(run: MethodRun) -> Trained:
 
 #: The flags of the OT term and its cost: read by JTLN only.
 OT_FLAGS = (
-    "cost", "cost_normalization", "cost_warmup_steps", "cost_samples_per_class", "cost_refresh_steps", "ot_loss_weight",
-    "ot_epsilon", "ot_iterations", "ot_tol", "ot_method", "ot_detach_target", "ot_objective",
+    "cost", "cost_normalization", "cost_warmup_steps", "cost_samples_per_class", "cost_refresh_steps",
+    "cost_shuffle_seed", "ot_loss_weight", "ot_epsilon", "ot_iterations", "ot_tol", "ot_method", "ot_detach_target",
+    "ot_objective",
 )  # fmt: skip
 
 
 @register_method("jtln", **style_of("jtln"), flags=OT_FLAGS, joint_batches=True)
 def _jtln(run: MethodRun) -> Trained:
     """A fixed cost (prior, file) as resolved before training; a model cost from this seed's (warmed-up) model,
-    recomputed every ``--cost_refresh_steps`` joint steps when asked (:class:`~jtln_hf.methods.refresh.CostRefresh`)."""
+    recomputed every ``--cost_refresh_steps`` joint steps when asked (:class:`~jtln_hf.methods.refresh.CostRefresh`).
+    A shuffled cost (``--cost_shuffle_seed``) keeps its first build's permutation at every refresh (a control
+    throughout)."""
     cost, data = run.settings.cost, run.settings.data
     warmup, fixed, callbacks = 0, cost.fixed, []
     if fixed is None:
@@ -58,14 +63,14 @@ def _jtln(run: MethodRun) -> Trained:
             train_source_only(run.model, run.exp, run.args, data, f"{run.name}-warmup", warmup)
         predict = model_predictor(run.model, data, run.args)  # one, reused by every refresh
 
-        def resolve() -> FixedCost:
-            return resolve_cost(cost, data, run.exp, run.model, run.args.seed, warmup, run.args, predict=predict)
+        def resolve(permutation: np.ndarray | None = None) -> FixedCost:
+            return resolve_cost(cost, data, run.exp, run.model, run.args.seed, warmup, run.args, predict=predict,
+                                permutation=permutation)  # fmt: skip
 
         fixed = resolve()
         if cost.refresh_steps:
-            callbacks.append(CostRefresh(lambda: resolve().matrix, cost.refresh_steps))
-            fixed = FixedCost(fixed.matrix, f"{fixed.description.removesuffix('.')}; recomputed from the current "
-                                            f"backbone every {cost.refresh_steps} joint steps.")  # fmt: skip
+            first = fixed.permutation  # None unless shuffled: every refresh is shuffled as the first build was
+            callbacks.append(CostRefresh(lambda: resolve(first).matrix, cost.refresh_steps))
     run.model.set_cost_matrix(fixed.matrix)
     last = train_joint(run.model, run.exp, run.args, data, run.name, ot_loss_weight=run.args.ot_loss_weight,
                        callbacks=callbacks or None)  # fmt: skip

@@ -10,7 +10,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from ..cost import FASHION_MNIST_PRIOR_PATH
+from ..cost import FASHION_MNIST_PRIOR_PATH, describe_shuffle, permute_columns, shuffle_cost_columns
 from ..cost_builders import Cost, CostInputs, FixedCost, Predict, build_cost
 from ..data.pools import DataSpec, ExperimentData
 from ..modeling_jtln import JointImageClassifier
@@ -41,12 +41,17 @@ def model_predictor(model, data: DataSpec, args: JTLNTrainingArguments) -> Predi
 def resolve_cost(
     cost: Cost, data: DataSpec, exp: ExperimentData, model: JointImageClassifier | None = None,
     seed: int = 0, warmup_steps: int = 0, args: JTLNTrainingArguments | None = None, predict: Predict | None = None,
+    permutation: np.ndarray | None = None,
 ) -> FixedCost:  # fmt: skip
-    """The cost matrix C of ``cost.kind`` and a sentence saying how it was built.
+    r"""The cost matrix C of ``cost.kind`` and a sentence saying how it was built.
 
     Looks the builder up in :data:`jtln_hf.cost_builders.COST_BUILDERS` (a file path otherwise);
     builders that read the model run it through :func:`predict_outputs` (needs ``model`` and ``args``,
-    or a ``predict`` of :func:`model_predictor` to reuse).
+    or a ``predict`` of :func:`model_predictor` to reuse). With ``cost.shuffle_seed``
+    (``--cost_shuffle_seed``), the built and normalised C's target columns are then permuted,
+    :math:`C'_{:, j} = C_{:, p_j}`: :math:`p` drawn for this C by that seed
+    (:func:`jtln_hf.cost.shuffle_cost_columns`), or ``permutation`` when given (a refresh keeps the first
+    build's); the returned :class:`FixedCost` holds :math:`p` and says so.
     """
     if predict is None and model is not None and args is not None:
         predict = model_predictor(model, data, args)
@@ -55,7 +60,20 @@ def resolve_cost(
         prior=cost.prior or FASHION_MNIST_PRIOR_PATH, seed=seed, warmup_steps=warmup_steps,
         samples_per_class=cost.samples_per_class,
     )  # fmt: skip
-    return FixedCost(*build_cost(cost.kind, inputs, cost.normalization))
+    matrix, how = build_cost(cost.kind, inputs, cost.normalization)
+    if cost.refresh_steps:
+        how = f"{how.removesuffix('.')}; recomputed from the current backbone every {cost.refresh_steps} joint steps."
+    if cost.shuffle_seed is None:
+        return FixedCost(matrix, how)
+    if permutation is None:
+        try:
+            matrix, permutation = shuffle_cost_columns(matrix, cost.shuffle_seed)
+        except ValueError as err:
+            raise ValueError(f"--cost_shuffle_seed {cost.shuffle_seed}: {err}.") from None
+    else:
+        matrix = permute_columns(matrix, permutation)
+    shuffled = describe_shuffle(cost.shuffle_seed, permutation, refreshed=bool(cost.refresh_steps))
+    return FixedCost(matrix, f"{how} {shuffled}", permutation)
 
 
 def evaluate_model(
