@@ -42,7 +42,7 @@ def test_checkpoint_loads_into_the_backbone_exactly(tmp_path, fashion_mnist, suf
     model = build_model(config, seed=0, image_size=28)
     loaded = model.backbone.state_dict()
     assert set(loaded) == set(state) - {"fc.weight", "fc.bias"}  # timm drops the classifier (num_classes=0)
-    for name, tensor in loaded.items():
+    for name, tensor in loaded.items():  # exact: tensors saved and read back
         assert torch.equal(tensor, state[name]), name
     # the saved config says "pretrained" but carries no path of this machine, and the card no Hub base model
     assert model.config.pretrained_backbone and "pretrained_cfg_overlay" not in model.config.backbone_kwargs
@@ -59,7 +59,7 @@ def test_checkpoint_of_rgb_weights_is_adapted_by_timm_to_one_channel(tmp_path, f
     loaded = model.backbone.state_dict()
     torch.testing.assert_close(loaded[first], state[first].sum(1, keepdim=True))
     assert loaded[first].shape[1] == 1
-    for name in set(loaded) - {first}:
+    for name in set(loaded) - {first}:  # exact: tensors saved and read back
         assert torch.equal(loaded[name], state[name]), name
 
 

@@ -30,7 +30,7 @@ def test_round_trip_restores_every_field(tmp_path):
     assert loaded.num_source_labels == 3 and loaded.num_labels == 4
     assert loaded.backbone == "test_resnet"
     assert loaded.backbone_kwargs == {"in_chans": 1}
-    assert loaded.head_dropout == 0.25
+    assert loaded.head_dropout == 0.25  # exact: the value, through JSON
     assert loaded.pretrained_backbone is False
     assert loaded.data_config == FASHION_MNIST_DATA_CONFIG
     assert loaded.ot_note == "kept"

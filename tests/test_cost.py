@@ -39,7 +39,7 @@ PRIOR_LIKE = np.array(
 def test_relation_with_default():
     relation = {"a": {"x": 0.0, "y": 0.5}, "b": {"z": 0.25}}
     raw = cost_from_relation(relation, ["a", "b"], ["x", "y", "z"], default=2.0, normalize="none")
-    np.testing.assert_array_equal(raw, [[0.0, 0.5, 2.0], [2.0, 2.0, 0.25]])
+    np.testing.assert_array_equal(raw, [[0.0, 0.5, 2.0], [2.0, 2.0, 0.25]])  # exact: the given values, placed
     assert raw.dtype == np.float64
     scaled = cost_from_relation(relation, ["a", "b"], ["x", "y", "z"], default=2.0, normalize="minmax")
     np.testing.assert_allclose(scaled, [[0.0, 0.25, 1.0], [1.0, 1.0, 0.125]])
@@ -68,7 +68,7 @@ TREE = {
 def test_hierarchy_tree_distances():
     cost = cost_from_hierarchy(TREE, ["shirt", "sneaker"], ["t-shirt", "sandal", "top"], normalize="none")
     expected = np.array([[2.0, 4.0, 1.0], [4.0, 2.0, 3.0]])
-    np.testing.assert_array_equal(cost, expected)
+    np.testing.assert_array_equal(cost, expected)  # exact: edge counts
     scaled = cost_from_hierarchy(TREE, ["shirt", "sneaker"], ["t-shirt", "sandal", "top"], normalize="minmax")
     np.testing.assert_allclose(scaled, [[1 / 3, 1.0, 0.0], [1.0, 1 / 3, 2 / 3]])
 
@@ -76,7 +76,7 @@ def test_hierarchy_tree_distances():
 def test_hierarchy_root_absent_as_key_and_self_distance():
     tree = {k: v for k, v in TREE.items() if v is not None}  # "clothing" only appears as a parent
     cost = cost_from_hierarchy(tree, ["clothing", "shirt"], ["shirt", "sandal"], normalize="none")
-    np.testing.assert_array_equal(cost, [[2.0, 2.0], [0.0, 4.0]])
+    np.testing.assert_array_equal(cost, [[2.0, 2.0], [0.0, 4.0]])  # exact: edge counts
 
 
 def test_hierarchy_errors():
@@ -166,7 +166,7 @@ def test_features_subsampling_is_seeded():
     b = cost_from_features(xs, labels, ys, labels, seed=3, **kw)
     c = cost_from_features(xs, labels, ys, labels, seed=4, **kw)
     full = cost_from_features(xs, labels, ys, labels, method="ot", max_per_class=None, normalize="none")
-    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, b)  # exact: the same seeded calls on the same inputs in one process
     assert not np.allclose(a, c)
     assert not np.allclose(a, full)
 
@@ -229,9 +229,9 @@ def test_features_torch_input_and_errors():
 def test_load_npy_and_plain_csv(tmp_path):
     m = np.array([[0.0, 1.5, 2.0], [3.0, 0.25, 1.0]])
     np.save(tmp_path / "c.npy", m)
-    np.testing.assert_array_equal(load_cost(tmp_path / "c.npy"), m)
+    np.testing.assert_array_equal(load_cost(tmp_path / "c.npy"), m)  # exact: saved and read back
     (tmp_path / "c.csv").write_text("0,1.5,2\n3,0.25,1\n")
-    np.testing.assert_array_equal(load_cost(tmp_path / "c.csv", ["a", "b"], ["x", "y", "z"]), m)
+    np.testing.assert_array_equal(load_cost(tmp_path / "c.csv", ["a", "b"], ["x", "y", "z"]), m)  # exact: parsed
     np.testing.assert_allclose(load_cost(str(tmp_path / "c.csv"), normalize="max"), m / 3.0)
 
 
@@ -239,7 +239,7 @@ def test_load_labelled_csv_reordered(tmp_path):
     path = tmp_path / "lab.csv"
     path.write_text(",x,y,z\na,0,1,2\nb,3,4,5\n")
     cost = load_cost(path, ["b", "a"], ["z", "x"])
-    np.testing.assert_array_equal(cost, [[5.0, 3.0], [2.0, 0.0]])
+    np.testing.assert_array_equal(cost, [[5.0, 3.0], [2.0, 0.0]])  # exact: parsed integers, reordered
     np.testing.assert_array_equal(load_cost(path), [[0, 1, 2], [3, 4, 5]])
     with pytest.raises(ValueError, match=r"target labels \['w'\] not found"):
         load_cost(path, ["a"], ["w"])
@@ -266,12 +266,12 @@ def test_shipped_fashion_mnist_prior_says_what_the_design_says():
     cost = load_cost(FASHION_MNIST_PRIOR_PATH, source, target)  # by name: raises if a name is missing
     np.testing.assert_array_equal(load_cost(FASHION_MNIST_PRIOR_PATH), cost)  # the file's order is the split's
     validate_cost(cost, 5, 5)  # finite, >= 0
-    assert cost.min() == 0.0 and cost.max() == 1.0  # a [0, 1] scale: 0 free, 1 unrelated
+    assert cost.min() == 0.0 and cost.max() == 1.0  # a [0, 1] scale: 0 free, 1 unrelated (parsed: exact)
     S, T = {n: i for i, n in enumerate(source)}, {n: j for j, n in enumerate(target)}
 
     # a T-shirt is a shirt, a pullover a coat-like warm top, a sneaker a shoe: free, the column's cheapest
     for s, t in [("T-shirt/top", "Shirt"), ("Pullover", "Coat"), ("Sneaker", "Sandal"), ("Sneaker", "Ankle boot")]:
-        assert cost[S[s], T[t]] == 0.0, (s, t)
+        assert cost[S[s], T[t]] == 0.0, (s, t)  # exact: parsed
         assert cost[S[s], T[t]] == cost[:, T[t]].min(), (s, t)
     # footwear is cheap only from the sneaker; the tops only from the tops
     for t in ("Sandal", "Ankle boot"):
@@ -284,15 +284,15 @@ def test_shipped_fashion_mnist_prior_says_what_the_design_says():
     # no source class is a bag: the Bag column has no free entry (why "column" normalisation is the
     # default), and column normalisation gives it one
     assert cost[:, T["Bag"]].min() > 0
-    assert np.all(cost[:, [T[t] for t in target if t != "Bag"]].min(axis=0) == 0.0)
-    np.testing.assert_array_equal(normalize_cost(cost, "column").min(axis=0), np.zeros(5))
+    assert np.all(cost[:, [T[t] for t in target if t != "Bag"]].min(axis=0) == 0.0)  # exact: parsed
+    np.testing.assert_array_equal(normalize_cost(cost, "column").min(axis=0), np.zeros(5))  # exact: x - min x = 0
 
     # rows are source classes and columns target classes, not a symmetric relation: names on the
     # wrong axis are refused; reordering by name moves rows and columns with their names
     with pytest.raises(ValueError, match=r"source labels \[.*\] not found"):
         load_cost(FASHION_MNIST_PRIOR_PATH, target, source)
     swapped = load_cost(FASHION_MNIST_PRIOR_PATH, source[::-1], ["Bag", "Shirt"])
-    np.testing.assert_array_equal(swapped, cost[::-1][:, [T["Bag"], T["Shirt"]]])
+    np.testing.assert_array_equal(swapped, cost[::-1][:, [T["Bag"], T["Shirt"]]])  # exact: the same parsed values
 
 
 # ----------------------------------------------------------------------------- normalize
@@ -300,7 +300,7 @@ def test_shipped_fashion_mnist_prior_says_what_the_design_says():
 
 def test_normalize_modes():
     c = np.array([[1.0, 3.0], [5.0, 9.0]])
-    np.testing.assert_array_equal(normalize_cost(c, "none"), c)
+    np.testing.assert_array_equal(normalize_cost(c, "none"), c)  # exact: untouched
     np.testing.assert_allclose(normalize_cost(c, "minmax"), [[0.0, 0.25], [0.5, 1.0]])
     np.testing.assert_allclose(normalize_cost(c, "max"), [[1 / 9, 1 / 3], [5 / 9, 1.0]])
     np.testing.assert_allclose(normalize_cost(c, "column"), [[0.0, 0.0], [0.5, 0.75]])
@@ -310,13 +310,15 @@ def test_normalize_modes():
     # column 0: (x - 2) / 4; column 1 is constant (no structure: zeros); column 2: (x - 1) / 6
     np.testing.assert_allclose(normalize_cost(uneven, "column-minmax"),
                                [[0.0, 0.0, 1.0], [0.25, 0.0, 0.0], [1.0, 0.0, 1 / 3]], rtol=0, atol=1e-15)
-    # 0/1 forms, by hand. column-top1: 0 at each column's minimum (2, 4 tied three times, 1);
+    # 0/1 forms, by hand (exact: x == min x, and means at least 2/3 from every entry). column-top1: 0 at each
+    # column's minimum (2, 4 tied three times, 1);
     # column-below-mean: means 11/3, 4 (constant: zeros), 11/3; 0 below, 1 at or above
     np.testing.assert_array_equal(normalize_cost(uneven, "column-top1"), [[0, 0, 1], [1, 0, 0], [1, 0, 1]])
     np.testing.assert_array_equal(normalize_cost(uneven, "column-below-mean"), [[0, 0, 1], [0, 0, 0], [1, 0, 0]])
     # a constant column whose float mean is not its value (0.1 * 3 / 3) is still zeros
     np.testing.assert_array_equal(normalize_cost(np.full((3, 1), 0.1), "column-below-mean"), np.zeros((3, 1)))
     for mode in ("minmax", "max", "column", "column-minmax", "column-top1", "column-below-mean"):
+        # exact: a constant matrix is all zeros by rule
         np.testing.assert_array_equal(normalize_cost(np.full((2, 3), 0.0 if mode == "max" else 7.0), mode),
                                       np.zeros((2, 3)))
     with pytest.raises(ValueError, match="cost normalization"):
@@ -329,7 +331,7 @@ def test_normalize_column_on_a_prior_like_matrix():
     expected[:, 3] = [0.0, 0.2, 0.0, 0.0, 0.0]  # column 3 (0.8 / 1.0) shifted by its min 0.8
     out = normalize_cost(PRIOR_LIKE, "column")
     np.testing.assert_allclose(out, expected, atol=1e-12)
-    np.testing.assert_array_equal(out.min(axis=0), np.zeros(5))
+    np.testing.assert_array_equal(out.min(axis=0), np.zeros(5))  # exact: x - min x = 0
 
 
 def test_normalize_cost_and_every_builder_default_to_the_recipes_normalisation():
@@ -338,7 +340,7 @@ def test_normalize_cost_and_every_builder_default_to_the_recipes_normalisation()
     from jtln_hf.cost import DEFAULT_NORMALIZATION, NORMALIZATIONS, cost_from_relationship
 
     assert DEFAULT_NORMALIZATION == JTLNArguments().cost_normalization == "column" and "column" in NORMALIZATIONS
-    np.testing.assert_array_equal(normalize_cost(PRIOR_LIKE), normalize_cost(PRIOR_LIKE, "column"))
+    np.testing.assert_array_equal(normalize_cost(PRIOR_LIKE), normalize_cost(PRIOR_LIKE, "column"))  # same calls
     relation, names = {"a": {"x": 0.0, "y": 0.5}, "b": {"z": 0.25}}, (["a", "b"], ["x", "y", "z"])
     points, ids = [[0.0, 0.0], [6.0, 8.0]], [0, 1]  # centroid costs [[0, 5], [10, 5]]
     for build in (
@@ -347,6 +349,7 @@ def test_normalize_cost_and_every_builder_default_to_the_recipes_normalisation()
         lambda **kw: cost_from_features(points, ids, [[0.0, 0.0], [3.0, 4.0]], ids, method="centroid", **kw),
         lambda **kw: cost_from_relationship([[0.5, 0.5, 0.0], [0.1, 0.1, 0.8]], **kw),
     ):
+        # exact: the builder runs these very calls on the same inputs, in this process
         np.testing.assert_array_equal(build(), normalize_cost(build(normalize="none"), "column"))
 
 

@@ -81,7 +81,7 @@ def test_prior_file_and_constant(fashion_mnist, tmp_path):
     np.testing.assert_allclose(loaded, np.arange(6.0).reshape(3, 2) / 5)
     assert how == "Loaded from c.npy; normalisation: minmax."
     constant, how = build_cost("constant", inputs, "column")
-    assert np.all(constant == 1.0) and "normalisation" not in how  # a control: never normalised
+    assert np.all(constant == 1.0) and "normalisation" not in how  # a control: never normalised (exact: filled)
     with pytest.raises(ValueError, match=r"--cost prior \(fashion_mnist_prior.csv\) does not fit these classes"):
         build_cost("prior", CostInputs(inputs.source, inputs.target, ["a", "b", "c"], TARGET), "none")
     with pytest.raises(ValueError, match="computed from a model"):
@@ -170,7 +170,7 @@ def test_a_registered_cost_is_a_choice_of_the_cli_and_its_flags_follow(request, 
 
     jtln = JTLNArguments(mode="jtln", cost="identity")
     cost, how = build_cost("identity", _inputs(fashion_mnist), "column")
-    np.testing.assert_array_equal(cost, [[0, 1], [1, 0], [1, 1]])
+    np.testing.assert_array_equal(cost, [[0, 1], [1, 0], [1, 1]])  # exact: 1 - eye, not normalised
     assert how == "Identity."
     with pytest.raises(ValueError, match="--cost_normalization has no effect on --cost identity"):
         check_arguments(DataArguments(), ModelArguments(), jtln, {"cost", "cost_normalization"})

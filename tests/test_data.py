@@ -97,6 +97,7 @@ def test_split_by_classes_names_labels_counts(fashion_mnist):
         for new_id, name in enumerate(names):
             first_new = int(np.flatnonzero(labels == new_id)[0])
             first_old = int(np.flatnonzero(original == FASHION_MNIST_LABELS.index(name))[0])
+            # exact: the same uint8 image
             np.testing.assert_array_equal(np.asarray(ds[first_new]["image"]), np.asarray(train[first_old]["image"]))
 
 
@@ -244,12 +245,12 @@ def test_training_augmentation_is_a_function_of_the_batch_only():
     assert np.array_equal(np.random.get_state()[1], states[2])  # global generators untouched
     torch.manual_seed(123), random.seed(123), np.random.seed(123)
     again = apply(batch)["pixel_values"]
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert all(torch.equal(a, b) for a, b in zip(first, again))  # exact: same calls, same seeds, one process
     assert len({tuple(t.flatten().tolist()) for t in first}) == 4  # one image, four augmentations
     other = apply({**batch, "row": [5, 9, 0, 4]})["pixel_values"]  # another batch composition
     assert not torch.equal(first[0], other[0])
     plain = apply({"image": [image] * 2})["pixel_values"]  # no row ids: keyed by the pixels and position
-    assert torch.equal(plain[0], apply({"image": [image] * 2})["pixel_values"][0])
+    assert torch.equal(plain[0], apply({"image": [image] * 2})["pixel_values"][0])  # exact: the same calls again
     assert not torch.equal(plain[0], plain[1])
 
 

@@ -160,7 +160,7 @@ def test_grayscale_and_colour_images_meet_in_one_batch(tmp_path, digits_folder, 
     origins = [Image.open(p).mode for p in paths]
     assert origins == (["L", "L", "RGB", "RGB"] if colour_side == "target" else ["RGB", "RGB", "L", "L"])
     for pixels, path in zip(batch["pixel_values"], paths):
-        np.testing.assert_array_equal(_raw_pixels(pixels, data_config), _hand_rgb(path, size))
+        np.testing.assert_array_equal(_raw_pixels(pixels, data_config), _hand_rgb(path, size))  # integers
 
     # training: record the batches the trainer really feeds the model
     seen = []
@@ -228,7 +228,7 @@ def test_relationship_and_constant_costs_run(tmp_path, cost):
     assert cost_matrix.shape == (5, 5)
     warmed = (tmp_path / "run" / "runs" / "jtln-seed0-warmup").is_dir()
     if cost == "constant":
-        assert np.all(cost_matrix == 1.0) and not warmed and "control" in run.cost_description
+        assert np.all(cost_matrix == 1.0) and not warmed and "control" in run.cost_description  # exact: filled
     else:  # column-normalised -log p(y_s | y_t), after the source-only warm-up
         assert np.allclose(cost_matrix.min(0), 0.0) and cost_matrix.max() <= 1.0 and warmed
         assert "p(y_s | y_t)" in run.cost_description and "after 2 source-only warm-up steps" in run.cost_description
@@ -247,7 +247,7 @@ def test_training_augmentation_is_salted_with_the_run_seed(small_split):
         ds = _with_transform(jdata.build_joint_dataset(rows, None), config, True, data_args.spec(), seed)
         return torch.stack(ds[:4]["pixel_values"])
 
-    assert torch.equal(pixels(0), pixels(0))  # a function of the batch and the seed
+    assert torch.equal(pixels(0), pixels(0))  # a function of the batch and the seed (same calls, one process)
     assert not torch.equal(pixels(0), pixels(1))  # another seed, other crops and flips
 
 
@@ -270,7 +270,7 @@ def test_cotuning_adds_the_soft_source_term_with_the_relationship(tmp_path):
     with torch.no_grad():
         joint_loss = plain.compute_loss(model, inputs)
         total = co.compute_loss(model, inputs)
-        model.training = False  # evaluation: the target cross-entropy alone, for both
+        model.training = False  # evaluation: the target cross-entropy alone, for both: the same calls, exact
         assert torch.equal(co.compute_loss(model, inputs), plain.compute_loss(model, inputs))
         out = model(pixel_values=pixels)
     target = domain == 1

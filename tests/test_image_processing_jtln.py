@@ -3,7 +3,9 @@
 Two kinds of reference. Parity tests compare the processor with the training code's evaluation
 path (``jtln_hf.data.build_transform`` + ``make_batch_transform``): training = inference. They
 share ``to_mode`` and timm's transform with the processor by design (so their atol=0 comparisons are
-exact by construction: the same functions on the same image), and cannot catch a conversion both
+exact by construction, on any CPU: the same functions on the same image, PIL's integer conversions and
+resizes, then x / 255, - mean, / std, element-wise, each one correctly rounded IEEE operation with no
+sum, which no choice of vectorised or scalar kernel changes), and cannot catch a conversion both
 get wrong. The by-hand tests (a palette image; every mode x 1/3/4 channels,
 ``test_every_mode_against_pixels_by_hand``) check both paths against pixels computed with numpy
 from the stored values and PIL's documented conversion rules.
@@ -236,7 +238,7 @@ def test_image_files_training_and_inference_agree_pixel_for_pixel(in_chans, tmp_
     if in_chans == 4:  # the files' alpha reaches the model: varying for RGBA/LA, two levels for the palette
         for k in (FILE_MODES.index("RGBA"), FILE_MODES.index("LA"), FILE_MODES.index("P+transparency")):
             assert len(torch.unique(from_paths[k][3])) > 1, FILE_MODES[k]
-        assert torch.all(from_paths[FILE_MODES.index("RGB")][3] == (1.0 - 0.5) / 0.25)  # opaque: alpha 255
+        assert torch.all(from_paths[FILE_MODES.index("RGB")][3] == (1.0 - 0.5) / 0.25)  # opaque: alpha 255, exact 2.0
 
 
 # --------------------------------------- every mode against pixels computed by hand (numpy, no PIL convert)

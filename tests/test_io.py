@@ -227,7 +227,7 @@ def test_saved_model_survives_a_failed_resave(tmp_path, monkeypatch):
             jio.atomic_write_dir(folder, v2.save_pretrained)
     assert leftovers(tmp_path) == []
     reloaded = JointImageClassifier.from_pretrained(folder)
-    for name, tensor in v1.state_dict().items():
+    for name, tensor in v1.state_dict().items():  # exact: saved and read back
         assert torch.equal(reloaded.state_dict()[name], tensor), name
 
 

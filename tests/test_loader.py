@@ -88,7 +88,7 @@ def test_collate_stacks_rows_that_are_not_one_tensor_in_order():
     for order in ([1, 0, 2, 3], [0, 1, 2]):  # reordered, or not every row of the tensor
         picked = [{"pixel_values": rows[i], "labels": i} for i in order]
         batch = collate(picked)
-        assert torch.equal(batch["pixel_values"], torch.stack([rows[i] for i in order]))
+        assert torch.equal(batch["pixel_values"], torch.stack([rows[i] for i in order]))  # exact: copies
         assert batch["pixel_values"].data_ptr() != rows[0].data_ptr() and batch["labels"].tolist() == order
 
 
@@ -110,6 +110,7 @@ def test_two_workers_give_the_batches_of_zero_workers(small_split):
 
     serial, parallel = batches(0), batches(2)
     assert len(serial) == len(parallel) == 2 * 23  # 180 source rows, 8 per batch
+    # exact: a worker is a fork of this process running the same element-wise transform on the same rows
     for a, b in zip(serial, parallel):
         assert a.keys() == b.keys()
         assert torch.equal(a["pixel_values"].view(torch.int32), b["pixel_values"].view(torch.int32))

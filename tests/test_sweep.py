@@ -181,6 +181,7 @@ def test_a_shuffled_sweep_end_to_end(tmp_path):
         twin = runs["default (shuffled)", seed]
         assert twin["argv"][twin["argv"].index("--cost_shuffle_seed") + 1] == str(seed)
         # the record keeps the final C: the float32 buffer read back as float64, exactly the shuffled prior rounded so
+        # (the run parses and normalises the CSV element-wise, no sum, as here: the same doubles on any CPU)
         expected = prior[:, column_permutation(prior, seed)].astype(np.float32).astype(np.float64)
         assert np.array_equal(twin["cost_matrix"], expected) and "shuffled by seed" in twin["cost"]
         assert np.array_equal(runs["default", seed]["cost_matrix"], prior.astype(np.float32).astype(np.float64))
