@@ -1,7 +1,7 @@
 # Two commands, each self-sufficient on a fresh machine:
 #   make demo   set up, then run the embedded default (Fashion-MNIST split, --mode compare);
 #               a second `make demo` replaces the first one's outputs (--overwrite_output_dir)
-#   make test   set up, then run the offline test suite (and its numerics again on torch's scalar kernels)
+#   make test   set up, then run the offline test suite twice: on this CPU's kernels, then on another CPU's
 # and one for maintainers:
 #   make lock   re-resolve constraints.txt: the newest versions that pyproject.toml admits today
 VENV    ?= .venv
@@ -15,10 +15,12 @@ TORCH   := torch==2.14.1 torchvision==0.29.1
 # The versions the tests were run with (every package, transitive ones included): a fresh machine
 # installs what CI installed. pyproject.toml keeps ranges for library users.
 LOCK    := constraints.txt
-# Tests whose bounds are floating-point rounding bounds: run a second time on torch's scalar
-# kernels, which round differently from the vectorised ones.
-NUMERICS := tests/test_ot.py tests/test_ot_fast.py tests/test_ot_numerics.py tests/test_ot_objective.py \
-            tests/test_loss.py tests/test_mixed_precision.py
+# The suite runs twice: on the kernels torch picks for this CPU, then on those another CPU gets
+# (torch rounds differently with AVX-512, AVX2 and scalar kernels): AVX2, an AMD machine's, where
+# this CPU has AVX-512; scalar ("default") where it has AVX2 or less.
+OTHER_CPU = $(shell $(PY) -c "import torch; print('avx2' if torch.backends.cpu.get_cpu_capability() == 'AVX512' else 'default')")
+# Two pytest-xdist workers, one per core; a test file stays on one worker (its module fixtures run once).
+PYTEST  := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -n 2 --dist loadfile --durations=40
 
 .PHONY: setup data browser demo test bench lock clean
 
@@ -45,8 +47,10 @@ demo: setup
 	HF_HUB_OFFLINE=1 $(PY) recipes/train_jtln.py --overwrite_output_dir
 
 test: setup browser
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
-	ATEN_CPU_CAPABILITY=default HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q $(NUMERICS)
+	@echo "pass 1 of 2: this CPU's kernels ($$($(PY) -c 'import torch; print(torch.backends.cpu.get_cpu_capability())'))"
+	$(PYTEST)
+	@echo "pass 2 of 2: ATEN_CPU_CAPABILITY=$(OTHER_CPU), the kernels of another CPU"
+	ATEN_CPU_CAPABILITY=$(OTHER_CPU) $(PYTEST)
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_ot.py
