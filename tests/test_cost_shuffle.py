@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -32,7 +29,6 @@ from jtln_hf.methods import resolve_cost
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "train_jtln.py"
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 SEEDS = range(60)
 SOURCE = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Sneaker"]
 TARGET = ["Shirt", "Coat", "Sandal", "Bag", "Ankle boot"]
@@ -203,16 +199,25 @@ TINY = ["--mode", "jtln", "--seeds", "0", "--shots", "2", "--max_eval_samples", 
         "8", "--save_timm", "false", "--dataloader_num_workers", "0"]  # fmt: skip
 
 
+def _recipe():
+    """recipes/train_jtln.py as a module: its ``main`` runs here (no start-up of torch in another process)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_jtln_shuffle", RECIPE)
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    return recipe
+
+
 def test_the_recipe_trains_and_saves_the_shuffled_normalised_prior(tmp_path):
     out = tmp_path / "run"
     argv = [*TINY, "--max_steps", "2", "--cost_shuffle_seed", "3", "--output_dir", str(out)]
-    proc = subprocess.run([sys.executable, str(RECIPE), *argv], env=ENV, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _recipe().main(argv) == 0
     prior = normalize_cost(load_cost(FASHION_MNIST_PRIOR_PATH, SOURCE, TARGET), "column")  # float64
     perm = column_permutation(prior, 3)
     saved = load_file(str(out / "model" / "model.safetensors"))["cost_matrix"]
     # exact: both sides are the float64 -> float32 rounding of the same float64 values (a permutation moves them;
-    # the recipe's process parses the CSV and normalises it element-wise, no sum, as here: the same doubles on any CPU)
+    # the run parses the CSV and normalises it element-wise, no sum, as here: the same doubles on any CPU)
     assert saved.dtype == np.float32 and np.array_equal(saved, prior[:, perm].astype(np.float32))
     results = json.loads((out / "results.json").read_text())
     assert results["cost_shuffle_seed"] == 3 and "shuffled by seed 3" in (out / "results.md").read_text()
@@ -223,8 +228,6 @@ def test_the_recipe_trains_and_saves_the_shuffled_normalised_prior(tmp_path):
 
 def test_a_refreshed_cost_keeps_the_first_permutation(tmp_path, monkeypatch, one_intra_op_thread):
     """A relationship cost recomputed at steps 1 and 2 of 3: every build is shuffled by the first build's permutation."""
-    import importlib.util
-
     import jtln_hf.methods.predict as predict
 
     built = []
@@ -236,9 +239,7 @@ def test_a_refreshed_cost_keeps_the_first_permutation(tmp_path, monkeypatch, one
 
     build = predict.build_cost
     monkeypatch.setattr(predict, "build_cost", recording)
-    spec = importlib.util.spec_from_file_location("train_jtln_shuffle", RECIPE)
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
+    recipe = _recipe()
     out = tmp_path / "run"
     argv = [*TINY, "--max_steps", "3", "--cost", "relationship", "--cost_warmup_steps", "1", "--cost_refresh_steps",
             "1", "--cost_shuffle_seed", "5", "--output_dir", str(out)]  # fmt: skip

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -78,7 +77,6 @@ def test_refresh_needs_a_positive_interval():
 
 
 # ------------------------------------------------------------------------------- the recipe
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 COMMAND = [
     sys.executable, str(RECIPE), "--mode", "jtln", "--seeds", "0", "--shots", "2", "--max_eval_samples", "40",
     "--per_device_train_batch_size", "8", "--max_steps", "6", "--cost", "relationship", "--cost_warmup_steps", "2",
@@ -89,14 +87,22 @@ STAGE = Path("runs") / "jtln-seed0"
 
 
 def _recipe(out: Path, *extra: str) -> None:
-    proc = subprocess.run([*COMMAND, "--output_dir", str(out), *extra], env=ENV, capture_output=True, text=True,
-                          cwd=out.parent)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    """The recipe's ``main()`` in this process on one torch thread (the runs are compared bit for bit)."""
+    sys.path.insert(0, str(RECIPE.parent))
+    import train_jtln
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert train_jtln.main([*COMMAND[2:], "--output_dir", str(out), *extra]) == 0
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def refreshed_runs(tmp_path_factory):
-    """A: uninterrupted; B: the same run, its joint stage cut back to checkpoint-2 and resumed."""
+    """A: uninterrupted; B: the same run, its joint stage cut back to checkpoint-2 and resumed (one process:
+    two runs of one command in one environment, as a resume from the same folder is)."""
     root = tmp_path_factory.mktemp("refresh")
     run_a, run_b = root / "a", root / "b"
     _recipe(run_a)
