@@ -296,6 +296,32 @@ def attach_shuffled(rows: list[dict[str, Any]], grid: dict[str, dict[str, str]])
                    shuffled_text=test.to_text())  # fmt: skip
 
 
+def attach_prior_agreement(rows: list[dict[str, Any]], records: list[dict[str, Any]], prior: Path | None) -> None:
+    """Per setting with a cost, per seed: how far its final C is from the data's hand-written prior (in place).
+
+    ``prior_agreement`` maps each seed to :func:`jtln_hf.cost.cheapest_source_agreement` of the run's
+    final cost against the prior (the share of target classes whose cheapest source class is the
+    prior's), beside the seed's gain in the same row: does a C closer to the prior gain more? Left out
+    when the data has no prior or the prior does not name the run's classes.
+    """
+    from jtln_hf.cost import cheapest_source_agreement, load_cost
+
+    if prior is None:
+        return
+    for row in rows:
+        runs = [r for r in records if r["setting"] == row["setting"] and r.get("cost_matrix") is not None]
+        try:
+            per_seed = {r["seed"]: cheapest_source_agreement(r["cost_matrix"], load_cost(prior, r["source_names"],
+                                                                                         r["target_names"]))
+                        for r in runs}  # fmt: skip
+        except ValueError:  # the prior does not name these classes
+            return
+        if per_seed:
+            row["prior_agreement"] = per_seed
+            values = [v for v in per_seed.values() if v is not None]
+            row["prior_agreement_mean"] = sum(values) / len(values) if values else None
+
+
 def _class_view(mine: list[dict[str, Any]], joint: list[dict[str, Any]]) -> dict[str, Any]:
     """A setting's per-class test accuracy (mean over seeds), its seed-paired difference to joint per class,
     and its mean cost matrix and transport plan over seeds (JTLN settings)."""
@@ -458,6 +484,15 @@ def check_jobs(jobs: list[tuple[str, str, int, list[str]]]) -> None:
         check_arguments(*parsed[:3], parsed[4])
 
 
+def _prior_of(jobs: list[tuple[str, str, int, list[str]]]) -> Path | None:
+    """The hand-written prior of the sweep's data (every run reads the same data flags), or None."""
+    from train_jtln import parse_args
+
+    from jtln_hf.cost_builders import data_prior
+
+    return data_prior(parse_args(jobs[0][3])[0].spec())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     base = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -496,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarize_sweep(records, settings)
     attach_controls(rows, grid, records)
     attach_shuffled(rows, grid)
+    attach_prior_agreement(rows, records, _prior_of(jobs))
     joint_rows = summarize_sweep(records, [baseline])[0]
     chosen = choose_setting(rows, grid)
     caption = (

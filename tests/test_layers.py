@@ -37,6 +37,7 @@ LAYER = {
     "sinkhorn.solve": MODEL,
     "sinkhorn.api": MODEL,
     "cost": MODEL,
+    "cost.agreement": MODEL,
     "cost.normalize": MODEL,
     "cost.priors": MODEL,
     "cost.features": MODEL,

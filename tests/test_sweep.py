@@ -194,6 +194,10 @@ def test_a_shuffled_sweep_end_to_end(tiny_sweep):
         [acc["ot_loss_weight=0.3", k] - acc[SHUFFLED, k] for k in (0, 1)])  # fmt: skip
     assert "validation_minus_shuffled" in rows["ot_loss_weight=0.3"] and rows[SHUFFLED]["is_control"]
     assert "test_minus_shuffled" not in rows["cost=constant"]
+    # how far each run's C is from the prior (tests/test_cost_agreement.py): the prior itself agrees on every target
+    # class; the constant C's first cheapest source, T-shirt/top, is the prior's for Shirt and Bag only
+    assert rows["ot_loss_weight=0.3"]["prior_agreement"] == {"0": 1.0, "1": 1.0}
+    assert rows["cost=constant"]["prior_agreement"] == {"0": 2 / 5, "1": 2 / 5}
     table = (out / "sweep.md").read_text()
     assert "test − its shuffled control |" in table and f"| {rows['ot_loss_weight=0.3']['shuffled_text']} |" in table
     assert (out / "runs" / "ot_loss_weight=0.3-cost_shuffle_seed=seed" / "seed1" / "record.json").is_file()

@@ -20,6 +20,7 @@ wrong relations).
 
 from __future__ import annotations
 
+from .agreement import cheapest_source_agreement
 from .features import (
     FEATURE_COST_METHODS,
     MMD_BANDWIDTH_MULTIPLIERS,
@@ -47,6 +48,7 @@ __all__ = [
     "MMD_BANDWIDTH_MULTIPLIERS",
     "FASHION_MNIST_PRIOR_PATH",
     "category_relationship",
+    "cheapest_source_agreement",
     "column_permutation",
     "compute_class_pairwise",
     "cost_from_features",
