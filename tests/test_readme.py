@@ -6,7 +6,7 @@ it), so a block finds what an earlier one wrote, as a reader following the READM
 overrides the README's "Tests" section documents:
 
 * a ``recipes/train_jtln.py`` command gets :data:`SMALL_RUN` appended (and :data:`WARMUP` when
-  the run reads a warm-up) and runs in this process (the recipe's ``main`` with the line's
+  the run reads a warm-up, :data:`SAMPLES` when it computes a features-* cost) and runs in this process (the recipe's ``main`` with the line's
   arguments, split as bash splits them), to spare one start-up of torch per command;
 * a python block runs in a fresh interpreter with ``max_steps=500`` made ``max_steps=2``, after a
   preamble that replaces ``HfApi.create_repo`` / ``HfApi.upload_folder`` (nothing leaves the
@@ -44,6 +44,8 @@ RECIPE = "recipes/train_jtln.py"
 SMALL_RUN = ["--max_steps", "2", "--seeds", "0", "--max_eval_samples", "64"]
 #: Added where the run reads a warm-up (a model cost, Co-Tuning): 2 source-only steps, not 200.
 WARMUP = ["--cost_warmup_steps", "2"]
+#: Added where the run computes a features-* cost: 16 source images per class for C, not 200.
+SAMPLES = ["--cost_samples_per_class", "16"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 #: Run before every python block: the Hub calls recorded, not made (a push prints its files).
 PREAMBLE = '''
@@ -114,9 +116,22 @@ def _reads_warmup(argv: list[str]) -> bool:
         any(m.uses_ot for m in methods) and resolved_cost(data, model, jtln).warmup_steps > 0)  # fmt: skip
 
 
+def _reads_samples(argv: list[str]) -> bool:
+    from jtln_hf.arguments import resolved_cost
+    from jtln_hf.cost_builders import COST_BUILDERS
+    from jtln_hf.methods import METHOD_REGISTRY
+
+    data, model, jtln, *_ = recipe.parse_args(argv)
+    if "--cost_samples_per_class" in argv or not any(METHOD_REGISTRY[m].uses_ot for m in jtln.run_methods):
+        return False
+    builder = COST_BUILDERS.get(resolved_cost(data, model, jtln).kind)
+    return builder is not None and builder.samples
+
+
 def small_run(argv: list[str]) -> list[str]:
     """``argv`` with the documented small-run overrides appended."""
     extra = SMALL_RUN + (WARMUP if _reads_warmup(argv + SMALL_RUN) else [])
+    extra += SAMPLES if _reads_samples(argv + extra) else []
     return argv + extra
 
 
@@ -228,8 +243,12 @@ def _make_demo(ws: Workspace, tokens: list[str]) -> None:
 
 
 def _make_test(ws: Workspace, tokens: list[str]) -> None:
-    rule = re.search(r"^test:.*\n((?:\t.*\n)+)", (REPO / "Makefile").read_text(), re.M).group(1)
-    assert "HF_HUB_OFFLINE=1" in rule and "-m pytest" in rule
+    """The test rule as make expands it (``make -n``: printed, not run): the whole suite offline, twice,
+    the second time on another CPU's kernels."""
+    printed = subprocess.run(["make", "-n", "-C", str(REPO), "test"], capture_output=True, text=True, check=True).stdout
+    passes = [line for line in printed.splitlines() if "-m pytest" in line]
+    assert len(passes) == 2 and all("HF_HUB_OFFLINE=1" in line and "tests/" not in line for line in passes), printed
+    assert re.search(r"ATEN_CPU_CAPABILITY=(avx2|default) ", passes[1]) and "ATEN_CPU_CAPABILITY" not in passes[0]
 
 
 def _hf_cli(ws: Workspace, tokens: list[str]) -> None:
@@ -380,6 +399,7 @@ def test_every_rule_is_named_in_the_readme_tests_section():
     for rule, (reason, _, _) in NOT_RUN.items():
         assert f"`{rule}`" in section, rule
     assert shlex.join(SMALL_RUN) in section and shlex.join(WARMUP) in section and "max_steps=2" in section
+    assert shlex.join(SAMPLES) in section
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)), ids=[b.id for b in BLOCKS])
