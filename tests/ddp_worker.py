@@ -157,6 +157,8 @@ def main() -> None:
                     "losses": losses,
                     "num_predictions": int(prediction.predictions.shape[0]),
                     "accuracy": prediction.metrics["test_accuracy"],
+                    # the accuracy of the gathered predictions, counted here: a count over the rows, one division
+                    "correct": int((prediction.predictions.argmax(-1) == prediction.label_ids).sum()),
                 }
             )
         )
