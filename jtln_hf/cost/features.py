@@ -6,7 +6,6 @@ import math
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import ot
 from scipy.spatial.distance import pdist
 
 
@@ -34,6 +33,8 @@ def wasserstein2(x: np.ndarray, y: np.ndarray) -> float:
     """
     a = np.full(len(x), 1.0 / len(x))
     b = np.full(len(y), 1.0 / len(y))
+    import ot  # here, not at the top: POT imports scikit-learn (~1.6 s), which only features-* costs need
+
     value = ot.emd2(a, b, ot.dist(x, y, metric="sqeuclidean"), numItermax=1_000_000)
     return math.sqrt(max(float(value), 0.0))
 
@@ -75,6 +76,8 @@ def mmd2(x: np.ndarray, y: np.ndarray, bandwidths: Sequence[float]) -> float:
 
 def _mean_kernel(u: np.ndarray, v: np.ndarray, sig2: np.ndarray) -> float:
     """``mean_kl sum_s exp(-||u_k - v_l||^2 / sig2_s)``: one term of :func:`mmd2`."""
+    import ot
+
     d2 = ot.dist(u, v, metric="sqeuclidean")
     return float(sum(np.exp(-d2 / s).mean() for s in sig2))
 
@@ -91,6 +94,8 @@ def _mmd2_cost(source_groups: Sequence[np.ndarray], target_groups: Sequence[np.n
     classes, 1,000 steps instead of 200,000, each with a cross-term matrix of one source class's
     rows x all target rows).
     """
+    import ot
+
     sig2 = 2.0 * np.asarray(bandwidths, dtype=np.float64) ** 2
     within_target = np.array([_mean_kernel(y, y, sig2) for y in target_groups])
     all_target = np.concatenate(target_groups)
@@ -202,6 +207,8 @@ def cost_from_features(
     if src and tgt and src[0].shape[1] != tgt[0].shape[1]:
         raise ValueError(f"source features have D={src[0].shape[1]} but target features D={tgt[0].shape[1]}")
     if method == "centroid":
+        import ot
+
         cost = ot.dist(np.stack([g.mean(0) for g in src]), np.stack([g.mean(0) for g in tgt]),
                        metric="euclidean")
     elif method == "ot":
