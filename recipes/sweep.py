@@ -210,6 +210,17 @@ def choose_setting(rows: list[dict[str, Any]], grid: dict[str, dict[str, str]]) 
     return max(candidates, key=lambda row: row["validation_mean"])["setting"]
 
 
+def _pair(row: dict[str, Any], theirs: dict[str, Any], kind: str) -> None:
+    """``row − theirs`` by seed on test and validation, written into ``row`` as ``kind`` (their name),
+    ``test_minus_<kind>``, ``validation_minus_<kind>`` and ``<kind>_text``."""
+    from jtln_hf.stats import paired_difference
+
+    test = paired_difference(row["test_accuracy"], theirs["test_accuracy"])
+    validation = paired_difference(row["validation_accuracy"], theirs["validation_accuracy"])
+    row.update({kind: theirs["setting"], f"test_minus_{kind}": test.to_dict(),
+                f"validation_minus_{kind}": validation.to_dict(), f"{kind}_text": test.to_text()})  # fmt: skip
+
+
 def attach_controls(rows: list[dict[str, Any]], grid: dict[str, dict[str, str]], records: list[dict[str, Any]]) -> None:
     """Pair each JTLN setting with its *control* in the grid, if there is one, by seed (in place).
 
@@ -221,7 +232,6 @@ def attach_controls(rows: list[dict[str, Any]], grid: dict[str, dict[str, str]],
     ``test_minus_control``, ``validation_minus_control`` and ``control_text``, a control's row
     ``is_control``.
     """
-    from jtln_hf.stats import paired_difference
 
     def key(name: str) -> tuple[Any, ...]:
         warmup = next(r["warmup_steps"] for r in records if r["setting"] == name)
@@ -236,11 +246,7 @@ def attach_controls(rows: list[dict[str, Any]], grid: dict[str, dict[str, str]],
         control = controls.get(key(name))
         if control is None or _is_control(overrides) or key(name)[0] == 0:  # no warm-up: joint is the control
             continue
-        row, theirs = by_name[name], by_name[control]
-        test = paired_difference(row["test_accuracy"], theirs["test_accuracy"])
-        validation = paired_difference(row["validation_accuracy"], theirs["validation_accuracy"])
-        row.update(control=control, test_minus_control=test.to_dict(), validation_minus_control=validation.to_dict(),
-                   control_text=test.to_text())  # fmt: skip
+        _pair(by_name[name], by_name[control], "control")
 
 
 def shuffled_twins(grid: dict[str, dict[str, str]], base: list[str]) -> dict[str, dict[str, str]]:
@@ -280,8 +286,6 @@ def attach_shuffled(rows: list[dict[str, Any]], grid: dict[str, dict[str, str]])
     (the twin's name), ``test_minus_shuffled``, ``validation_minus_shuffled`` and ``shuffled_text``; a
     shuffled setting's row ``is_control``.
     """
-    from jtln_hf.stats import paired_difference
-
     by_name = {row["setting"]: row for row in rows}
     for name, overrides in grid.items():
         if _is_shuffled(overrides):
@@ -289,11 +293,7 @@ def attach_shuffled(rows: list[dict[str, Any]], grid: dict[str, dict[str, str]])
         twin = SHUFFLED.format(name)
         if twin not in grid or not _is_shuffled(grid[twin]) or _is_shuffled(overrides):
             continue
-        row, theirs = by_name[name], by_name[twin]
-        test = paired_difference(row["test_accuracy"], theirs["test_accuracy"])
-        validation = paired_difference(row["validation_accuracy"], theirs["validation_accuracy"])
-        row.update(shuffled=twin, test_minus_shuffled=test.to_dict(), validation_minus_shuffled=validation.to_dict(),
-                   shuffled_text=test.to_text())  # fmt: skip
+        _pair(by_name[name], by_name[twin], "shuffled")
 
 
 def attach_prior_agreement(rows: list[dict[str, Any]], records: list[dict[str, Any]], prior: Path | None) -> None:
