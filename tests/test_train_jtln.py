@@ -22,6 +22,22 @@ def run_recipe(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+def run_recipe_here(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The recipe's ``main()`` in this process (no start-up of torch in another one), its stdout captured.
+
+    For the end-to-end runs whose outputs the tests read; the command line itself is
+    :func:`test_bad_flags_fail_with_clear_errors`'s, and the saved model is loaded in a fresh process."""
+    import contextlib
+    import io
+
+    from test_recipe_cli import recipe
+
+    stdout = io.StringIO()
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(stdout):
+        status = recipe.main(list(args))
+    return subprocess.CompletedProcess(["recipes/train_jtln.py", *args], status, stdout.getvalue(), "")
+
+
 @pytest.fixture(scope="module")
 def compare_run(tmp_path_factory):
     """A short compare run of all five methods on 2 seeds, from a YAML config plus overriding flags.
@@ -32,7 +48,7 @@ def compare_run(tmp_path_factory):
     config = out / "quick.yaml"
     config.write_text(yaml.safe_dump({"max_steps": 5, "shots": 3, "max_eval_samples": 100, "seeds": [0, 3],
                                       "per_device_train_batch_size": 16, "cost_warmup_steps": 2}))  # fmt: skip
-    proc = run_recipe("--config", str(config), "--max_steps", "4", "--output_dir", str(out / "run"), cwd=out)
+    proc = run_recipe_here("--config", str(config), "--max_steps", "4", "--output_dir", str(out / "run"), cwd=out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out / "run", proc
 
@@ -105,7 +121,7 @@ def two_dataset_run(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("two")
     digits = write_digits_folder(out / "digits")
-    proc = run_recipe(
+    proc = run_recipe_here(
         "--source_dataset", "fashion-mnist", "--target_dataset", str(digits), "--mode", "compare", "--seeds", "0",
         "--shots", "2", "--max_steps", "4", "--per_device_train_batch_size", "16", "--cost_warmup_steps", "2",
         "--cost_samples_per_class", "10", "--max_eval_samples", "100", "--output_dir", str(out / "run"), cwd=out,
