@@ -189,8 +189,9 @@ class JTLNArguments:
     )
     cost_warmup_steps: int | None = field(
         default=None,
-        metadata={"help": f"Source-only steps before a features-* or relationship cost is computed. Default: "
-                  f"{DEFAULT_COST_WARMUP_STEPS}, or 0 for features-* on a pretrained backbone."},
+        metadata={"help": f"Source-only steps before a features-* or relationship cost is computed (default "
+                  f"{DEFAULT_COST_WARMUP_STEPS}, or 0 for features-* on a pretrained backbone), or before a fixed cost's "
+                  "joint steps (default 0)."},
     )  # fmt: skip
     cost_samples_per_class: int = field(default=200, metadata={"help": "Source images per class for a features-* cost."})
     cost_refresh_steps: int = field(
@@ -295,8 +296,7 @@ def check_arguments(data: DataArguments, model: ModelArguments, jtln: JTLNArgume
     if uses_ot:
         cost = resolved_cost(data, model, jtln)
         kind = cost.kind
-        unused = {"cost_warmup_steps": [b.name for b in COST_BUILDERS.values() if b.from_model],
-                  "cost_refresh_steps": [b.name for b in COST_BUILDERS.values() if b.from_model],
+        unused = {"cost_refresh_steps": [b.name for b in COST_BUILDERS.values() if b.from_model],
                   "cost_samples_per_class": [b.name for b in COST_BUILDERS.values() if b.samples]}  # fmt: skip
         for name, kinds in unused.items():
             also_read = any(name in m.flags for m in registered if not m.uses_ot)  # e.g. Co-Tuning's warm-up

@@ -287,11 +287,12 @@ def plan_cost(
     """The cost flags resolved once into a :class:`Cost` (kind, warm-up, refresh, prior, shuffle; no matrix yet).
 
     ``cost`` and ``warmup_steps`` as given (None: their defaults, :func:`cost_kind` and
-    :func:`default_warmup_steps`; a cost that needs no model has no warm-up and no refresh).
+    :func:`default_warmup_steps`; a cost that needs no model has no refresh, and a warm-up only when one is given:
+    the same source-only steps as a model cost's run, to compare the two costs after equal training).
     ``shuffle_seed`` (``--cost_shuffle_seed``) must be an integer >= 0, for a cost with relations.
     """
     kind = cost_kind(cost, data)
-    warmup = 0
+    warmup = warmup_steps or 0  # a fixed cost: none unless asked (the prior after the warm-up of a model cost's run)
     if is_model_cost(kind):
         warmup = default_warmup_steps(warmup_steps, pretrained=pretrained,
                                       needs_source_head=COST_BUILDERS[kind].warmup_when_pretrained)  # fmt: skip

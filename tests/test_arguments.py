@@ -32,7 +32,8 @@ def test_warmup_steps_follow_the_cost_and_the_weights(cost, pretrained, expected
     model = ModelArguments(pretrained_backbone=pretrained)
     assert resolved_cost(DataArguments(), model, JTLNArguments(cost=cost)).warmup_steps == expected
     given = resolved_cost(DataArguments(), model, JTLNArguments(cost=cost, cost_warmup_steps=7)).warmup_steps
-    assert given == (7 if cost in ("features-mmd", "relationship") else 0)  # the flag wins where a model is read
+    # the flag wins: a model cost reads the model after these steps, a fixed cost's joint steps follow them
+    assert given == 7
     refresh = resolved_cost(DataArguments(), model, JTLNArguments(cost=cost, cost_refresh_steps=50)).refresh_steps
     assert refresh == (50 if cost in ("features-mmd", "relationship") else 0)  # a fixed cost is never refreshed
     assert ModelArguments(backbone_checkpoint="w.safetensors").pretrained  # a checkpoint implies pretrained

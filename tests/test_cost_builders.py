@@ -174,5 +174,5 @@ def test_a_registered_cost_is_a_choice_of_the_cli_and_its_flags_follow(request, 
     assert how == "Identity."
     with pytest.raises(ValueError, match="--cost_normalization has no effect on --cost identity"):
         check_arguments(DataArguments(), ModelArguments(), jtln, {"cost", "cost_normalization"})
-    with pytest.raises(ValueError, match="--cost_warmup_steps is only used by"):
-        check_arguments(DataArguments(), ModelArguments(), jtln, {"cost", "cost_warmup_steps"})
+    with pytest.raises(ValueError, match="--cost_refresh_steps is only used by"):
+        check_arguments(DataArguments(), ModelArguments(), jtln, {"cost", "cost_refresh_steps"})

@@ -227,8 +227,10 @@ def test_relationship_and_constant_costs_run(tmp_path, cost):
     cost_matrix = run.model.cost_matrix.numpy()
     assert cost_matrix.shape == (5, 5)
     warmed = (tmp_path / "run" / "runs" / "jtln-seed0-warmup").is_dir()
+    assert run.warmup_steps == 2  # a fixed cost too: the same source-only steps first, when they are asked for
     if cost == "constant":
-        assert np.all(cost_matrix == 1.0) and not warmed and "control" in run.cost_description  # exact: filled
+        assert np.all(cost_matrix == 1.0) and warmed and "control" in run.cost_description  # exact: filled
+        assert "joint steps after 2 source-only warm-up steps" in run.cost_description
     else:  # column-normalised -log p(y_s | y_t), after the source-only warm-up
         assert np.allclose(cost_matrix.min(0), 0.0) and cost_matrix.max() <= 1.0 and warmed
         assert "p(y_s | y_t)" in run.cost_description and "after 2 source-only warm-up steps" in run.cost_description

@@ -56,8 +56,6 @@ CASES = {
     "class overlap": (["--source_classes", "Shirt", "Trouser"], r"in both the source and the target list"),
     "too many shots": (["--shots", "7000"], r"has 6000 images but 7000 shots were asked: lower --shots"),
     "ignored OT flag": (["--mode", "joint", "--ot_epsilon", "0.1"], r"--ot_epsilon has no effect: no method"),
-    "ignored warm-up": (["--mode", "jtln", "--cost_warmup_steps", "5"],
-                        r"--cost_warmup_steps is only used by features-ot / .* / relationship costs and --cost is prior"),
     "refresh of a fixed cost": (["--mode", "jtln", "--cost_refresh_steps", "100"],
                                 r"--cost_refresh_steps is only used by features-ot / .* / relationship costs and --cost "
                                 r"is prior"),

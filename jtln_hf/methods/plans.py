@@ -56,11 +56,10 @@ def _jtln(run: MethodRun) -> Trained:
     A shuffled cost (``--cost_shuffle_seed``) keeps its first build's permutation at every refresh (a control
     throughout)."""
     cost, data = run.settings.cost, run.settings.data
-    warmup, fixed, callbacks = 0, cost.fixed, []
+    warmup, fixed, callbacks = cost.warmup_steps, cost.fixed, []
+    if warmup:  # a model cost reads the warmed-up model; a fixed cost is used after the same source-only steps
+        train_source_only(run.model, run.exp, run.args, data, f"{run.name}-warmup", warmup)
     if fixed is None:
-        warmup = cost.warmup_steps
-        if warmup:
-            train_source_only(run.model, run.exp, run.args, data, f"{run.name}-warmup", warmup)
         predict = model_predictor(run.model, data, run.args)  # one, reused by every refresh
 
         def resolve(permutation: np.ndarray | None = None) -> FixedCost:
@@ -71,6 +70,9 @@ def _jtln(run: MethodRun) -> Trained:
         if cost.refresh_steps:
             first = fixed.permutation  # None unless shuffled: every refresh is shuffled as the first build was
             callbacks.append(CostRefresh(lambda: resolve(first).matrix, cost.refresh_steps))
+    elif warmup:
+        fixed = FixedCost(fixed.matrix, f"{fixed.description.removesuffix('.')}; joint steps after {warmup} "
+                                        "source-only warm-up steps.", fixed.permutation)  # fmt: skip
     run.model.set_cost_matrix(fixed.matrix)
     last = train_joint(run.model, run.exp, run.args, data, run.name, ot_loss_weight=run.args.ot_loss_weight,
                        callbacks=callbacks or None)  # fmt: skip
