@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -27,8 +26,8 @@ from jtln_hf.arguments import DataArguments
 from jtln_hf.cost_builders import Cost, plan_cost
 from jtln_hf.methods import resolve_cost
 
-REPO = Path(__file__).resolve().parents[1]
-RECIPE = REPO / "recipes" / "train_jtln.py"
+from test_recipe_cli import recipe  # recipes/train_jtln.py as a module, loaded once
+
 SEEDS = range(60)
 SOURCE = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Sneaker"]
 TARGET = ["Shirt", "Coat", "Sandal", "Bag", "Ankle boot"]
@@ -199,20 +198,10 @@ TINY = ["--mode", "jtln", "--seeds", "0", "--shots", "2", "--max_eval_samples", 
         "8", "--save_timm", "false", "--dataloader_num_workers", "0"]  # fmt: skip
 
 
-def _recipe():
-    """recipes/train_jtln.py as a module: its ``main`` runs here (no start-up of torch in another process)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_jtln_shuffle", RECIPE)
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
-    return recipe
-
-
 def test_the_recipe_trains_and_saves_the_shuffled_normalised_prior(tmp_path):
     out = tmp_path / "run"
     argv = [*TINY, "--max_steps", "2", "--cost_shuffle_seed", "3", "--output_dir", str(out)]
-    assert _recipe().main(argv) == 0
+    assert recipe.main(argv) == 0  # the recipe's main() in this process
     prior = normalize_cost(load_cost(FASHION_MNIST_PRIOR_PATH, SOURCE, TARGET), "column")  # float64
     perm = column_permutation(prior, 3)
     saved = load_file(str(out / "model" / "model.safetensors"))["cost_matrix"]
@@ -239,7 +228,6 @@ def test_a_refreshed_cost_keeps_the_first_permutation(tmp_path, monkeypatch, one
 
     build = predict.build_cost
     monkeypatch.setattr(predict, "build_cost", recording)
-    recipe = _recipe()
     out = tmp_path / "run"
     argv = [*TINY, "--max_steps", "3", "--cost", "relationship", "--cost_warmup_steps", "1", "--cost_refresh_steps",
             "1", "--cost_shuffle_seed", "5", "--output_dir", str(out)]  # fmt: skip

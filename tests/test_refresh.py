@@ -88,13 +88,12 @@ STAGE = Path("runs") / "jtln-seed0"
 
 def _recipe(out: Path, *extra: str) -> None:
     """The recipe's ``main()`` in this process on one torch thread (the runs are compared bit for bit)."""
-    sys.path.insert(0, str(RECIPE.parent))
-    import train_jtln
+    from test_recipe_cli import recipe
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert train_jtln.main([*COMMAND[2:], "--output_dir", str(out), *extra]) == 0
+        assert recipe.main([*COMMAND[2:], "--output_dir", str(out), *extra]) == 0
     finally:
         torch.set_num_threads(threads)
 
@@ -140,8 +139,7 @@ def test_a_refresh_reads_the_weights_of_its_step(tmp_path, monkeypatch):
     calls on the same shapes in one process, so the same floats on any CPU. (A recomputation through
     another entry point, or in another process, may round differently: one ulp apart on an AVX2 CPU.)
     """
-    sys.path.insert(0, str(RECIPE.parent))
-    import train_jtln
+    from test_recipe_cli import recipe
 
     from jtln_hf.methods import plans
 
@@ -158,7 +156,7 @@ def test_a_refresh_reads_the_weights_of_its_step(tmp_path, monkeypatch):
 
     monkeypatch.setattr(plans, "CostRefresh", Recorded)
     out = tmp_path / "run"
-    assert train_jtln.main([*COMMAND[2:], "--output_dir", str(out)]) == 0
+    assert recipe.main([*COMMAND[2:], "--output_dir", str(out)]) == 0
     (refresh,) = refreshes
     checkpoint = out / STAGE / "checkpoint-4"
     weights = load_file(checkpoint / "model.safetensors")
