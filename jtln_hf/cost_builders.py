@@ -26,6 +26,14 @@ from .cost import (
     load_cost,
     normalize_cost,
 )
+from .cost.stability import (
+    STABLE_RESAMPLES,
+    STABLE_THRESHOLD,
+    UNSURE,
+    bootstrap_feature_costs,
+    describe_stability,
+    stable_relation_cost,
+)
 from .data import sample_shots
 from .data.labels import read_column
 from .data.known import known_dataset
@@ -174,19 +182,25 @@ def _prior(inputs: CostInputs) -> tuple[np.ndarray, str]:
     return raw, f"Hand-written prior relation between the classes ({inputs.prior.name})"
 
 
+def _pooled_features(inputs: CostInputs, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The pooled backbone features and labels of the source sample and of the labelled target images."""
+    predict = _needs_model(inputs, name)
+    if isinstance(inputs.source, datasets.IterableDataset):  # a stream: its first images of each class
+        per_class, classes = inputs.samples_per_class, len(inputs.source_names)
+        source = take_per_class(inputs.source, per_class, max_rows=STREAM_SCAN_FACTOR * per_class * classes)
+    else:
+        smallest = int(np.bincount(read_column(inputs.source, "label")).min())
+        source = sample_shots(inputs.source, min(inputs.samples_per_class, smallest), seed=inputs.seed)
+    (xs, ys), (xt, yt) = [
+        (outputs["pooler_output"], labels)
+        for outputs, labels in (predict(ds, ("pooler_output",)) for ds in (source, inputs.target))
+    ]
+    return xs, ys, xt, yt
+
+
 def _feature_builder(distance: str) -> Callable[[CostInputs], tuple[np.ndarray, str]]:
     def build(inputs: CostInputs) -> tuple[np.ndarray, str]:
-        predict = _needs_model(inputs, f"features-{distance}")
-        if isinstance(inputs.source, datasets.IterableDataset):  # a stream: its first images of each class
-            per_class, classes = inputs.samples_per_class, len(inputs.source_names)
-            source = take_per_class(inputs.source, per_class, max_rows=STREAM_SCAN_FACTOR * per_class * classes)
-        else:
-            smallest = int(np.bincount(read_column(inputs.source, "label")).min())
-            source = sample_shots(inputs.source, min(inputs.samples_per_class, smallest), seed=inputs.seed)
-        (xs, ys), (xt, yt) = [
-            (outputs["pooler_output"], labels)
-            for outputs, labels in (predict(ds, ("pooler_output",)) for ds in (source, inputs.target))
-        ]
+        xs, ys, xt, yt = _pooled_features(inputs, f"features-{distance}")
         raw = cost_from_features(
             xs, ys, xt, yt, method=distance, num_source_labels=len(inputs.source_names),
             num_target_labels=len(inputs.target_names), seed=inputs.seed, normalize="none",  # build_cost normalises
@@ -203,6 +217,21 @@ for _distance, _help in (("ot", "exact OT (W2) between the classes' pooled featu
     register_cost(f"features-{_distance}", _help, from_model=True, warmup_when_pretrained=False, samples=True)(
         _feature_builder(_distance)
     )
+
+
+@register_cost("features-mmd-stable", "features-mmd's relations kept only where stable over bootstrap resamples "
+               "of the images (0 related, 1 not, the rest neutral)", from_model=True, warmup_when_pretrained=False,
+               samples=True)  # fmt: skip
+def _stable(inputs: CostInputs) -> tuple[np.ndarray, str]:
+    xs, ys, xt, yt = _pooled_features(inputs, "features-mmd-stable")
+    costs = bootstrap_feature_costs(xs, ys, xt, yt, method="mmd", num_source_labels=len(inputs.source_names),
+                                    num_target_labels=len(inputs.target_names), seed=inputs.seed)  # fmt: skip
+    raw = stable_relation_cost(costs)
+    return raw, (f"mmd relations between the pooled backbone features of each source class ({len(xs)} images) and "
+                 f"each target class ({len(xt)} labelled images), kept where {STABLE_THRESHOLD:.0%} of "
+                 f"{STABLE_RESAMPLES} bootstrap resamples of the images agree (0 related, 1 unrelated, "
+                 f"{UNSURE} unsure; a target class with no stable relation neutral), {_after(inputs)}: "
+                 f"{describe_stability(raw, inputs.source_names, inputs.target_names)}")  # fmt: skip
 
 
 def relationship_of(predict: Predict, target: datasets.Dataset, num_target_labels: int) -> np.ndarray:
