@@ -1,0 +1,102 @@
+"""The conservative cost (``--cost features-mmd-stable``): resampling, the relation rule and the builder, by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jtln_hf import data as jdata
+from jtln_hf.cost import cost_from_features, mmd_bandwidths
+from jtln_hf.cost.stability import (
+    UNSURE,
+    bootstrap_feature_costs,
+    describe_stability,
+    relation_frequency,
+    stable_relation_cost,
+)
+from jtln_hf.cost_builders import CostInputs, build_cost
+
+# two resamples of a 3 x 2 cost; column 1 of the first is constant (relates nothing)
+COSTS = np.array([[[0.0, 5.0], [1.0, 5.0], [2.0, 5.0]],    # column means 1 and 5
+                  [[0.0, 1.0], [0.5, 2.0], [4.0, 3.0]]])   # column means 1.5 and 2  # fmt: skip
+
+
+def test_relation_frequency_by_hand():
+    # below the column mean: b0 col0 (T, F, F), col1 none; b1 col0 (T, T, F), col1 (T, F, F)
+    np.testing.assert_array_equal(relation_frequency(COSTS), [[1.0, 0.5], [0.5, 0.0], [0.0, 0.0]])
+
+
+def test_stable_cost_keeps_sure_relations_and_neutralises_a_column_without_one():
+    # col0: f = (1, .5, 0) -> related, unsure, unrelated; col1: f = (.5, 0, 0) has no related entry -> all unsure
+    np.testing.assert_array_equal(stable_relation_cost(COSTS, 0.9), [[0, UNSURE], [UNSURE, UNSURE], [1, UNSURE]])
+    # at threshold 0.5 < tau the 0.5 frequencies stay unsure too; tau = 1 needs every resample
+    np.testing.assert_array_equal(stable_relation_cost(COSTS, 1.0), stable_relation_cost(COSTS, 0.9))
+    # one resample: the rule is column-below-mean's, with a column of no relation neutral
+    np.testing.assert_array_equal(stable_relation_cost(COSTS[1:], 0.9), [[0, 0], [0, 1], [1, 1]])
+
+
+@pytest.mark.parametrize("bad", [0.5, 0.3, 1.01])
+def test_threshold_must_be_a_majority(bad):
+    with pytest.raises(ValueError, match=r"threshold must lie in \(0.5, 1\]"):
+        stable_relation_cost(COSTS, bad)
+
+
+def test_bad_shapes_and_resample_counts_are_refused():
+    with pytest.raises(ValueError, match=r"shape \(B, L_s, L_t\)"):
+        relation_frequency(COSTS[0])
+    with pytest.raises(ValueError, match="resamples must be >= 1"):
+        bootstrap_feature_costs(np.zeros((2, 1)), [0, 1], np.zeros((2, 1)), [0, 1], resamples=0)
+
+
+def test_a_resample_of_identical_rows_is_the_cost_of_the_rows():
+    """Every row of a class equal: each resample draws the same rows, so it is cost_from_features itself (same calls)."""
+    xs = np.repeat([[0.0, 0.0], [3.0, 1.0], [5.0, 5.0]], 4, axis=0)
+    ys = np.repeat([0, 1, 2], 4)
+    xt = np.repeat([[0.5, 0.0], [5.0, 4.0]], 3, axis=0)
+    yt = np.repeat([0, 1], 3)
+    costs = bootstrap_feature_costs(xs, ys, xt, yt, method="mmd", resamples=3, seed=0)
+    bandwidths = mmd_bandwidths(np.concatenate([xs, xt]), seed=0)
+    expected = cost_from_features(xs, ys, xt, yt, method="mmd", bandwidths=bandwidths, normalize="none")
+    assert costs.shape == (3, 3, 2)
+    for cost in costs:
+        np.testing.assert_array_equal(cost, expected)
+
+
+def test_resamples_differ_and_a_seed_repeats_them():
+    rng = np.random.default_rng(0)
+    xs, xt = rng.normal(size=(30, 4)), rng.normal(size=(10, 4))
+    ys, yt = np.repeat([0, 1, 2], 10), np.repeat([0, 1], 5)
+    a = bootstrap_feature_costs(xs, ys, xt, yt, method="centroid", resamples=5, seed=1)
+    b = bootstrap_feature_costs(xs, ys, xt, yt, method="centroid", resamples=5, seed=1)
+    np.testing.assert_array_equal(a, b)  # one seed, one sequence of calls
+    assert len({cost.tobytes() for cost in a}) == 5  # every resample draws other images
+
+
+def test_the_builder_relates_each_target_class_to_its_nearby_source_class(fashion_mnist):
+    """Features placed by hand: source classes at x = 0, 5, 10; Shirt's images at 0 and Coat's at 10.
+
+    Each class's rows are identical, so every resample agrees: Shirt <- T-shirt/top and Coat <- Pullover,
+    0 there and 1 elsewhere (Trouser, 5 away from both, is above either column's mean: its MMD is more
+    than half the 10-away one under every bandwidth of the median heuristic).
+    """
+    train, _ = fashion_mnist
+    names_s, names_t = ["T-shirt/top", "Trouser", "Pullover"], ["Shirt", "Coat"]
+    source, target = jdata.split_by_classes(train, names_s, names_t)
+    place = {"source": np.array([0.0, 5.0, 10.0]), "target": np.array([0.0, 10.0])}
+
+    def predict(ds, fields):
+        y = np.asarray(ds["label"])
+        side = "target" if len(ds) == 2 * 3 else "source"
+        return {"pooler_output": np.stack([place[side][y], np.zeros(len(y))], 1).astype(np.float32)}, y
+
+    inputs = CostInputs(jdata.sample_shots(source, 4, seed=0), jdata.sample_shots(target, 3, seed=0), names_s,
+                        names_t, predict=predict, samples_per_class=4, warmup_steps=500)  # fmt: skip
+    cost, how = build_cost("features-mmd-stable", inputs, "none")
+    np.testing.assert_array_equal(cost, [[0, 1], [1, 1], [1, 0]])
+    assert "Shirt <- T-shirt/top; Coat <- Pullover" in how and "after 500 source-only warm-up steps" in how
+    assert "100 bootstrap resamples" in how
+
+
+def test_describe_names_the_kept_relations():
+    cost = np.array([[0, UNSURE], [0, UNSURE], [1, UNSURE]])
+    assert describe_stability(cost, ["a", "b", "c"], ["x", "y"]) == "x <- a, b; y: none (neutral)"
