@@ -44,6 +44,7 @@ LAYER = {
     "cost.relationship": MODEL,
     "cost.files": MODEL,
     "cost.shuffle": MODEL,
+    "cost.stability": MODEL,
     "data": DATA,
     "data.pools": DATA,
     "data.domains": DATA,
