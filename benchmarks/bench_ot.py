@@ -4,7 +4,7 @@
 Compared, at the same problem and the same number of Sinkhorn iterations (no early stop):
 * ``ours``        -- ``jtln_hf.sinkhorn.wasserstein_loss`` (envelope gradients), inputs checked (one host sync);
 * ``ours-nosync`` -- the same with ``check_inputs=False`` and the solver resolved beforehand, as
-  :class:`jtln_hf.loss.JTLNLoss` calls it in training (no host sync);
+  :class:`jtln_hf.training.loss.JTLNLoss` calls it in training (no host sync);
 * ``ours-tol``    -- ``check_inputs=False`` and ``tol=1e-5``: stops once the row marginals are within
   1e-5, tested every 10 iterations (``--iterations`` is then the maximum);
 * ``pot-batch``   -- ``ot.batch.solve_batch(..., grad="autodiff")``, back-propagating through the iterations;

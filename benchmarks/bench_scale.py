@@ -13,7 +13,7 @@ Measured, alternated round by round so that machine noise hits all alike:
 * ``ot``: the OT term alone, forward + backward: ``wasserstein_loss`` on the softmaxes of
   ``--ot_batch`` rows of source and target logits, the recipe's settings (ε 0.05, 50 iterations,
   the ``entropic`` objective, solver resolved once and ``check_inputs=False``, as
-  as :func:`jtln_hf.loss.jtln_loss` calls it), on the cost built above.
+  as :func:`jtln_hf.training.loss.jtln_loss` calls it), on the cost built above.
 * ``joint``: a backbone step at the same label space: forward + backward + AdamW step of a
   :class:`JointImageClassifier` (timm ``--backbone`` with a 1,000-class source head and a 200-class
   target head) on a batch of ``--batch`` images at ``--image_size`` px, half of them target rows;
@@ -41,7 +41,7 @@ from bench_ot import _profiled_peak_mib
 from bench_step import alternate, build, make_step
 
 from jtln_hf.cost import cost_from_features, normalize_cost
-from jtln_hf.loss import LossSettings
+from jtln_hf.training.loss import LossSettings
 from jtln_hf.sinkhorn import resolve_method, wasserstein_loss
 
 

@@ -6,9 +6,9 @@ All steps run the same model, batch and optimiser; they differ only by the OT te
 (``ot_tol=--tol``, ``--iterations`` the maximum). Steps alternate (joint, jtln, jtln-tol, joint,
 ...) so that machine noise hits all alike; the ratios of the medians are printed. Inputs are
 synthetic tensors (the data loader is the same for all and is left out); the rows are split as
-``JTLNTrainer.compute_loss`` splits them (:func:`jtln_hf.loss.split_rows`), and the loss is called as
-the trainer calls it (:func:`jtln_hf.loss.jtln_loss` with the solver chosen once and the checks read a
-step later, :mod:`jtln_hf.step_state`). On a GPU the script also
+``JTLNTrainer.compute_loss`` splits them (:func:`jtln_hf.training.loss.split_rows`), and the loss is called as
+the trainer calls it (:func:`jtln_hf.training.loss.jtln_loss` with the solver chosen once and the checks read a
+step later, :mod:`jtln_hf.training.state`). On a GPU the script also
 counts the host-device synchronisations of one step of each kind (``torch.cuda.set_sync_debug_mode``).
 
     python benchmarks/bench_step.py                                   # the embedded default, CPU
@@ -25,8 +25,8 @@ import time
 import torch
 
 from jtln_hf import JointImageClassifier, JointImageClassifierConfig
-from jtln_hf.loss import LossSettings, jtln_loss, split_rows, step_stats, wrong_domain_rows
-from jtln_hf.step_state import DeferredCheck, SolverChoice
+from jtln_hf.training.loss import LossSettings, jtln_loss, split_rows, step_stats, wrong_domain_rows
+from jtln_hf.training.state import DeferredCheck, SolverChoice
 
 
 def build(args):

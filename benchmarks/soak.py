@@ -14,7 +14,7 @@ Every step draws, independently:
 
 and trains ``test_resnet`` with AdamW on the embedded Fashion-MNIST split (5 source classes,
 400 images each, and 5 target classes with 5 shots), through the real data path
-(:func:`jtln_hf.data.build_joint_dataset`, timm's training transform, :class:`jtln_hf.loss.JTLNLoss`).
+(:func:`jtln_hf.data.build_joint_dataset`, timm's training transform, :class:`jtln_hf.training.loss.JTLNLoss`).
 
 It asserts, and the exit code says (0 = all held):
 
@@ -47,8 +47,9 @@ import torch  # noqa: E402
 
 from jtln_hf import JointImageClassifier, JointImageClassifierConfig  # noqa: E402
 from jtln_hf import data as jdata  # noqa: E402
-from jtln_hf.cost import FASHION_MNIST_PRIOR_PATH, load_cost, normalize_cost  # noqa: E402
-from jtln_hf.loss import JTLNLoss  # noqa: E402
+from jtln_hf.data.fashion_mnist import FASHION_MNIST_PRIOR_PATH
+from jtln_hf.cost import load_cost, normalize_cost  # noqa: E402
+from jtln_hf.training.loss import JTLNLoss  # noqa: E402
 from jtln_hf.sinkhorn import resolve_method  # noqa: E402
 
 BATCH = 64

@@ -19,7 +19,7 @@ AutoModelForImageClassification.register(JointImageClassifierConfig, JointImageC
 _processors = {"torchvision": JointImageClassifierImageProcessor, "pil": JointImageClassifierImageProcessor}
 AutoImageProcessor.register(JointImageClassifierConfig, image_processor_classes=_processors, exist_ok=True)
 
-from . import hub  # noqa: E402  (`import jtln_hf` then `jtln_hf.hub.save_model_folder(...)`, as the README does)
+from .sharing import hub as _hub  # noqa: E402, F401  (`import jtln_hf` then `jtln_hf.sharing.hub.save_model_folder(...)`)
 
 __all__ = [
     "JointImageClassifierConfig",

@@ -1,5 +1,5 @@
 """The JTLN joint image classifier: one timm backbone, a source head (``source_logits``) and a target head
-(``logits``); the OT objective is ``jtln_hf.loss``. Remote code: imports only torch, timm, transformers and the
+(``logits``); the OT objective is ``jtln_hf.training.loss``. Remote code: imports only torch, timm, transformers and the
 other two model files. Lu, Chen & Saidi, "Optimal Transport for Deep Joint Transfer Learning", arXiv:1709.02995.
 """
 
@@ -12,11 +12,10 @@ from dataclasses import dataclass
 
 import timm
 import torch
-from torch import nn
 from safetensors import safe_open
+from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
-from transformers.utils import cached_file
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, cached_file
 
 from .configuration_jtln import JointImageClassifierConfig, check_cost_matrix
 
@@ -42,7 +41,7 @@ class JointClassifierOutput(ModelOutput):
     Args:
         loss (`torch.Tensor` of shape `()`, *optional*, returned when `labels` is provided):
             Cross-entropy of the target head against `labels` (target classes). The joint JTLN
-            objective is `jtln_hf.loss.JTLNLoss`, which `JTLNTrainer` evaluates; not computed here.
+            objective is `jtln_hf.training.loss.JTLNLoss`, which `JTLNTrainer` evaluates; not computed here.
         logits (`torch.Tensor` of shape `(batch_size, num_labels)`):
             Target-head scores (before softmax), what pipelines read.
         source_logits (`torch.Tensor` of shape `(batch_size, num_source_labels)`):

@@ -41,8 +41,6 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 #: One factor at a time around the default (λ_ot 1, ε 0.05, the column-shifted prior).
 DEFAULT_GRID: dict[str, dict[str, str]] = {
     "default": {},
@@ -99,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def default_grid() -> dict[str, dict[str, str]]:
     """:data:`DEFAULT_GRID` without the objective setting that is already the default."""
-    from jtln_hf.training_args import JTLNTrainingArguments
+    from jtln_hf.training.arguments import JTLNTrainingArguments
 
     default = JTLNTrainingArguments.__dataclass_fields__["ot_objective"].default
     return {name: o for name, o in DEFAULT_GRID.items() if o != {"ot_objective": default}}
@@ -128,13 +126,12 @@ def run_job(job: tuple[str, str, int, list[str]]) -> dict[str, Any]:
     run reads it back instead of training again, so a sweep can be extended (more seeds, more
     settings) or continued after an interruption.
     """
-    from train_jtln import parse_args
-
-    from jtln_hf.arguments import check_arguments
     from jtln_hf.data import load_pools
     from jtln_hf.experiment import plan_experiment
-    from jtln_hf.io import atomic_write_text
+    from jtln_hf.experiment.arguments import check_arguments
+    from jtln_hf.experiment.cli import parse_args
     from jtln_hf.methods import diagnose_model, run_method
+    from jtln_hf.utils.io import atomic_write_text
 
     setting, method, seed, argv = job
     data_args, model_args, jtln_args, args, given, _ = parse_args(argv)
@@ -167,7 +164,7 @@ def run_job(job: tuple[str, str, int, list[str]]) -> dict[str, Any]:
 def summarize_sweep(records: list[dict[str, Any]], settings: list[str]) -> list[dict[str, Any]]:
     """Per setting: validation and test accuracy per seed, and the test difference to joint, paired by seed."""
     from jtln_hf.methods import baseline_method
-    from jtln_hf.stats import paired_difference
+    from jtln_hf.utils.stats import paired_difference
 
     def by_seed(setting: str, key: str) -> dict[int, float]:
         return {r["seed"]: r["metrics"][key] for r in records if r["setting"] == setting}
@@ -213,7 +210,7 @@ def choose_setting(rows: list[dict[str, Any]], grid: dict[str, dict[str, str]]) 
 def _pair(row: dict[str, Any], theirs: dict[str, Any], kind: str) -> None:
     """``row − theirs`` by seed on test and validation, written into ``row`` as ``kind`` (their name),
     ``test_minus_<kind>``, ``validation_minus_<kind>`` and ``<kind>_text``."""
-    from jtln_hf.stats import paired_difference
+    from jtln_hf.utils.stats import paired_difference
 
     test = paired_difference(row["test_accuracy"], theirs["test_accuracy"])
     validation = paired_difference(row["validation_accuracy"], theirs["validation_accuracy"])
@@ -258,9 +255,8 @@ def shuffled_twins(grid: dict[str, dict[str, str]], base: list[str]) -> dict[str
     :data:`RUN_SEED` (each run's own seed). Each setting's flags must have passed the checks. Raises a
     one-line ``ValueError`` when no setting gets a twin.
     """
-    from train_jtln import parse_args
-
-    from jtln_hf.arguments import resolved_cost
+    from jtln_hf.experiment.arguments import resolved_cost
+    from jtln_hf.experiment.cli import parse_args
     from jtln_hf.methods import METHOD_REGISTRY
 
     out: dict[str, dict[str, str]] = {}
@@ -413,7 +409,7 @@ def sweep_figure(rows: list[dict[str, Any]], chosen: str, path: Path, class_name
         cax.set_yticks([])
         cax.set_title("per class − joint", fontsize=10)
     fig.tight_layout()
-    from jtln_hf.io import atomic_write
+    from jtln_hf.utils.io import atomic_write
 
     atomic_write(path, lambda f: fig.savefig(f, dpi=120, format="png"))
     plt.close(fig)
@@ -446,7 +442,7 @@ def plans_figure(rows: list[dict[str, Any]], path: Path, source_names: list[str]
             ax.set_yticks(range(len(source_names)), source_names, fontsize=7)
             ax.set_title(f"{row['setting']}: {title}", fontsize=8)
     fig.tight_layout()
-    from jtln_hf.io import atomic_write
+    from jtln_hf.utils.io import atomic_write
 
     atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
     plt.close(fig)
@@ -475,9 +471,8 @@ def _jobs(grid: dict[str, dict[str, str]], base: list[str], seeds: list[int], ou
 
 def check_jobs(jobs: list[tuple[str, str, int, list[str]]]) -> None:
     """Every run's flags through the recipe's parsing and checks; a one-line ``ValueError`` on the first bad one."""
-    from train_jtln import parse_args
-
-    from jtln_hf.arguments import check_arguments
+    from jtln_hf.experiment.arguments import check_arguments
+    from jtln_hf.experiment.cli import parse_args
 
     for _, _, _, job_argv in jobs:
         parsed = parse_args(job_argv)
@@ -486,9 +481,8 @@ def check_jobs(jobs: list[tuple[str, str, int, list[str]]]) -> None:
 
 def _prior_of(jobs: list[tuple[str, str, int, list[str]]]) -> Path | None:
     """The hand-written prior of the sweep's data (every run reads the same data flags), or None."""
-    from train_jtln import parse_args
-
-    from jtln_hf.cost_builders import data_prior
+    from jtln_hf.cost.builders import data_prior
+    from jtln_hf.experiment.cli import parse_args
 
     return data_prior(parse_args(jobs[0][3])[0].spec())
 
@@ -543,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     if any("shuffled" in row for row in rows):
         caption += (" A setting's shuffled control (\"(shuffled)\", never chosen) has its flags and C's target columns "
                     "permuted by each run's seed (--cost_shuffle_seed): same values, wrong relations.")  # fmt: skip
-    from jtln_hf.io import atomic_write_text
+    from jtln_hf.utils.io import atomic_write_text
 
     table = sweep_markdown(rows, joint_rows, chosen, caption)
     class_names = next((r["target_names"] for r in records if r.get("target_names")), None)

@@ -25,7 +25,7 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 from jtln_hf import JointImageClassifier, JointImageClassifierConfig  # noqa: E402
 from jtln_hf import data as jdata  # noqa: E402
-from jtln_hf.trainer import JTLNTrainer, JTLNTrainingArguments  # noqa: E402
+from jtln_hf.training import JTLNTrainer, JTLNTrainingArguments  # noqa: E402
 
 SOURCE_NAMES = ("T-shirt/top", "Trouser", "Pullover")
 TARGET_NAMES = ("Sandal", "Bag", "Ankle boot", "Coat")

@@ -7,7 +7,7 @@ Each process writes the composition of every batch it trained on; process 0 writ
 loss history and the gathered evaluation predictions. ``--nan_rank`` makes one process's logits
 NaN at one training step (NaN images), for the test that every process then raises.
 ``--refresh_every K`` recomputes C every K steps from the source head's predictions on the labelled
-target rows (:class:`jtln_hf.methods.CostRefresh`), and each process writes the cost it ends with.
+target rows (:class:`jtln_hf.cost.refresh.CostRefresh`), and each process writes the cost it ends with.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from jtln_hf.data import (
     sample_shots,
     split_by_classes,
 )
-from jtln_hf.trainer import JTLNTrainer, JTLNTrainingArguments
+from jtln_hf.training import JTLNTrainer, JTLNTrainingArguments
 
 
 class RecordingTrainer(JTLNTrainer):
@@ -108,8 +108,8 @@ def main() -> None:
     callbacks = []
     if a.refresh_every:
         from jtln_hf.cost import cost_from_relationship
-        from jtln_hf.cost_builders import relationship_of
-        from jtln_hf.methods import CostRefresh
+        from jtln_hf.cost.builders import relationship_of
+        from jtln_hf.cost.refresh import CostRefresh
 
         labelled = target.with_transform(transform)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from jtln_hf.arguments import DataArguments, JTLNArguments, ModelArguments, check_arguments, method_settings, resolved_cost
-from jtln_hf.cost_builders import DEFAULT_COST_WARMUP_STEPS
+from jtln_hf.experiment.arguments import DataArguments, JTLNArguments, ModelArguments, check_arguments, method_settings, resolved_cost
+from jtln_hf.cost.builders import DEFAULT_COST_WARMUP_STEPS
 
 
 def test_default_cost_is_the_prior_on_fashion_mnist_and_features_mmd_elsewhere():
@@ -51,7 +51,7 @@ def test_cotuning_always_warms_the_source_head_up(pretrained):
 def test_the_cli_defaults_are_the_library_defaults():
     """One default per setting: the flag's default is the library's constant, not a copy of it."""
     from jtln_hf.cost.normalize import DEFAULT_NORMALIZATION
-    from jtln_hf.cotuning import DEFAULT_COTUNING_WEIGHT
+    from jtln_hf.training.cotuning import DEFAULT_COTUNING_WEIGHT
 
     jtln = JTLNArguments()
     assert jtln.cost_normalization == DEFAULT_NORMALIZATION == "column"

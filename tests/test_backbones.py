@@ -8,10 +8,11 @@ from safetensors.torch import save_file
 import pytest
 
 from jtln_hf import backbones
-from jtln_hf.arguments import DataArguments, ModelArguments
-from jtln_hf.experiment import ExperimentData, build_config
+from jtln_hf.experiment.arguments import DataArguments, ModelArguments
+from jtln_hf.data.pools import ExperimentData
+from jtln_hf.experiment import build_config
 from jtln_hf.methods import build_model
-from jtln_hf.modelcard import render_model_card
+from jtln_hf.sharing.modelcard import render_model_card
 
 
 def _timm_weights(tmp_path, suffix: str, in_chans: int = 1):

@@ -17,14 +17,14 @@ import torch
 from PIL import Image
 
 from jtln_hf import data as jdata
-from jtln_hf.bad_image_training import STATE_KEY
+from jtln_hf.training.bad_images import STATE_KEY
 from jtln_hf.data import SOURCE, TARGET
 from jtln_hf.data import checks as jchecks
 from jtln_hf.data.bad_images import BAD_IMAGES_FILE, BadImagesError, StandIns
 from jtln_hf.data.sampler import PairedBatchSampler
 from jtln_hf.data.stream import PairedStream
 from jtln_hf.data.stream_source import open_streaming_source, row_identity
-from jtln_hf.trainer import JTLNTrainer
+from jtln_hf.training.trainer import JTLNTrainer
 
 from conftest import make_model, make_trainer
 from test_resume import _StopAt

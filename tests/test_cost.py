@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
+from jtln_hf.data.fashion_mnist import FASHION_MNIST_PRIOR_PATH
 from jtln_hf.cost import (
-    FASHION_MNIST_PRIOR_PATH,
     MMD_BANDWIDTH_MULTIPLIERS,
     cost_from_features,
     cost_from_hierarchy,
@@ -336,7 +336,7 @@ def test_normalize_column_on_a_prior_like_matrix():
 
 def test_normalize_cost_and_every_builder_default_to_the_recipes_normalisation():
     """The library's default normalisation is ``--cost_normalization``'s: ``column``, the same bits."""
-    from jtln_hf.arguments import JTLNArguments
+    from jtln_hf.experiment.arguments import JTLNArguments
     from jtln_hf.cost import DEFAULT_NORMALIZATION, NORMALIZATIONS, cost_from_relationship
 
     assert DEFAULT_NORMALIZATION == JTLNArguments().cost_normalization == "column" and "column" in NORMALIZATIONS

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jtln_hf.cost import FASHION_MNIST_PRIOR_PATH, cheapest_source_agreement, load_cost, shuffle_cost_columns
+from jtln_hf.data.fashion_mnist import FASHION_MNIST_PRIOR_PATH
+
+from jtln_hf.cost import cheapest_source_agreement, load_cost, shuffle_cost_columns
 
 PRIOR = load_cost(FASHION_MNIST_PRIOR_PATH)  # rows T-shirt/top, Trouser, Pullover, Dress, Sneaker
 

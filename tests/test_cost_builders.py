@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from jtln_hf import data as jdata
-from jtln_hf.arguments import DataArguments, JTLNArguments, ModelArguments, check_arguments, resolved_cost
-from jtln_hf.cost import FASHION_MNIST_PRIOR_PATH
-from jtln_hf.cost_builders import (
+from jtln_hf.experiment.arguments import DataArguments, JTLNArguments, ModelArguments, check_arguments, resolved_cost
+from jtln_hf.data.fashion_mnist import FASHION_MNIST_PRIOR_PATH
+from jtln_hf.cost.builders import (
     COST_BUILDERS,
     DEFAULT_FEATURE_COST,
     CostInputs,
@@ -176,3 +176,15 @@ def test_a_registered_cost_is_a_choice_of_the_cli_and_its_flags_follow(request, 
         check_arguments(DataArguments(), ModelArguments(), jtln, {"cost", "cost_normalization"})
     with pytest.raises(ValueError, match="--cost_refresh_steps is only used by"):
         check_arguments(DataArguments(), ModelArguments(), jtln, {"cost", "cost_refresh_steps"})
+
+
+def test_the_prior_is_the_default_only_where_it_names_the_chosen_classes():
+    """The embedded split and any classes the prior names default to it; other classes to the data-driven default
+    (before, the alternative split stopped with "--cost prior ... does not fit these classes", a flag never given)."""
+    assert cost_kind(None, DataArguments().spec()) == "prior"
+    named = DataArguments(source_classes=["Sneaker", "T-shirt/top"], target_classes=["Bag", "Shirt"]).spec()
+    assert cost_kind(None, named) == "prior"
+    alternative = DataArguments(source_classes=["Shirt", "Coat", "Sandal", "Bag", "Ankle boot"],
+                                target_classes=["T-shirt/top", "Trouser", "Pullover", "Dress", "Sneaker"]).spec()
+    assert cost_kind(None, alternative) == DEFAULT_FEATURE_COST
+    assert cost_kind("prior", alternative) == "prior"  # asked for: its own clear error later, not a silent switch

@@ -12,8 +12,8 @@ import pytest
 from safetensors.numpy import load_file
 
 import jtln_hf.cost.shuffle as shuffle_module
+from jtln_hf.data.fashion_mnist import FASHION_MNIST_PRIOR_PATH
 from jtln_hf.cost import (
-    FASHION_MNIST_PRIOR_PATH,
     SHUFFLE_CONTROL,
     column_permutation,
     describe_shuffle,
@@ -22,9 +22,9 @@ from jtln_hf.cost import (
     permute_columns,
     shuffle_cost_columns,
 )
-from jtln_hf.arguments import DataArguments
-from jtln_hf.cost_builders import Cost, plan_cost
-from jtln_hf.methods import resolve_cost
+from jtln_hf.experiment.arguments import DataArguments
+from jtln_hf.cost.builders import Cost, plan_cost
+from jtln_hf.cost.resolve import resolve_cost
 
 from test_recipe_cli import recipe  # recipes/train_jtln.py as a module, loaded once
 
@@ -170,15 +170,15 @@ def test_a_fixed_cost_is_shuffled_after_it_is_normalised():
     prior = normalize_cost(load_cost(FASHION_MNIST_PRIOR_PATH, SOURCE, TARGET), "column")
     cost = plan_cost("prior", spec, normalization="column", warmup_steps=None, samples_per_class=1, pretrained=False,
                      shuffle_seed=4)  # fmt: skip
-    fixed = resolve_cost(cost, spec, exp)
+    fixed = resolve_cost(cost, exp)
     perm = column_permutation(prior, 4)
     assert np.array_equal(fixed.permutation, perm) and np.array_equal(fixed.matrix, prior[:, perm])
     assert fixed.description.endswith(describe_shuffle(4, perm))
     # a refresh passes the first permutation: it is applied as given
-    again = resolve_cost(cost, spec, exp, permutation=np.array([4, 3, 2, 1, 0]))
+    again = resolve_cost(cost, exp, permutation=np.array([4, 3, 2, 1, 0]))
     assert np.array_equal(again.matrix, prior[:, ::-1])
     assert resolve_cost(plan_cost("prior", spec, normalization="column", warmup_steps=None, samples_per_class=1,
-                                  pretrained=False), spec, exp).permutation is None  # fmt: skip
+                                  pretrained=False), exp).permutation is None  # fmt: skip
 
 
 def test_plan_cost_refuses_a_negative_seed_and_a_cost_without_relations():
@@ -217,7 +217,7 @@ def test_the_recipe_trains_and_saves_the_shuffled_normalised_prior(tmp_path):
 
 def test_a_refreshed_cost_keeps_the_first_permutation(tmp_path, monkeypatch, one_intra_op_thread):
     """A relationship cost recomputed at steps 1 and 2 of 3: every build is shuffled by the first build's permutation."""
-    import jtln_hf.methods.predict as predict
+    import jtln_hf.cost.resolve as resolve
 
     built = []
 
@@ -226,8 +226,8 @@ def test_a_refreshed_cost_keeps_the_first_permutation(tmp_path, monkeypatch, one
         built.append(matrix)
         return matrix, how
 
-    build = predict.build_cost
-    monkeypatch.setattr(predict, "build_cost", recording)
+    build = resolve.build_cost
+    monkeypatch.setattr(resolve, "build_cost", recording)
     out = tmp_path / "run"
     argv = [*TINY, "--max_steps", "3", "--cost", "relationship", "--cost_warmup_steps", "1", "--cost_refresh_steps",
             "1", "--cost_shuffle_seed", "5", "--output_dir", str(out)]  # fmt: skip

@@ -14,7 +14,7 @@ from jtln_hf.cost.stability import (
     relation_frequency,
     stable_relation_cost,
 )
-from jtln_hf.cost_builders import CostInputs, build_cost
+from jtln_hf.cost.builders import CostInputs, build_cost
 
 # two resamples of a 3 x 2 cost; column 1 of the first is constant (relates nothing)
 COSTS = np.array([[[0.0, 5.0], [1.0, 5.0], [2.0, 5.0]],    # column means 1 and 5

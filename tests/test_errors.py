@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from jtln_hf import JointImageClassifier
 from jtln_hf import data as jdata
 from jtln_hf.cost import load_cost
-from jtln_hf.loss import JTLNLoss, LossSettings
+from jtln_hf.training.loss import JTLNLoss, LossSettings
 from jtln_hf.sinkhorn import resolve_method, wasserstein_loss
 
 from conftest import make_config, make_model, make_trainer

@@ -13,11 +13,11 @@ from PIL import Image
 from conftest import make_args, write_digits_folder
 from jtln_hf import JointImageClassifier
 from jtln_hf import data as jdata
-from jtln_hf.arguments import DataArguments, JTLNArguments, ModelArguments
+from jtln_hf.experiment.arguments import DataArguments, JTLNArguments, ModelArguments
 from jtln_hf.data import load_pools, prepare_data
 from jtln_hf.experiment import build_config, plan_experiment
 from jtln_hf.methods import run_method
-from jtln_hf.trainer import JTLNTrainer
+from jtln_hf.training.trainer import JTLNTrainer
 
 
 def _paths(ds: datasets.Dataset) -> set[str]:
@@ -239,7 +239,7 @@ def test_relationship_and_constant_costs_run(tmp_path, cost):
 def test_training_augmentation_is_salted_with_the_run_seed(small_split):
     import torch
 
-    from jtln_hf.methods import _with_transform
+    from jtln_hf.methods.stages import _with_transform
 
     config = __import__("conftest").make_config()
     rows = small_split["source"].select(range(4))
@@ -258,7 +258,7 @@ def test_cotuning_adds_the_soft_source_term_with_the_relationship(tmp_path):
     import torch
 
     from conftest import make_model, make_trainer
-    from jtln_hf.cotuning import CoTuningTrainer
+    from jtln_hf.training.cotuning import CoTuningTrainer
 
     model = make_model(num_target=2, num_source=3)
     relationship = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])

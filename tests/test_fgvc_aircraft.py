@@ -296,7 +296,7 @@ def test_boeing_and_airbus_targets_are_disjoint():
 
 def test_the_recipe_splits_the_archive_by_variant(archive):
     """``--dataset fgvc-aircraft --dataset_root DIR --label_column variant``: the paper's shape, banner-free."""
-    from jtln_hf.arguments import DataArguments
+    from jtln_hf.experiment.arguments import DataArguments
     from jtln_hf.data import load_pools, prepare_data
 
     data_args = DataArguments(dataset="fgvc-aircraft", dataset_root=str(archive.parent), label_column="variant",

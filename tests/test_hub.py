@@ -34,7 +34,7 @@ from transformers import dynamic_module_utils, pipeline
 
 import jtln_hf
 from jtln_hf import ClassPrediction, JointImageClassifierImageProcessor
-from jtln_hf.hub import HubPushError, check_can_push, push_model_folder, save_model_folder
+from jtln_hf.sharing.hub import HubPushError, check_can_push, push_model_folder, save_model_folder
 
 PACKAGE = Path(jtln_hf.__file__).parent
 CODE_FILES = ("configuration_jtln.py", "modeling_jtln.py", "image_processing_jtln.py")

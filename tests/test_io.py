@@ -1,4 +1,4 @@
-"""Nothing half-written: jtln_hf.io's atomic writers under injected failures, checkpoint choice, no pickle.
+"""Nothing half-written: jtln_hf.utils.io's atomic writers under injected failures, checkpoint choice, no pickle.
 
 Each failure is injected *inside* the write (after part of the new content is on disk) and the
 test asserts what a reader would see afterwards: the previous version, byte for byte, and no
@@ -18,8 +18,9 @@ import torch
 import transformers.modeling_utils
 
 import jtln_hf
-from jtln_hf import JointImageClassifier, io as jio
-from jtln_hf.modelcard import render_model_card, save_model_card
+from jtln_hf import JointImageClassifier
+from jtln_hf.utils import io as jio
+from jtln_hf.sharing.modelcard import render_model_card, save_model_card
 
 from conftest import make_model
 
@@ -85,7 +86,7 @@ def test_write_callback_failure_leaves_nothing_half_written(tmp_path):
 def test_figures_are_saved_through_atomic_write(tmp_path, monkeypatch):
     from matplotlib.figure import Figure
 
-    from jtln_hf import figures
+    from jtln_hf.sharing import figures
 
     target = tmp_path / "cost_matrix.png"
     figures.plot_cost_matrix([[0.0, 1.0], [1.0, 0.0]], ["a", "b"], ["c", "d"], target)
@@ -298,7 +299,7 @@ def test_no_pickle_load_anywhere_in_the_package():
 def test_written_files_and_folders_get_the_usual_permissions(tmp_path):
     import stat
 
-    from jtln_hf.io import atomic_write_dir, atomic_write_text
+    from jtln_hf.utils.io import atomic_write_dir, atomic_write_text
 
     old = os.umask(0o022)
     try:

@@ -24,7 +24,7 @@ from tolerances import euclidean_distance_atol, gamma, mmd2_atol, unit_roundoff
 from jtln_hf import JointImageClassifier
 from jtln_hf.cost import cost_from_features, normalize_cost
 from jtln_hf.cost.features import _mmd2_cost, compute_class_pairwise, mmd2
-from jtln_hf.cost_builders import CostInputs, build_cost
+from jtln_hf.cost.builders import CostInputs, build_cost
 from jtln_hf.sinkhorn import transport_plan, wasserstein_loss
 
 LS, LT, PER_CLASS, DIM = 1000, 200, 3, 16

@@ -1,5 +1,5 @@
-"""Tests for jtln_hf.loss (LossSettings, jtln_loss, JTLNLoss) against the objective written out by hand,
-and for what the trainer keeps beside it (jtln_hf.step_state: the solver per cost, the deferred check).
+"""Tests for jtln_hf.training.loss (LossSettings, jtln_loss, JTLNLoss) against the objective written out by hand,
+and for what the trainer keeps beside it (jtln_hf.training.state: the solver per cost, the deferred check).
 
 Reference: cross-entropy as ``-log_softmax`` picked at the label (float64), and the OT term from
 POT: ``ot.sinkhorn(a, b, C, reg=eps)`` gives the entropic plan gamma for each target row,
@@ -15,9 +15,9 @@ import torch
 from conftest import ce_by_hand, objective_by_hand, ot_by_hand
 from tolerances import cross_entropy_atol, sinkhorn_value_atol
 
-from jtln_hf.loss import JTLNLoss, LossSettings, jtln_loss, rows_of, split_rows, step_stats
+from jtln_hf.training.loss import JTLNLoss, LossSettings, jtln_loss, rows_of, split_rows, step_stats
 from jtln_hf.sinkhorn import resolve_method
-from jtln_hf.step_state import DeferredCheck, SolverChoice
+from jtln_hf.training.state import DeferredCheck, SolverChoice
 
 L_S, L_T = 4, 3
 
@@ -201,7 +201,7 @@ def test_row_positions_given_or_found_give_the_same_loss():
 
 def test_solver_resolved_once_per_cost_version(monkeypatch):
     """SolverChoice (the trainer's) reads the cost's range once (a host sync on a GPU), again only when it changes."""
-    import jtln_hf.loss as loss_module
+    import jtln_hf.training.loss as loss_module
 
     calls = []
     real = loss_module.resolve_method

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 from conftest import make_args
 
-from jtln_hf.arguments import DataArguments, JTLNArguments, ModelArguments, check_arguments
+from jtln_hf.experiment.arguments import DataArguments, JTLNArguments, ModelArguments, check_arguments
 from jtln_hf.experiment import plan_experiment
 from jtln_hf.methods import (
     METHOD_REGISTRY,
@@ -18,7 +18,7 @@ from jtln_hf.methods import (
     run_method,
     train_target_only,
 )
-from jtln_hf.results import results_markdown, summarize
+from jtln_hf.experiment.results import results_markdown, summarize
 
 
 def test_registry_holds_the_paper_methods_and_the_baseline_in_order():
@@ -38,7 +38,7 @@ def test_the_budget_text_is_a_fact_of_the_registration():
 
 
 def test_method_names_are_read_at_call_time(request):
-    from jtln_hf.method_styles import METHOD_STYLES
+    from jtln_hf.utils.styles import METHOD_STYLES
 
     request.addfinalizer(lambda: (METHOD_REGISTRY.pop("late", None), METHOD_STYLES.pop("late", None)))
     register_method("late", "a late method", "late", "tab:olive")(lambda run: None)

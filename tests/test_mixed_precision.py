@@ -13,8 +13,8 @@ import torch
 from conftest import make_model, make_trainer, objective_by_hand
 from tolerances import cross_entropy_atol, sinkhorn_value_atol
 
-import jtln_hf.trainer
-from jtln_hf.loss import JTLNLoss
+import jtln_hf.training.trainer
+from jtln_hf.training.loss import JTLNLoss
 
 
 def test_bf16_training_is_finite_and_moves_the_weights(small_split, tmp_path, monkeypatch):
@@ -28,7 +28,7 @@ def test_bf16_training_is_finite_and_moves_the_weights(small_split, tmp_path, mo
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainer = make_trainer(model, small_split["joint"], tmp_path, bf16=True, max_steps=4, ot_loss_weight=1.0)
     seen = []
-    real = jtln_hf.trainer.jtln_loss
+    real = jtln_hf.training.trainer.jtln_loss
 
     def spy(logits, source_logits, *args, **kwargs):
         parts = real(logits, source_logits, *args, **kwargs)
@@ -36,7 +36,7 @@ def test_bf16_training_is_finite_and_moves_the_weights(small_split, tmp_path, mo
         seen.append((in_bf16, {k: v.dtype for k, v in parts.items()}))
         return parts
 
-    monkeypatch.setattr(jtln_hf.trainer, "jtln_loss", spy)
+    monkeypatch.setattr(jtln_hf.training.trainer, "jtln_loss", spy)
     trainer.train()
     assert len(seen) == 4
     for in_bf16, part_dtypes in seen:

@@ -22,10 +22,10 @@ from huggingface_hub import HfApi, ModelCard, RepoUrl
 from PIL import Image
 
 import jtln_hf
-from jtln_hf import figures, modelcard
-from jtln_hf.arguments import DataArguments, JTLNArguments, ModelArguments, method_settings
+from jtln_hf.sharing import figures, modelcard
+from jtln_hf.experiment.arguments import DataArguments, JTLNArguments, ModelArguments, method_settings
 from jtln_hf.methods import METHOD_REGISTRY, RunResult
-from jtln_hf.modelcard import (
+from jtln_hf.sharing.modelcard import (
     COMPARE_FIGURE,
     COST_FIGURE,
     NORMALIZATION_TEXT,
@@ -42,7 +42,8 @@ from jtln_hf.modelcard import (
     training_hyperparameters,
     write_model_card,
 )
-from jtln_hf.results import save_model, summarize, write_results
+from jtln_hf.experiment.results import summarize, write_results
+from jtln_hf.sharing.folder import save_model
 from jtln_hf.sinkhorn import mean_transport_plan, transport_plan
 
 SUMMARY = {

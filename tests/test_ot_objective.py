@@ -34,7 +34,7 @@ from ot.batch import solve_batch
 from test_ot_fast import peaked_problem
 from tolerances import sinkhorn_potential_error, sinkhorn_value_atol, softmax_backward_bound
 
-from jtln_hf.loss import JTLNLoss
+from jtln_hf.training.loss import JTLNLoss
 from jtln_hf.sinkhorn import OBJECTIVES, check_settings, transport_plan, wasserstein_loss
 
 METHODS = ("kernel", "log")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from jtln_hf.io import RUN_SETTINGS
+from jtln_hf.utils.io import RUN_SETTINGS
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--mode", "finetune", "--seeds", "0", "--shots", "1", "--max_steps", "1", "--max_eval_samples", "10",

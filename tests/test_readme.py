@@ -1,9 +1,11 @@
-"""Every code block of README.md runs as written: bash and python, offline, in a temporary folder.
+"""Every code block of README.md and of the docs/ pages runs as written: bash and python, offline, in a temp folder.
 
-The blocks run in README order in one temporary folder (``recipes/`` and ``tests/`` linked into
-it), so a block finds what an earlier one wrote, as a reader following the README would:
-"Load and predict" loads the model that ``make demo`` wrote. The only changes are the small-run
-overrides the README's "Tests" section documents:
+The blocks run in one temporary folder (``recipes/`` and ``tests/`` linked into it): README.md's first,
+in README order, then each page of ``docs/`` in name order (:data:`PAGES`), each in its own order, so a
+block finds what an earlier one wrote, as a reader following the README, then a page, would: the
+README's "Load and predict" and the blocks of docs/sharing.md load the model that the README's
+``make demo`` wrote. The only changes are the small-run overrides that docs/design.md's "Tests"
+section documents:
 
 * a ``recipes/train_jtln.py`` command gets :data:`SMALL_RUN` appended (and :data:`WARMUP` when
   the run reads a warm-up, :data:`SAMPLES` when it computes a features-* cost) and runs in this process (the recipe's ``main`` with the line's
@@ -16,7 +18,7 @@ overrides the README's "Tests" section documents:
 A command that cannot run offline or in minutes matches one rule of :data:`NOT_RUN`, with its
 reason and a substitute check that goes as far as offline allows (the flags parse, the Hub call
 replaced, the files it reads exist). A command that matches no rule is run; one that cannot be
-run fails the test. The README's "Tests" section names every rule.
+run fails the test. docs/design.md's "Tests" section names every rule.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ from huggingface_hub.utils import filter_repo_objects
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+#: The pages whose blocks run, in this order: the README, then every page of docs/ by name.
+PAGES = [README, *sorted((REPO / "docs").glob("*.md"))]
+#: Where the "Tests" section lives: the rules of NOT_RUN and the overrides are named there.
+TESTS_SECTION = REPO / "docs" / "design.md"
 RECIPE = "recipes/train_jtln.py"
 #: The small-run overrides of a recipe command: 2 steps per stage, one seed, 64 test images.
 SMALL_RUN = ["--max_steps", "2", "--seeds", "0", "--max_eval_samples", "64"]
@@ -76,23 +82,33 @@ recipe = _load("train_jtln_readme", REPO / RECIPE)
 class Block:
     lang: str
     code: str
-    line: int  # of the opening fence in README.md
+    line: int  # of the opening fence in its page
+    page: Path = README
 
     @property
-    def id(self) -> str:
-        return f"{self.lang}-L{self.line}"
+    def where(self) -> str:
+        return f"{self.page.relative_to(REPO)} line {self.line}"
+
+    @property
+    def id(self) -> str:  # README-bash-L22, sharing-python-L12
+        return f"{self.page.stem}-{self.lang}-L{self.line}"
 
 
-def readme_blocks() -> list[Block]:
-    """Every fenced block of README.md with a language, dedented (a block may sit in a list item)."""
-    text = README.read_text()
+def page_blocks(page: Path) -> list[Block]:
+    """Every fenced block of a page with a language, dedented (a block may sit in a list item)."""
+    text = page.read_text()
     blocks = []
     for match in re.finditer(r"^( *)```(\w*)\n(.*?)^\1```$", text, re.S | re.M):
         indent, lang, body = match.groups()
         if lang:
             code = "\n".join(line[len(indent):] for line in body.splitlines())
-            blocks.append(Block(lang, code, text[: match.start()].count("\n") + 1))
+            blocks.append(Block(lang, code, text[: match.start()].count("\n") + 1, page))
     return blocks
+
+
+def readme_blocks() -> list[Block]:
+    """The blocks of every page of :data:`PAGES`, in the order they run."""
+    return [block for page in PAGES for block in page_blocks(page)]
 
 
 def commands(code: str) -> list[list[str]]:
@@ -107,21 +123,23 @@ def _after(tokens: list[str], word: str) -> list[str]:
 
 # ----------------------------------------------------------------------------- the small runs
 def _reads_warmup(argv: list[str]) -> bool:
-    from jtln_hf.arguments import resolved_cost
+    from jtln_hf.experiment.arguments import resolved_cost
+    from jtln_hf.experiment.cli import parse_args
     from jtln_hf.methods import METHOD_REGISTRY
 
-    data, model, jtln, *_ = recipe.parse_args(argv)
+    data, model, jtln, *_ = parse_args(argv)
     methods = [METHOD_REGISTRY[m] for m in jtln.run_methods]
     return any("cost_warmup_steps" in m.flags and not m.uses_ot for m in methods) or (
         any(m.uses_ot for m in methods) and resolved_cost(data, model, jtln).warmup_steps > 0)  # fmt: skip
 
 
 def _reads_samples(argv: list[str]) -> bool:
-    from jtln_hf.arguments import resolved_cost
-    from jtln_hf.cost_builders import COST_BUILDERS
+    from jtln_hf.cost.builders import COST_BUILDERS
+    from jtln_hf.experiment.arguments import resolved_cost
+    from jtln_hf.experiment.cli import parse_args
     from jtln_hf.methods import METHOD_REGISTRY
 
-    data, model, jtln, *_ = recipe.parse_args(argv)
+    data, model, jtln, *_ = parse_args(argv)
     if "--cost_samples_per_class" in argv or not any(METHOD_REGISTRY[m].uses_ot for m in jtln.run_methods):
         return False
     builder = COST_BUILDERS.get(resolved_cost(data, model, jtln).kind)
@@ -165,7 +183,7 @@ class Workspace:
     log: list[str] = field(default_factory=list)
 
     def run_until(self, index: int) -> None:
-        """Run blocks 0..index not yet run, in README order; each one's failure is kept for its own test."""
+        """Run blocks 0..index not yet run, in page order; each one's failure is kept for its own test."""
         for k in range(index + 1):
             if k not in self.outcomes:
                 try:
@@ -181,16 +199,16 @@ class Workspace:
             for tokens in commands(block.code):
                 self.run_command(tokens)
         else:
-            raise AssertionError(f"README.md line {block.line}: a ```{block.lang} block: the test runs python and bash")
+            raise AssertionError(f"{block.where}: a ```{block.lang} block: the test runs python and bash")
 
     def run_python(self, block: Block) -> None:
         code = re.sub(r"\bmax_steps=\d+", "max_steps=2", block.code)
-        script = self.root / f"block_L{block.line}.py"
+        script = self.root / f"block_{block.page.stem}_L{block.line}.py"
         script.write_text(PREAMBLE + "\n" + code + "\n")
         proc = subprocess.run([sys.executable, script.name], cwd=self.root, env=ENV, capture_output=True, text=True,
                               timeout=600)  # fmt: skip
         self.log.append(proc.stdout)
-        assert proc.returncode == 0, f"README.md line {block.line}:\n{proc.stderr[-3000:]}"
+        assert proc.returncode == 0, f"{block.where}:\n{proc.stderr[-3000:]}"
         if "push_model_folder(" in code:  # it reached the (replaced) upload
             assert "PUSHED" in proc.stdout, proc.stdout[-2000:]
         for folder in re.findall(r'save_model_folder\(model, "([^"]+)"\)', code):  # what pipeline(...) needs
@@ -225,8 +243,10 @@ class Workspace:
 # --------------------------------------------------------------------------- what is not run
 def _flags_parse(argv: list[str]) -> None:
     """The recipe's parser knows every flag and converts every value (no dataclass built: e.g. --bf16 on a CPU)."""
+    from jtln_hf.experiment.cli import build_parser
+
     argv = [arg for arg in argv if arg != "..."]
-    _, unknown = recipe.build_parser().parse_known_args(argv)
+    _, unknown = build_parser().parse_known_args(argv)
     assert not unknown, f"unknown flags {unknown}"
 
 
@@ -285,7 +305,9 @@ def _push(ws: Workspace, tokens: list[str]) -> None:
     with pytest.MonkeyPatch.context() as mp:
         _fake_hub(mp, calls)
         ws.recipe(argv)
-    out = Path(recipe.parse_args(argv)[3].output_dir)
+    from jtln_hf.experiment.cli import parse_args
+
+    out = Path(parse_args(argv)[3].output_dir)
     space = _after(tokens, "--push_space")[0] if "--push_space" in tokens else None
     assert [c[0] for c in calls] == ["create_repo", "upload_folder"] * (3 if space else 2)
     assert calls[1][2] == str(out / "model") and not [f for f in calls[1][3] if f.startswith("timm/")]
@@ -331,7 +353,7 @@ def _demo_app(ws: Workspace, tokens: list[str]) -> None:
     """The demo's server: its flags parse (``app.py ... --help`` exits 0 and names them); serving and a
     browser's upload are tests/test_demo_browser.py."""
     app = ws.root / tokens[1]
-    assert app.is_file(), f"{tokens[1]}: no demo (the model folder is written by the make demo block above)"
+    assert app.is_file(), f"{tokens[1]}: no demo (the model folder is written by the README's make demo block)"
     done = subprocess.run([sys.executable, str(app), *tokens[2:], "--help"], cwd=ws.root, env=ENV,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0 and "--host" in done.stdout and "--port" in done.stdout, done.stderr[-2000:]
@@ -388,14 +410,16 @@ def workspace(tmp_path_factory, digits_folder) -> Workspace:
     return Workspace(root, BLOCKS)
 
 
-def test_the_readme_has_python_and_bash_blocks_only():
+def test_the_pages_have_python_and_bash_blocks_only():
     assert {b.lang for b in BLOCKS} == {"python", "bash"}, {b.lang for b in BLOCKS}
-    assert len(BLOCKS) >= 12
+    assert len(BLOCKS) >= 20 and {b.lang for b in BLOCKS if b.page == README} == {"python", "bash"}
+    # every page the README links to that holds commands has them run (docs/results.md, cli.md, ...)
+    assert {b.page.name for b in BLOCKS} >= {"README.md", "cli.md", "results.md", "scale.md", "sharing.md", "errors.md"}
 
 
-def test_every_rule_is_named_in_the_readme_tests_section():
-    """The README says what is not run and why; this test and that text must not drift apart."""
-    section = README.read_text().split("\n## Tests\n")[1]
+def test_every_rule_is_named_in_the_docs_tests_section():
+    """docs/design.md's "Tests" says what is not run and why; this test and that text must not drift apart."""
+    section = TESTS_SECTION.read_text().split("\n## Tests\n")[1].split("\n## ")[0]
     for rule, (reason, _, _) in NOT_RUN.items():
         assert f"`{rule}`" in section, rule
     assert shlex.join(SMALL_RUN) in section and shlex.join(WARMUP) in section and "max_steps=2" in section

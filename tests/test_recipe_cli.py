@@ -145,8 +145,8 @@ def test_help_leads_with_the_description_examples_and_jtln_flags():
 
 def test_help_lists_methods_and_costs_registered_before_the_parser_is_built(request, tmp_path):
     """--help is built from the registries at call time: a user's late registrations are listed and accepted."""
-    from jtln_hf.cost_builders import COST_BUILDERS, register_cost
-    from jtln_hf.method_styles import METHOD_STYLES
+    from jtln_hf.cost.builders import COST_BUILDERS, register_cost
+    from jtln_hf.utils.styles import METHOD_STYLES
     from jtln_hf.methods import METHOD_REGISTRY, register_method
 
     def forget():
@@ -189,7 +189,7 @@ def test_given_flags_come_from_the_command_line_and_the_config(tmp_path):
 
 @pytest.mark.parametrize("name", ["fashion_mnist.yaml", "fgvc_aircraft_boeing.yaml", "fgvc_aircraft_airbus.yaml"])
 def test_shipped_configs_parse_and_pass_the_cross_checks(name):
-    from jtln_hf.arguments import check_arguments
+    from jtln_hf.experiment.arguments import check_arguments
 
     path = REPO / "recipes" / "configs" / name
     data, model, jtln, training, given, _ = recipe.parse_args(["--config", str(path), "--bf16", "false"])  # CPU
@@ -201,9 +201,13 @@ def test_shipped_configs_parse_and_pass_the_cross_checks(name):
 def test_workers_default_to_the_cpus_unless_given(tmp_path, monkeypatch):
     """Without --dataloader_num_workers the recipe asks default_num_workers (prefetching, not persistent workers);
     a flag on the command line or in --config is kept as given, and settings.json records neither."""
-    from jtln_hf.arguments import run_settings
+    from jtln_hf.experiment import cli
+    from jtln_hf.experiment.arguments import run_settings
 
-    monkeypatch.setattr(recipe, "default_num_workers", lambda: 3)
+    monkeypatch.setattr(cli, "default_num_workers", lambda: 3)
+    help_text = " ".join(recipe.build_parser().format_help().split())
+    assert "loads in the training process), with 2 batches prefetched each; the batches do not depend on it. " \
+           "(default: 3)" in help_text  # --help states the default a run here uses, not TrainingArguments' 0
     data, model, jtln, training, given, _ = recipe.parse_args(["--output_dir", str(tmp_path)])
     assert (training.dataloader_num_workers, training.dataloader_persistent_workers,
             training.dataloader_prefetch_factor) == (3, False, 2)  # fmt: skip

@@ -143,7 +143,7 @@ def test_push_space_loads_the_model_at_the_pushed_revision(pushed_run):
     _, repo_id, files, kwargs = upload
     assert kwargs["repo_type"] == "space"
     assert repo_id == SPACE_ID
-    assert {"README.md", "app.py", "demo.json", "requirements.txt", "jtln_hf/__init__.py", "jtln_hf/figures.py",
+    assert {"README.md", "app.py", "demo.json", "requirements.txt", "jtln_hf/__init__.py", "jtln_hf/sharing/figures.py",
             "jtln_hf/sinkhorn/api.py", *EXAMPLES} <= set(files)  # fmt: skip
     assert not [name for name in files if "__pycache__" in name or name.endswith(".pyc")]
     assert files["app.py"] == (out / "model" / "app.py").read_bytes()

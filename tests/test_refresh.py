@@ -1,4 +1,4 @@
-"""--cost_refresh_steps: a model cost recomputed from the current backbone every K steps (jtln_hf.methods.refresh)."""
+"""--cost_refresh_steps: a model cost recomputed from the current backbone every K steps (jtln_hf.cost.refresh)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from jtln_hf.methods import CostRefresh, relative_change
+from jtln_hf.cost.refresh import CostRefresh, relative_change
 
 from conftest import default_cost, make_model, make_trainer
 
@@ -141,7 +141,7 @@ def test_a_refresh_reads_the_weights_of_its_step(tmp_path, monkeypatch):
     """
     from test_recipe_cli import recipe
 
-    from jtln_hf.methods import plans
+    from jtln_hf.methods import builtins
 
     refreshes: list[CostRefresh] = []
 
@@ -154,7 +154,7 @@ def test_a_refresh_reads_the_weights_of_its_step(tmp_path, monkeypatch):
             self.model = model
             return super().on_step_end(args, state, control, model=model, **kwargs)
 
-    monkeypatch.setattr(plans, "CostRefresh", Recorded)
+    monkeypatch.setattr(builtins, "CostRefresh", Recorded)
     out = tmp_path / "run"
     assert recipe.main([*COMMAND[2:], "--output_dir", str(out)]) == 0
     (refresh,) = refreshes

@@ -38,7 +38,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from jtln_hf import data as jdata
-from jtln_hf.io import latest_complete_checkpoint
+from jtln_hf.utils.io import latest_complete_checkpoint
 
 from conftest import make_model, make_trainer
 

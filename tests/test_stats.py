@@ -17,11 +17,11 @@ from matplotlib.collections import PathCollection
 from matplotlib.container import ErrorbarContainer
 from PIL import Image
 
-from jtln_hf import figures
+from jtln_hf.sharing import figures
 from jtln_hf.methods import METHOD_REGISTRY, RunResult
-from jtln_hf.results import summarize, write_results
-from jtln_hf.modelcard import COMPARE_FIGURE, write_model_card
-from jtln_hf.stats import paired_difference, paired_summary
+from jtln_hf.experiment.results import summarize, write_results
+from jtln_hf.sharing.modelcard import COMPARE_FIGURE, write_model_card
+from jtln_hf.utils.stats import paired_difference, paired_summary
 
 JOINT = [0.861, 0.874, 0.880, 0.869, 0.877]
 DIFF_POINTS = [-0.2, 1.2, 1.0, 0.9, 0.8]  # JTLN - joint, percentage points

@@ -25,7 +25,7 @@ from jtln_hf.data import FASHION_MNIST_DATA_CONFIG, build_transform, make_batch_
 from jtln_hf.data.stream import PairedStream
 from jtln_hf.data.stream_loader import STREAM_STATE_FILE
 from jtln_hf.data.stream_source import open_streaming_source
-from jtln_hf.io import latest_complete_checkpoint
+from jtln_hf.utils.io import latest_complete_checkpoint
 
 from conftest import make_model, make_trainer
 from test_recipe_cli import _fails

@@ -176,7 +176,8 @@ def test_a_shuffled_sweep_end_to_end(tiny_sweep):
     assert list(result["grid"]) == ["ot_loss_weight=0.3", SHUFFLED, "cost=constant"]  # no twin for the constant C
     assert result["chosen"] != SHUFFLED
     runs = {(r["setting"], r["seed"]): r for r in result["runs"]}
-    from jtln_hf.cost import FASHION_MNIST_PRIOR_PATH, column_permutation, load_cost, normalize_cost
+    from jtln_hf.data.fashion_mnist import FASHION_MNIST_PRIOR_PATH
+    from jtln_hf.cost import column_permutation, load_cost, normalize_cost
 
     prior = normalize_cost(load_cost(FASHION_MNIST_PRIOR_PATH, result["runs"][0]["source_names"],
                                      result["target_names"]), "column")  # fmt: skip

@@ -83,7 +83,8 @@ def test_saved_model_and_card_reload_in_fresh_process(compare_run):
     assert "Ankle boot" in card and "T-shirt/top" in card and "normalisation: column" in card
     code = f"""
 import json, numpy as np
-from jtln_hf.cost import FASHION_MNIST_PRIOR_PATH, load_cost, normalize_cost
+from jtln_hf.data.fashion_mnist import FASHION_MNIST_PRIOR_PATH
+from jtln_hf.cost import load_cost, normalize_cost
 from transformers import AutoModelForImageClassification
 import jtln_hf
 m = AutoModelForImageClassification.from_pretrained({str(model_dir)!r})

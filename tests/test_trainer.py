@@ -24,8 +24,8 @@ import jtln_hf
 from jtln_hf import JointImageClassifier, JointImageClassifierConfig
 from jtln_hf import data as jdata
 from jtln_hf.cost import load_cost
-from jtln_hf.loss import JTLNLoss
-from jtln_hf.trainer import JTLNTrainer
+from jtln_hf.training.loss import JTLNLoss
+from jtln_hf.training.trainer import JTLNTrainer
 
 # a backbone without BatchNorm (LayerNorm only): its gradients do not depend on how rows are
 # split into batches, which makes "accumulated == one big batch" an exact statement
@@ -92,13 +92,13 @@ def test_training_selects_rows_from_the_sampler_composition(small_split, tmp_pat
     assert trainer._train_composition == (8, 2)
     assert batch["domain"].tolist() == [0, 0, 1, 1, 1, 1, 1, 1]  # the sampler's documented order: source rows first
     seen = {}
-    real = jtln_hf.trainer.jtln_loss
+    real = jtln_hf.training.trainer.jtln_loss
 
     def spy(*args, **kwargs):
         seen.update(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(jtln_hf.trainer, "jtln_loss", spy)
+    monkeypatch.setattr(jtln_hf.training.trainer, "jtln_loss", spy)
     model.eval()  # BatchNorm on running statistics, so both losses see the same logits ...
     model.training = True  # ... while compute_loss takes its training path
     loss = trainer.compute_loss(model, batch)
@@ -411,7 +411,7 @@ def fashion_mnist_task(fashion_mnist, eval_transform):
     source, target = jdata.sample_shots(source, 400, seed=0), jdata.sample_shots(target, 20, seed=0)
     _, target_test = jdata.split_by_classes(test, source_names, target_names)
     target_test = jdata.sample_shots(target_test, 200, seed=0)
-    cost = load_cost(Path(jtln_hf.__file__).parent / "resources" / "fashion_mnist_prior.csv",
+    cost = load_cost(Path(jtln_hf.__file__).parent / "data" / "fashion_mnist_prior.csv",
                      source_names, target_names)
     return {
         "joint": jdata.build_joint_dataset(source, target).with_transform(eval_transform),

@@ -30,10 +30,7 @@ from .features import (
     mmd_bandwidths,
     wasserstein2,
 )
-from .files import (
-    FASHION_MNIST_PRIOR_PATH,
-    load_cost,
-)
+from .files import load_cost
 from .normalize import COST_NORMALIZATIONS, DEFAULT_NORMALIZATION, NORMALIZATIONS, normalize_cost, validate_cost
 from .priors import cost_from_hierarchy, cost_from_relation
 from .relationship import category_relationship, cost_from_relationship
@@ -46,7 +43,6 @@ __all__ = [
     "SHUFFLE_CONTROL",
     "FEATURE_COST_METHODS",
     "MMD_BANDWIDTH_MULTIPLIERS",
-    "FASHION_MNIST_PRIOR_PATH",
     "category_relationship",
     "cheapest_source_agreement",
     "column_permutation",

@@ -8,9 +8,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from scipy.spatial.distance import pdist
 
-
 from .normalize import COST_NORMALIZATIONS, DEFAULT_NORMALIZATION, _check_method, _to_numpy, normalize_cost
-
 
 FEATURE_COST_METHODS = ("ot", "mmd", "centroid")
 #: Gaussian-kernel bandwidths of the multi-kernel MMD, as multiples of the median

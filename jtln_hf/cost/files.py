@@ -9,13 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-
 from .normalize import COST_NORMALIZATIONS, _check_labels_shape, _check_method, _check_unique, normalize_cost
-
-
-#: Hand-written prior for the embedded Fashion-MNIST split (rows source, columns target), labelled CSV.
-FASHION_MNIST_PRIOR_PATH = Path(__file__).resolve().parent.parent / "resources" / "fashion_mnist_prior.csv"
-
 
 # --------------------------------------------------------------------------- files
 

@@ -9,7 +9,6 @@ import numpy as np
 
 from ..configuration_jtln import check_cost_matrix
 
-
 #: Each normalisation of C and what it does, in a few words (CLI help, the cost figure's title, the model card).
 NORMALIZATIONS = {
     "none": "not rescaled",

@@ -7,9 +7,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-
 from .normalize import DEFAULT_NORMALIZATION, _check_unique, normalize_cost
-
 
 # --------------------------------------------------------------------------- relation / hierarchy
 

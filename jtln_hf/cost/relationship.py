@@ -6,10 +6,15 @@ from typing import Any
 
 import numpy as np
 
-
 from .features import _group_by_class
-from .normalize import COST_NORMALIZATIONS, DEFAULT_NORMALIZATION, _check_finite, _check_method, _to_numpy, normalize_cost
-
+from .normalize import (
+    COST_NORMALIZATIONS,
+    DEFAULT_NORMALIZATION,
+    _check_finite,
+    _check_method,
+    _to_numpy,
+    normalize_cost,
+)
 
 # --------------------------------------------------------------------------- relationship
 

@@ -21,8 +21,8 @@ from .fgvc_aircraft import FGVC_AIRCRAFT, load_fgvc_aircraft
 from .joint import build_joint_dataset
 from .known import KNOWN_DATASETS, KnownDataset, known_dataset, register_known_dataset
 from .pools import DataPools, DataSpec, ExperimentData, load_pools, prepare_data
-from .sources import display_name, hub_dataset_id, image_stats, open_dataset, pick_split
 from .sampler import PairedBatchSampler, source_rows_per_batch
+from .sources import display_name, hub_dataset_id, image_stats, open_dataset, pick_split
 from .splits import resolve_classes, sample_shots, select_classes, split_by_classes, standardize_columns
 from .transforms import build_transform, collate, make_batch_transform
 

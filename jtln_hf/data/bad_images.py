@@ -2,7 +2,7 @@
 
 The batch transform (:func:`~jtln_hf.data.transforms.make_batch_transform` with ``replace``)
 replaces an unreadable row by a stand-in of the same domain and records it; the trainer
-(:mod:`jtln_hf.bad_image_training`) counts the records over workers and processes and stops past
+(:mod:`jtln_hf.training.bad_images`) counts the records over workers and processes and stops past
 ``--max_bad_images``; each stage writes its listing, :data:`BAD_IMAGES_FILE`, and the recipe
 joins the stages' listings into the output folder's.
 """
@@ -17,7 +17,7 @@ from typing import Any
 import datasets
 import numpy as np
 
-from ..io import atomic_write_text
+from ..utils.io import atomic_write_text
 from .labels import read_column
 from .transforms import BAD_IMAGES_KEY
 

@@ -9,7 +9,6 @@ from typing import Any
 import datasets
 from PIL import Image as PILImage
 
-
 from .transforms import IMAGE_ERRORS
 
 

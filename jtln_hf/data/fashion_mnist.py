@@ -12,10 +12,11 @@ from typing import Any
 import datasets
 import numpy as np
 
-from ..cost import FASHION_MNIST_PRIOR_PATH
 from .image_stats import ImageStats, data_config_from_stats
 from .known import KnownDataset, register_known_dataset
 
+#: Hand-written prior for the embedded split (rows source, columns target), a labelled CSV beside this module.
+FASHION_MNIST_PRIOR_PATH = Path(__file__).resolve().parent / "fashion_mnist_prior.csv"
 #: The dataset spec (``--dataset fashion-mnist``), and the default data of the recipe.
 FASHION_MNIST = "fashion-mnist"
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-
 import datasets
-
 
 from .checks import check_images
 from .domains import SOURCE, TARGET

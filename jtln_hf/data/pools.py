@@ -46,7 +46,7 @@ class ExperimentData:
 class DataSpec:
     """What the code below the command line reads of the data flags, as a frozen value.
 
-    Built once from the recipe's ``DataArguments`` (:meth:`jtln_hf.arguments.DataArguments.spec`),
+    Built once from the recipe's ``DataArguments`` (:meth:`jtln_hf.experiment.arguments.DataArguments.spec`),
     one field per flag of the same name (lists as tuples); the flags' defaults and checks stay
     there. ``dataset`` None with one dataset: Fashion-MNIST (:attr:`specs`).
     """

@@ -8,7 +8,6 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
-
 from .domains import SOURCE, TARGET, check_domains
 
 

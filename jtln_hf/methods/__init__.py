@@ -11,17 +11,16 @@ Methods (Lu, Chen & Saidi 2017, Table 1, and one baseline):
 A stage plan trains a fresh model through one or more stages (each a :class:`JTLNTrainer` run
 in ``output_dir/runs/<method>-seed<seed>[-stage]``). Every method sees the same target images
 per step (``per_device_train_batch_size x (1 - source_fraction)``). Adding a method is one
-:func:`register_method` call (the built-ins' are in :mod:`jtln_hf.methods.plans`): the CLI's
+:func:`register_method` call (the built-ins' are in :mod:`jtln_hf.methods.builtins`): the CLI's
 ``--mode``/``--methods`` (and their ``--help``, built after registration), the table, the figure
 and the card read the registry (:func:`method_names`, :func:`baseline_method`, the :class:`Method` facts).
 """
 
 from __future__ import annotations
 
-from . import plans  # noqa: F401  (registers the built-in methods)
-from .plans import OT_FLAGS, CoTuningSettings
-from .predict import diagnose_model, evaluate_model, model_predictor, per_class_accuracy, predict_outputs, resolve_cost
-from .refresh import CostRefresh, relative_change
+from . import builtins  # noqa: F401  (registers the built-in methods)
+from .builtins import OT_FLAGS, CoTuningSettings
+from .predict import diagnose_model, evaluate_model, model_predictor, per_class_accuracy, predict_outputs
 from .registry import (
     METHOD_REGISTRY,
     Method,
@@ -42,13 +41,11 @@ from .stages import (
     train_source_only,
     train_target_only,
 )
-from .stages import _with_transform  # noqa: F401  (importable here, as before the split)
 
 __all__ = [
     "OT_FLAGS",
     "METHOD_REGISTRY",
     "CoTuningSettings",
-    "CostRefresh",
     "Method",
     "MethodRun",
     "MethodSettings",
@@ -64,8 +61,6 @@ __all__ = [
     "predict_outputs",
     "quiet_args",
     "register_method",
-    "relative_change",
-    "resolve_cost",
     "run_method",
     "source_batch_size",
     "stage_length",

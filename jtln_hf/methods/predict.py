@@ -1,5 +1,5 @@
-"""What runs a trained model outside training: its outputs over a dataset, the cost it defines
-(:func:`resolve_cost`), the target test metrics (:func:`evaluate_model`) and the per-class view
+"""What runs a trained model outside training: its outputs over a dataset (the cost builders read them
+through :func:`model_predictor`), the target test metrics (:func:`evaluate_model`) and the per-class view
 that explains a comparison's row (:func:`diagnose_model`).
 """
 
@@ -10,14 +10,11 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from ..cost import FASHION_MNIST_PRIOR_PATH, describe_shuffle, permute_columns, shuffle_cost_columns
-from ..cost_builders import Cost, CostInputs, FixedCost, Predict, build_cost
+from ..cost.builders import Predict
 from ..data.pools import DataSpec, ExperimentData
 from ..modeling_jtln import JointImageClassifier
-from ..sinkhorn import mean_transport_plan
-from ..trainer import JTLNTrainer, JTLNTrainingArguments
-from ..training_args import loss_settings
-
+from ..training.arguments import JTLNTrainingArguments, loss_settings
+from ..training.trainer import JTLNTrainer
 from .stages import _eval_dataset, _with_transform, quiet_args
 
 
@@ -26,7 +23,7 @@ def predict_outputs(
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Model outputs ``fields`` (e.g. ``pooler_output``, ``logits``, ``source_logits``) and labels of ``ds``.
 
-    Under the eval transform, through :meth:`jtln_hf.trainer.JTLNTrainer.predict_outputs`
+    Under the eval transform, through :meth:`jtln_hf.training.trainer.JTLNTrainer.predict_outputs`
     (``Trainer.predict``: batched, gathered over processes); every process must call it.
     """
     return model_predictor(model, data, args)(ds, fields)
@@ -36,44 +33,6 @@ def model_predictor(model, data: DataSpec, args: JTLNTrainingArguments) -> Predi
     """``predict(dataset, fields)`` on ``model`` under the eval transform, one quiet trainer for every call."""
     trainer = JTLNTrainer(model=model, args=quiet_args(args))
     return lambda ds, fields: trainer.predict_outputs(_with_transform(ds, model.config, False, data), fields)
-
-
-def resolve_cost(
-    cost: Cost, data: DataSpec, exp: ExperimentData, model: JointImageClassifier | None = None,
-    seed: int = 0, warmup_steps: int = 0, args: JTLNTrainingArguments | None = None, predict: Predict | None = None,
-    permutation: np.ndarray | None = None,
-) -> FixedCost:  # fmt: skip
-    r"""The cost matrix C of ``cost.kind`` and a sentence saying how it was built.
-
-    Looks the builder up in :data:`jtln_hf.cost_builders.COST_BUILDERS` (a file path otherwise);
-    builders that read the model run it through :func:`predict_outputs` (needs ``model`` and ``args``,
-    or a ``predict`` of :func:`model_predictor` to reuse). With ``cost.shuffle_seed``
-    (``--cost_shuffle_seed``), the built and normalised C's target columns are then permuted,
-    :math:`C'_{:, j} = C_{:, p_j}`: :math:`p` drawn for this C by that seed
-    (:func:`jtln_hf.cost.shuffle_cost_columns`), or ``permutation`` when given (a refresh keeps the first
-    build's); the returned :class:`FixedCost` holds :math:`p` and says so.
-    """
-    if predict is None and model is not None and args is not None:
-        predict = model_predictor(model, data, args)
-    inputs = CostInputs(
-        exp.source, exp.target, list(exp.source_names), list(exp.target_names), predict=predict,
-        prior=cost.prior or FASHION_MNIST_PRIOR_PATH, seed=seed, warmup_steps=warmup_steps,
-        samples_per_class=cost.samples_per_class,
-    )  # fmt: skip
-    matrix, how = build_cost(cost.kind, inputs, cost.normalization)
-    if cost.refresh_steps:
-        how = f"{how.removesuffix('.')}; recomputed from the current backbone every {cost.refresh_steps} joint steps."
-    if cost.shuffle_seed is None:
-        return FixedCost(matrix, how)
-    if permutation is None:
-        try:
-            matrix, permutation = shuffle_cost_columns(matrix, cost.shuffle_seed)
-        except ValueError as err:
-            raise ValueError(f"--cost_shuffle_seed {cost.shuffle_seed}: {err}.") from None
-    else:
-        matrix = permute_columns(matrix, permutation)
-    shuffled = describe_shuffle(cost.shuffle_seed, permutation, refreshed=bool(cost.refresh_steps))
-    return FixedCost(matrix, f"{how} {shuffled}", permutation)
 
 
 def evaluate_model(
@@ -134,7 +93,7 @@ def diagnose_model(
     :func:`per_class_accuracy`; validation only with a validation split); with a cost matrix and an
     OT term (``args.ot_loss_weight > 0``), ``cost_matrix`` (the model's final C, ``(L_s, L_t)``) and
     ``transport_plan``: the mean OT plan between the two heads over the target test images
-    (:func:`jtln_hf.sinkhorn.mean_transport_plan` under the training's ε and solver), the plan the card
+    (:meth:`jtln_hf.training.LossSettings.mean_transport_plan`, under the training's settings), the plan the card
     draws. One forward pass over each split through :func:`predict_outputs`: every process must call it.
     """
     fields = ("logits", "source_logits")
@@ -150,10 +109,7 @@ def diagnose_model(
     out["per_class_accuracy"] = per_class
     cost = model.cost_matrix.detach().cpu()
     if args.ot_loss_weight > 0 and bool((cost != 0).any()):
-        settings = loss_settings(args)
         out["cost_matrix"] = cost.double().numpy().tolist()
-        out["transport_plan"] = mean_transport_plan(
-            test_outputs["source_logits"], test_outputs["logits"], cost, epsilon=settings.ot_epsilon,
-            iterations=settings.ot_iterations, method=settings.ot_method, tol=settings.ot_tol,
-        ).tolist()  # fmt: skip
+        out["transport_plan"] = loss_settings(args).mean_transport_plan(
+            test_outputs["source_logits"], test_outputs["logits"], cost).tolist()
     return out

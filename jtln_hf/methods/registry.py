@@ -11,11 +11,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..cost_builders import Cost
+from ..cost.builders import Cost
 from ..data.pools import DataSpec, ExperimentData
-from ..method_styles import METHOD_STYLES, MethodStyle
 from ..modeling_jtln import JointImageClassifier
-from ..trainer import JTLNTrainer, JTLNTrainingArguments
+from ..training.arguments import JTLNTrainingArguments
+from ..training.trainer import JTLNTrainer
+from ..utils.styles import METHOD_STYLES, MethodStyle
 
 
 # -------------------------------------------------------------------------------------- registry
@@ -100,7 +101,7 @@ def register_method(name: str, title: str, label: str, colour: str, **options: A
     """Decorator: register ``plan(run) -> Trained`` as method ``name`` (``--mode name``, ``--methods name``).
 
     ``options`` are :class:`Method`'s facts. Its title, label and colour also go to
-    :data:`jtln_hf.method_styles.METHOD_STYLES`, where tables, figures and cards read them."""
+    :data:`jtln_hf.utils.styles.METHOD_STYLES`, where tables, figures and cards read them."""
 
     def register(plan: Callable[[MethodRun], Trained]) -> Callable[[MethodRun], Trained]:
         METHOD_REGISTRY[name] = Method(name, plan, title, label, colour, **options)

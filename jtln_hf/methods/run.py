@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 from transformers.utils import logging
 
@@ -14,10 +14,9 @@ from ..configuration_jtln import JointImageClassifierConfig
 from ..data.bad_images import read_bad_images
 from ..data.pools import ExperimentData
 from ..modeling_jtln import JointImageClassifier
-from ..trainer import JTLNTrainingArguments
-
-from .registry import METHOD_REGISTRY, MethodRun, MethodSettings
+from ..training.arguments import JTLNTrainingArguments
 from .predict import evaluate_model
+from .registry import METHOD_REGISTRY, MethodRun, MethodSettings
 from .stages import build_model
 
 logger = logging.get_logger(__name__)

@@ -1,5 +1,5 @@
 """Training stages: a fresh seeded model, the transforms, and the source-only, target-only and joint stages
-(each a :class:`~jtln_hf.trainer.JTLNTrainer` run in ``output_dir/runs/<name>``, resumable).
+(each a :class:`~jtln_hf.training.trainer.JTLNTrainer` run in ``output_dir/runs/<name>``, resumable).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from ..configuration_jtln import JointImageClassifierConfig
 from ..data.bad_images import StandIns
 from ..data.pools import DataSpec
 from ..data.stream import PairedStream
-from ..io import latest_complete_checkpoint, resume_choice
 from ..modeling_jtln import JointImageClassifier
-from ..trainer import JTLNTrainer, JTLNTrainingArguments
-
+from ..training.arguments import JTLNTrainingArguments
+from ..training.trainer import JTLNTrainer
+from ..utils.io import latest_complete_checkpoint, resume_choice
 
 logger = logging.get_logger(__name__)
 
@@ -135,7 +135,7 @@ def _resume_value(value: str | bool | None, stage_dir: str) -> str | None:
     A stage without a checkpoint starts fresh, so a whole ``compare`` run can be resumed: finished
     stages restart from their final checkpoint (nothing left to train), the interrupted one from
     its last, the others from scratch (the recipe refuses a resume when no stage has a checkpoint:
-    :func:`jtln_hf.io.check_output_dir`).
+    :func:`jtln_hf.utils.io.check_output_dir`).
     """
     choice = resume_choice(value)
     return latest_complete_checkpoint(stage_dir) if choice == "latest" else choice

@@ -1,6 +1,6 @@
 """JTLNTrainingArguments: transformers' TrainingArguments plus the JTLN objective and batch composition.
 
-Apart from :mod:`jtln_hf.trainer` (which re-exports it), so that what reads the settings of a run
+Apart from :mod:`jtln_hf.training.trainer` (which re-exports it), so that what reads the settings of a run
 (the recipe, a sweep, the card's hyperparameters) need not import the trainer.
 """
 
@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
-from .data.bad_images import check_max_bad_images
+from ..data.bad_images import check_max_bad_images
+from ..sinkhorn import OBJECTIVES
 from .loss import LossSettings
-from .sinkhorn import OBJECTIVES
 
 
 @dataclass
@@ -87,7 +87,7 @@ class JTLNTrainingArguments(TrainingArguments, JTLNObjectiveArguments):
                   "rows the stage reads; 0: stop at the first, naming it."},
     )  # fmt: skip
 
-    # Sharing (the recipe's model/ folder and --push_to_hub; jtln_hf.share).
+    # Sharing (the recipe's model/ folder and --push_to_hub; jtln_hf.sharing).
     save_timm: bool = field(
         default=True,
         metadata={"help": "Also write OUTPUT_DIR/model/timm: the target network as a plain timm model (loads without "
@@ -113,7 +113,7 @@ class JTLNTrainingArguments(TrainingArguments, JTLNObjectiveArguments):
 
 
 def loss_settings(args: JTLNObjectiveArguments) -> LossSettings:
-    """The :class:`~jtln_hf.loss.LossSettings` that ``args`` describe (weights and OT settings), checked."""
+    """The :class:`~jtln_hf.training.loss.LossSettings` that ``args`` describe (weights and OT settings), checked."""
     return LossSettings(
         source_loss_weight=args.source_loss_weight,
         ot_loss_weight=args.ot_loss_weight,

@@ -1,9 +1,9 @@
-"""What :class:`~jtln_hf.trainer.JTLNTrainer` keeps from step to step beside Trainer's own state.
+"""What :class:`~jtln_hf.training.trainer.JTLNTrainer` keeps from step to step beside Trainer's own state.
 
 The solver chosen per cost (:class:`SolverChoice`), the check read a step later (:class:`DeferredCheck`)
 and the running means of the loss parts (:class:`PartMeans`): what lets a training step run
 without the host waiting for the device, kept by the trainer rather than by the loss
-(:func:`jtln_hf.loss.jtln_loss` is a function of its inputs).
+(:func:`jtln_hf.training.loss.jtln_loss` is a function of its inputs).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from .loss import LossSettings, check_stats
 
 
 class SolverChoice:
-    """The Sinkhorn solver for a cost under fixed :class:`~jtln_hf.loss.LossSettings`, resolved once per cost.
+    """The Sinkhorn solver for a cost under fixed :class:`~jtln_hf.training.loss.LossSettings`, resolved once per cost.
 
     :meth:`LossSettings.solver` reads the cost's range on the host (and checks it); this keeps its
     answer for the cost tensor (identity and in-place version counter), so a training step does
@@ -36,12 +36,12 @@ class SolverChoice:
 
 
 class DeferredCheck:
-    """A step's checks (:func:`jtln_hf.loss.step_stats`), read at the next step so the host never waits.
+    """A step's checks (:func:`jtln_hf.training.loss.step_stats`), read at the next step so the host never waits.
 
     :meth:`queue` copies the stats to pinned host memory without blocking (on a GPU) and reads the
     previous step's, long computed by then; on a CPU they are read at once. :meth:`flush` reads
-    the pending one and raises its ``ValueError`` (:func:`jtln_hf.loss.check_stats`). With
-    ``defer_errors`` (several processes, see :meth:`jtln_hf.trainer.JTLNTrainer._raise_on_every_process`) the
+    the pending one and raises its ``ValueError`` (:func:`jtln_hf.training.loss.check_stats`). With
+    ``defer_errors`` (several processes, see :meth:`jtln_hf.training.trainer.JTLNTrainer._raise_on_every_process`) the
     first failure is kept as ``error = (checks read, ValueError)`` and training goes on.
     """
 

@@ -16,8 +16,8 @@ no NaN appears.
 :class:`LossSettings` holds the weights and OT settings (checked once); :func:`jtln_loss` is the
 objective as a function of its inputs, returning its parts (like timm's losses). It reads
 nothing on the host when given the row positions and the solver (:func:`jtln_hf.sinkhorn.resolve_method`):
-:class:`~jtln_hf.trainer.JTLNTrainer` passes both and checks the histogram ranges it returns a
-step later (:class:`jtln_hf.trainer.DeferredCheck`). :class:`JTLNLoss` wraps it as an
+:class:`~jtln_hf.training.trainer.JTLNTrainer` passes both and checks the histogram ranges it returns a
+step later (:class:`jtln_hf.training.trainer.DeferredCheck`). :class:`JTLNLoss` wraps it as an
 ``nn.Module`` that finds the rows, resolves the solver and checks at once (a host read per call).
 """
 
@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from .configuration_jtln import check_cost_matrix
-from .data import SOURCE, TARGET
-from .sinkhorn import check_histograms, check_settings, resolve_method, wasserstein_loss
+from ..configuration_jtln import check_cost_matrix
+from ..data import SOURCE, TARGET
+from ..sinkhorn import check_histograms, check_settings, mean_transport_plan, resolve_method, wasserstein_loss
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,16 @@ class LossSettings:
         """The Sinkhorn solver these settings run on ``cost`` (:func:`jtln_hf.sinkhorn.resolve_method`; reads
         the cost on the host, and raises if it is unusable)."""
         return resolve_method(cost, epsilon=self.ot_epsilon, iterations=self.ot_iterations, method=self.ot_method)
+
+    def mean_transport_plan(self, source_logits: Any, logits: Any, cost: Any) -> np.ndarray:
+        r"""The mean transport plan between the two heads' predictions over ``N`` images, under these settings.
+
+        :math:`\bar\gamma = \frac1N \sum_n \gamma^*(\mathrm{softmax}\,h_s(x_n), \mathrm{softmax}\,h_t(x_n); C, \varepsilon)`:
+        :func:`jtln_hf.sinkhorn.mean_transport_plan` with this objective's ε, iterations, solver and tolerance,
+        the plan whose cost the loss adds. The card, the demo's figure and a sweep's record draw this one.
+        """
+        return mean_transport_plan(source_logits, logits, cost, epsilon=self.ot_epsilon, iterations=self.ot_iterations,
+                                   method=self.ot_method, tol=self.ot_tol)  # fmt: skip
 
     def check_cost(
         self, cost: torch.Tensor, num_source_labels: int | None = None, num_target_labels: int | None = None

@@ -1,6 +1,6 @@
 """What a trainer does differently when its ``train_dataset`` is a streamed source's :class:`PairedStream`.
 
-:class:`StreamTrainingMixin` (a base of :class:`~jtln_hf.trainer.JTLNTrainer`) gives such a
+:class:`StreamTrainingMixin` (a base of :class:`~jtln_hf.training.trainer.JTLNTrainer`) gives such a
 trainer the stream's own loader (:func:`~jtln_hf.data.stream_loader.streaming_dataloader`),
 never prepared by Accelerate: the stream already reads this process's part of the source and
 yields whole per-device batches, which ``Trainer._prepare_inputs`` moves to the device. A
@@ -17,8 +17,8 @@ from typing import Any
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers.trainer_utils import get_last_checkpoint
 
-from .data.stream import PairedStream
-from .data.stream_loader import load_stream_state, save_stream_state, streaming_dataloader
+from ..data.stream import PairedStream
+from ..data.stream_loader import load_stream_state, save_stream_state, streaming_dataloader
 
 
 class StreamTrainingMixin:

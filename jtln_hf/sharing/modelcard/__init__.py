@@ -2,11 +2,11 @@
 
 ``huggingface_hub.ModelCard.from_template`` fills the Jinja template ``model_card_template.md``
 and writes the YAML metadata block (library, tags, datasets, metrics with their values as
-``model-index``, base model, license); :mod:`jtln_hf.figures` draws the PNGs the card shows
+``model-index``, base model, license); :mod:`jtln_hf.sharing.figures` draws the PNGs the card shows
 (cost matrix, mean transport plan, comparison). This module gathers what the card says.
 
-Used by :func:`jtln_hf.results.save_model` (the recipe's ``model/`` folder) and by
-:meth:`jtln_hf.trainer.JTLNTrainer.create_model_card` (what ``Trainer.push_to_hub`` publishes).
+Used by :func:`jtln_hf.experiment.results.save_model` (the recipe's ``model/`` folder) and by
+:meth:`jtln_hf.training.trainer.JTLNTrainer.create_model_card` (what ``Trainer.push_to_hub`` publishes).
 """
 
 from __future__ import annotations

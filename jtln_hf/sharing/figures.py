@@ -6,7 +6,7 @@
 * :func:`plot_compare` -- the comparison: each method's seed-paired difference to the baseline (joint
   fine-tuning; per-seed dots, mean and 95 % interval, zero line) and accuracy per method.
 
-Each ``plot_*`` function writes one PNG (atomically, :func:`jtln_hf.io.atomic_write`) and returns
+Each ``plot_*`` function writes one PNG (atomically, :func:`jtln_hf.utils.io.atomic_write`) and returns
 its path; :func:`heatmap` and :func:`compare_figure` return the ``matplotlib.figure.Figure``.
 """
 
@@ -20,13 +20,14 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from .cost import NORMALIZATIONS
-from .io import atomic_write
-from .method_styles import MethodStyle, method_style
-from .stats import PairedDifference, paired_summary
+from ..cost import NORMALIZATIONS
+from ..utils.io import atomic_write
+from ..utils.stats import PairedDifference, paired_summary
+from ..utils.styles import MethodStyle, method_style
+
 
 def _method(name: str) -> MethodStyle:
-    """The method's figure label and colour (:data:`jtln_hf.method_styles.METHOD_STYLES`)."""
+    """The method's figure label and colour (:data:`jtln_hf.utils.styles.METHOD_STYLES`)."""
     return method_style(name)
 
 
@@ -37,7 +38,7 @@ FIGURE_WIDTH_IN = 6.4
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    """``fig.savefig`` as PNG onto ``path`` through :func:`jtln_hf.io.atomic_write` (never half a figure)."""
+    """``fig.savefig`` as PNG onto ``path`` through :func:`jtln_hf.utils.io.atomic_write` (never half a figure)."""
     return atomic_write(path, lambda f: fig.savefig(f, dpi=_DPI, bbox_inches="tight", format="png"))
 
 
@@ -214,12 +215,12 @@ def compare_figure(summary: Mapping[str, Mapping[str, Any]], baseline: str | Non
     Top (when ``baseline``, e.g. joint fine-tuning, ran with other methods): each method's accuracy
     minus the baseline's on the same
     seed, in percentage points -- one dot per seed, the mean with its 95 % Student-t interval
-    (:func:`jtln_hf.stats.paired_difference`) and a zero line; the tick label repeats them
+    (:func:`jtln_hf.utils.stats.paired_difference`) and a zero line; the tick label repeats them
     (:func:`difference_label`). Below (alone without a baseline): accuracy per method, one dot per
     seed and mean ± std, on an axis fitted to the values; mean per-class accuracy is added only
     where it differs from accuracy.
 
-    ``summary`` is :func:`jtln_hf.results.summarize`'s output: per method ``"seeds"`` and
+    ``summary`` is :func:`jtln_hf.experiment.results.summarize`'s output: per method ``"seeds"`` and
     ``{"accuracy"|"mean_per_class_accuracy": {"mean", "std", "per_seed"}}``.
     """
     methods = list(summary)

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data import source_rows_per_batch
-from ..method_styles import METHOD_STYLES
-from ..version import __version__
+from ...data import source_rows_per_batch
+from ...utils.styles import METHOD_STYLES
+from ...version import __version__
 
 __all__ = [
     "HUB_URL",
@@ -163,13 +163,13 @@ def cost_ties(
 
 
 def comparison_facts(summary: Mapping[str, Mapping[str, Any]], baseline: str | None = None) -> dict[str, Any]:
-    """What the card says about a comparison, from :func:`jtln_hf.results.summarize`'s ``summary``.
+    """What the card says about a comparison, from :func:`jtln_hf.experiment.results.summarize`'s ``summary``.
 
     ``methods`` (row titles, in order), ``seeds`` (when every method ran the same ones, else None),
     ``steps`` (the one budget every method had, else None: the table's "steps per seed" column
     gives each) and ``paired`` (whether the table has the "− ``baseline``" column).
     """
-    from ..stats import paired_summary
+    from ...utils.stats import paired_summary
 
     seeds = {tuple(entry.get("seeds", ())) for entry in summary.values()}
     steps = {str(entry.get("steps", "")) for entry in summary.values()}

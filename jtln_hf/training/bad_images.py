@@ -1,6 +1,6 @@
 """What a trainer does with the rows its batches skipped because their image cannot be decoded.
 
-:class:`BadImagesMixin` (a base of :class:`~jtln_hf.trainer.JTLNTrainer`) takes the batch's
+:class:`BadImagesMixin` (a base of :class:`~jtln_hf.training.trainer.JTLNTrainer`) takes the batch's
 ``bad_images`` records (:data:`~jtln_hf.data.transforms.BAD_IMAGES_KEY`) off every training batch
 before the model sees it, gathers them over processes (every step on one process; at each log,
 checkpoint and the end of training on several, where every process meets anyway), keeps them in
@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from accelerate.utils import gather_object
 
-from .data.bad_images import BAD_IMAGES_FILE, BadImagesError, bad_image_limit, write_bad_images
-from .data.transforms import BAD_IMAGES_KEY
+from ..data.bad_images import BAD_IMAGES_FILE, BadImagesError, bad_image_limit, write_bad_images
+from ..data.transforms import BAD_IMAGES_KEY
 
 #: The ``TrainerState.stateful_callbacks`` entry of the skipped rows: ``{"count": n, "rows": [records]}``.
 STATE_KEY = "bad_images"

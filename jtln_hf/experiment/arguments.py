@@ -1,7 +1,7 @@
 """The recipe's arguments: what to train on, the network, what to run; and their cross-checks.
 
 Three dataclasses that ``transformers.HfArgumentParser`` turns into flags (each its own group in
-``--help``), beside :class:`jtln_hf.trainer.JTLNTrainingArguments`. A dataclass checks its own
+``--help``), beside :class:`jtln_hf.training.trainer.JTLNTrainingArguments`. A dataclass checks its own
 values in ``__post_init__``; :func:`check_arguments` checks the flags *against each other*
 (a flag that the chosen set-up would silently ignore is an error, not a surprise hours later).
 Every message names the problem and the fix on one line.
@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from .cost import COST_NORMALIZATIONS, DEFAULT_NORMALIZATION, NORMALIZATIONS
-from .cotuning import DEFAULT_COTUNING_WEIGHT
-from .cost_builders import COST_BUILDERS, DEFAULT_COST_WARMUP_STEPS, DEFAULT_FEATURE_COST, Cost, plan_cost
-from .data.fgvc_aircraft import FGVC_AIRCRAFT
-from .data.pools import DataSpec
-from .errors import did_you_mean
-from .methods import METHOD_REGISTRY, MethodSettings, method_names
+from ..cost import COST_NORMALIZATIONS, DEFAULT_NORMALIZATION, NORMALIZATIONS
+from ..cost.builders import COST_BUILDERS, DEFAULT_COST_WARMUP_STEPS, DEFAULT_FEATURE_COST, Cost, plan_cost
+from ..data.fgvc_aircraft import FGVC_AIRCRAFT
+from ..data.pools import DataSpec
+from ..errors import did_you_mean
+from ..methods import METHOD_REGISTRY, MethodSettings, method_names
+from ..training.cotuning import DEFAULT_COTUNING_WEIGHT
 
 #: ``--mode`` runs all of ``--methods`` under this name, or one registered method under its own.
 COMPARE = "compare"
@@ -35,8 +35,8 @@ def mode_choices() -> tuple[str, ...]:
 
 def cost_help() -> str:
     """``--cost``'s help: every registered cost (read now, so a cost registered before the parser is built is listed)."""
-    return ("; ".join(f"{b.name}: {b.help}" for b in COST_BUILDERS.values()) + "; or a .npy/.csv file. Default: "
-            f"prior when the data has one (the embedded Fashion-MNIST split), else {DEFAULT_FEATURE_COST}.")  # fmt: skip
+    return ("; ".join(f"{b.name}: {b.help}" for b in COST_BUILDERS.values()) + "; or a .npy/.csv file. Default: prior "
+            f"when the data has one naming the chosen classes (Fashion-MNIST's), else {DEFAULT_FEATURE_COST}.")  # fmt: skip
 
 
 def _choice(value: str, choices: tuple[str, ...], flag: str) -> None:
@@ -343,7 +343,7 @@ def run_settings(data: DataArguments, model: ModelArguments, jtln: JTLNArguments
 
 
 def resolved_cost(data: DataArguments, model: ModelArguments, jtln: JTLNArguments) -> Cost:
-    """The cost flags resolved into the frozen :class:`~jtln_hf.cost_builders.Cost` (kind, warm-up, prior)."""
+    """The cost flags resolved into the frozen :class:`~jtln_hf.cost.builders.Cost` (kind, warm-up, prior)."""
     return plan_cost(jtln.cost, data.spec(), normalization=jtln.cost_normalization,
                      warmup_steps=jtln.cost_warmup_steps, samples_per_class=jtln.cost_samples_per_class,
                      refresh_steps=jtln.cost_refresh_steps, shuffle_seed=jtln.cost_shuffle_seed,

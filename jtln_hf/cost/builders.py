@@ -6,7 +6,7 @@ it (``--cost_normalization``). ``--help`` lists the registry's names and help te
 argument checks read its flags, so a new cost is one :func:`register_cost` call here. Any other
 ``--cost`` value is a ``.npy``/``.csv`` file (:func:`jtln_hf.cost.load_cost`). ``--cost_shuffle_seed``
 then permutes the built C's target columns (:func:`jtln_hf.cost.shuffle_cost_columns`, in
-:func:`jtln_hf.methods.resolve_cost`), the shuffled-cost control.
+:func:`jtln_hf.cost.resolve.resolve_cost`), the shuffled-cost control.
 """
 
 from __future__ import annotations
@@ -18,15 +18,14 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from .cost import (
-    FASHION_MNIST_PRIOR_PATH,
-    category_relationship,
-    cost_from_features,
-    cost_from_relationship,
-    load_cost,
-    normalize_cost,
-)
-from .cost.stability import (
+from ..data import sample_shots
+from ..data.fashion_mnist import FASHION_MNIST_PRIOR_PATH
+from ..data.known import known_dataset
+from ..data.labels import read_column
+from ..data.pools import DataSpec
+from ..data.stream_source import take_per_class
+from . import category_relationship, cost_from_features, cost_from_relationship, load_cost, normalize_cost
+from .stability import (
     STABLE_RESAMPLES,
     STABLE_THRESHOLD,
     UNSURE,
@@ -34,11 +33,6 @@ from .cost.stability import (
     describe_stability,
     stable_relation_cost,
 )
-from .data import sample_shots
-from .data.labels import read_column
-from .data.known import known_dataset
-from .data.pools import DataSpec
-from .data.stream_source import take_per_class
 
 #: ``predict(dataset, fields) -> ({field: array}, labels)``: the model's outputs on a dataset's rows.
 Predict = Callable[[datasets.Dataset, tuple[str, ...]], tuple[dict[str, np.ndarray], np.ndarray]]
@@ -285,11 +279,23 @@ def data_prior(data: DataSpec) -> Path | None:
     return known[0].prior_cost if known else None
 
 
+def prior_covers(prior: Path, data: DataSpec) -> bool:
+    """Whether ``prior`` names every chosen class: ``--source_classes`` among its rows, ``--target_classes`` among its
+    columns (a side not chosen is the dataset's default split, which its prior is written for)."""
+    try:
+        load_cost(prior, data.source_classes, data.target_classes)
+    except ValueError:
+        return False
+    return True
+
+
 def cost_kind(cost: str | None, data: DataSpec) -> str:
-    """``--cost``, or its default: the prior of one dataset split by class if it has one, else :data:`DEFAULT_FEATURE_COST`."""
+    """``--cost``, or its default: the prior of one dataset split by class if it has one that covers the chosen
+    classes (:func:`prior_covers`), else :data:`DEFAULT_FEATURE_COST` (the default for data without a prior)."""
     if cost is not None:
         return cost
-    return "prior" if not data.two_datasets and data_prior(data) is not None else DEFAULT_FEATURE_COST
+    prior = None if data.two_datasets else data_prior(data)
+    return "prior" if prior is not None and prior_covers(prior, data) else DEFAULT_FEATURE_COST
 
 
 def is_model_cost(kind: str) -> bool:
@@ -346,6 +352,7 @@ __all__ = [
     "FixedCost",
     "build_cost",
     "cost_kind",
+    "prior_covers",
     "data_prior",
     "default_warmup_steps",
     "is_model_cost",

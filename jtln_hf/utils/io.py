@@ -252,7 +252,7 @@ def _is_complete(checkpoint: Path, step: int) -> bool:
 
 
 # ------------------------------------------------------------------------------- the output folder
-#: The record of a run's settings (:func:`jtln_hf.arguments.run_settings`), written into its
+#: The record of a run's settings (:func:`jtln_hf.experiment.arguments.run_settings`), written into its
 #: output folder before the first step; a resumed run must have the same.
 RUN_SETTINGS = "settings.json"
 #: What a run of the recipe writes into its output folder: all that ``--overwrite_output_dir`` removes.

@@ -4,7 +4,7 @@
 For one image: the target classes with their probabilities (the target head), the source classes
 the source head sees in it ("looks like"), and the image's entropic transport plan between the two
 heads' predictions under the model's cost matrix C, with training's settings (demo.json): which
-source classes teach which target class on this image. The plan is drawn with jtln_hf.figures.
+source classes teach which target class on this image. The plan is drawn with jtln_hf.sharing.figures.
 
 Runs from the model folder, offline:  python app.py [--host 127.0.0.1] [--port 7860]
 (the model beside this file; needs jtln_hf with its demo extra: pip install 'jtln_hf[demo]').
@@ -24,7 +24,7 @@ import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 
 from jtln_hf import JointImageClassifier, JointImageClassifierImageProcessor  # noqa: E402
-from jtln_hf.figures import heatmap  # noqa: E402
+from jtln_hf.sharing.figures import heatmap  # noqa: E402
 from jtln_hf.sinkhorn import transport_plan  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -58,7 +58,7 @@ def explain(model, processor, image, top: int = 5) -> dict:
 
 
 def plan_figure(model, plan):
-    """The plan as the card's heatmap (jtln_hf.figures.heatmap)."""
+    """The plan as the card's heatmap (jtln_hf.sharing.figures.heatmap)."""
     config = model.config
     source = [config.source_id2label[i] for i in range(config.num_source_labels)]
     target = [config.id2label[i] for i in range(config.num_labels)]

@@ -8,7 +8,7 @@ classes and carves the fixed test and validation sets, :func:`jtln_hf.data.prepa
 seed's shots), the config (:func:`build_config` reads the input from the data or the pretrained
 weights), the cost and each method's settings. :func:`run_experiment` then runs every method
 (:mod:`jtln_hf.methods`) for every seed from the plan alone and writes the results
-(:mod:`jtln_hf.results`); the argument dataclasses stop here.
+(:mod:`jtln_hf.experiment.results`); the argument dataclasses stop here.
 
 Every method sees the same target images per step, the same k-shot target images and the same
 initial weights for a seed. The step budgets differ and every table says so: ``consecutive``
@@ -29,19 +29,21 @@ import datasets
 import numpy as np
 from transformers.utils import logging
 
+from ..backbones import check_backbone
+from ..configuration_jtln import JointImageClassifierConfig
+from ..cost import SHUFFLE_CONTROL
+from ..cost.builders import Cost
+from ..cost.resolve import resolve_cost
+from ..data.known import known_dataset
+from ..data.pools import DataPools, DataSpec, ExperimentData, load_pools, prepare_data
+from ..data.sources import data_config_from_stats, image_stats
+from ..data.stream_source import take_rows
+from ..methods import METHOD_REGISTRY, MethodSettings, RunResult, build_model, run_method, stage_length
+from ..modeling_jtln import JointImageClassifier, TimmExportError
+from ..sharing.folder import save_model
+from ..training.arguments import JTLNTrainingArguments, loss_settings
 from .arguments import DataArguments, JTLNArguments, ModelArguments, method_settings
-from .backbones import check_backbone
-from .configuration_jtln import JointImageClassifierConfig
-from .cost import SHUFFLE_CONTROL
-from .cost_builders import Cost
-from .data.known import known_dataset
-from .data.pools import DataPools, DataSpec, ExperimentData, load_pools, prepare_data
-from .data.sources import data_config_from_stats, image_stats
-from .data.stream_source import take_rows
-from .methods import METHOD_REGISTRY, MethodSettings, RunResult, build_model, resolve_cost, run_method, stage_length
-from .modeling_jtln import JointImageClassifier, TimmExportError
-from .results import results_markdown, save_model, summarize, write_results
-from .training_args import JTLNTrainingArguments, loss_settings
+from .results import results_markdown, summarize, write_results
 
 logger = logging.get_logger(__name__)
 
@@ -155,7 +157,7 @@ def plan_experiment(
         raise ValueError("--cost_shuffle_seed permutes C's target columns, and this run has one target class: drop "
                          "--cost_shuffle_seed, or add target classes.")  # fmt: skip
     if _uses_ot(methods) and not settings.cost.from_model:
-        fixed = resolve_cost(settings.cost, spec, data[seeds[0]])
+        fixed = resolve_cost(settings.cost, data[seeds[0]])
         check_ot_settings(model, fixed.matrix, args)
         settings = dataclasses.replace(settings, cost=dataclasses.replace(settings.cost, fixed=fixed))
     return RunPlan(methods, seeds, pools, MappingProxyType(data), config, settings, model_args.backbone,
@@ -255,13 +257,4 @@ def run_experiment(plan: RunPlan, args: JTLNTrainingArguments) -> dict[str, Any]
     return {"summary": summary, "table": table, "wall_seconds": wall, "runs": runs}
 
 
-__all__ = [
-    "DataPools",
-    "ExperimentData",
-    "RunPlan",
-    "build_config",
-    "load_pools",
-    "plan_experiment",
-    "prepare_data",
-    "run_experiment",
-]
+__all__ = ["RunPlan", "build_config", "plan_experiment", "run_experiment"]

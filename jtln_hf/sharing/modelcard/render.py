@@ -1,4 +1,4 @@
-"""The card itself: its figures, the template filled with the facts (:mod:`jtln_hf.modelcard.facts`), the
+"""The card itself: its figures, the template filled with the facts (:mod:`jtln_hf.sharing.modelcard.facts`), the
 files written atomically.
 """
 
@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ...cost import NORMALIZATIONS
+from ...utils.io import atomic_write_text
+from ...utils.styles import METHOD_STYLES, default_method
 from .. import figures as _figures
-from ..cost import NORMALIZATIONS
-from ..io import atomic_write_text
-from ..method_styles import METHOD_STYLES, default_method
 from .facts import (
     PAPER_URL,
     TAGS,
@@ -48,7 +48,7 @@ __all__ = [
     "write_model_card",
 ]
 
-TEMPLATE_PATH = Path(__file__).parent.parent / "resources" / "model_card_template.md"
+TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "resources" / "model_card_template.md"
 COST_FIGURE = "cost_matrix.png"
 PLAN_FIGURE = "transport_plan.png"
 COMPARE_FIGURE = "compare.png"
@@ -104,7 +104,7 @@ def write_figures(
     """Draw the card's PNGs into ``folder``; return ``{"cost"|"plan"|"compare": file name}`` of those drawn.
 
     The cost heatmap needs a non-zero cost matrix, the plan heatmap a ``plan`` (see
-    :func:`jtln_hf.sinkhorn.mean_transport_plan`), the comparison (:func:`jtln_hf.figures.compare_figure`: paired
+    :func:`jtln_hf.sinkhorn.mean_transport_plan`), the comparison (:func:`jtln_hf.sharing.figures.compare_figure`: paired
     differences to ``baseline``, accuracy per method) a ``summary`` of several methods. The cost heatmap's
     title names ``cost_normalization`` and what it did.
     """
@@ -168,7 +168,7 @@ def render_model_card(
         The card's title and ``model-index`` name; default: ``repo_id``'s name, else
         :func:`default_model_name` of the method, backbone and evaluation dataset.
     method : str, optional
-        The method that trained this checkpoint (a name in :data:`jtln_hf.method_styles.METHOD_STYLES`).
+        The method that trained this checkpoint (a name in :data:`jtln_hf.utils.styles.METHOD_STYLES`).
     seed : int, optional
         The seed of this checkpoint's run (named in the comparison).
     cost_description : str
@@ -180,7 +180,7 @@ def render_model_card(
     results_table : str, optional
         The comparison table (Markdown) when several methods were run.
     summary : mapping, optional
-        The comparison's :func:`jtln_hf.results.summarize`: the methods, seeds and step budgets
+        The comparison's :func:`jtln_hf.experiment.results.summarize`: the methods, seeds and step budgets
         the card states about it.
     metrics : mapping, optional
         Target test metrics (fractions), written to the card and to the ``model-index`` metadata;

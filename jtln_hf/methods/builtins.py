@@ -10,13 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from ..cotuning import CoTuningTrainer
-from ..cost_builders import FixedCost, default_warmup_steps, relationship_of
-from ..method_styles import style_of
-
-from .refresh import CostRefresh
+from ..cost.builders import FixedCost, default_warmup_steps, relationship_of
+from ..cost.refresh import CostRefresh
+from ..cost.resolve import resolve_cost
+from ..training.cotuning import CoTuningTrainer
+from ..utils.styles import style_of
+from .predict import model_predictor
 from .registry import MethodRun, Trained, register_method
-from .predict import model_predictor, resolve_cost
 from .stages import train_joint, train_source_only, train_target_only
 
 
@@ -52,7 +52,7 @@ OT_FLAGS = (
 @register_method("jtln", **style_of("jtln"), flags=OT_FLAGS, joint_batches=True)
 def _jtln(run: MethodRun) -> Trained:
     """A fixed cost (prior, file) as resolved before training; a model cost from this seed's (warmed-up) model,
-    recomputed every ``--cost_refresh_steps`` joint steps when asked (:class:`~jtln_hf.methods.refresh.CostRefresh`).
+    recomputed every ``--cost_refresh_steps`` joint steps when asked (:class:`~jtln_hf.cost.refresh.CostRefresh`).
     A shuffled cost (``--cost_shuffle_seed``) keeps its first build's permutation at every refresh (a control
     throughout)."""
     cost, data = run.settings.cost, run.settings.data
@@ -63,8 +63,8 @@ def _jtln(run: MethodRun) -> Trained:
         predict = model_predictor(run.model, data, run.args)  # one, reused by every refresh
 
         def resolve(permutation: np.ndarray | None = None) -> FixedCost:
-            return resolve_cost(cost, data, run.exp, run.model, run.args.seed, warmup, run.args, predict=predict,
-                                permutation=permutation)  # fmt: skip
+            return resolve_cost(cost, run.exp, seed=run.args.seed, warmup_steps=warmup, predict=predict,
+                                permutation=permutation)
 
         fixed = resolve()
         if cost.refresh_steps:

@@ -5,7 +5,7 @@ checkpoints and logging. This subclass changes:
 
 * ``get_train_dataloader`` draws batches with :class:`jtln_hf.data.PairedBatchSampler`, so every
   per-device batch holds the configured share of source rows;
-* ``compute_loss`` evaluates :func:`jtln_hf.loss.jtln_loss` on the model's two heads, plus the
+* ``compute_loss`` evaluates :func:`jtln_hf.training.loss.jtln_loss` on the model's two heads, plus the
   terms of :meth:`~JTLNTrainer.extra_loss` (a subclass's hook); in training it returns the whole
   objective, in evaluation (model in eval mode) the target cross-entropy alone, so ``eval_loss``
   means the same for every method and the other parts are reported as ``eval_<part>``;
@@ -14,8 +14,8 @@ checkpoints and logging. This subclass changes:
 * ``predict_outputs`` returns any model outputs over a dataset, gathered over processes.
 
 It owns, visibly, what keeps the step free of host-device waits: the solver choice per cost
-(:class:`~jtln_hf.step_state.SolverChoice`) and the check read a step later
-(:class:`~jtln_hf.step_state.DeferredCheck`).
+(:class:`~jtln_hf.training.state.SolverChoice`) and the check read a step later
+(:class:`~jtln_hf.training.state.DeferredCheck`).
 
 For the Hub it also defaults ``processing_class`` to the model's
 :class:`~jtln_hf.JointImageClassifierImageProcessor` (so every saved checkpoint has its
@@ -34,24 +34,23 @@ from transformers import Trainer
 from transformers.trainer_utils import seed_worker
 from transformers.utils import logging
 
-from .bad_image_training import BadImagesMixin
-from .data import PairedBatchSampler, collate
-from .data.labels import check_labels, domains_of  # noqa: F401  (check_labels: also re-exported)
-from .image_processing_jtln import JointImageClassifierImageProcessor
+from ..data import PairedBatchSampler, collate
+from ..data.labels import check_labels, domains_of
+from ..image_processing_jtln import JointImageClassifierImageProcessor
+from ..metrics import compute_classification_metrics
+from ..utils.styles import default_method
+from .arguments import JTLNTrainingArguments, loss_settings
+from .bad_images import BadImagesMixin
 from .loss import LossSettings, jtln_loss, rows_of, split_rows, step_stats, wrong_domain_rows
-from .method_styles import default_method
-from .metrics import compute_classification_metrics
-from .step_state import DeferredCheck, PartMeans, SolverChoice
-from .stream_training import StreamTrainingMixin
-# the arguments are re-exported here: `from jtln_hf.trainer import JTLNTrainer, JTLNTrainingArguments` (README)
-from .training_args import JTLNObjectiveArguments, JTLNTrainingArguments, loss_settings  # noqa: F401
+from .state import DeferredCheck, PartMeans, SolverChoice
+from .streaming import StreamTrainingMixin
 
 logger = logging.get_logger(__name__)
 
 
 class Rows(NamedTuple):
     """Positions of a batch's source and target rows; ``counted``: cut at the sampler's count, so
-    still to be checked against ``domain`` (lazily, :class:`~jtln_hf.step_state.DeferredCheck`)."""
+    still to be checked against ``domain`` (lazily, :class:`~jtln_hf.training.state.DeferredCheck`)."""
 
     source: torch.Tensor
     target: torch.Tensor
@@ -63,9 +62,9 @@ class JTLNTrainer(BadImagesMixin, StreamTrainingMixin, Trainer):
 
     ``train_dataset`` needs ``image``, ``label`` and ``domain`` columns (see
     :func:`jtln_hf.data.build_joint_dataset`) and a transform producing ``pixel_values``, or is a
-    streamed source's :class:`~jtln_hf.data.stream.PairedStream` (:mod:`jtln_hf.stream_training`); a
+    streamed source's :class:`~jtln_hf.data.stream.PairedStream` (:mod:`jtln_hf.training.streaming`); a
     dataset without ``domain`` is all target rows, as are evaluation datasets (``domain`` 1). Labels
-    are checked before the first step; unreadable rows skipped are counted (:mod:`jtln_hf.bad_image_training`).
+    are checked before the first step; unreadable rows skipped are counted (:mod:`jtln_hf.training.bad_images`).
     Arguments are keyword-only, as :class:`transformers.Trainer`'s (``model``, ``args`` ...).
     """
 
@@ -133,7 +132,7 @@ class JTLNTrainer(BadImagesMixin, StreamTrainingMixin, Trainer):
         """The positions of the batch's source and target rows; rows without ``domain`` count as target.
 
         In training, :class:`PairedBatchSampler`'s batches hold exactly ``n_source`` source rows:
-        known on the host, so the rows are cut without waiting for the device (:func:`jtln_hf.loss.split_rows`,
+        known on the host, so the rows are cut without waiting for the device (:func:`jtln_hf.training.loss.split_rows`,
         checked a step later). Otherwise they are found from ``domain`` (on a GPU the host waits for it).
         """
         labels, domain = inputs["labels"], inputs.get("domain")
@@ -153,7 +152,7 @@ class JTLNTrainer(BadImagesMixin, StreamTrainingMixin, Trainer):
         return {}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """The JTLN objective (:func:`jtln_hf.loss.jtln_loss`) plus :meth:`extra_loss`; in evaluation, ``ce_target``.
+        """The JTLN objective (:func:`jtln_hf.training.loss.jtln_loss`) plus :meth:`extra_loss`; in evaluation, ``ce_target``.
 
         The parts go to the means logged (training) or reported as ``eval_<part>`` (evaluation).
         """
@@ -209,7 +208,7 @@ class JTLNTrainer(BadImagesMixin, StreamTrainingMixin, Trainer):
 
         Problem: a process whose shard diverged (NaN logits) raised alone, in its loss, and the
         others waited in the next gradient all-reduce until the process group's timeout. Fix: the
-        trainer's :class:`~jtln_hf.step_state.DeferredCheck` keeps the failure and its process trains on to the next
+        trainer's :class:`~jtln_hf.training.state.DeferredCheck` keeps the failure and its process trains on to the next
         point where all processes meet anyway: ``log`` (Trainer calls it on every
         process: logging steps, after evaluation, end of training) and the end of ``predict``.
         There one integer is all-reduced, the MIN of ``checks read x world size + rank`` (the
@@ -307,20 +306,15 @@ class JTLNTrainer(BadImagesMixin, StreamTrainingMixin, Trainer):
 
         A forward pass through :meth:`predict_outputs`: every process must call it.
         """
-        from .modelcard import has_cost
-        from .sinkhorn import mean_transport_plan
+        from ..sharing.modelcard import has_cost
 
         model = self.accelerator.unwrap_model(self.model)
         eval_dataset = self.eval_dataset if not isinstance(self.eval_dataset, dict) else None
         if eval_dataset is None or not has_cost(model):
             return None, None
         outputs, _ = self.predict_outputs(eval_dataset, ("source_logits", "logits"))
-        settings = self.loss_settings
-        plan = mean_transport_plan(
-            outputs["source_logits"], outputs["logits"], model.cost_matrix.detach().cpu(),
-            epsilon=settings.ot_epsilon, iterations=settings.ot_iterations, method=settings.ot_method,
-            tol=settings.ot_tol,
-        )  # fmt: skip
+        plan = self.loss_settings.mean_transport_plan(outputs["source_logits"], outputs["logits"],
+                                                      model.cost_matrix.detach().cpu())
         return plan, len(outputs["logits"])
 
     def create_model_card(
@@ -344,17 +338,19 @@ class JTLNTrainer(BadImagesMixin, StreamTrainingMixin, Trainer):
         label sets, the cost matrix (heatmap), the mean transport plan ``transport_plan`` (from
         :meth:`card_transport_plan`; computed here when not given on one process, left out on
         several), the hyper-parameters and the latest evaluation metrics. ``method`` names what
-        trained the model (a :data:`jtln_hf.method_styles.METHOD_STYLES` name, e.g. ``"cotuning"``);
-        by default the one the settings say (:func:`jtln_hf.method_styles.default_method`).
+        trained the model (a :data:`jtln_hf.utils.styles.METHOD_STYLES` name, e.g. ``"cotuning"``);
+        by default the one the settings say (:func:`jtln_hf.utils.styles.default_method`).
         ``dataset`` (Hub dataset ids), ``license``, ``tags`` and ``finetuned_from`` (the base
         model) go to the metadata; ``language``, ``tasks``, ``dataset_tags`` and ``dataset_args``
         are not used (the task is image classification, the data images); other keyword
-        arguments of :func:`jtln_hf.modelcard.render_model_card` (``cost_description``,
+        arguments of :func:`jtln_hf.sharing.modelcard.render_model_card` (``cost_description``,
         ``results_table`` ...) may be passed through ``push_to_hub(**kwargs)``.
         """
         if not self.is_world_process_zero():
             return
-        from . import modelcard  # imported here: it pulls in matplotlib, which training does not need
+        from ..sharing import (
+            modelcard,  # imported here: it pulls in matplotlib, which training does not need
+        )
 
         model = self.accelerator.unwrap_model(self.model)
         if transport_plan is None and self.args.world_size == 1:

@@ -6,7 +6,7 @@ A Hub-ready folder holds everything a user needs, with or without jtln_hf instal
   ``modeling_jtln.py`` (``JointImageClassifier.save_pretrained``, remote code);
 * ``preprocessor_config.json`` (with ``auto_map``) and ``image_processing_jtln.py``
   (``JointImageClassifierImageProcessor.save_pretrained``);
-* ``README.md``, the model card, and its figures (``*.png``, :mod:`jtln_hf.modelcard`).
+* ``README.md``, the model card, and its figures (``*.png``, :mod:`jtln_hf.sharing.modelcard`).
 
 :func:`push_model_folder` uploads such a folder (``HfApi.create_repo`` then
 ``HfApi.upload_folder``, which leaves out hidden files and ``__pycache__``:
@@ -25,8 +25,8 @@ from huggingface_hub import CommitInfo, HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalTokenNotFoundError, OfflineModeIsEnabled
 from huggingface_hub.utils import filter_repo_objects, validate_repo_id
 
-from .image_processing_jtln import JointImageClassifierImageProcessor
-from .version import __version__
+from ..image_processing_jtln import JointImageClassifierImageProcessor
+from ..version import __version__
 
 
 class HubPushError(RuntimeError):
@@ -36,7 +36,7 @@ class HubPushError(RuntimeError):
 def save_model_folder(model, folder: str | os.PathLike) -> Path:
     """Save ``model`` (a `JointImageClassifier`) and its image processor into ``folder``, with their code.
 
-    The card is written separately (:func:`jtln_hf.modelcard.write_model_card`).
+    The card is written separately (:func:`jtln_hf.sharing.modelcard.write_model_card`).
     """
     folder = Path(folder)
     model.save_pretrained(folder)

@@ -37,9 +37,9 @@ def soft_cross_entropy(logits: torch.Tensor, soft_labels: torch.Tensor) -> torch
 
 
 class CoTuningTrainer(JTLNTrainer):
-    """:class:`~jtln_hf.trainer.JTLNTrainer` whose objective adds Co-Tuning's soft source term on target rows.
+    """:class:`~jtln_hf.training.trainer.JTLNTrainer` whose objective adds Co-Tuning's soft source term on target rows.
 
-    The term comes in through :meth:`~jtln_hf.trainer.JTLNTrainer.extra_loss` and is logged as
+    The term comes in through :meth:`~jtln_hf.training.trainer.JTLNTrainer.extra_loss` and is logged as
     ``cotuning`` (``eval_cotuning`` in evaluation, where ``eval_loss`` stays the target cross-entropy).
     Its card names the method only if told: ``push_to_hub(method="cotuning")``.
 
@@ -47,7 +47,7 @@ class CoTuningTrainer(JTLNTrainer):
         relationship (`torch.Tensor` of shape `(L_t, L_s)`): :math:`p(y_s \\mid y_t)`, each row a
             distribution over the source classes.
         cotuning_weight (`float`): :math:`\\lambda_{ct}`.
-        Other arguments: as :class:`~jtln_hf.trainer.JTLNTrainer`, keyword-only (use ``ot_loss_weight=0``).
+        Other arguments: as :class:`~jtln_hf.training.trainer.JTLNTrainer`, keyword-only (use ``ot_loss_weight=0``).
     """
 
     loss_parts = (*JTLNTrainer.loss_parts, "cotuning")

@@ -7,7 +7,7 @@ its mean and interval say whether one method helps, which two means ± std side 
 
 * :func:`paired_difference` -- the differences of two methods on their common seeds, their mean,
   the 95 % Student-t interval of the mean and the number of seeds won;
-* :func:`paired_summary` -- that, for every method of a :func:`jtln_hf.results.summarize`
+* :func:`paired_summary` -- that, for every method of a :func:`jtln_hf.experiment.results.summarize`
   summary against a baseline (the registered one, :func:`jtln_hf.methods.baseline_method`: joint
   fine-tuning without the OT term, so the JTLN row measures what the OT term adds).
 """
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 
 @dataclass(frozen=True)
 class PairedDifference:
@@ -127,7 +128,7 @@ def paired_summary(
 ) -> dict[str, PairedDifference]:
     """:func:`paired_difference` of every method of ``summary`` but ``baseline``, against ``baseline``.
 
-    ``summary`` is :func:`jtln_hf.results.summarize`'s output: per method ``"seeds"`` and
+    ``summary`` is :func:`jtln_hf.experiment.results.summarize`'s output: per method ``"seeds"`` and
     ``metric: {"per_seed": [...]}`` in the same order. Returns ``{method: PairedDifference}`` in
     the order of ``summary``; empty when ``baseline`` did not run. A method with no seed in common
     with ``baseline`` is left out.

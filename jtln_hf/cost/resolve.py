@@ -1,0 +1,54 @@
+"""A run's cost, resolved: the ``--cost`` builder run on the run's data (and model), normalised, and shuffled
+when ``--cost_shuffle_seed`` asks (the shuffled-cost control).
+
+:func:`resolve_cost` is the one place a run's C is made: before training for a fixed cost (the recipe's
+plan), after the warm-up for a cost computed from the model (the ``jtln`` method), and again at each
+refresh (:class:`jtln_hf.cost.refresh.CostRefresh`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..data.fashion_mnist import FASHION_MNIST_PRIOR_PATH
+from ..data.pools import ExperimentData
+from .builders import Cost, CostInputs, FixedCost, Predict, build_cost
+from .shuffle import describe_shuffle, permute_columns, shuffle_cost_columns
+
+
+def resolve_cost(
+    cost: Cost, exp: ExperimentData, *, seed: int = 0, warmup_steps: int = 0, predict: Predict | None = None,
+    permutation: np.ndarray | None = None,
+) -> FixedCost:  # fmt: skip
+    r"""The cost matrix C of ``cost.kind`` and a sentence saying how it was built.
+
+    Looks the builder up in :data:`jtln_hf.cost.builders.COST_BUILDERS` (a file path otherwise);
+    builders that read the model run ``predict`` (:func:`jtln_hf.methods.model_predictor`, after
+    ``warmup_steps`` source-only steps; None for a cost fixed before training). With ``cost.shuffle_seed``
+    (``--cost_shuffle_seed``), the built and normalised C's target columns are then permuted,
+    :math:`C'_{:, j} = C_{:, p_j}`: :math:`p` drawn for this C by that seed
+    (:func:`jtln_hf.cost.shuffle_cost_columns`), or ``permutation`` when given (a refresh keeps the first
+    build's); the returned :class:`FixedCost` holds :math:`p` and says so.
+    """
+    inputs = CostInputs(
+        exp.source, exp.target, list(exp.source_names), list(exp.target_names), predict=predict,
+        prior=cost.prior or FASHION_MNIST_PRIOR_PATH, seed=seed, warmup_steps=warmup_steps,
+        samples_per_class=cost.samples_per_class,
+    )  # fmt: skip
+    matrix, how = build_cost(cost.kind, inputs, cost.normalization)
+    if cost.refresh_steps:
+        how = f"{how.removesuffix('.')}; recomputed from the current backbone every {cost.refresh_steps} joint steps."
+    if cost.shuffle_seed is None:
+        return FixedCost(matrix, how)
+    if permutation is None:
+        try:
+            matrix, permutation = shuffle_cost_columns(matrix, cost.shuffle_seed)
+        except ValueError as err:
+            raise ValueError(f"--cost_shuffle_seed {cost.shuffle_seed}: {err}.") from None
+    else:
+        matrix = permute_columns(matrix, permutation)
+    shuffled = describe_shuffle(cost.shuffle_seed, permutation, refreshed=bool(cost.refresh_steps))
+    return FixedCost(matrix, f"{how} {shuffled}", permutation)
+
+
+__all__ = ["resolve_cost"]
