@@ -154,7 +154,7 @@ class JointImageClassifier(JointImageClassifierPreTrainedModel):
                 ) from err
             raise
         if config.data_config is None:
-            config.data_config = _default_data_config(self.backbone)
+            config.data_config = default_data_config(self.backbone)
         num_features = self.backbone.num_features
         self.dropout = nn.Dropout(config.head_dropout)
         self.source_head = nn.Linear(num_features, config.num_source_labels)
@@ -348,7 +348,7 @@ def _label_mismatch_message(cls, path, kwargs) -> str:
     )
 
 
-def _default_data_config(backbone: nn.Module) -> dict:
+def default_data_config(backbone: nn.Module) -> dict:
     """timm's data config for this backbone, with `input_size` following its `in_chans`."""
     data_config = dict(timm.data.resolve_data_config({}, model=backbone))
     in_chans = getattr(backbone, "in_chans", None) or data_config["input_size"][0]

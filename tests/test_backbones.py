@@ -40,7 +40,8 @@ def test_checkpoint_loads_into_the_backbone_exactly(tmp_path, fashion_mnist, suf
     backbones.check_checkpoint(path)
     model_args = ModelArguments(backbone="test_resnet", backbone_checkpoint=str(path), in_chans=1, image_size=28)
     config = build_config(model_args, DataArguments().spec(), _exp(fashion_mnist))
-    model = build_model(config, seed=0, image_size=28)
+    assert config.data_config["input_size"] == [1, 28, 28]  # resolved once, in the config the plan builds
+    model = build_model(config, seed=0)
     loaded = model.backbone.state_dict()
     assert set(loaded) == set(state) - {"fc.weight", "fc.bias"}  # timm drops the classifier (num_classes=0)
     for name, tensor in loaded.items():  # exact: tensors saved and read back
@@ -119,3 +120,15 @@ def test_pretrained_weights_keep_the_pretrained_data_config(tmp_path, fashion_mn
     assert model.config.data_config["input_size"] == list(expected["input_size"])  # 3 x 160 x 160
     assert model.config.data_config["mean"] == pytest.approx(list(expected["mean"]))
     assert model.config.data_config["std"] == pytest.approx(list(expected["std"]))
+
+
+def test_image_size_on_a_pretrained_backbone_keeps_the_rest_of_its_data_config(tmp_path, fashion_mnist):
+    """--image_size with pretrained weights: timm's mean, std and channels, at the asked size, in the config itself."""
+    path, _ = _timm_weights(tmp_path, ".safetensors", in_chans=3)
+    config = build_config(ModelArguments(backbone="test_resnet", backbone_checkpoint=str(path), image_size=64),
+                          DataArguments().spec(), _exp(fashion_mnist))  # fmt: skip
+    expected = timm.data.resolve_data_config({}, model=timm.create_model("test_resnet", pretrained=False))
+    assert config.data_config["input_size"] == [3, 64, 64]
+    assert config.data_config["mean"] == pytest.approx(list(expected["mean"]))
+    assert config.data_config["interpolation"] == expected["interpolation"]
+    assert build_model(config, seed=0).config.data_config == config.data_config  # the model keeps it as given

@@ -118,9 +118,7 @@ def load_fgvc_aircraft(
     root = Path(root).expanduser().absolute()
     archive = _find_archive(root)
     if archive is None and download:
-        from torchvision.datasets import (
-            FGVCAircraft,  # fetches and extracts into root/fgvc-aircraft-2013b
-        )
+        from torchvision.datasets import FGVCAircraft  # fetches and extracts into root/fgvc-aircraft-2013b
 
         tarball = root / f"{ARCHIVE_DIR}.tar.gz"
         had_tarball = tarball.exists()

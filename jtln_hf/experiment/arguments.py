@@ -362,9 +362,7 @@ def method_settings(data: DataArguments, model: ModelArguments, jtln: JTLNArgume
         m.name: m.settings({f: values[f] for f in (*m.flags, "pretrained") if f in values})
         for m in METHOD_REGISTRY.values() if m.settings is not None
     }  # fmt: skip
-    return MethodSettings(data=data.spec(), cost=resolved_cost(data, model, jtln),
-                          image_size=model.image_size if model.pretrained else None,
-                          methods=MappingProxyType(own))  # fmt: skip
+    return MethodSettings(data=data.spec(), cost=resolved_cost(data, model, jtln), methods=MappingProxyType(own))
 
 
 def _check_streaming(data: DataArguments, given: set[str]) -> None:

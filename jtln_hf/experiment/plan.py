@@ -27,6 +27,8 @@ from typing import Any
 
 import datasets
 import numpy as np
+import timm
+import torch
 from transformers.utils import logging
 
 from ..backbones import check_backbone
@@ -39,7 +41,7 @@ from ..data.pools import DataPools, DataSpec, ExperimentData, load_pools, prepar
 from ..data.sources import data_config_from_stats, image_stats
 from ..data.stream_source import take_rows
 from ..methods import METHOD_REGISTRY, MethodSettings, RunResult, build_model, run_method, stage_length
-from ..modeling_jtln import JointImageClassifier, TimmExportError
+from ..modeling_jtln import JointImageClassifier, TimmExportError, default_data_config
 from ..sharing.folder import save_model
 from ..training.arguments import JTLNTrainingArguments, loss_settings
 from .arguments import DataArguments, JTLNArguments, ModelArguments, method_settings
@@ -55,11 +57,24 @@ def _own_data_config(data: DataSpec) -> dict[str, Any] | None:
     return dict(known.data_config) if known is not None and known.data_config is not None else None
 
 
+def pretrained_data_config(backbone: str, backbone_kwargs: dict[str, Any], image_size: int) -> dict[str, Any]:
+    """timm's pretrained data config of ``backbone`` (size, mean, std, channels), as the model resolves it when
+    built without one, with ``input_size`` made ``image_size`` square. Read from the architecture on the meta
+    device: no weights are loaded or allocated."""
+    kwargs = {k: v for k, v in backbone_kwargs.items() if k != "pretrained_cfg_overlay"}
+    with torch.device("meta"):
+        net = timm.create_model(backbone, pretrained=False, num_classes=0, **kwargs)
+    data_config = default_data_config(net)
+    data_config["input_size"] = [data_config["input_size"][0], image_size, image_size]
+    return data_config
+
+
 def build_config(model_args: ModelArguments, data: DataSpec, exp: ExperimentData) -> JointImageClassifierConfig:
     """The model config: label sets, backbone, and the input the data or the pretrained weights want.
 
     * Pretrained (``--pretrained_backbone`` or ``--backbone_checkpoint``): timm's pretrained data
-      config (size, mean, std, channels) is kept (``--in_chans`` / ``--image_size`` override it);
+      config (size, mean, std, channels) is kept (``--in_chans`` / ``--image_size`` override it: with
+      ``--image_size``, :func:`pretrained_data_config` puts it in the config here, the one place the size is set);
       images of any mode and size are converted to it.
     * From scratch: channels, size, mean and std are read from the images
       (:func:`jtln_hf.data.sources.image_stats`: 1 channel when every image is grayscale, the target
@@ -75,6 +90,8 @@ def build_config(model_args: ModelArguments, data: DataSpec, exp: ExperimentData
             backbone_kwargs["in_chans"] = model_args.in_chans
         if model_args.backbone_checkpoint is not None:
             backbone_kwargs["pretrained_cfg_overlay"] = {"file": str(Path(model_args.backbone_checkpoint).resolve())}
+        if model_args.image_size is not None:  # timm's pretrained config at another size: the one place it is set
+            data_config = pretrained_data_config(model_args.backbone, backbone_kwargs, model_args.image_size)
     else:
         data_config = _own_data_config(data)
         if data_config is None or model_args.in_chans not in (None, data_config["input_size"][0]):
@@ -146,7 +163,7 @@ def plan_experiment(
     pools = pools if pools is not None else load_pools(spec)
     data = {seed: prepare_data(spec, seed, pools) for seed in seeds}
     config = build_config(model_args, spec, data[seeds[0]])
-    model = build_model(config, seeds[0], settings.image_size)
+    model = build_model(config, seeds[0])
     if args.save_timm:  # before training, not after: a backbone whose classifier the timm export cannot map
         try:
             model.to_timm()

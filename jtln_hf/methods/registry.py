@@ -25,14 +25,12 @@ class MethodSettings:
     """What the methods read of a run, resolved once by the plan into a frozen value.
 
     ``data``: the data flags; ``cost``: the resolved cost (with its matrix when it is fixed before
-    training); ``image_size``: the input size a pretrained backbone is built at (None: the
-    config's); ``methods``: each registered method's own resolved settings (:attr:`Method.settings`,
+    training); ``methods``: each registered method's own resolved settings (:attr:`Method.settings`,
     e.g. Co-Tuning's weight and warm-up), by name.
     """
 
     data: DataSpec
     cost: Cost
-    image_size: int | None = None
     methods: Mapping[str, Any] = field(default_factory=dict)
 
     def of(self, method: str) -> Any:

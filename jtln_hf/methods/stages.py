@@ -28,7 +28,7 @@ logger = logging.get_logger(__name__)
 
 
 # ----------------------------------------------------------------------------------------- model
-def build_model(config: JointImageClassifierConfig, seed: int, image_size: int | None = None) -> JointImageClassifier:
+def build_model(config: JointImageClassifierConfig, seed: int) -> JointImageClassifier:
     """A fresh model with seeded initial weights (identical across methods for one seed).
 
     A local weights file named in ``backbone_kwargs["pretrained_cfg_overlay"]`` is loaded by timm,
@@ -37,9 +37,6 @@ def build_model(config: JointImageClassifierConfig, seed: int, image_size: int |
     set_seed(seed)
     model = JointImageClassifier(copy.deepcopy(config))
     model.config.backbone_kwargs.pop("pretrained_cfg_overlay", None)
-    if image_size is not None:
-        chans = model.config.data_config["input_size"][0]
-        model.config.data_config["input_size"] = [chans, image_size, image_size]
     return model
 
 

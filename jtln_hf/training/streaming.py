@@ -41,7 +41,6 @@ class StreamTrainingMixin:
             persistent_workers=args.dataloader_persistent_workers and workers > 0,
             pin_memory=args.dataloader_pin_memory,
         )  # fmt: skip
-        self._train_composition = (stream.n_source + stream.n_target, stream.n_source)
         return self._stream_loader
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):

@@ -66,6 +66,10 @@ class JTLNTrainer(BadImagesMixin, StreamTrainingMixin, Trainer):
     dataset without ``domain`` is all target rows, as are evaluation datasets (``domain`` 1). Labels
     are checked before the first step; unreadable rows skipped are counted (:mod:`jtln_hf.training.bad_images`).
     Arguments are keyword-only, as :class:`transformers.Trainer`'s (``model``, ``args`` ...).
+
+    The mixins hold only their own state and wrap Trainer's methods through ``super()``: ``train`` runs
+    :class:`BadImagesMixin`'s, :class:`StreamTrainingMixin`'s, then Trainer's; ``log`` this class's, then
+    :class:`BadImagesMixin`'s. A training batch's composition is set here, for both loaders.
     """
 
     #: The loss parts logged (mean since the last log) beside ``loss``; a subclass adding a term extends it.
@@ -102,7 +106,9 @@ class JTLNTrainer(BadImagesMixin, StreamTrainingMixin, Trainer):
         """Per-device batches from :class:`PairedBatchSampler`; Accelerate shards whole batches (a stream: its own loader)."""
         if self.train_dataset is None:
             raise ValueError("JTLNTrainer: training requires a train_dataset.")
-        if self.streams_source:
+        if self.streams_source:  # whole per-device batches of n_source + n_target rows, from the stream's own loader
+            stream = self.train_dataset
+            self._train_composition = (stream.n_source + stream.n_target, stream.n_source)
             return self.stream_dataloader()
         sampler = PairedBatchSampler(
             domains_of(self.train_dataset),
@@ -348,9 +354,7 @@ class JTLNTrainer(BadImagesMixin, StreamTrainingMixin, Trainer):
         """
         if not self.is_world_process_zero():
             return
-        from ..sharing import (
-            modelcard,  # imported here: it pulls in matplotlib, which training does not need
-        )
+        from ..sharing import modelcard  # imported here: it pulls in matplotlib, which training does not need
 
         model = self.accelerator.unwrap_model(self.model)
         if transport_plan is None and self.args.world_size == 1:
