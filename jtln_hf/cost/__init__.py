@@ -16,6 +16,12 @@ centroids) and :func:`cost_from_relationship` (Co-Tuning's relationship). :func:
 a ``.npy`` or ``.csv`` matrix as written; :func:`validate_cost` checks C against a model's classes;
 :func:`shuffle_cost_columns` permutes C's target columns into the shuffled-cost control (same values,
 wrong relations).
+
+A run's cost lives in this package too, in modules not re-exported here because they read the data and the
+model (a higher layer): :mod:`~jtln_hf.cost.builders` (the ``--cost`` registry), :mod:`~jtln_hf.cost.resolve`
+(a run's C built, normalised and shuffled) and :mod:`~jtln_hf.cost.refresh` (recomputed during training).
+:mod:`~jtln_hf.cost.stability` holds the conservative ``features-mmd-stable`` (relations kept where bootstrap
+resamples agree).
 """
 
 from __future__ import annotations
