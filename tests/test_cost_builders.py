@@ -188,3 +188,13 @@ def test_the_prior_is_the_default_only_where_it_names_the_chosen_classes():
                                 target_classes=["T-shirt/top", "Trouser", "Pullover", "Dress", "Sneaker"]).spec()
     assert cost_kind(None, alternative) == DEFAULT_FEATURE_COST
     assert cost_kind("prior", alternative) == "prior"  # asked for: its own clear error later, not a silent switch
+
+
+def test_the_default_cost_reads_the_classes_as_the_data_will_select_them():
+    """Ids name the same classes as names; without --source_classes the source is every other class (8 here)."""
+    ids = DataArguments(source_classes=["0", "1", "2", "3", "7"], target_classes=["6", "4", "5", "8", "9"]).spec()
+    assert cost_kind(None, ids) == "prior"  # the embedded split, by id
+    two_targets = DataArguments(target_classes=["Shirt", "Coat"]).spec()  # sources: the 8 other classes
+    assert cost_kind(None, two_targets) == DEFAULT_FEATURE_COST  # Coat, Sandal ... as sources: not in the prior's rows
+    with_sources = DataArguments(source_classes=["T-shirt/top", "Pullover"], target_classes=["Shirt", "Coat"]).spec()
+    assert cost_kind(None, with_sources) == "prior"

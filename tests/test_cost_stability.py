@@ -100,3 +100,27 @@ def test_the_builder_relates_each_target_class_to_its_nearby_source_class(fashio
 def test_describe_names_the_kept_relations():
     cost = np.array([[0, UNSURE], [0, UNSURE], [1, UNSURE]])
     assert describe_stability(cost, ["a", "b", "c"], ["x", "y"]) == "x <- a, b; y: none (neutral)"
+
+
+def test_the_ten_percent_edge_is_exact():
+    """B = 10, source class 0 related in exactly 1 resample (f = 0.1): unrelated in 90%, so 1, not unsure."""
+    costs = np.array([[[0.0], [1.0], [2.0]]] + [[[2.0], [0.0], [2.5]]] * 9)  # one target column, 3 sources
+    f = relation_frequency(costs)
+    assert f[0, 0] == pytest.approx(0.1) and f[1, 0] == pytest.approx(0.9)
+    np.testing.assert_array_equal(stable_relation_cost(costs, 0.9), [[1.0], [0.0], [1.0]])
+
+
+def test_a_cost_with_no_sure_relation_stops_with_one_line(fashion_mnist):
+    """Every image of every class at one point: no class is nearer any other, so no relation; the builder says so."""
+    train, _ = fashion_mnist
+    names_s, names_t = ["T-shirt/top", "Trouser", "Pullover"], ["Shirt", "Coat"]
+    source, target = jdata.split_by_classes(train, names_s, names_t)
+
+    def predict(ds, fields):
+        y = np.asarray(ds["label"])
+        return {"pooler_output": np.zeros((len(y), 2), np.float32)}, y
+
+    inputs = CostInputs(jdata.sample_shots(source, 4, seed=0), jdata.sample_shots(target, 3, seed=0), names_s,
+                        names_t, predict=predict, samples_per_class=4)  # fmt: skip
+    with pytest.raises(ValueError, match=r"^--cost features-mmd-stable: no relation .* pass features-mmd"):
+        build_cost("features-mmd-stable", inputs, "column")

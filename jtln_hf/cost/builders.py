@@ -23,6 +23,7 @@ from ..data.fashion_mnist import FASHION_MNIST_PRIOR_PATH
 from ..data.known import known_dataset
 from ..data.labels import read_column
 from ..data.pools import DataSpec
+from ..data.splits import resolve_classes
 from ..data.stream_source import take_per_class
 from . import category_relationship, cost_from_features, cost_from_relationship, load_cost, normalize_cost
 from .stability import (
@@ -221,6 +222,10 @@ def _stable(inputs: CostInputs) -> tuple[np.ndarray, str]:
     costs = bootstrap_feature_costs(xs, ys, xt, yt, method="mmd", num_source_labels=len(inputs.source_names),
                                     num_target_labels=len(inputs.target_names), seed=inputs.seed)  # fmt: skip
     raw = stable_relation_cost(costs)
+    if not (raw == 0).any():  # every column neutral: normalised, C would be all zeros and the OT term a constant
+        raise ValueError(f"--cost features-mmd-stable: no relation between the classes held in {STABLE_THRESHOLD:.0%} "
+                         f"of {STABLE_RESAMPLES} resamples of the images {_after(inputs)}: pass features-mmd (the "
+                         "graded cost), more labelled images per class, or a longer --cost_warmup_steps.")  # fmt: skip
     return raw, (f"mmd relations between the pooled backbone features of each source class ({len(xs)} images) and "
                  f"each target class ({len(xt)} labelled images), kept where {STABLE_THRESHOLD:.0%} of "
                  f"{STABLE_RESAMPLES} bootstrap resamples of the images agree (0 related, 1 unrelated, "
@@ -280,10 +285,25 @@ def data_prior(data: DataSpec) -> Path | None:
 
 
 def prior_covers(prior: Path, data: DataSpec) -> bool:
-    """Whether ``prior`` names every chosen class: ``--source_classes`` among its rows, ``--target_classes`` among its
-    columns (a side not chosen is the dataset's default split, which its prior is written for)."""
+    """Whether ``prior`` names every class the run will use: its rows the source classes, its columns the target ones.
+
+    The classes as the data will select them (:func:`jtln_hf.data.pools.load_pools`), resolved from the
+    known dataset's label names: ``--target_classes`` (names or ids; default the dataset's split) and
+    ``--source_classes`` (default every other class). Class flags that do not resolve count as covered:
+    the data's own check names them first.
+    """
+    known = known_dataset(data.specs[0])
+    if known is None or known.class_names is None:
+        return True
+    names = known.class_names
     try:
-        load_cost(prior, data.source_classes, data.target_classes)
+        targets = [names[i] for i in resolve_classes(data.target_classes or known.target_classes or (), names)]
+        sources = ([names[i] for i in resolve_classes(data.source_classes, names)] if data.source_classes
+                   else [n for n in names if n not in targets])  # fmt: skip
+    except ValueError:
+        return True
+    try:
+        load_cost(prior, sources, targets)
     except ValueError:
         return False
     return True

@@ -109,7 +109,7 @@ def stable_relation_cost(costs: Any, threshold: float = STABLE_THRESHOLD) -> np.
     With :math:`f` the :func:`relation_frequency` of the resampled costs and :math:`\tau` the threshold,
 
     .. math:: C_{ij} = \begin{cases} 0 & f_{ij} \ge \tau \quad\text{(related in nearly every resample)}\\
-        1 & f_{ij} \le 1 - \tau \quad\text{(unrelated in nearly every resample)}\\
+        1 & 1 - f_{ij} \ge \tau \quad\text{(unrelated in nearly every resample)}\\
         \tfrac12 & \text{otherwise (unsure)} \end{cases}
 
     and a target column with no related entry is constant (every entry :math:`\tfrac12`): no
@@ -134,7 +134,8 @@ def stable_relation_cost(costs: Any, threshold: float = STABLE_THRESHOLD) -> np.
     if not 0.5 < threshold <= 1:
         raise ValueError(f"threshold must lie in (0.5, 1], got {threshold}")
     f = relation_frequency(costs)
-    cost = np.where(f >= threshold, 0.0, np.where(f <= 1 - threshold, 1.0, UNSURE))
+    # "unrelated in at least tau of the resamples", as 1 - f >= tau: f <= 1 - tau would lose the edge to rounding
+    cost = np.where(f >= threshold, 0.0, np.where(1 - f >= threshold, 1.0, UNSURE))
     cost[:, ~(cost == 0).any(axis=0)] = UNSURE
     return cost
 

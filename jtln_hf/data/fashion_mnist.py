@@ -80,4 +80,5 @@ def _open_fashion_mnist(root: str | None, splits: Sequence[str] | None) -> datas
 
 
 register_known_dataset(KnownDataset(FASHION_MNIST, _open_fashion_mnist, "zalando-datasets/fashion_mnist",
-                                    DEFAULT_TARGET_CLASSES, FASHION_MNIST_DATA_CONFIG, FASHION_MNIST_PRIOR_PATH))
+                                    DEFAULT_TARGET_CLASSES, FASHION_MNIST_DATA_CONFIG, FASHION_MNIST_PRIOR_PATH,
+                                    FASHION_MNIST_LABELS))

@@ -35,7 +35,10 @@ class KnownDataset:
         images (:func:`jtln_hf.data.sources.image_stats`).
     prior_cost : Path, optional
         A hand-written source-target prior (labelled CSV): ``--cost prior``, and the default cost
-        when the dataset is split by class.
+        when the dataset is split by class and the prior names every chosen class.
+    class_names : tuple of str, optional
+        Its label names, in label order, known without opening it (to resolve ``--source_classes`` /
+        ``--target_classes`` given as names or ids before the data loads).
     """
 
     name: str
@@ -44,6 +47,7 @@ class KnownDataset:
     target_classes: tuple[str, ...] | None = None
     data_config: dict[str, Any] | None = None
     prior_cost: Path | None = None
+    class_names: tuple[str, ...] | None = None
 
 
 #: The datasets known by name (``register_known_dataset`` adds one); every other spec is read generically.

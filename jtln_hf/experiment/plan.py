@@ -118,7 +118,7 @@ class RunPlan:
 
     ``methods`` and ``seeds`` in order; ``pools`` (fixed across seeds) and ``data`` (each seed's
     shots); ``config``; ``settings``: the data spec, the cost (its kind, normalisation, warm-up and,
-    when fixed before training, its matrix), the input size and each method's own settings;
+    when fixed before training, its matrix) and each method's own settings (the input size is in ``config``);
     ``backbone`` and ``pretrained``: what the results and the card state.
     """
 

@@ -94,7 +94,7 @@ class LossSettings:
 
         :math:`\bar\gamma = \frac1N \sum_n \gamma^*(\mathrm{softmax}\,h_s(x_n), \mathrm{softmax}\,h_t(x_n); C, \varepsilon)`:
         :func:`jtln_hf.sinkhorn.mean_transport_plan` with this objective's ε, iterations, solver and tolerance,
-        the plan whose cost the loss adds. The card, the demo's figure and a sweep's record draw this one.
+        the plan whose cost the loss adds. The card and a sweep's record draw this one.
         """
         return mean_transport_plan(source_logits, logits, cost, epsilon=self.ot_epsilon, iterations=self.ot_iterations,
                                    method=self.ot_method, tol=self.ot_tol)  # fmt: skip

@@ -5,7 +5,7 @@ and writes the YAML metadata block (library, tags, datasets, metrics with their 
 ``model-index``, base model, license); :mod:`jtln_hf.sharing.figures` draws the PNGs the card shows
 (cost matrix, mean transport plan, comparison). This module gathers what the card says.
 
-Used by :func:`jtln_hf.experiment.results.save_model` (the recipe's ``model/`` folder) and by
+Used by :func:`jtln_hf.sharing.folder.save_model` (the recipe's ``model/`` folder) and by
 :meth:`jtln_hf.training.trainer.JTLNTrainer.create_model_card` (what ``Trainer.push_to_hub`` publishes).
 """
 
