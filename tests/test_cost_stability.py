@@ -21,6 +21,10 @@ COSTS = np.array([[[0.0, 5.0], [1.0, 5.0], [2.0, 5.0]],    # column means 1 and 
                   [[0.0, 1.0], [0.5, 2.0], [4.0, 3.0]]])   # column means 1.5 and 2  # fmt: skip
 
 
+# Exact comparisons below: every value is a small dyadic number or a share k/B of booleans, and the column means
+# (1, 5, 1.5, 2) are exact in float64 on any CPU; the outputs are picked from {0, 0.5, 1} by those comparisons.
+
+
 def test_relation_frequency_by_hand():
     # below the column mean: b0 col0 (T, F, F), col1 none; b1 col0 (T, T, F), col1 (T, F, F)
     np.testing.assert_array_equal(relation_frequency(COSTS), [[1.0, 0.5], [0.5, 0.0], [0.0, 0.0]])
@@ -58,7 +62,7 @@ def test_a_resample_of_identical_rows_is_the_cost_of_the_rows():
     bandwidths = mmd_bandwidths(np.concatenate([xs, xt]), seed=0)
     expected = cost_from_features(xs, ys, xt, yt, method="mmd", bandwidths=bandwidths, normalize="none")
     assert costs.shape == (3, 3, 2)
-    for cost in costs:
+    for cost in costs:  # exact: the same cost_from_features call on equal arrays of the same shapes, in this process
         np.testing.assert_array_equal(cost, expected)
 
 
@@ -92,6 +96,7 @@ def test_the_builder_relates_each_target_class_to_its_nearby_source_class(fashio
     inputs = CostInputs(jdata.sample_shots(source, 4, seed=0), jdata.sample_shots(target, 3, seed=0), names_s,
                         names_t, predict=predict, samples_per_class=4, warmup_steps=500)  # fmt: skip
     cost, how = build_cost("features-mmd-stable", inputs, "none")
+    # exact: 0/1 picked by comparisons with a wide margin (the docstring's), not a computed float
     np.testing.assert_array_equal(cost, [[0, 1], [1, 1], [1, 0]])
     assert "Shirt <- T-shirt/top; Coat <- Pullover" in how and "after 500 source-only warm-up steps" in how
     assert "100 bootstrap resamples" in how

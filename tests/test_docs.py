@@ -105,3 +105,11 @@ def test_every_relative_link_of_the_readme_and_the_docs_resolves():
             if not path.exists() or (anchor and path.suffix == ".md" and anchor not in _anchors(path)):
                 broken.append(f"{page.relative_to(ROOT)}: {target}")
     assert not broken, broken
+
+
+def test_the_readme_is_a_front_door():
+    """At most 250 lines: the rest lives in docs/ pages and CHANGELOG.md, which the README links."""
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 250
+    for page in ("docs/results.md", "docs/cli.md", "docs/scale.md", "docs/sharing.md", "docs/errors.md", "docs/design.md"):
+        assert (ROOT / page).is_file() and page in text, page

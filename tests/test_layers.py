@@ -302,3 +302,10 @@ def test_the_walker_sees_lazy_and_type_checking_imports():
                      "def f():\n    import c\n")  # fmt: skip
     kinds = {node.names[0].name: how for node, how in _imports(tree)}
     assert kinds == {"TYPE_CHECKING": "top", "a": "top", "b": "TC", "c": "lazy"}
+
+
+def test_the_top_level_reads_like_the_layer_diagram():
+    """The model trio, the facade, version and errors, at most three other modules; everything else in packages."""
+    top = {p.stem for p in PACKAGE.glob("*.py")}
+    core = {"__init__", "version", "errors", "configuration_jtln", "modeling_jtln", "image_processing_jtln"}
+    assert core <= top and len(top - core) <= 3, sorted(top - core)
