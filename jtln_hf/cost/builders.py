@@ -22,7 +22,7 @@ from ..data import sample_shots
 from ..data.fashion_mnist import FASHION_MNIST_PRIOR_PATH
 from ..data.known import known_dataset
 from ..data.labels import read_column
-from ..data.pools import DataSpec
+from ..data.pools import DataSpec, chosen_classes
 from ..data.splits import resolve_classes
 from ..data.stream_source import take_per_class
 from . import category_relationship, cost_from_features, cost_from_relationship, load_cost, normalize_cost
@@ -297,9 +297,7 @@ def prior_covers(prior: Path, data: DataSpec) -> bool:
         return True
     names = known.class_names
     try:
-        targets = [names[i] for i in resolve_classes(data.target_classes or known.target_classes or (), names)]
-        sources = ([names[i] for i in resolve_classes(data.source_classes, names)] if data.source_classes
-                   else [n for n in names if n not in targets])  # fmt: skip
+        sources, targets = [[names[i] for i in resolve_classes(side, names)] for side in chosen_classes(data, names)]
     except ValueError:
         return True
     try:

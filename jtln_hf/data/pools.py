@@ -7,6 +7,7 @@ importing the CLI and orchestration layer (the recipe's ``DataArguments`` builds
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import datasets
@@ -180,16 +181,13 @@ def _streamed_source(data: DataSpec) -> datasets.IterableDataset:
     )  # fmt: skip
 
 
-def _one_dataset(data: DataSpec) -> tuple[datasets.Dataset, datasets.Dataset, datasets.Dataset, str]:
-    """Source, target pool, target test and description of one ``--dataset`` split by class."""
+def chosen_classes(data: DataSpec, names: Sequence[str]) -> tuple[list, list]:
+    """The source and target classes of one dataset split by class, among its label ``names``.
+
+    ``--target_classes`` (names or ids), else the known dataset's split; ``--source_classes``, else every other
+    class (as names). The one rule :func:`load_pools` selects by and the default cost reads before loading.
+    """
     spec = data.specs[0]
-    splits = open_dataset(spec, config_name=data.dataset_config, root=data.dataset_root,
-                          splits=[data.train_split, data.test_split])  # fmt: skip
-    columns = (data.image_column, data.label_column, f"--dataset {spec}")
-    train = _standard(pick_split(splits, data.train_split, "--train_split", spec), *columns)
-    test = _align(_standard(pick_split(splits, data.test_split, "--test_split", spec), *columns), train,
-                  columns[2])  # fmt: skip
-    names = train.features["label"].names
     target_classes = list(data.target_classes or ())
     if not target_classes:
         known = known_dataset(spec)
@@ -201,6 +199,19 @@ def _one_dataset(data: DataSpec) -> tuple[datasets.Dataset, datasets.Dataset, da
     if not source_classes:
         target_ids = set(jsplits.resolve_classes(target_classes, names))
         source_classes = [name for i, name in enumerate(names) if i not in target_ids]
+    return source_classes, target_classes
+
+
+def _one_dataset(data: DataSpec) -> tuple[datasets.Dataset, datasets.Dataset, datasets.Dataset, str]:
+    """Source, target pool, target test and description of one ``--dataset`` split by class."""
+    spec = data.specs[0]
+    splits = open_dataset(spec, config_name=data.dataset_config, root=data.dataset_root,
+                          splits=[data.train_split, data.test_split])  # fmt: skip
+    columns = (data.image_column, data.label_column, f"--dataset {spec}")
+    train = _standard(pick_split(splits, data.train_split, "--train_split", spec), *columns)
+    test = _align(_standard(pick_split(splits, data.test_split, "--test_split", spec), *columns), train,
+                  columns[2])  # fmt: skip
+    source_classes, target_classes = chosen_classes(data, train.features["label"].names)
     source, pool = jsplits.split_by_classes(train, source_classes, target_classes)
     _, test = jsplits.split_by_classes(test, source_classes, target_classes)
     return source, pool, test, display_name(spec)
