@@ -72,6 +72,35 @@ def test_feature_cost_reads_pooled_features_of_sampled_source_and_all_target_ima
     assert "centroid" in how and "(6 images)" in how
 
 
+def test_the_target_pool_diagnostic_reads_that_many_images_of_each_target_class_from_the_pool(fashion_mnist):
+    """--cost_from_target_pool: the builder sees samples_per_class pool images per target class, not the shots."""
+    from types import SimpleNamespace
+
+    from jtln_hf.cost.builders import Cost
+    from jtln_hf.cost.resolve import resolve_cost
+
+    train, _ = fashion_mnist
+    source, pool = jdata.split_by_classes(train, SOURCE, TARGET)
+    shots = jdata.sample_shots(pool, 3, seed=0)
+    seen = []
+
+    def predict(ds, fields):
+        y = np.asarray(ds["label"])
+        seen.append(np.bincount(y).tolist())
+        return {"pooler_output": np.stack([y, np.zeros_like(y)], 1).astype(np.float32)}, y
+
+    exp = SimpleNamespace(source=source, target=shots, target_pool=pool, source_names=SOURCE, target_names=TARGET)
+    fixed = resolve_cost(Cost("features-centroid", "none", 0, 7, from_target_pool=True), exp, seed=1, predict=predict)
+    assert seen == [[7, 7, 7], [7, 7]]  # 7 source and 7 target images per class, though the run has 3 shots
+    assert "diagnostic (--cost_from_target_pool)" in fixed.description
+    seen.clear()
+    resolve_cost(Cost("features-centroid", "none", 0, 7), exp, seed=1, predict=predict)
+    assert seen == [[7, 7, 7], [3, 3]]  # without it: the shots
+    with pytest.raises(ValueError, match="--cost_from_target_pool is only used by"):
+        check_arguments(DataArguments(), ModelArguments(), JTLNArguments(cost="prior", cost_from_target_pool=True),
+                        {"cost", "cost_from_target_pool"})  # fmt: skip
+
+
 def test_prior_file_and_constant(fashion_mnist, tmp_path):
     inputs = _inputs(fashion_mnist, prior=FASHION_MNIST_PRIOR_PATH)
     prior, how = build_cost("prior", inputs, "none")

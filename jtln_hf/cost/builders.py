@@ -69,7 +69,9 @@ class Cost:
     model cost recomputed every that many joint steps; 0: computed once); ``prior``: the data's hand-written prior
     (:func:`data_prior`); ``fixed``: the matrix when it is resolved before training (``None`` for a
     model cost, or before the plan resolves it); ``shuffle_seed``: ``--cost_shuffle_seed`` (C's target
-    columns permuted by that seed once built and normalised: the shuffled-cost control; None: not shuffled).
+    columns permuted by that seed once built and normalised: the shuffled-cost control; None: not shuffled);
+    ``from_target_pool``: ``--cost_from_target_pool`` (a diagnostic: a features-* cost reads ``samples_per_class``
+    images of each target class from the whole labelled target pool, not the k shots).
     """
 
     kind: str
@@ -80,6 +82,7 @@ class Cost:
     prior: Path | None = None
     fixed: FixedCost | None = None
     shuffle_seed: int | None = None
+    from_target_pool: bool = False
 
     @property
     def from_model(self) -> bool:
@@ -335,7 +338,7 @@ def default_warmup_steps(given: int | None, *, pretrained: bool = False, needs_s
 
 def plan_cost(
     cost: str | None, data: DataSpec, *, normalization: str, warmup_steps: int | None, samples_per_class: int,
-    pretrained: bool, refresh_steps: int = 0, shuffle_seed: int | None = None,
+    pretrained: bool, refresh_steps: int = 0, shuffle_seed: int | None = None, from_target_pool: bool = False,
 ) -> Cost:  # fmt: skip
     """The cost flags resolved once into a :class:`Cost` (kind, warm-up, refresh, prior, shuffle; no matrix yet).
 
@@ -343,6 +346,7 @@ def plan_cost(
     :func:`default_warmup_steps`; a cost that needs no model has no refresh, and a warm-up only when one is given:
     the same source-only steps as a model cost's run, to compare the two costs after equal training).
     ``shuffle_seed`` (``--cost_shuffle_seed``) must be an integer >= 0, for a cost with relations.
+    ``from_target_pool`` (``--cost_from_target_pool``): the diagnostic upper bound, for a features-* cost.
     """
     kind = cost_kind(cost, data)
     warmup = warmup_steps or 0  # a fixed cost: none unless asked (the prior after the warm-up of a model cost's run)
@@ -350,7 +354,8 @@ def plan_cost(
         warmup = default_warmup_steps(warmup_steps, pretrained=pretrained,
                                       needs_source_head=COST_BUILDERS[kind].warmup_when_pretrained)  # fmt: skip
     refresh = refresh_steps if is_model_cost(kind) else 0
-    planned = Cost(kind, normalization, warmup, samples_per_class, refresh, data_prior(data), shuffle_seed=shuffle_seed)
+    planned = Cost(kind, normalization, warmup, samples_per_class, refresh, data_prior(data), shuffle_seed=shuffle_seed,
+                   from_target_pool=from_target_pool)  # fmt: skip
     if shuffle_seed is not None and shuffle_seed < 0:
         raise ValueError(f"--cost_shuffle_seed must be >= 0 (a numpy seed), got {shuffle_seed}.")
     if shuffle_seed is not None and not planned.relations:

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..data.fashion_mnist import FASHION_MNIST_PRIOR_PATH
 from ..data.pools import ExperimentData
+from ..data.splits import sample_shots
 from .builders import Cost, CostInputs, FixedCost, Predict, build_cost
 from .shuffle import describe_shuffle, permute_columns, shuffle_cost_columns
 
@@ -28,14 +29,24 @@ def resolve_cost(
     (``--cost_shuffle_seed``), the built and normalised C's target columns are then permuted,
     :math:`C'_{:, j} = C_{:, p_j}`: :math:`p` drawn for this C by that seed
     (:func:`jtln_hf.cost.shuffle_cost_columns`), or ``permutation`` when given (a refresh keeps the first
-    build's); the returned :class:`FixedCost` holds :math:`p` and says so.
+    build's); the returned :class:`FixedCost` holds :math:`p` and says so. With ``cost.from_target_pool``
+    (the ``--cost_from_target_pool`` diagnostic) the builder reads ``cost.samples_per_class`` images of each
+    target class drawn by ``seed`` from ``exp.target_pool`` instead of the k shots.
     """
+    target = exp.target
+    if cost.from_target_pool:
+        if exp.target_pool is None:
+            raise ValueError("--cost_from_target_pool: this run's data has no target pool to read.")
+        target = sample_shots(exp.target_pool, cost.samples_per_class, seed=seed)
     inputs = CostInputs(
-        exp.source, exp.target, list(exp.source_names), list(exp.target_names), predict=predict,
+        exp.source, target, list(exp.source_names), list(exp.target_names), predict=predict,
         prior=cost.prior or FASHION_MNIST_PRIOR_PATH, seed=seed, warmup_steps=warmup_steps,
         samples_per_class=cost.samples_per_class,
     )  # fmt: skip
     matrix, how = build_cost(cost.kind, inputs, cost.normalization)
+    if cost.from_target_pool:
+        how = (f"{how.removesuffix('.')}; a diagnostic (--cost_from_target_pool): the target images were drawn from "
+               "the whole labelled target pool, not the k shots.")  # fmt: skip
     if cost.refresh_steps:
         how = f"{how.removesuffix('.')}; recomputed from the current backbone every {cost.refresh_steps} joint steps."
     if cost.shuffle_seed is None:

@@ -33,7 +33,11 @@ class DataPools:
 
 @dataclass(frozen=True)
 class ExperimentData:
-    """The source set (or stream), the k-shot target set and the target test set (labels in own spaces)."""
+    """The source set (or stream), the k-shot target set and the target test set (labels in own spaces).
+
+    ``target_pool`` is the labelled pool the shots were drawn from: read only by the
+    ``--cost_from_target_pool`` diagnostic.
+    """
 
     source: datasets.Dataset | datasets.IterableDataset
     target: datasets.Dataset
@@ -41,6 +45,7 @@ class ExperimentData:
     source_names: list[str]
     target_names: list[str]
     target_validation: datasets.Dataset | None = None
+    target_pool: datasets.Dataset | None = None
 
 
 @dataclass(frozen=True)
@@ -251,6 +256,7 @@ def prepare_data(data: DataSpec, seed: int, pools: DataPools | None = None) -> E
         source_names=pools.source.features["label"].names,
         target_names=target.features["label"].names,
         target_validation=pools.target_validation,
+        target_pool=pools.target_pool,
     )
 
 

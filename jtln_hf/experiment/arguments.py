@@ -201,6 +201,12 @@ class JTLNArguments:
     )  # fmt: skip
     cost_shuffle_seed: int | None = field(default=None, metadata={"help": "A control: permute C's target columns by "
                                           "this seed once C is built and normalised (same values, wrong relations)."})
+    cost_from_target_pool: bool = field(
+        default=False,
+        metadata={"help": "A diagnostic, not a method: a features-* cost reads --cost_samples_per_class labelled images "
+                  "of each target class from the whole target training pool instead of the k shots (the cost "
+                  "without its estimation noise; a few-shot user has no such labels)."},
+    )  # fmt: skip
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Replace the run in a non-empty --output_dir: its results.md, results.json, settings.json, "
@@ -297,7 +303,8 @@ def check_arguments(data: DataArguments, model: ModelArguments, jtln: JTLNArgume
         cost = resolved_cost(data, model, jtln)
         kind = cost.kind
         unused = {"cost_refresh_steps": [b.name for b in COST_BUILDERS.values() if b.from_model],
-                  "cost_samples_per_class": [b.name for b in COST_BUILDERS.values() if b.samples]}  # fmt: skip
+                  "cost_samples_per_class": [b.name for b in COST_BUILDERS.values() if b.samples],
+                  "cost_from_target_pool": [b.name for b in COST_BUILDERS.values() if b.samples]}  # fmt: skip
         for name, kinds in unused.items():
             also_read = any(name in m.flags for m in registered if not m.uses_ot)  # e.g. Co-Tuning's warm-up
             if name in given and kind not in kinds and not also_read:
@@ -347,7 +354,7 @@ def resolved_cost(data: DataArguments, model: ModelArguments, jtln: JTLNArgument
     return plan_cost(jtln.cost, data.spec(), normalization=jtln.cost_normalization,
                      warmup_steps=jtln.cost_warmup_steps, samples_per_class=jtln.cost_samples_per_class,
                      refresh_steps=jtln.cost_refresh_steps, shuffle_seed=jtln.cost_shuffle_seed,
-                     pretrained=model.pretrained)  # fmt: skip
+                     from_target_pool=jtln.cost_from_target_pool, pretrained=model.pretrained)  # fmt: skip
 
 
 def method_settings(data: DataArguments, model: ModelArguments, jtln: JTLNArguments) -> MethodSettings:
