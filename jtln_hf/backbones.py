@@ -129,6 +129,28 @@ def check_backbone(name: str, *, pretrained: bool, checkpoint: str | None) -> No
                          "reached: use the timm architecture name instead.")  # fmt: skip
 
 
+def patch_size(name: str, backbone_kwargs: dict) -> tuple[int, int] | None:
+    """The patch size of a backbone that cuts images into patches (a ViT's ``patch_embed``), else None.
+
+    Read from the architecture built on the meta device (no weights loaded or allocated).
+    """
+    kwargs = {k: v for k, v in backbone_kwargs.items() if k != "pretrained_cfg_overlay"}
+    with torch.device("meta"):
+        net = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    size = getattr(getattr(net, "patch_embed", None), "patch_size", None)
+    if size is None:
+        return None
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def check_patch_size(name: str, patch: tuple[int, int], image_size: int, where: str) -> None:
+    """Raise a one-line ``ValueError`` when ``image_size`` is not a multiple of the backbone's ``patch`` size."""
+    if image_size % patch[0] or image_size % patch[1]:
+        multiple = -(-image_size // max(patch)) * max(patch)
+        raise ValueError(f"--backbone {name} cuts images into {patch[0]}x{patch[1]} patches and the input is "
+                         f"{image_size} px ({where}): pass --image_size {multiple} (a multiple of {max(patch)}).")
+
+
 def cached_config(name: str) -> str | None:
     found = try_to_load_from_cache(name.removeprefix("hf-hub:").split("@")[0], "config.json")
     return found if isinstance(found, str) else None
@@ -140,6 +162,8 @@ __all__ = [
     "check_architecture",
     "check_backbone",
     "check_checkpoint",
+    "check_patch_size",
     "check_pretrained_available",
     "hub_reachable",
+    "patch_size",
 ]

@@ -86,6 +86,8 @@ class JointImageClassifierPreTrainedModel(PreTrainedModel):
     # already scaled for gradient accumulation.
     accepts_loss_kwargs = False
     _no_split_modules = []
+    # Trainer's --gradient_checkpointing: timm's own (set_grad_checkpointing), see _set_gradient_checkpointing
+    supports_gradient_checkpointing = True
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -111,6 +113,14 @@ class JointImageClassifierPreTrainedModel(PreTrainedModel):
                     f"({str(err).rstrip('.')}); restore the file, or set a new one with model.set_cost_matrix(C)."
                 ) from None
         return loaded
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None,
+                                    every_n_layers: int = 1) -> None:  # fmt: skip
+        """Activation checkpointing of the backbone's blocks through timm's ``set_grad_checkpointing`` (what
+        ``gradient_checkpointing_enable`` and Trainer's ``--gradient_checkpointing`` call): timm checkpoints its
+        own stages with ``torch.utils.checkpoint`` (non-reentrant), so ``gradient_checkpointing_func`` and
+        ``every_n_layers`` are not used. The heads are one linear layer each: nothing to recompute."""
+        self.backbone.set_grad_checkpointing(enable)
 
     def _init_weights(self, module: nn.Module) -> None:
         """Initialise the two heads only: the backbone keeps timm's initialisation or pretrained weights."""

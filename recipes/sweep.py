@@ -128,7 +128,7 @@ def run_job(job: tuple[str, str, int, list[str]]) -> dict[str, Any]:
     """
     from jtln_hf.data import load_pools
     from jtln_hf.experiment import plan_experiment
-    from jtln_hf.experiment.arguments import check_arguments
+    from jtln_hf.experiment.checks import check_arguments
     from jtln_hf.experiment.cli import parse_args
     from jtln_hf.methods import diagnose_model, run_method
     from jtln_hf.utils.io import atomic_write_text
@@ -471,7 +471,7 @@ def _jobs(grid: dict[str, dict[str, str]], base: list[str], seeds: list[int], ou
 
 def check_jobs(jobs: list[tuple[str, str, int, list[str]]]) -> None:
     """Every run's flags through the recipe's parsing and checks; a one-line ``ValueError`` on the first bad one."""
-    from jtln_hf.experiment.arguments import check_arguments
+    from jtln_hf.experiment.checks import check_arguments
     from jtln_hf.experiment.cli import parse_args
 
     for _, _, _, job_argv in jobs:

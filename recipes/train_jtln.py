@@ -48,7 +48,8 @@ from pathlib import Path
 
 from jtln_hf.data.bad_images import BadImagesError
 from jtln_hf.experiment import plan_experiment, run_experiment
-from jtln_hf.experiment.arguments import check_arguments, run_settings
+from jtln_hf.experiment.arguments import run_settings
+from jtln_hf.experiment.checks import check_arguments
 from jtln_hf.experiment import cli
 from jtln_hf.experiment.cli import UsageError, _split_debug
 from jtln_hf.sharing.demo import push_space

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from jtln_hf.experiment.arguments import DataArguments, JTLNArguments, ModelArguments, check_arguments, method_settings, resolved_cost
+from jtln_hf.experiment.arguments import DataArguments, JTLNArguments, ModelArguments, method_settings, resolved_cost
+from jtln_hf.experiment.checks import check_arguments
 from jtln_hf.cost.builders import DEFAULT_COST_WARMUP_STEPS
 
 

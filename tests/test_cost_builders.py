@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from jtln_hf import data as jdata
-from jtln_hf.experiment.arguments import DataArguments, JTLNArguments, ModelArguments, check_arguments, resolved_cost
+from jtln_hf.experiment.arguments import DataArguments, JTLNArguments, ModelArguments, resolved_cost
+from jtln_hf.experiment.checks import check_arguments
 from jtln_hf.data.fashion_mnist import FASHION_MNIST_PRIOR_PATH
 from jtln_hf.cost.builders import (
     COST_BUILDERS,

@@ -85,6 +85,7 @@ LAYER = {
     "training.bad_images": TRAINING,
     "training.trainer": TRAINING,
     "training.cotuning": TRAINING,
+    "training.lora": TRAINING,
     # a run's cost: built from the data (and the model, through the methods' predictor), resolved, refreshed
     "cost.builders": REGISTRIES,
     "cost.resolve": REGISTRIES,
@@ -100,6 +101,7 @@ LAYER = {
     "sharing.folder": RESULTS,
     "experiment": CLI,
     "experiment.arguments": CLI,
+    "experiment.checks": CLI,
     "experiment.cli": CLI,
     "experiment.plan": CLI,
     # the root ``__init__`` re-exports the model files; nothing inside the package imports it

@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 from conftest import make_args
 
-from jtln_hf.experiment.arguments import DataArguments, JTLNArguments, ModelArguments, check_arguments
+from jtln_hf.experiment.arguments import DataArguments, JTLNArguments, ModelArguments
+from jtln_hf.experiment.checks import check_arguments
 from jtln_hf.experiment import plan_experiment
 from jtln_hf.methods import (
     METHOD_REGISTRY,

@@ -75,6 +75,17 @@ CASES = {
     "negative shuffle seed": (["--mode", "jtln", "--cost_shuffle_seed", "-1"], r"--cost_shuffle_seed must be >= 0"),
     "shuffle one target class": (["--mode", "jtln", "--cost", "relationship", "--target_classes", "Shirt",
                                   "--cost_shuffle_seed", "1"], r"and this run has one target class: drop"),
+    "ViT patch size": (["--backbone", "test_vit"], r"--backbone test_vit cuts images into 16x16 patches and the input "
+                                                   r"is 28 px \(read from the data\): pass --image_size 32"),
+    "ViT image size": (["--backbone", "test_vit", "--image_size", "40"], r"input is 40 px \(--image_size\): pass "
+                                                                         r"--image_size 48 \(a multiple of 16\)"),
+    "LoRA rank": (["--lora_rank", "0"], r"--lora_rank must be >= 1, got 0"),
+    "LoRA without rank": (["--lora_dropout", "0.1"], r"--lora_dropout sets up LoRA adapters, which --lora_rank R"),
+    "LoRA targets": (["--lora_rank", "2", "--lora_target_modules", "qkv"],
+                     r"--lora_target_modules qkv name no nn.Linear or nn.Conv2d of backbone 'test_resnet'"),
+    "LoRA family": (["--backbone", "test_efficientnet", "--lora_rank", "2"],
+                    r"--lora_rank: no default layers for backbone 'test_efficientnet' \(EfficientNet\): pass "
+                    r"--lora_target_modules"),
 }
 
 
@@ -189,7 +200,7 @@ def test_given_flags_come_from_the_command_line_and_the_config(tmp_path):
 
 @pytest.mark.parametrize("name", ["fashion_mnist.yaml", "fgvc_aircraft_boeing.yaml", "fgvc_aircraft_airbus.yaml"])
 def test_shipped_configs_parse_and_pass_the_cross_checks(name):
-    from jtln_hf.experiment.arguments import check_arguments
+    from jtln_hf.experiment.checks import check_arguments
 
     path = REPO / "recipes" / "configs" / name
     data, model, jtln, training, given, _ = recipe.parse_args(["--config", str(path), "--bf16", "false"])  # CPU

@@ -1,10 +1,9 @@
-"""The recipe's arguments: what to train on, the network, what to run; and their cross-checks.
+"""The recipe's arguments: what to train on, the network, what to run.
 
 Three dataclasses that ``transformers.HfArgumentParser`` turns into flags (each its own group in
 ``--help``), beside :class:`jtln_hf.training.trainer.JTLNTrainingArguments`. A dataclass checks its own
-values in ``__post_init__``; :func:`check_arguments` checks the flags *against each other*
-(a flag that the chosen set-up would silently ignore is an error, not a surprise hours later).
-Every message names the problem and the fix on one line.
+values in ``__post_init__``; :func:`jtln_hf.experiment.checks.check_arguments` checks the flags *against each
+other*. Every message names the problem and the fix on one line.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from typing import Any
 
 from ..cost import COST_NORMALIZATIONS, DEFAULT_NORMALIZATION, NORMALIZATIONS
 from ..cost.builders import COST_BUILDERS, DEFAULT_COST_WARMUP_STEPS, DEFAULT_FEATURE_COST, Cost, plan_cost
-from ..data.fgvc_aircraft import FGVC_AIRCRAFT
 from ..data.pools import DataSpec
 from ..errors import did_you_mean
 from ..methods import METHOD_REGISTRY, MethodSettings, method_names
@@ -164,6 +162,20 @@ class ModelArguments:
                   "loaded by timm (in_chans adaptation, classifier dropped)."},
     )  # fmt: skip
     head_dropout: float = field(default=0.0, metadata={"help": "Dropout before the heads."})
+    lora_rank: int | None = field(
+        default=None,
+        metadata={"help": "Train LoRA adapters of this rank on the backbone (PEFT) instead of all its weights; the "
+                  "heads train fully. Default: full fine-tuning."},
+    )  # fmt: skip
+    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA's alpha (scale alpha / rank). Default: "
+                                                                     "2 x --lora_rank."})  # fmt: skip
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA adapters' input."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "Backbone layers LoRA adapts (module names or their last parts, as PEFT's target_modules). "
+                  "Default: a ViT's attention and MLP linears, a ConvNeXt's pointwise convolutions, a ResNet's "
+                  "block convolutions."},
+    )  # fmt: skip
 
     @property
     def pretrained(self) -> bool:
@@ -245,87 +257,6 @@ class JTLNArguments:
         return list(dict.fromkeys(self.methods)) if self.mode == COMPARE else [self.mode]
 
 
-#: Flags of ``--dataset`` and their two-dataset counterparts (a flag of the other shape is ignored).
-ONE_DATASET_FLAGS = {
-    "dataset_config": "--source_dataset_config / --target_dataset_config",
-    "train_split": "--source_split / --target_train_split",
-    "test_split": "--target_test_split",
-    "image_column": "--source_image_column / --target_image_column",
-    "label_column": "--source_label_column / --target_label_column",
-}
-TWO_DATASET_FLAGS = (
-    "source_dataset_config", "source_split", "source_image_column", "source_label_column", "target_dataset_config",
-    "target_train_split", "target_test_split", "target_image_column", "target_label_column", "source_streaming",
-)  # fmt: skip
-#: Flags that only a streamed source (``--source_streaming``) reads.
-STREAMING_FLAGS = ("source_shuffle_buffer", "source_label_names")
-
-
-def check_arguments(data: DataArguments, model: ModelArguments, jtln: JTLNArguments, given: set[str]) -> None:
-    """Raise a one-line ``ValueError`` for flags that contradict each other or would be ignored.
-
-    ``given`` holds the names of the flags set on the command line or in ``--config`` (a flag left
-    at its default is never an error).
-    """
-    if data.two_datasets:
-        if data.source_dataset is None or data.target_dataset is None:
-            missing = "--target_dataset" if data.target_dataset is None else "--source_dataset"
-            raise ValueError(f"two-dataset runs need both --source_dataset and --target_dataset: add {missing}.")
-        if "dataset" in given:
-            raise ValueError("--dataset (one dataset split by class) and --source_dataset/--target_dataset "
-                             "exclude each other: pass one or the other.")  # fmt: skip
-        for name, other in ONE_DATASET_FLAGS.items():
-            if name in given:
-                raise ValueError(f"--{name} applies to --dataset; with --source_dataset/--target_dataset use {other}.")
-    else:
-        for name in TWO_DATASET_FLAGS + ("target_test_fraction",):
-            if name in given:
-                raise ValueError(f"--{name} applies to --source_dataset/--target_dataset runs; with --dataset use "
-                                 f"{_one_dataset_counterpart(name)}.")  # fmt: skip
-    _check_streaming(data, given)
-    if "target_test_split" in given and data.target_test_fraction is not None:
-        raise ValueError("--target_test_split and --target_test_fraction exclude each other: test on the dataset's "
-                         "split, or carve one from its train split.")  # fmt: skip
-    if data.dataset_root is not None and FGVC_AIRCRAFT not in data.spec().specs:
-        raise ValueError("--dataset_root is only read for 'fgvc-aircraft' datasets: drop it, or name fgvc-aircraft.")
-    if "methods" in given and jtln.mode != COMPARE:
-        raise ValueError(f"--methods chooses what --mode compare runs; with --mode {jtln.mode} drop it "
-                         "(or pass --mode compare).")  # fmt: skip
-    methods = jtln.run_methods
-    registered = [METHOD_REGISTRY[m] for m in methods]
-    uses_ot = any(m.uses_ot for m in registered)
-    for name in {flag for m in METHOD_REGISTRY.values() for flag in m.flags} & given:
-        readers = [m.name for m in METHOD_REGISTRY.values() if name in m.flags]
-        if not any(name in m.flags for m in registered):
-            raise ValueError(f"--{name} has no effect: no method of this run ({', '.join(methods)}) reads it; drop it, "
-                             f"or run {' or '.join(readers)}.")  # fmt: skip
-    if uses_ot:
-        cost = resolved_cost(data, model, jtln)
-        kind = cost.kind
-        unused = {"cost_refresh_steps": [b.name for b in COST_BUILDERS.values() if b.from_model],
-                  "cost_samples_per_class": [b.name for b in COST_BUILDERS.values() if b.samples],
-                  "cost_from_target_pool": [b.name for b in COST_BUILDERS.values() if b.samples]}  # fmt: skip
-        for name, kinds in unused.items():
-            also_read = any(name in m.flags for m in registered if not m.uses_ot)  # e.g. Co-Tuning's warm-up
-            if name in given and kind not in kinds and not also_read:
-                raise ValueError(f"--{name} is only used by {' / '.join(kinds)} costs and --cost is {kind}: drop it, "
-                                 "or pass such a cost.")  # fmt: skip
-        if not cost.normalized and "cost_normalization" in given:
-            raise ValueError(f"--cost_normalization has no effect on --cost {kind}: drop it.")
-    if not any(m.joint_batches for m in registered) and "source_fraction" in given:
-        raise ValueError("--source_fraction sets the source share of joint batches; no method of this run trains "
-                         "joint batches: drop it.")  # fmt: skip
-    if not any(m.trains_source for m in registered) and "source_loss_weight" in given:
-        raise ValueError(f"--source_loss_weight has no effect with --mode {jtln.mode} (the source head is not "
-                         "trained): drop it.")  # fmt: skip
-    if model.backbone_checkpoint is not None and "pretrained_backbone" in given and not model.pretrained_backbone:
-        raise ValueError("--backbone_checkpoint loads pretrained weights but --pretrained_backbone is false: "
-                         "drop one of them.")  # fmt: skip
-    if "max_steps" in given and "num_train_epochs" in given:
-        raise ValueError("--max_steps and --num_train_epochs both set the training length (max_steps wins in "
-                         "transformers): pass one of them.")  # fmt: skip
-
-
 #: Flags that say where a run is written, reported or shared (or which process reads them, or how
 #: many data-loader workers load its batches, which never changes a batch), not what it trains:
 #: :func:`run_settings` leaves them out, so a resumed run may change them.
@@ -372,31 +303,12 @@ def method_settings(data: DataArguments, model: ModelArguments, jtln: JTLNArgume
     return MethodSettings(data=data.spec(), cost=resolved_cost(data, model, jtln), methods=MappingProxyType(own))
 
 
-def _check_streaming(data: DataArguments, given: set[str]) -> None:
-    """``--source_streaming`` needs a step count (a stream has no length); its own flags need it."""
-    if not data.source_streaming:
-        for name in STREAMING_FLAGS:
-            if name in given:
-                raise ValueError(f"--{name} applies to a streamed source: add --source_streaming, or drop it.")
-        return
-    if "max_steps" not in given:
-        raise ValueError("--source_streaming needs --max_steps N: a stream has no length to derive the steps from.")
-
-
-def _one_dataset_counterpart(name: str) -> str:
-    for one, two in ONE_DATASET_FLAGS.items():
-        if f"--{name}" in two:
-            return f"--{one}"
-    return "--source_dataset and --target_dataset to use it"
-
-
 __all__ = [
     "COMPARE",
     "DataArguments",
     "JTLNArguments",
     "ModelArguments",
     "NOT_SETTINGS",
-    "check_arguments",
     "cost_help",
     "method_settings",
     "mode_choices",

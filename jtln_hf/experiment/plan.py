@@ -31,7 +31,7 @@ import timm
 import torch
 from transformers.utils import logging
 
-from ..backbones import check_backbone
+from ..backbones import check_backbone, check_patch_size, patch_size
 from ..configuration_jtln import JointImageClassifierConfig
 from ..cost import SHUFFLE_CONTROL
 from ..cost.builders import Cost
@@ -44,6 +44,7 @@ from ..methods import METHOD_REGISTRY, MethodSettings, RunResult, build_model, r
 from ..modeling_jtln import JointImageClassifier, TimmExportError, default_data_config
 from ..sharing.folder import save_model
 from ..training.arguments import JTLNTrainingArguments, loss_settings
+from ..training.lora import add_lora, lora_settings, trainable_share
 from .arguments import DataArguments, JTLNArguments, ModelArguments, method_settings
 from .results import results_markdown, summarize, write_results
 
@@ -80,6 +81,8 @@ def build_config(model_args: ModelArguments, data: DataSpec, exp: ExperimentData
       (:func:`jtln_hf.data.sources.image_stats`: 1 channel when every image is grayscale, the target
       images' median side; a streamed source's first 256 rows), not timm's 3 x 160 default; a known dataset split by class keeps its own
       (:class:`jtln_hf.data.known.KnownDataset`, e.g. Fashion-MNIST's).
+    * ``--image_size`` is honoured on every data source; a backbone that cuts images into patches (a ViT) is
+      built for the input size (timm's ``img_size``), which must be a multiple of its patch size.
     * ``--backbone_checkpoint``: timm loads the file (``pretrained_cfg_overlay=dict(file=...)``);
       :func:`build_model` drops the local path from the saved config.
     """
@@ -99,7 +102,17 @@ def build_config(model_args: ModelArguments, data: DataSpec, exp: ExperimentData
             stats = image_stats([source, exp.target], in_chans=model_args.in_chans,
                                 image_size=model_args.image_size)  # fmt: skip
             data_config = data_config_from_stats(stats)
+        elif model_args.image_size is not None:  # the dataset's own mean and std, at the size asked for
+            data_config["input_size"] = [data_config["input_size"][0], model_args.image_size, model_args.image_size]
         backbone_kwargs["in_chans"] = data_config["input_size"][0]
+    if data_config is not None:  # a ViT is built for its input size (timm checks it at every forward)
+        patch = patch_size(model_args.backbone, backbone_kwargs)
+        if patch is not None:
+            size = int(data_config["input_size"][1])
+            where = ("--image_size" if model_args.image_size is not None
+                     else "read from the data" if not model_args.pretrained else "the pretrained config")  # fmt: skip
+            check_patch_size(model_args.backbone, patch, size, where)
+            backbone_kwargs["img_size"] = size
     return JointImageClassifierConfig(
         backbone=model_args.backbone,
         backbone_kwargs=backbone_kwargs,
@@ -164,11 +177,19 @@ def plan_experiment(
     data = {seed: prepare_data(spec, seed, pools) for seed in seeds}
     config = build_config(model_args, spec, data[seeds[0]])
     model = build_model(config, seeds[0])
+    lora = lora_settings(model_args.lora_rank, model_args.lora_alpha, model_args.lora_dropout,
+                         model_args.lora_target_modules, model.backbone, model_args.backbone)  # fmt: skip
     if args.save_timm:  # before training, not after: a backbone whose classifier the timm export cannot map
         try:
             model.to_timm()
         except TimmExportError as err:
             raise TimmExportError(f"{err} Pass --save_timm false to train without the timm export.") from None
+    if lora is not None:  # the first seed's model as every method builds it: what trains, counted
+        settings = dataclasses.replace(settings, lora=lora)
+        add_lora(model, lora)
+        trained, total = trainable_share(model)
+        logger.warning(f"LoRA {lora.describe()}: {trained:,} of {total:,} parameters train ({trained / total:.2%}; "
+                       "the two heads included).")  # fmt: skip
     methods = tuple(jtln_args.run_methods)
     if _uses_ot(methods) and settings.cost.shuffle_seed is not None and config.num_labels < 2:
         raise ValueError("--cost_shuffle_seed permutes C's target columns, and this run has one target class: drop "
@@ -249,6 +270,7 @@ def run_experiment(plan: RunPlan, args: JTLNTrainingArguments) -> dict[str, Any]
         "source_fraction": args.source_fraction,
         "backbone": plan.backbone,
         "pretrained_backbone": plan.pretrained,
+        "lora": dataclasses.asdict(settings.lora) if settings.lora is not None else None,
         "input_size": list(keep.model.config.data_config["input_size"]),
         "cost": plan.cost.kind if ot_methods else None,
         "cost_normalization": plan.cost.normalization,

@@ -15,6 +15,7 @@ from ..cost.builders import Cost
 from ..data.pools import DataSpec, ExperimentData
 from ..modeling_jtln import JointImageClassifier
 from ..training.arguments import JTLNTrainingArguments
+from ..training.lora import LoraSettings
 from ..training.trainer import JTLNTrainer
 from ..utils.styles import METHOD_STYLES, MethodStyle
 
@@ -26,12 +27,14 @@ class MethodSettings:
 
     ``data``: the data flags; ``cost``: the resolved cost (with its matrix when it is fixed before
     training); ``methods``: each registered method's own resolved settings (:attr:`Method.settings`,
-    e.g. Co-Tuning's weight and warm-up), by name.
+    e.g. Co-Tuning's weight and warm-up), by name; ``lora``: the LoRA adapters every method trains on the
+    backbone (:class:`~jtln_hf.training.lora.LoraSettings`; None: full fine-tuning).
     """
 
     data: DataSpec
     cost: Cost
     methods: Mapping[str, Any] = field(default_factory=dict)
+    lora: LoraSettings | None = None
 
     def of(self, method: str) -> Any:
         """The resolved settings of ``method`` (None for a method without settings of its own)."""

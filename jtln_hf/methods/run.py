@@ -51,7 +51,7 @@ def run_method(
         raise ValueError(f"unknown method {method!r}: choose from {list(METHOD_REGISTRY)}.")
     args = dataclasses.replace(args, seed=seed)
     registered = METHOD_REGISTRY[method]
-    model = build_model(config, seed)
+    model = build_model(config, seed, settings.lora)
     start = time.perf_counter()
     run = MethodRun(model, exp, settings, args, f"{method}-seed{seed}", settings.of(method))
     trained = registered.plan(run)

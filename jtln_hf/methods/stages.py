@@ -21,6 +21,7 @@ from ..data.pools import DataSpec
 from ..data.stream import PairedStream
 from ..modeling_jtln import JointImageClassifier
 from ..training.arguments import JTLNTrainingArguments
+from ..training.lora import LoraSettings, add_lora
 from ..training.trainer import JTLNTrainer
 from ..utils.io import latest_complete_checkpoint, resume_choice
 
@@ -28,8 +29,10 @@ logger = logging.get_logger(__name__)
 
 
 # ----------------------------------------------------------------------------------------- model
-def build_model(config: JointImageClassifierConfig, seed: int) -> JointImageClassifier:
-    """A fresh model with seeded initial weights (identical across methods for one seed).
+def build_model(config: JointImageClassifierConfig, seed: int,
+                lora: LoraSettings | None = None) -> JointImageClassifier:  # fmt: skip
+    """A fresh model with seeded initial weights (identical across methods for one seed), with ``lora``'s
+    adapters on its backbone when given (:func:`~jtln_hf.training.lora.add_lora`, drawn after the heads).
 
     A local weights file named in ``backbone_kwargs["pretrained_cfg_overlay"]`` is loaded by timm,
     then removed from the model's config: a checkpoint must not carry a path of this machine.
@@ -37,6 +40,8 @@ def build_model(config: JointImageClassifierConfig, seed: int) -> JointImageClas
     set_seed(seed)
     model = JointImageClassifier(copy.deepcopy(config))
     model.config.backbone_kwargs.pop("pretrained_cfg_overlay", None)
+    if lora is not None:
+        add_lora(model, lora)
     return model
 
 

@@ -2,7 +2,8 @@
 
 :func:`save_model` writes the weights and code (:func:`jtln_hf.sharing.hub.save_model_folder`), the card and its
 figures (:mod:`jtln_hf.sharing.modelcard`), the demo (:mod:`jtln_hf.sharing.demo`) and, with ``--save_timm``, the
-timm export (:mod:`jtln_hf.sharing.timm_export`); ``--push_to_hub`` uploads the folder as is.
+timm export (:mod:`jtln_hf.sharing.timm_export`); a model trained with LoRA adapters is saved merged, its
+adapters also alone in ``adapter/`` (:mod:`jtln_hf.training.lora`); ``--push_to_hub`` uploads the folder as is.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from ..data.pools import ExperimentData
 from ..data.sources import display_name, hub_dataset_id
 from ..methods import METHOD_REGISTRY, MethodSettings, RunResult, baseline_method, predict_outputs
 from ..training.arguments import loss_settings
+from ..training.lora import ADAPTER_FOLDER, has_lora, merged_model, save_adapter, trainable_share
 from ..utils.io import atomic_write_dir
 from .demo import write_demo
 from .examples import example_images
@@ -39,7 +41,8 @@ def save_model(
     comparison (``summary`` of several methods), the bar chart. ``--push_to_hub`` uploads it as is.
     Every process must call it (the plan is a gathered forward pass); the main process writes.
     """
-    model, data, method = run.model, settings.data, METHOD_REGISTRY[run.method]
+    data, method = settings.data, METHOD_REGISTRY[run.method]
+    model = merged_model(run.model)  # LoRA adapters merged: the folder's model loads as a full fine-tuning's does
     hyper: dict[str, Any] = {
         "method": method.title,
         "seed": run.seed,
@@ -47,6 +50,11 @@ def save_model(
         **training_hyperparameters(args, ot_used=method.uses_ot),
     }
     hyper["steps"] = run.steps or hyper["steps"]  # the method's budget, e.g. "4 source + 4 target"
+    if settings.lora is not None:
+        trained, total = trainable_share(run.model)
+        hyper["LoRA adapters"] = (f"{settings.lora.describe()}; {trained:,} of {total:,} parameters trained "
+                                  f"({trained / total:.2%}, the heads included); merged here, alone in "
+                                  f"`{ADAPTER_FOLDER}/`")  # fmt: skip
     plan, plan_images = None, None
     if exp is not None and has_cost(model):
         outputs, _ = predict_outputs(model, exp.target_test, data, args, ("source_logits", "logits"))
@@ -89,6 +97,8 @@ def save_model(
 
     def write(folder: Path) -> None:
         save_model_folder(model, folder)
+        if has_lora(run.model):
+            save_adapter(run.model, folder / ADAPTER_FOLDER)
         write_model_card(folder, model, plan=plan, plan_images=plan_images, summary=summary, **card_kwargs)
         write_demo(folder, model, examples, ot_settings=ot_settings)
         if args.save_timm:
