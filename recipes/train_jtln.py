@@ -43,6 +43,7 @@ demo locally.
 
 from __future__ import annotations
 
+import gc
 import sys
 from pathlib import Path
 
@@ -175,4 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # The ~600,000 objects the imports made live as long as the process: frozen, every full garbage collection
+    # skips them (Trainer frees memory with one per stage, 0.6 s each otherwise on a 2-core machine).
+    gc.freeze()
     sys.exit(main())

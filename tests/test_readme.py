@@ -46,8 +46,9 @@ PAGES = [README, *sorted((REPO / "docs").glob("*.md"))]
 #: Where the "Tests" section lives: the rules of NOT_RUN and the overrides are named there.
 TESTS_SECTION = REPO / "docs" / "design.md"
 RECIPE = "recipes/train_jtln.py"
-#: The small-run overrides of a recipe command: 2 steps per stage, one seed, 64 test images.
-SMALL_RUN = ["--max_steps", "2", "--seeds", "0", "--max_eval_samples", "64"]
+#: The small-run overrides of a recipe command: 2 steps per stage, one seed, 64 test images, batches loaded in
+#: the training process (no data-loader worker processes started for 2 steps).
+SMALL_RUN = ["--max_steps", "2", "--seeds", "0", "--max_eval_samples", "64", "--dataloader_num_workers", "0"]
 #: Added where the run reads a warm-up (a model cost, Co-Tuning): 2 source-only steps, not 200.
 WARMUP = ["--cost_warmup_steps", "2"]
 #: Added where the run computes a features-* cost: 16 source images per class for C, not 200.

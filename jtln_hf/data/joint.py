@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datasets
+from datasets.fingerprint import Hasher
 
 from .checks import check_images
 from .domains import SOURCE, TARGET
@@ -38,8 +39,11 @@ def build_joint_dataset(source: datasets.Dataset | None, target: datasets.Datase
         ds = ds.select_columns(["image", "label"]).cast_column("label", datasets.Value("int64"))
         if isinstance(ds.features["image"], datasets.Image):
             ds = ds.cast_column("image", datasets.Image(decode=False))
-        ds = ds.add_column("domain", [domain] * len(ds))
-        parts.append(ds.add_column("row", list(range(len(ds)))))
+        # fingerprints named, not hashed: datasets would pickle each column's Python list to hash it (seconds
+        # for a 30,000-row source, every stage); the input's fingerprint and the column's rule determine it
+        named = Hasher.hash((ds._fingerprint, "domain", domain))
+        ds = ds.add_column("domain", [domain] * len(ds), new_fingerprint=named)
+        parts.append(ds.add_column("row", list(range(len(ds))), new_fingerprint=Hasher.hash((named, "row"))))
     if not parts:
         raise ValueError("both the source and the target dataset are empty: nothing to train on.")
     return datasets.concatenate_datasets(parts)
