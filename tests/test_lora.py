@@ -260,3 +260,21 @@ def test_the_timm_export_holds_the_merged_weights(vit_run):
     luma = torch.tensor((19595 / 65536, 38470 / 65536, 7471 / 65536)).view(1, 3, 1, 1)
     assert torch.equal(state["patch_embed.proj.weight"], saved["backbone.patch_embed.proj.weight"] * luma)
     assert np.isfinite(export(torch.zeros(1, 3, 32, 32)).detach().numpy()).all()
+
+
+def test_a_push_uploads_the_adapters_with_the_merged_model(vit_run, monkeypatch):
+    """The recipe's push of model/ (its timm/ export left for its own repository), the Hub calls replaced."""
+    from huggingface_hub import constants
+
+    from jtln_hf.sharing.hub import push_model_folder
+    from test_recipe_hub import _fake_hub
+
+    calls: list = []
+    _fake_hub(monkeypatch, calls)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the Hub calls are replaced: nothing goes out
+    push_model_folder(vit_run / "model", "your-name/vit-lora", token="hf_fake_token_for_tests", exclude=["timm/*"])
+    files = calls[-1][2]
+    folder = vit_run / "model" / ADAPTER_FOLDER
+    for name in ("adapter_config.json", "adapter_model.safetensors", HEADS_FILE, "README.md"):
+        assert files[f"{ADAPTER_FOLDER}/{name}"] == (folder / name).read_bytes(), name
+    assert "model.safetensors" in files and not [f for f in files if f.startswith("timm/")]

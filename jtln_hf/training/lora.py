@@ -16,15 +16,20 @@ from __future__ import annotations
 import copy
 import json
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import save_file
 from torch import nn
 
 from ..modeling_jtln import JointImageClassifier
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
+
+# peft is imported where adapters are made (0.3 s): a run without --lora_rank never loads it.
 
 #: timm model class -> the layers LoRA adapts by default (a regular expression over module names, PEFT's
 #: ``target_modules`` as a string: a full match). A ViT's (DINOv2 and DeiT are timm VisionTransformers)
@@ -54,6 +59,8 @@ class LoraSettings:
 
     def config(self) -> LoraConfig:
         """PEFT's :class:`~peft.LoraConfig` for these settings (no bias trained)."""
+        from peft import LoraConfig
+
         targets = self.targets if isinstance(self.targets, str) else list(self.targets)
         return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=targets,
                           bias="none")  # fmt: skip
@@ -91,13 +98,14 @@ def lora_settings(rank: int | None, alpha: float | None, dropout: float, targets
         raise ValueError(f"--lora_dropout must be in [0, 1), got {dropout}.")
     resolved: str | tuple[str, ...] | None = tuple(targets) if targets else default_targets(backbone)
     adaptable = [n for n, m in backbone.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    example = " ".join(adaptable[-3:])
     if resolved is None:
         raise ValueError(f"--lora_rank: no default layers for backbone {name!r} ({type(backbone).__name__}): pass "
-                         f"--lora_target_modules with some of its layers, e.g. {' '.join(adaptable[-3:])}.")  # fmt: skip
+                         f"--lora_target_modules with some of its layers, e.g. {example}.")  # fmt: skip
     settings = LoraSettings(rank, float(2 * rank if alpha is None else alpha), float(dropout), resolved)
     if not _matched(backbone, settings):
-        raise ValueError(f"--lora_target_modules {' '.join(targets or [])} name no nn.Linear or nn.Conv2d of backbone "
-                         f"{name!r}: pass module names or their last parts, e.g. {' '.join(adaptable[-3:])}.")  # fmt: skip
+        raise ValueError(f"--lora_target_modules {' '.join(targets or [])} name no nn.Linear or nn.Conv2d of "
+                         f"backbone {name!r}: pass module names or their last parts, e.g. {example}.")  # fmt: skip
     return settings
 
 
@@ -116,12 +124,15 @@ def add_lora(model: JointImageClassifier, settings: LoraSettings) -> None:
     """Wrap ``model.backbone`` in PEFT's LoRA, in place: the adapted layers' base weights and every other
     backbone weight frozen, the adapters and the two heads trained. The adapters' :math:`A` are drawn from
     torch's generator (seed it first for the same initial weights across methods), :math:`B = 0`."""
+    from peft import get_peft_model
+
     model.backbone = get_peft_model(model.backbone, settings.config())
 
 
 def has_lora(model: nn.Module) -> bool:
-    """Whether ``model``'s backbone carries LoRA adapters (:func:`add_lora`)."""
-    return isinstance(getattr(model, "backbone", None), PeftModel)
+    """Whether ``model``'s backbone carries LoRA adapters (:func:`add_lora`; none before peft is imported)."""
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(getattr(model, "backbone", None), peft.PeftModel)
 
 
 def trainable_share(model: nn.Module) -> tuple[int, int]:
