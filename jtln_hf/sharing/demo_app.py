@@ -18,10 +18,24 @@ import json
 import os
 from pathlib import Path
 
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The demo's flags (read before gradio and torch are imported: ``--help`` answers at once)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default=None, help="Address to serve on (Gradio's default: 127.0.0.1).")
+    parser.add_argument("--port", type=int, default=None, help="Port (Gradio's default: 7860 or the next free one).")
+    parser.add_argument("--model", default=None, help="Model folder or repository id (default: demo.json, else here).")
+    parser.add_argument("--revision", default=None, help="Revision of --model.")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    ARGS = parse_args()
+
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
-import torch  # noqa: E402
 
 from jtln_hf import JointImageClassifier, JointImageClassifierImageProcessor  # noqa: E402
 from jtln_hf.sharing.figures import heatmap  # noqa: E402
@@ -107,16 +121,12 @@ def theme() -> gr.themes.Base:
 CSS = "#image img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default=None, help="Address to serve on (Gradio's default: 127.0.0.1).")
-    parser.add_argument("--port", type=int, default=None, help="Port (Gradio's default: 7860 or the next free one).")
-    parser.add_argument("--model", default=None, help="Model folder or repository id (default: demo.json, else here).")
-    parser.add_argument("--revision", default=None, help="Revision of --model.")
-    args = parser.parse_args(argv)
+def main(args: argparse.Namespace | None = None) -> None:
+    """Load the model and serve the demo (``args``: :func:`parse_args`'s, read from the command line if None)."""
+    args = args if args is not None else parse_args()
     model, processor = load(args.model, args.revision)
     build(model, processor).launch(server_name=args.host, server_port=args.port, theme=theme(), css=CSS)
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)
