@@ -31,13 +31,10 @@ mean transport plan) into ``--output_dir``, and one ``runs/<setting>/seed<k>`` f
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +54,10 @@ DEFAULT_GRID: dict[str, dict[str, str]] = {
     "constant cost (control)": {"cost": "constant"},
     "Co-Tuning (baseline, not JTLN)": {"method": "cotuning"},
 }
-#: Each run's record in its folder: read back by a later sweep with the same flags (no retraining).
-RECORD = "record.json"
 #: A shuffled twin's ``cost_shuffle_seed`` in the grid: each of its runs is shuffled by that run's own seed.
 RUN_SEED = "seed"
 #: The name of a setting's shuffled twin (``--shuffled_controls``).
 SHUFFLED = "{} (shuffled)"
-_POOLS: dict[str, Any] = {}  # per worker process: the data, loaded once per data flags
 
 
 def _parse_vary(text: str) -> tuple[str, dict[str, str]]:
@@ -78,13 +72,23 @@ def _parse_vary(text: str) -> tuple[str, dict[str, str]]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, prog="sweep.py",
-        usage="%(prog)s [--vary 'flag=value ...'] [--seeds ...] [--workers N] [--output_dir DIR] [-- RECIPE FLAGS]",
+        usage="%(prog)s [--vary 'flag=value ...'] [--seeds ...] [--trial_cpus N] [--ray_address ADDR] "
+              "[--output_dir DIR] [-- RECIPE FLAGS]",
     )  # fmt: skip
     parser.add_argument("--vary", type=_parse_vary, action="append", default=None,
                         help="One setting (repeat for more): 'flag=value ...', or 'default' (the recipe's defaults); "
                              "default: the built-in one-factor grid.")  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--workers", type=int, default=1, help="Runs in parallel (one CPU thread each).")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="At most this many runs at once (default: as many as the trials' resources allow).")
+    parser.add_argument("--trial_cpus", type=float, default=1.0, help="CPUs Ray gives each run (one thread each).")
+    parser.add_argument("--trial_gpus", type=float, default=None,
+                        help="GPUs Ray gives each run (default: 1 where the machine has GPUs, else 0).")
+    parser.add_argument("--ray_address", default=os.environ.get("RAY_ADDRESS") or None,
+                        help="A running Ray cluster (host:port, ray://host:port or auto; default: RAY_ADDRESS, "
+                             "else a local Ray with this machine's CPUs and GPUs).")  # fmt: skip
+    parser.add_argument("--local", action="store_true",
+                        help="Run the runs one after another in this process, without Ray (debugging).")
     parser.add_argument("--output_dir", default="outputs/sweep")
     parser.add_argument("--validation_fraction", type=float, default=0.1,
                         help="--target_validation_fraction of every run (the setting is chosen on it).")  # fmt: skip
@@ -116,49 +120,6 @@ def _argv(base: list[str], overrides: dict[str, str], method: str, seed: int, ou
         if flag != "method":
             argv += [f"--{flag}", str(seed) if (flag, value) == ("cost_shuffle_seed", RUN_SEED) else value]
     return argv + ["--mode", method, "--seeds", str(seed), "--output_dir", str(out)]
-
-
-def run_job(job: tuple[str, str, int, list[str]]) -> dict[str, Any]:
-    """Train one method for one seed with the recipe's own parsing and checks; return its record.
-
-    The record (metrics, per-class accuracy, cost and mean transport plan: :func:`jtln_hf.methods.diagnose_model`)
-    is written to ``record.json`` in the run's folder; a later sweep with the same flags for that
-    run reads it back instead of training again, so a sweep can be extended (more seeds, more
-    settings) or continued after an interruption.
-    """
-    from jtln_hf.data import load_pools
-    from jtln_hf.experiment import plan_experiment
-    from jtln_hf.experiment.checks import check_arguments
-    from jtln_hf.experiment.cli import parse_args
-    from jtln_hf.methods import diagnose_model, run_method
-    from jtln_hf.utils.io import atomic_write_text
-
-    setting, method, seed, argv = job
-    data_args, model_args, jtln_args, args, given, _ = parse_args(argv)
-    record_path = Path(args.output_dir) / RECORD
-    if record_path.is_file():
-        record = json.loads(record_path.read_text())
-        if record.get("argv") == argv:
-            return {**record, "setting": setting}
-    check_arguments(data_args, model_args, jtln_args, given)
-    spec = data_args.spec()
-    if spec not in _POOLS:
-        _POOLS[spec] = load_pools(spec)
-    plan = plan_experiment(data_args, model_args, jtln_args, args, pools=_POOLS[spec])
-    start = time.perf_counter()
-    exp = plan.data[seed]
-    run = run_method(method, exp, plan.config, plan.settings, args, seed)
-    seconds = time.perf_counter() - start
-    from jtln_hf.methods import METHOD_REGISTRY
-
-    uses_ot = METHOD_REGISTRY[method].uses_ot
-    args_of_run = dataclasses.replace(args, seed=seed, ot_loss_weight=args.ot_loss_weight if uses_ot else 0.0)
-    record = {"setting": setting, "method": method, "seed": seed, "seconds": seconds, "argv": argv,
-              "metrics": run.metrics, "cost": run.cost_description, "max_steps": args.max_steps,
-              "warmup_steps": run.warmup_steps,
-              **diagnose_model(run.model, exp, plan.settings.data, args_of_run)}  # fmt: skip
-    atomic_write_text(record_path, json.dumps(record, indent=1, default=float) + "\n")
-    return record
 
 
 def summarize_sweep(records: list[dict[str, Any]], settings: list[str]) -> list[dict[str, Any]]:
@@ -370,6 +331,17 @@ def sweep_markdown(rows: list[dict[str, Any]], joint: dict[str, Any], chosen: st
     return "\n".join(lines) + "\n"
 
 
+def failures_markdown(failures: list[dict[str, Any]]) -> str:
+    """The runs that failed twice (Ray Tune retries once), with their errors: never silently left out of an interval."""
+    if not failures:
+        return ""
+    lines = ["", f"**{len(failures)} run(s) failed** (tried twice; left out of the seeds above, which pair the "
+             "runs that finished; run the sweep again to retry them):", ""]  # fmt: skip
+    lines += [f"- {f['setting']}, seed {f['seed']} ({f['method']}, tried {f['attempts']} times): {f['error']}"
+              for f in failures]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def sweep_figure(rows: list[dict[str, Any]], chosen: str, path: Path, class_names: list[str] | None = None) -> None:
     """Left: per-seed test differences to joint (dots), their mean and 95% interval, per setting (controls grey).
     Right (with ``class_names``): each setting's per-class test accuracy − joint's, mean over seeds (points)."""
@@ -494,7 +466,11 @@ def main(argv: list[str] | None = None) -> int:
     opts = build_parser().parse_args(own)
     grid = dict(opts.vary) if opts.vary else default_grid()
     out = Path(opts.output_dir)
-    try:  # every setting's flags are checked before anything trains
+    try:  # every setting's flags (and the cluster's address) are checked before anything trains
+        from jtln_hf.experiment.trials import check_ray_address
+
+        if not opts.local:
+            check_ray_address(opts.ray_address)
         check_jobs(_jobs(grid, base, opts.seeds, out, opts.validation_fraction))
         if opts.shuffled_controls:  # built from flags that passed the checks; the twins' own are checked too
             twins = shuffled_twins(grid, base)
@@ -504,24 +480,29 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    from jtln_hf.experiment.trials import default_trial_gpus, run_trials
     from jtln_hf.methods import baseline_method
 
     baseline = baseline_method()
     jobs = _jobs(grid, base, opts.seeds, out, opts.validation_fraction)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    start = time.perf_counter()
-    if opts.workers > 1:
-        with ProcessPoolExecutor(opts.workers, mp_context=get_context("spawn")) as pool:
-            records = list(pool.map(run_job, jobs))
-    else:
+    if opts.local:
         # torch is imported by now (the checks above), so OMP_NUM_THREADS no longer applies here: set it.
         # Two processes of two threads each on two cores spin in OpenMP's barriers (measured 5-8x slower)
         import torch
 
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-        records = [run_job(job) for job in jobs]
+    start = time.perf_counter()
+    gpus = opts.trial_gpus if opts.trial_gpus is not None else default_trial_gpus()
+    records, failures = run_trials(jobs, out, trial_cpus=opts.trial_cpus, trial_gpus=gpus, max_concurrent=opts.workers,
+                                   ray_address=opts.ray_address, local=opts.local)  # fmt: skip
+    if not any(r["setting"] == baseline for r in records):
+        print(f"error: every {baseline} run failed ({failures[0]['error']}): nothing to pair the settings with.",
+              file=sys.stderr)  # fmt: skip
+        return 1
     wall = time.perf_counter() - start
-    settings = list(grid)
+    settings = [name for name in grid if any(r["setting"] == name for r in records)]  # a setting all failed: below
+    grid = {name: grid[name] for name in settings}
     rows = summarize_sweep(records, settings)
     attach_controls(rows, grid, records)
     attach_shuffled(rows, grid)
@@ -532,17 +513,19 @@ def main(argv: list[str] | None = None) -> int:
         f"JTLN settings against joint training, {len(opts.seeds)} seeds ({' '.join(map(str, opts.seeds))}), "
         f"paired by seed; the setting is chosen on the validation split ({opts.validation_fraction:g} of the "
         f"target training pool), the test split only reports. Recipe flags: {' '.join(base) or '(defaults)'}. "
-        f"Wall time {wall / 60:.0f} min with {opts.workers} worker(s)."
+        f"Wall time {wall / 60:.0f} min"
+        + (" in this process." if opts.local else f" on Ray ({opts.trial_cpus:g} CPU, {gpus:g} GPU per run).")
     )
     if any("shuffled" in row for row in rows):
         caption += (" A setting's shuffled control (\"(shuffled)\", never chosen) has its flags and C's target columns "
                     "permuted by each run's seed (--cost_shuffle_seed): same values, wrong relations.")  # fmt: skip
     from jtln_hf.utils.io import atomic_write_text
 
-    table = sweep_markdown(rows, joint_rows, chosen, caption)
+    table = sweep_markdown(rows, joint_rows, chosen, caption) + failures_markdown(failures)
     class_names = next((r["target_names"] for r in records if r.get("target_names")), None)
     payload = {"seeds": opts.seeds, "grid": grid, "base_flags": base, "chosen": chosen, "wall_seconds": wall,
-               "target_names": class_names, "joint": joint_rows, "settings": rows, "runs": records}  # fmt: skip
+               "target_names": class_names, "joint": joint_rows, "settings": rows, "runs": records,
+               "failed": failures}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "sweep.json", json.dumps(payload, indent=2, default=float) + "\n")
     atomic_write_text(out / "sweep.md", table)
@@ -552,6 +535,10 @@ def main(argv: list[str] | None = None) -> int:
         plans_figure(rows, out / "sweep-plans.png", source_names, class_names)
     print(table)
     print(f"chosen on validation: {chosen}; files: {out / 'sweep.md'}, {out / 'sweep.json'}, {out / 'sweep.png'}")
+    if failures:
+        print(f"error: {len(failures)} run(s) failed twice and are left out of the table (listed in sweep.md); "
+              "run the sweep again to retry them.", file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 

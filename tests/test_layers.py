@@ -102,6 +102,7 @@ LAYER = {
     "experiment": CLI,
     "experiment.arguments": CLI,
     "experiment.checks": CLI,
+    "experiment.trials": CLI,
     "experiment.cli": CLI,
     "experiment.plan": CLI,
     # the root ``__init__`` re-exports the model files; nothing inside the package imports it

@@ -329,7 +329,8 @@ def _launcher(ws: Workspace, tokens: list[str]) -> None:
 
 
 def _sweep(ws: Workspace, tokens: list[str]) -> None:
-    """The sweep's flags parse and every run's flags pass the recipe's checks; it stops before the first run."""
+    """The sweep's flags parse and every run's flags pass the recipe's checks; it stops before the first run
+    (Ray Tune's): a ``--ray_address`` is passed to the cluster check, not dialled."""
     sys.path.insert(0, str(REPO / "recipes"))
     sweep = _load("sweep_readme", REPO / "recipes" / "sweep.py")
 
@@ -339,11 +340,23 @@ def _sweep(ws: Workspace, tokens: list[str]) -> None:
     def stop(*args, **kwargs):
         raise Stop
 
+    from jtln_hf.experiment import trials
+
+    addresses: list = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sweep, "ProcessPoolExecutor", stop)
-        mp.setattr(sweep, "run_job", stop)
+        mp.setattr(trials, "run_trials", stop)
+        mp.setattr(trials, "check_ray_address", addresses.append)  # no cluster runs here: the address is recorded
         with pytest.raises(Stop):
             sweep.main(_after(tokens, "recipes/sweep.py"))
+    if "--ray_address" in tokens:
+        assert addresses == [_after(tokens, "--ray_address")[0]]
+
+
+def _ray_start(ws: Workspace, tokens: list[str]) -> None:
+    """Ray's CLI knows the command: ``ray start --help`` exits 0 (the ray[tune] extra installs ``ray``)."""
+    ray = Path(sys.executable).with_name("ray")
+    done = subprocess.run([str(ray), "start", "--help"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "--address" in done.stdout and "--head" in done.stdout, done.stderr[-2000:]
 
 
 def _your_files(ws: Workspace, tokens: list[str]) -> None:
@@ -385,6 +398,7 @@ NOT_RUN: dict[str, tuple[str, Callable[[Workspace, list[str]], None], Callable[[
                                      lambda t: t[0] == "torchrun" or t[:2] == ["accelerate", "launch"]),
     "recipes/sweep.py": ("47 minutes: 13 settings x 5 seeds", _sweep,
                          lambda t: t[:2] == ["python", "recipes/sweep.py"]),
+    "ray start": ("starts a Ray cluster that outlives the command", _ray_start, lambda t: t[:2] == ["ray", "start"]),
     "...": ("stands for your own flags and files", _your_files, lambda t: t[:2] == ["python", RECIPE] and "..." in t),
     "Hub datasets and weights": ("downloads from the Hub", _your_files, _is_hub_run),
 }

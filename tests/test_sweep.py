@@ -29,7 +29,7 @@ TINY = ["--max_steps", "2", "--shots", "2", "--max_eval_samples", "40", "--per_d
 SMALL_VALIDATION = ["--validation_fraction", "0.002"]
 #: The sweep the tests below share: the prior at λ_ot 0.3 (its shuffled twin too) and the constant control.
 TINY_SWEEP = ["--vary", "ot_loss_weight=0.3", "--vary", "cost=constant", "--shuffled_controls", "--seeds", "0", "1",
-              *SMALL_VALIDATION]  # fmt: skip
+              *SMALL_VALIDATION, "--local"]  # fmt: skip
 SHUFFLED = "ot_loss_weight=0.3 (shuffled)"
 
 
@@ -114,7 +114,7 @@ def test_a_warm_up_setting_is_paired_with_its_control_which_is_never_chosen(tmp_
     jtln, control = " ".join(["cost=relationship", *warm]), " ".join(["cost=relationship", *warm, "ot_loss_weight=0"])
     other = "cost=relationship cost_warmup_steps=1"  # another warm-up: no control in the grid
     status = sweep.main(["--vary", jtln, "--vary", control, "--vary", other, "--seeds", "0", "1", *SMALL_VALIDATION,
-                         "--output_dir", str(tmp_path), "--", *TINY])  # fmt: skip
+                         "--local", "--output_dir", str(tmp_path), "--", *TINY])  # fmt: skip
     assert status == 0
     result = json.loads((tmp_path / "sweep.json").read_text())
     rows = {row["setting"]: row for row in result["settings"]}
