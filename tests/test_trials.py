@@ -4,8 +4,8 @@ The only tests that start Ray: the other sweep tests run with ``--local`` (the s
 in their process). Here a 2-setting x 2-seed sweep of 2-step runs (JTLN at λ_ot 0.3 and joint training, the
 baseline every sweep runs) goes through Ray Tune; invoked again it
 trains nothing; a setting whose runs raise is tried twice and named, with its error, in sweep.md and
-sweep.json, and the exit status says so; a sweep killed (SIGKILL) after its first finished run completes
-when it is started again. Trials reuse their worker processes (torch and jtln_hf imported once per worker).
+sweep.json, and the exit status says so; a sweep on a running cluster (``--ray_address``), killed
+(SIGKILL) after its first finished run, completes when it is started again. Trials reuse their worker processes (torch and jtln_hf imported once per worker).
 """
 
 from __future__ import annotations
@@ -103,13 +103,15 @@ def test_an_unreachable_cluster_is_one_line_before_any_trial(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_a_killed_sweep_completes_when_started_again(tmp_path):
-    """The sweep in its own process (its own Ray), SIGKILLed once a first run has its record; started again, it
-    trains the rest (the finished runs read back) and ends with every run."""
+def test_a_killed_sweep_completes_when_started_again(ray_sweep, tmp_path):
+    """The sweep in its own process, on the running Ray of this module as a cluster (``--ray_address`` its GCS
+    address), SIGKILLed once a first run has its record; started again, it trains the rest (the finished run
+    read back) and ends with every run."""
     out = tmp_path / "sweep"
+    address = ray.get_runtime_context().gcs_address  # the cluster the fixture's sweep started in this process
     cmd = [sys.executable, str(REPO / "recipes" / "sweep.py"), "--vary", "ot_loss_weight=0.3", "--seeds", "0",
-           *SMALL_VALIDATION, "--workers", "1", "--output_dir", str(out), "--", *TINY]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "RAY_ADDRESS": ""}
+           *SMALL_VALIDATION, "--workers", "1", "--ray_address", address, "--output_dir", str(out), "--", *TINY]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     log = (tmp_path / "first.log").open("w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 300
@@ -119,7 +121,7 @@ def test_a_killed_sweep_completes_when_started_again(tmp_path):
             assert time.monotonic() < deadline, "no run finished in 300 s"
             time.sleep(0.2)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver (the cluster ends its trials)
         proc.wait()
     finished = list(out.glob(f"runs/*/seed*/{trials.RECORD}"))
     assert len(finished) == 1 and not (out / "sweep.json").exists()  # one of the two runs, one at a time
