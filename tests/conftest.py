@@ -67,8 +67,8 @@ def default_cost(num_source: int, num_target: int) -> torch.Tensor:
 #: fill the end with short files, not wait on one long file. Only the order of files changes: no test
 #: depends on another, and a file's tests keep their order.
 LONG_FILES = (
-    "test_readme.py", "test_stream_training.py", "test_distributed.py", "test_train_jtln.py", "test_resume.py",
-    "test_two_nodes.py", "test_refresh.py", "test_sweep.py", "test_demo_browser.py", "test_data.py",
+    "test_trials.py", "test_readme.py", "test_stream_training.py", "test_distributed.py", "test_train_jtln.py",
+    "test_resume.py", "test_two_nodes.py", "test_refresh.py", "test_sweep.py", "test_demo_browser.py", "test_data.py",
 )  # fmt: skip
 
 

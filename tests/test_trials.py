@@ -29,14 +29,17 @@ from test_sweep import SMALL_VALIDATION, TINY, sweep
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = ["--vary", "ot_loss_weight=0.3"]  # with joint (the baseline every sweep runs): 2 settings
 SEEDS = ["--seeds", "0", "1"]
+#: One trial at a time: make test's other xdist worker has the second core (one worker process, reused, runs
+#: every trial: torch and jtln_hf imported once)
+ONE_AT_A_TIME = ["--workers", "1"]
 
 
 @pytest.fixture(scope="module")
 def ray_sweep(tmp_path_factory):
     """The sweep on Ray Tune in this process (Ray started here, shut down after the module)."""
     out = tmp_path_factory.mktemp("ray") / "sweep"
-    status = sweep.main([*SETTINGS, *SEEDS, *SMALL_VALIDATION, "--trial_cpus", "1", "--output_dir", str(out), "--",
-                         *TINY])  # fmt: skip
+    status = sweep.main([*SETTINGS, *SEEDS, *SMALL_VALIDATION, *ONE_AT_A_TIME, "--trial_cpus", "1", "--output_dir",
+                         str(out), "--", *TINY])  # fmt: skip
     yield status, out
     ray.shutdown()
 
@@ -82,8 +85,8 @@ def test_a_failing_setting_is_tried_twice_then_named_with_its_error(ray_sweep, t
     bad = tmp_path / "bad.npy"
     np.save(bad, np.ones((2, 2)))
     setting = f"cost={bad}"
-    status = sweep.main([*SETTINGS, "--vary", setting, "--seeds", "0", *SMALL_VALIDATION, "--output_dir", str(out),
-                         "--", *TINY])  # fmt: skip
+    status = sweep.main([*SETTINGS, "--vary", setting, "--seeds", "0", *SMALL_VALIDATION, *ONE_AT_A_TIME,
+                         "--output_dir", str(out), "--", *TINY])  # fmt: skip
     assert status == 1
     assert "1 run(s) failed twice" in capsys.readouterr().err
     result = json.loads((out / "sweep.json").read_text())
