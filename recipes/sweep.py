@@ -15,8 +15,15 @@ also a control, never chosen; ``setting − its shuffled control``, paired by se
 relations are what the OT term uses. Without ``--vary`` the sweep is the one-factor-at-a-time grid
 around the default on the embedded Fashion-MNIST split (:data:`DEFAULT_GRID`).
 
+Each (setting, seed) run is a Ray Tune trial (:mod:`jtln_hf.experiment.trials`): on a local Ray with this
+machine's CPUs and GPUs (one CPU, or one GPU where there are GPUs, per run: ``--trial_cpus``,
+``--trial_gpus``), or on a running cluster with ``--ray_address`` (or ``RAY_ADDRESS``); a run that fails
+twice is named in ``sweep.md`` and ``sweep.json`` and the exit status is 1. ``--local`` runs them in this
+process, without Ray.
+
 examples:
   python recipes/sweep.py --seeds 0 1 2 3 4 --workers 2 --output_dir outputs/sweep
+  python recipes/sweep.py --ray_address auto --trial_gpus 1 --seeds 0 1 2 3 4   # on a cluster (ray start ...)
   python recipes/sweep.py --vary ot_loss_weight=0.3 --vary ot_loss_weight=3 --seeds 0 1 2 -- \\
       --source_dataset fashion-mnist --target_dataset my_images --target_test_fraction 0.3
   python recipes/sweep.py --vary default --shuffled_controls --seeds 0 1 2 3 4   # does my C carry relations?
@@ -25,7 +32,8 @@ Flags after ``--`` go to every run (any flag of recipes/train_jtln.py). Writes `
 ``sweep.md`` (the table), ``sweep.png`` (per-seed test differences to joint with 95% intervals, and
 each setting's per-class difference to joint) and ``sweep-plans.png`` (each JTLN setting's cost and
 mean transport plan) into ``--output_dir``, and one ``runs/<setting>/seed<k>`` folder per run, whose
-``record.json`` a later sweep with the same flags reads back (add seeds or settings without retraining).
+``record.json`` a later sweep with the same flags reads back (add seeds or settings, or continue after a kill,
+without retraining); Ray Tune's own state goes to ``<output_dir>/tune/``.
 """
 
 from __future__ import annotations
