@@ -62,6 +62,8 @@ DEFAULT_GRID: dict[str, dict[str, str]] = {
     "constant cost (control)": {"cost": "constant"},
     "Co-Tuning (baseline, not JTLN)": {"method": "cotuning"},
 }
+#: What ``--search`` samples, log-uniformly: the OT term's weight λ_ot and its entropic ε.
+SEARCH_SPACE = {"ot_loss_weight": (0.1, 3.0), "ot_epsilon": (0.02, 0.2)}
 #: A shuffled twin's ``cost_shuffle_seed`` in the grid: each of its runs is shuffled by that run's own seed.
 RUN_SEED = "seed"
 #: The name of a setting's shuffled twin (``--shuffled_controls``).
@@ -95,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ray_address", default=os.environ.get("RAY_ADDRESS") or None,
                         help="A running Ray cluster (host:port, ray://host:port or auto; default: RAY_ADDRESS, "
                              "else a local Ray with this machine's CPUs and GPUs).")  # fmt: skip
+    parser.add_argument("--search", type=int, default=None, metavar="N",
+                        help="Instead of --vary: N settings of the OT term's weight and epsilon sampled by Optuna's "
+                             "TPE sampler (each run a Ray Tune trial), chosen on validation; the test split is "
+                             "reported for the chosen one only, paired with joint.")  # fmt: skip
+    parser.add_argument("--search_seed", type=int, default=0, help="The sampler's seed (--search).")
     parser.add_argument("--local", action="store_true",
                         help="Run the runs one after another in this process, without Ray (debugging).")
     parser.add_argument("--output_dir", default="outputs/sweep")
@@ -467,6 +474,91 @@ def _prior_of(jobs: list[tuple[str, str, int, list[str]]]) -> Path | None:
     return data_prior(parse_args(jobs[0][3])[0].spec())
 
 
+def _search_setting(values: dict[str, float]) -> tuple[str, dict[str, str]]:
+    """A sampled point as a setting: its name and flags (3 significant digits, what the runs are given)."""
+    flags = {flag: f"{value:.3g}" for flag, value in values.items()}
+    return " ".join(f"{flag}={value}" for flag, value in flags.items()), flags
+
+
+def search(opts: argparse.Namespace, base: list[str], out: Path) -> int:
+    """``--search N``: N settings of :data:`SEARCH_SPACE` sampled one after another by Optuna's TPE sampler, each
+    run on every seed (one Ray Tune trial per run), scored by its mean validation accuracy; the best is chosen on
+    validation and only its test accuracy is reported, paired with joint training by seed."""
+    try:
+        if opts.vary or opts.shuffled_controls:
+            raise ValueError("--search samples its own settings: drop --vary and --shuffled_controls.")
+        if opts.search < 1:
+            raise ValueError(f"--search must be >= 1 (settings to sample), got {opts.search}.")
+        from jtln_hf.experiment.trials import check_ray_address
+
+        if not opts.local:
+            check_ray_address(opts.ray_address)
+        corners = dict([_search_setting({f: lo for f, (lo, _) in SEARCH_SPACE.items()}),
+                        _search_setting({f: hi for f, (_, hi) in SEARCH_SPACE.items()})])  # fmt: skip
+        check_jobs(_jobs(corners, base, opts.seeds, out, opts.validation_fraction))  # the space's ends pass the checks
+    except ValueError as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    import optuna
+
+    from jtln_hf.experiment.trials import default_trial_gpus, run_trials
+    from jtln_hf.methods import baseline_method
+    from jtln_hf.utils.io import atomic_write_text
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    gpus = opts.trial_gpus if opts.trial_gpus is not None else default_trial_gpus()
+    kwargs = dict(trial_cpus=opts.trial_cpus, trial_gpus=gpus, max_concurrent=opts.workers,
+                  ray_address=opts.ray_address, local=opts.local)  # fmt: skip
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=opts.search_seed))
+    grid: dict[str, dict[str, str]] = {}
+    records: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
+    for _ in range(opts.search):
+        trial = study.ask()
+        name, flags = _search_setting({f: trial.suggest_float(f, lo, hi, log=True)
+                                       for f, (lo, hi) in SEARCH_SPACE.items()})  # fmt: skip
+        done, failed = run_trials(_jobs({name: flags}, base, opts.seeds, out, opts.validation_fraction), out, **kwargs)
+        failures += failed
+        mine = [r for r in done if r["setting"] == name]
+        records += [r for r in done if r not in records]
+        if len(mine) < len(opts.seeds):  # a seed failed: no score (never an average over fewer seeds)
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            continue
+        grid[name] = flags
+        study.tell(trial, sum(r["metrics"]["validation_accuracy"] for r in mine) / len(mine))
+    baseline = baseline_method()
+    if not grid or not any(r["setting"] == baseline for r in records):
+        print(f"error: no sampled setting finished on every seed ({len(failures)} run(s) failed).", file=sys.stderr)
+        return 1
+    rows = summarize_sweep(records, list(grid))
+    joint = summarize_sweep(records, [baseline])[0]
+    chosen = choose_setting(rows, grid)
+    best = next(row for row in rows if row["setting"] == chosen)
+    lines = [
+        f"Search of {opts.search} settings (Optuna's TPE sampler, seed {opts.search_seed}; log-uniform "
+        + ", ".join(f"{f} in [{lo:g}, {hi:g}]" for f, (lo, hi) in SEARCH_SPACE.items())
+        + f"), each on seeds {' '.join(map(str, opts.seeds))}, chosen on validation; the test split is reported for "
+        f"the chosen setting only. Recipe flags: {' '.join(base) or '(defaults)'}.", "",
+        "| sampled setting, in order | validation acc. (%) | validation − joint |", "|---|---|---|",
+    ]  # fmt: skip
+    for row in rows:
+        mark = f"**{row['setting']}** (chosen)" if row["setting"] == chosen else row["setting"]
+        lines.append(f"| {mark} | {100 * row['validation_mean']:.1f} | {row['validation_text']} |")
+    lines += ["", f"Chosen: {chosen}. Test accuracy {100 * best['test_mean']:.1f}% against joint training's "
+              f"{100 * joint['test_mean']:.1f}%: **{best['text']}** (test − joint, paired by seed)."]  # fmt: skip
+    table = "\n".join(lines) + "\n" + failures_markdown(failures)
+    payload = {"seeds": opts.seeds, "search": {"space": SEARCH_SPACE, "sampler": "optuna TPESampler",
+               "seed": opts.search_seed, "sampled": [{"setting": r["setting"], "flags": grid[r["setting"]],
+               "validation_mean": r["validation_mean"]} for r in rows], "chosen": chosen,
+               "test_minus_joint": best["test_minus_joint"]}, "base_flags": base, "runs": records,
+               "failed": failures}  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "sweep.json", json.dumps(payload, indent=2, default=float) + "\n")
+    atomic_write_text(out / "sweep.md", table)
+    print(table)
+    return 1 if failures else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     base = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -474,6 +566,8 @@ def main(argv: list[str] | None = None) -> int:
     opts = build_parser().parse_args(own)
     grid = dict(opts.vary) if opts.vary else default_grid()
     out = Path(opts.output_dir)
+    if opts.search is not None:
+        return search(opts, base, out)
     try:  # every setting's flags (and the cluster's address) are checked before anything trains
         from jtln_hf.experiment.trials import check_ray_address
 

@@ -210,3 +210,38 @@ def test_shuffled_controls_without_an_ot_setting_fail_before_anything_trains(tmp
     err = capsys.readouterr().err
     assert status == 2 and err.count("error: ") == 1 and "--shuffled_controls: no setting" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_search_samples_settings_chooses_on_validation_and_reports_test_for_the_chosen_only(tmp_path, capsys):
+    """--search 2 (without Ray: --local): Optuna's seeded sampler, each setting on both seeds; invoked again with
+    the same seed it samples the same settings and reads their runs back."""
+    argv = ["--search", "2", "--seeds", "0", "1", *SMALL_VALIDATION, "--local", "--output_dir", str(tmp_path), "--",
+            *TINY]  # fmt: skip
+    assert sweep.main(argv) == 0
+    result = json.loads((tmp_path / "sweep.json").read_text())
+    sampled = result["search"]["sampled"]
+    assert len(sampled) == 2 and len({s["setting"] for s in sampled}) == 2
+    for s in sampled:  # inside the space, as the runs were given them (3 significant digits)
+        for flag, (lo, hi) in sweep.SEARCH_SPACE.items():
+            assert lo <= float(s["flags"][flag]) <= hi and s["setting"].count(f"{flag}=") == 1
+    runs = {(r["setting"], r["seed"]): r["metrics"] for r in result["runs"]}
+    mean_val = {s["setting"]: np.mean([runs[s["setting"], k]["validation_accuracy"] for k in (0, 1)]) for s in sampled}
+    assert [s["validation_mean"] for s in sampled] == pytest.approx([mean_val[s["setting"]] for s in sampled])
+    chosen = result["search"]["chosen"]
+    assert chosen == max(mean_val, key=mean_val.get)
+    test_diff = [runs[chosen, k]["accuracy"] - runs["joint", k]["accuracy"] for k in (0, 1)]
+    assert result["search"]["test_minus_joint"]["per_seed"] == pytest.approx(test_diff)
+    table = (tmp_path / "sweep.md").read_text()
+    assert f"**{chosen}** (chosen)" in table and table.count("Test accuracy") == 1 and "test − joint" in table
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "ot_loss_weight=" in line]
+    assert len(rows) == 2 and all(line.count("|") == 4 for line in rows)  # setting, validation, validation − joint
+    assert "| sampled setting, in order | validation acc. (%) | validation − joint |" in table
+    import jtln_hf.methods
+
+    with pytest.MonkeyPatch.context() as mp:  # the same sampler seed: the same settings, every run read back
+        mp.setattr(jtln_hf.methods, "run_method", lambda *a, **k: pytest.fail("a finished run was trained again"))
+        assert sweep.main(argv) == 0
+    assert json.loads((tmp_path / "sweep.json").read_text())["search"]["sampled"] == sampled
+    capsys.readouterr()
+    assert sweep.main(["--search", "2", "--vary", "ot_loss_weight=3", "--output_dir", str(tmp_path / "x")]) == 2
+    assert "--search samples its own settings: drop --vary" in capsys.readouterr().err
