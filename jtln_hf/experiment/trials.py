@@ -118,8 +118,10 @@ def check_ray_address(address: str | None) -> None:
     if address is None:
         return
     if address == "auto":
-        from ray._private.utils import read_ray_address
-
+        try:  # where `ray start` records the cluster it started on this machine (not a public API)
+            from ray._private.utils import read_ray_address
+        except ImportError:  # another Ray: ray.init reports a missing cluster itself
+            return
         if not read_ray_address():
             raise ValueError("--ray_address auto: no Ray cluster runs on this machine: start one (ray start --head) "
                              "or drop --ray_address to run on a local Ray.")  # fmt: skip
@@ -149,8 +151,8 @@ def run_trials(jobs: list[Job], out: Path, *, trial_cpus: float = 1.0, trial_gpu
     """Run every job not yet finished, one Ray Tune trial each; return ``(records, failures)``.
 
     ``records``: every job's record (read back or trained now), in the jobs' order, the failed ones left
-    out; ``failures``: ``{"setting", "method", "seed", "error"}`` of each job whose trial failed twice (Tune
-    retries a failed trial once). ``trial_cpus`` / ``trial_gpus``: Ray resources per trial (GPUs: one per
+    out; ``failures``: ``{"setting", "method", "seed", "attempts", "error"}`` of each job whose trial failed
+    twice (Tune retries a failed trial once; ``attempts`` counts every try of the run, earlier sweeps' too). ``trial_cpus`` / ``trial_gpus``: Ray resources per trial (GPUs: one per
     trial where there are GPUs); ``max_concurrent``: at most this many trials at once (default: what the
     resources allow); ``ray_address``: a running cluster (None: a local Ray with this machine's CPUs and
     GPUs). ``local``: the jobs one after another in this process, without Ray (debugging; the tests of
