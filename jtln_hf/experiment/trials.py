@@ -155,8 +155,8 @@ def run_trials(jobs: list[Job], out: Path, *, trial_cpus: float = 1.0, trial_gpu
     twice (Tune retries a failed trial once; ``attempts`` counts every try of the run, earlier sweeps' too).
     ``trial_cpus`` / ``trial_gpus``: Ray resources per trial (GPUs: one per trial where there are GPUs);
     ``max_concurrent``: at most this many trials at once (default: what the resources allow); ``ray_address``:
-    a running cluster (None: a local Ray with this machine's CPUs and GPUs). ``local``: the jobs one after another in this process, without Ray (debugging; the tests of
-    everything but the Ray runner).
+    a running cluster (None: a local Ray with this machine's CPUs and GPUs). ``local``: the jobs one after
+    another in this process, without Ray (debugging; the tests of everything but the Ray runner).
     """
     records: dict[int, dict[str, Any]] = {}
     todo = []
