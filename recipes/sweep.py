@@ -604,6 +604,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     wall = time.perf_counter() - start
     settings = [name for name in grid if any(r["setting"] == name for r in records)]  # a setting all failed: below
+    if not settings:
+        print(f"error: every run of every setting failed ({failures[0]['error']}).", file=sys.stderr)
+        return 1
     grid = {name: grid[name] for name in settings}
     rows = summarize_sweep(records, settings)
     attach_controls(rows, grid, records)
