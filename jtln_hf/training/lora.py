@@ -83,8 +83,9 @@ def lora_settings(rank: int | None, alpha: float | None, dropout: float, targets
                   backbone: nn.Module, name: str) -> LoraSettings | None:  # fmt: skip
     """Resolve the ``--lora_*`` flags for ``backbone`` (timm architecture ``name``); None without ``--lora_rank``.
 
-    ``alpha`` defaults to ``2 * rank`` (a scale :math:`\\alpha / r = 2`, PEFT's and the LoRA paper's common
-    choice); ``targets`` to the family's :data:`DEFAULT_TARGETS`. Raises a one-line ``ValueError`` for a rank
+    ``alpha`` defaults to ``2 * rank``: the update's scale :math:`\\alpha / r = 2` whatever the rank, so a new
+    ``--lora_rank`` does not change it (PEFT's own default is a fixed ``lora_alpha=8``); ``targets`` defaults to the
+    family's :data:`DEFAULT_TARGETS`. Raises a one-line ``ValueError`` for a rank
     below 1, a dropout outside [0, 1), a family without defaults and no ``--lora_target_modules``, or targets
     that name no ``nn.Linear`` / ``nn.Conv2d`` of the backbone.
     """
