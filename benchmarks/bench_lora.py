@@ -30,6 +30,8 @@ from jtln_hf import JointImageClassifier, JointImageClassifierConfig
 from jtln_hf.training.lora import add_lora, lora_settings, trainable_share
 from jtln_hf.training.loss import LossSettings, jtln_loss, split_rows
 
+from bench_ot import _profiled_peak_mib  # the torch profiler's peak of live CPU tensors (this folder)
+
 
 def build(args, variant: str):
     """The model (adapters for ``lora``), one batch of half source, half target rows, and AdamW on what trains."""
@@ -65,24 +67,6 @@ def build(args, variant: str):
             torch.cuda.synchronize()
 
     return model, step
-
-
-def _profiled_peak_mib(fn) -> float:
-    """Peak live CPU tensor memory during ``fn()`` from the torch profiler's memory timeline (MiB): the tensors
-    that exist before it (weights, AdamW's moments) and those it makes (activations, gradients)."""
-    import tempfile
-    import warnings
-
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
-        fn()
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # deprecated for CUDA in favour of memory snapshots
-        prof.export_memory_timeline(f"{tmp}/timeline.json", device="cpu")
-        with open(f"{tmp}/timeline.json") as f:
-            _, sizes = json.load(f)
-    return max((sum(s) for s in sizes), default=0) / 2**20
 
 
 def memory(args, variant: str) -> dict:
@@ -145,9 +129,9 @@ def main() -> None:
         print(f"| {name} | {m['trained']:,} of {m['total']:,} ({m['trained'] / m['total']:.2%}) | "
               f"{1000 * med[name]:.0f} | {m['peak_mib']:.0f} | {m['rss_mib']:.0f} |")  # fmt: skip
     ratio = [b / a for a, b in zip(times["full"], times["lora"])]
+    peak, rss = (mem["lora"][k] / mem["full"][k] for k in ("peak_mib", "rss_mib"))
     print(f"\nLoRA / full: step time {med['lora'] / med['full']:.2f}x (ratio of medians; per-round median "
-          f"{statistics.median(ratio):.2f}x), peak live tensors {mem['lora']['peak_mib'] / mem['full']['peak_mib']:.2f}x, "
-          f"peak RSS rise {mem['lora']['rss_mib'] / mem['full']['rss_mib']:.2f}x")  # fmt: skip
+          f"{statistics.median(ratio):.2f}x), peak live tensors {peak:.2f}x, peak RSS rise {rss:.2f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

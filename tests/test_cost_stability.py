@@ -112,6 +112,7 @@ def test_the_ten_percent_edge_is_exact():
     costs = np.array([[[0.0], [1.0], [2.0]]] + [[[2.0], [0.0], [2.5]]] * 9)  # one target column, 3 sources
     f = relation_frequency(costs)
     assert f[0, 0] == pytest.approx(0.1) and f[1, 0] == pytest.approx(0.9)
+    # exact: the rule returns the literals 0, ½ or 1, chosen by comparing counts of resamples (k/B shares)
     np.testing.assert_array_equal(stable_relation_cost(costs, 0.9), [[1.0], [0.0], [1.0]])
 
 

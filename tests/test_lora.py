@@ -142,7 +142,7 @@ def test_the_merged_model_has_the_plain_models_weights_and_the_adapted_layers_su
             if key is not None:
                 assert torch.equal(weight, state[key]), name
             continue
-        if not name.endswith(".weight"):
+        if not name.endswith(".weight"):  # exact: PEFT's merge adds B A to the weight and leaves the bias as it is
             assert torch.equal(weight, state[f"{layer}.base_layer.bias"]), name
             continue
         w = state[f"{layer}.base_layer.weight"].double()
