@@ -203,11 +203,14 @@ def attach_controls(rows: list[dict[str, Any]], grid: dict[str, dict[str, str]],
     ``cost*`` and ``ot_*`` flags aside: without the OT term they change nothing but the warm-up).
     ``setting − control`` is then what the OT term adds; the row gets ``control``,
     ``test_minus_control``, ``validation_minus_control`` and ``control_text``, a control's row
-    ``is_control``.
+    ``is_control``. A setting with ``cost_warmup_restart`` restarts from the initial weights after its
+    warm-up has given C: its control is joint training (its ``− joint`` is the OT term's part).
     """
 
     def key(name: str) -> tuple[Any, ...]:
         warmup = next(r["warmup_steps"] for r in records if r["setting"] == name)
+        if str(grid[name].get("cost_warmup_restart", "false")).lower() in ("true", "1", "yes"):
+            warmup = 0  # the warm-up was a probe that only computed C: joint training is the control
         rest = {k: v for k, v in grid[name].items() if not k.startswith(("cost", "ot_"))}
         return warmup, tuple(sorted(rest.items()))
 

@@ -79,3 +79,39 @@ def test_a_registered_method_runs_and_reports_under_its_title(request, tmp_path)
     assert stages == ["half-seed0"] and run.cost_description == "half budget"
     assert (tmp_path / "run" / "runs" / "half-seed0" / "eval_results.json").is_file()
     assert "| target only, half the steps |" in results_markdown(summarize([run]))
+
+
+def test_a_restarted_warm_up_only_gives_c_and_training_starts_again_from_the_initial_weights(tmp_path):
+    """--cost_warmup_restart: the warm-up computes C and is then discarded. With the OT term off, JTLN after a
+    restarted warm-up trains the very weights of joint training (same seed, same calls in one process: exact);
+    without the restart the same warm-up leaves other weights (the check can fail)."""
+    import torch
+
+    data_args = DataArguments(shots=2, max_eval_samples=30)
+    model_args = ModelArguments(backbone="test_resnet")
+
+    def trained(method: str, restart: bool) -> dict:
+        jtln_args = JTLNArguments(mode=method, seeds=[0], cost="features-centroid", cost_warmup_steps=2,
+                                  cost_warmup_restart=restart)  # fmt: skip
+        args = make_args(tmp_path / f"{method}-{restart}", max_steps=2, per_device_train_batch_size=8,
+                         ot_loss_weight=0.0)  # fmt: skip
+        plan = plan_experiment(data_args, model_args, jtln_args, args)
+        run = run_method(method, plan.data[0], plan.config, plan.settings, args, 0)
+        if method == "jtln":
+            assert ("restarted from the initial weights" in run.cost_description) == restart
+            assert run.model.cost_matrix.abs().sum() > 0  # C was computed by the warm-up, then kept
+        return {k: v for k, v in run.model.state_dict().items() if k != "cost_matrix"}
+
+    joint = trained("joint", False)
+    restarted, continued = trained("jtln", True), trained("jtln", False)
+    assert all(torch.equal(joint[k], restarted[k]) for k in joint)
+    assert not all(torch.equal(joint[k], continued[k]) for k in joint)
+
+
+def test_a_restart_without_a_warm_up_to_discard_is_refused():
+    data, model = DataArguments(), ModelArguments(backbone="test_resnet")
+    for jtln, given in ((JTLNArguments(cost="prior", cost_warmup_restart=True), {"cost", "cost_warmup_restart"}),
+                        (JTLNArguments(cost="features-mmd", cost_warmup_steps=0, cost_warmup_restart=True),
+                         {"cost", "cost_warmup_steps", "cost_warmup_restart"})):  # fmt: skip
+        with pytest.raises(ValueError, match="--cost_warmup_restart discards the source-only warm-up"):
+            check_arguments(data, model, jtln, given)

@@ -71,7 +71,8 @@ class Cost:
     model cost, or before the plan resolves it); ``shuffle_seed``: ``--cost_shuffle_seed`` (C's target
     columns permuted by that seed once built and normalised: the shuffled-cost control; None: not shuffled);
     ``from_target_pool``: ``--cost_from_target_pool`` (a diagnostic: a features-* cost reads ``samples_per_class``
-    images of each target class from the whole labelled target pool, not the k shots).
+    images of each target class from the whole labelled target pool, not the k shots); ``warmup_restart``:
+    ``--cost_warmup_restart`` (a model cost's warm-up is a probe: training restarts from the initial weights).
     """
 
     kind: str
@@ -83,6 +84,7 @@ class Cost:
     fixed: FixedCost | None = None
     shuffle_seed: int | None = None
     from_target_pool: bool = False
+    warmup_restart: bool = False
 
     @property
     def from_model(self) -> bool:
@@ -339,6 +341,7 @@ def default_warmup_steps(given: int | None, *, pretrained: bool = False, needs_s
 def plan_cost(
     cost: str | None, data: DataSpec, *, normalization: str, warmup_steps: int | None, samples_per_class: int,
     pretrained: bool, refresh_steps: int = 0, shuffle_seed: int | None = None, from_target_pool: bool = False,
+    warmup_restart: bool = False,
 ) -> Cost:  # fmt: skip
     """The cost flags resolved once into a :class:`Cost` (kind, warm-up, refresh, prior, shuffle; no matrix yet).
 
@@ -347,6 +350,7 @@ def plan_cost(
     the same source-only steps as a model cost's run, to compare the two costs after equal training).
     ``shuffle_seed`` (``--cost_shuffle_seed``) must be an integer >= 0, for a cost with relations.
     ``from_target_pool`` (``--cost_from_target_pool``): the diagnostic upper bound, for a features-* cost.
+    ``warmup_restart`` (``--cost_warmup_restart``): for a model cost with a warm-up (the warm-up only computes C).
     """
     kind = cost_kind(cost, data)
     warmup = warmup_steps or 0  # a fixed cost: none unless asked (the prior after the warm-up of a model cost's run)
@@ -355,7 +359,11 @@ def plan_cost(
                                       needs_source_head=COST_BUILDERS[kind].warmup_when_pretrained)  # fmt: skip
     refresh = refresh_steps if is_model_cost(kind) else 0
     planned = Cost(kind, normalization, warmup, samples_per_class, refresh, data_prior(data), shuffle_seed=shuffle_seed,
-                   from_target_pool=from_target_pool)  # fmt: skip
+                   from_target_pool=from_target_pool, warmup_restart=warmup_restart)  # fmt: skip
+    if warmup_restart and not (is_model_cost(kind) and warmup):
+        raise ValueError(f"--cost_warmup_restart discards the source-only warm-up once it has given C, and --cost "
+                         f"{kind} with {warmup} warm-up steps has none to discard: drop it, or pass a features-* or "
+                         "relationship cost with --cost_warmup_steps > 0.")  # fmt: skip
     if shuffle_seed is not None and shuffle_seed < 0:
         raise ValueError(f"--cost_shuffle_seed must be >= 0 (a numpy seed), got {shuffle_seed}.")
     if shuffle_seed is not None and not planned.relations:

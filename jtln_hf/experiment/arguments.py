@@ -219,6 +219,12 @@ class JTLNArguments:
                   "of each target class from the whole target training pool instead of the k shots (the cost "
                   "without its estimation noise; a few-shot user has no such labels)."},
     )  # fmt: skip
+    cost_warmup_restart: bool = field(
+        default=False,
+        metadata={"help": "After the --cost_warmup_steps source-only steps have given a features-* or relationship "
+                  "cost, restart from the initial weights: the warm-up is a probe whose only output is C, and the "
+                  "run's control is plain joint training (its OT part is then JTLN - joint)."},
+    )  # fmt: skip
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Replace the run in a non-empty --output_dir: its results.md, results.json, settings.json, "
@@ -285,7 +291,8 @@ def resolved_cost(data: DataArguments, model: ModelArguments, jtln: JTLNArgument
     return plan_cost(jtln.cost, data.spec(), normalization=jtln.cost_normalization,
                      warmup_steps=jtln.cost_warmup_steps, samples_per_class=jtln.cost_samples_per_class,
                      refresh_steps=jtln.cost_refresh_steps, shuffle_seed=jtln.cost_shuffle_seed,
-                     from_target_pool=jtln.cost_from_target_pool, pretrained=model.pretrained)  # fmt: skip
+                     from_target_pool=jtln.cost_from_target_pool, warmup_restart=jtln.cost_warmup_restart,
+                     pretrained=model.pretrained)  # fmt: skip
 
 
 def method_settings(data: DataArguments, model: ModelArguments, jtln: JTLNArguments) -> MethodSettings:

@@ -44,7 +44,7 @@ def _joint(run: MethodRun) -> Trained:
 #: The flags of the OT term and its cost: read by JTLN only.
 OT_FLAGS = (
     "cost", "cost_normalization", "cost_warmup_steps", "cost_samples_per_class", "cost_refresh_steps",
-    "cost_shuffle_seed", "cost_from_target_pool", "ot_loss_weight", "ot_epsilon", "ot_iterations", "ot_tol", "ot_method", "ot_detach_target",
+    "cost_shuffle_seed", "cost_from_target_pool", "cost_warmup_restart", "ot_loss_weight", "ot_epsilon", "ot_iterations", "ot_tol", "ot_method", "ot_detach_target",
     "ot_objective",
 )  # fmt: skip
 
@@ -54,9 +54,10 @@ def _jtln(run: MethodRun) -> Trained:
     """A fixed cost (prior, file) as resolved before training; a model cost from this seed's (warmed-up) model,
     recomputed every ``--cost_refresh_steps`` joint steps when asked (:class:`~jtln_hf.cost.refresh.CostRefresh`).
     A shuffled cost (``--cost_shuffle_seed``) keeps its first build's permutation at every refresh (a control
-    throughout)."""
+    throughout). With ``--cost_warmup_restart`` the weights before the warm-up are put back once C is computed."""
     cost, data = run.settings.cost, run.settings.data
     warmup, fixed, callbacks = cost.warmup_steps, cost.fixed, []
+    initial = {k: v.detach().clone() for k, v in run.model.state_dict().items()} if cost.warmup_restart else None
     if warmup:  # a model cost reads the warmed-up model; a fixed cost is used after the same source-only steps
         train_source_only(run.model, run.exp, run.args, data, f"{run.name}-warmup", warmup)
     if fixed is None:
@@ -73,6 +74,10 @@ def _jtln(run: MethodRun) -> Trained:
     elif warmup:
         fixed = FixedCost(fixed.matrix, f"{fixed.description.removesuffix('.')}; joint steps after {warmup} "
                                         "source-only warm-up steps.", fixed.permutation)  # fmt: skip
+    if initial is not None:  # the warm-up was a probe: C is its only output
+        run.model.load_state_dict(initial)
+        fixed = FixedCost(fixed.matrix, f"{fixed.description.removesuffix('.')}; then training restarted from the "
+                                        "initial weights (--cost_warmup_restart).", fixed.permutation)  # fmt: skip
     run.model.set_cost_matrix(fixed.matrix)
     last = train_joint(run.model, run.exp, run.args, data, run.name, ot_loss_weight=run.args.ot_loss_weight,
                        callbacks=callbacks or None)  # fmt: skip
