@@ -43,26 +43,41 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-HEIGHT, WIDTH = 375, 500
+HEIGHT, WIDTH = 375, 500  # the default --photo_size
+TILE_HEIGHT, TILE_WIDTH = 300, 400  # the tiles of a photo larger than the sample photos (427 x 640)
+
+
+def _photo(photos: list[np.ndarray], i: int, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """A ``height x width`` crop of sample photo ``i % 2``; a larger size is a mosaic of such crops at the photos'
+    own resolution (not an upsampled photo, whose smooth pixels would decode faster than a real one's)."""
+    photo = photos[i % len(photos)]
+    if height <= photo.shape[0] and width <= photo.shape[1]:
+        top = rng.integers(0, photo.shape[0] - height + 1)
+        left = rng.integers(0, photo.shape[1] - width + 1)
+        return photo[top : top + height, left : left + width]
+    out = np.empty((height, width, 3), np.uint8)
+    for top in range(0, height, TILE_HEIGHT):
+        for left in range(0, width, TILE_WIDTH):
+            h, w = min(TILE_HEIGHT, height - top), min(TILE_WIDTH, width - left)
+            out[top : top + h, left : left + w] = _photo(photos, i + top + left, h, w, rng)
+    return out
 
 
 # ------------------------------------------------------------------------------------------ folder
-def write_folder(root: Path, images: int, classes: int, seed: int = 0) -> Path:
-    """A JPEG ImageFolder ``root/train/<class>/*.jpg`` of ``images`` photos at 375 x 500, written once."""
+def write_folder(root: Path, images: int, classes: int, seed: int = 0, height: int = HEIGHT,
+                 width: int = WIDTH) -> Path:  # fmt: skip
+    """A JPEG ImageFolder ``root/train/<class>/*.jpg`` of ``images`` photos at ``height x width``, written once."""
     from PIL import Image
     from sklearn.datasets import load_sample_images
 
-    folder = root / f"photos-{images}x{classes}-{HEIGHT}x{WIDTH}"
+    folder = root / f"photos-{images}x{classes}-{height}x{width}"
     done = folder / ".complete"
     if done.exists():
         return folder
     photos = [np.asarray(p) for p in load_sample_images().images]  # china.jpg, flower.jpg: 427 x 640 RGB
     rng = np.random.default_rng(seed)
     for i in range(images):
-        photo = photos[i % len(photos)]
-        top = rng.integers(0, photo.shape[0] - HEIGHT + 1)
-        left = rng.integers(0, photo.shape[1] - WIDTH + 1)
-        crop = photo[top : top + HEIGHT, left : left + WIDTH].astype(np.float32)
+        crop = _photo(photos, i, height, width, rng).astype(np.float32)
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
         gains = rng.uniform(0.7, 1.3, size=3)  # recolour: per-channel gain and a gamma
@@ -128,7 +143,8 @@ def ours_map(args, folder: Path, transform):
 
     ds = datasets.load_dataset("imagefolder", data_dir=str(folder), split="train",
                                cache_dir=str(Path(args.cache_dir) / "hf-datasets"))  # fmt: skip
-    joint = build_joint_dataset(ds, ds).with_transform(make_batch_transform(transform, in_chans=3, seed=0))
+    joint = build_joint_dataset(ds, ds).with_transform(make_batch_transform(transform, in_chans=3, seed=0,
+                                                                            crop_scale=args.crop_scale))  # fmt: skip
     sampler = FirstBatches(PairedBatchSampler(joint["domain"], batch_size=args.batch, seed=0), args.batches)
     return DataLoader(joint, batch_sampler=sampler, collate_fn=collate,
                       worker_init_fn=lambda worker_id: seed_worker(worker_id, args.workers, 0),
@@ -159,7 +175,8 @@ def ours_stream(args, folder: Path, transform):
                                    cache_dir=str(Path(args.cache_dir) / "hf-datasets"))  # fmt: skip
     stream = FirstStreamBatches(open_streaming_source(write_shards(folder, args.shards)), target, n_source=args.batch // 2,
                                 n_target=args.batch - args.batch // 2, seed=0, buffer_size=args.buffer,
-                                transform=make_batch_transform(transform, in_chans=3, seed=0))  # fmt: skip
+                                transform=make_batch_transform(transform, in_chans=3, seed=0,
+                                                               crop_scale=args.crop_scale))  # fmt: skip
     kwargs = loader_kwargs(args)
     return streaming_dataloader(stream, num_workers=kwargs["num_workers"], prefetch_factor=kwargs.get("prefetch_factor"),
                                 persistent_workers=kwargs.get("persistent_workers", False))  # fmt: skip
@@ -209,6 +226,54 @@ def profile_ours(loader, top: int) -> None:
     pstats.Stats(profiler).sort_stats("cumulative").print_stats(top)
 
 
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio of two 8-bit images, in dB: ``10 log10(255^2 / mean((a - b)^2))``."""
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def crop_quality(folder: Path, data_config: dict, n: int) -> None:
+    """PSNR of crops decoded at their crop's scale (``jtln_hf.data.decode``) against the full decode + timm's step.
+
+    Training: timm's ``RandomResizedCropAndInterpolation`` (scale 0.08-1) on the full decode against ours on the
+    JPEG, the same box (``random`` seeded alike for both); evaluation: Resize(256) + CenterCrop(224) likewise.
+    ``n`` images of the folder, one training crop and the evaluation crop each.
+    """
+    import random
+
+    from PIL import Image
+
+    from jtln_hf.data import build_transform
+    from jtln_hf.data.decode import crop_scale_step, dct_scale
+
+    files = sorted((folder / "train").glob("*/*.jpg"))[:n]
+    for training in (True, False):
+        steps = build_transform({**data_config, "crop_pct": 0.875}, training=training).transforms
+        first, _ = crop_scale_step(build_transform({**data_config, "crop_pct": 0.875}, training=training), "RGB")
+        full = steps[0] if training else (lambda im: steps[1](steps[0](im)))
+        values, scales = [], []
+        for k, path in enumerate(files):
+            raw = {"bytes": path.read_bytes(), "path": None}
+            random.seed(k)
+            ours = np.asarray(first(raw))
+            random.seed(k)
+            decoded = Image.open(path).convert("RGB")
+            if training:  # the scale ours used for this box
+                i, j, h, w = steps[0].get_params(decoded, steps[0].scale, steps[0].ratio)
+                scales.append(dct_scale((w, h), (224, 224)))
+                random.seed(k)
+            theirs = np.asarray(full(decoded))
+            values.append(psnr(ours, theirs))
+        values = np.array(values)
+        name = "training (RandomResizedCrop)" if training else "evaluation (Resize 256 + CenterCrop 224)"
+        shares = {s: scales.count(s) / len(scales) for s in sorted(set(scales))} if scales else {}
+        finite = values[np.isfinite(values)]
+        stats = (f"PSNR dB min {finite.min():.1f}, 5th percentile {np.percentile(finite, 5):.1f}, median "
+                 f"{np.median(finite):.1f}, max {finite.max():.1f}" if finite.size else "no crop differs")  # fmt: skip
+        print(f"{name}: {len(values)} crops, {len(values) - finite.size} identical to the full decode's; {stats}"
+              + (f"; DCT scale shares {shares}" if shares else ""))  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2, help="data-loader workers of each loader")
@@ -224,7 +289,13 @@ def main() -> None:
     parser.add_argument("--buffer", type=int, default=1000, help="shuffle buffer of the streamed source (rows per worker)")
     parser.add_argument("--shards", type=int, default=4, help="parquet shards of the streamed source")
     parser.add_argument("--profile", action="store_true", help="cProfile one epoch of ours, then stop")
+    parser.add_argument("--photo_size", default=f"{WIDTH}x{HEIGHT}", help="WIDTHxHEIGHT of the folder's photos")
+    parser.add_argument("--full_decode", dest="crop_scale", action="store_false",
+                        help="ours decodes every JPEG fully (--decode_at_crop_scale false), as before")
+    parser.add_argument("--psnr", type=int, default=0, metavar="N",
+                        help="instead of timing: the PSNR of N crops decoded at the crop's scale against full decodes")
     args = parser.parse_args()
+    width, height = map(int, args.photo_size.lower().split("x"))
     if args.batches * args.batch > args.images:
         parser.error(f"--batches x --batch = {args.batches * args.batch} exceeds --images {args.images}: "
                      "raise --images or lower --batches.")  # fmt: skip
@@ -234,11 +305,14 @@ def main() -> None:
 
     from jtln_hf.data import build_transform
 
-    folder = write_folder(Path(args.cache_dir), args.images, args.classes)
+    folder = write_folder(Path(args.cache_dir), args.images, args.classes, height=height, width=width)
     # create_transform(224, is_training=True)'s own defaults, which create_loader also uses
     data_config = {"input_size": (3, 224, 224), "interpolation": "bilinear", "mean": timm.data.IMAGENET_DEFAULT_MEAN,
                    "std": timm.data.IMAGENET_DEFAULT_STD}  # fmt: skip
     transform = build_transform(data_config, training=True)
+    if args.psnr:
+        crop_quality(folder, data_config, args.psnr)
+        return
     ours = OUR_PATHS[args.ours](args, folder, transform)
     if args.profile:
         profile_ours(ours, top=25)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU check (< 5 minutes on one H200): the OT benchmark, the step-ratio benchmark at
-# the shape of docs/design.md ("Speed"), and a 200-step bf16 training of the embedded default.
+# the shape of docs/design.md ("Speed"), a 200-step bf16 training of the embedded default, and the
+# input path on 15 of the machine's cores (1600x1200 JPEGs decoded at the crop's scale against timm's loader).
 #
 #     bash benchmarks/gpu_prepare.sh        # first, on a machine with PyPI: .whl/ and .gpu_data/
 #     bash benchmarks/gpu_check.sh [OUT_DIR]                         # on the GPU machine
@@ -10,13 +11,13 @@
 # are installed into /tmp/site (GPU_CHECK_SITE) and put first on PYTHONPATH, with the repo root,
 # so nothing is pip-installed into the image. Fashion-MNIST is read from .gpu_data/fashion-mnist
 # when that folder exists. OUT_DIR defaults to $OUT (the device machine's returned folder) if set,
-# else outputs/gpu_check. Files written there (7, within what `run` brings back): gpu_check.log
-# (everything), versions.txt, gpu.txt, bench_ot.txt, bench_step.txt, train.txt and
-# train_results.json; the training's own folder goes to $OUT_DIR/train, or to
+# else outputs/gpu_check. Files written there (8, within what `run` brings back): gpu_check.log
+# (everything), versions.txt, gpu.txt, bench_ot.txt, bench_step.txt, train.txt,
+# train_results.json and bench_input.txt; the training's own folder goes to $OUT_DIR/train, or to
 # /tmp/gpu_check_train when OUT_DIR is $OUT (GPU_CHECK_TRAIN_DIR overrides).
 #
-# GPU_CHECK_ONLY="bench_ot train" (any of bench_ot bench_step train) runs only those, for a rerun.
-# GPU_CHECK_SMOKE=1 runs the same three commands on the CPU with tiny settings, to exercise this
+# GPU_CHECK_ONLY="bench_ot train" (any of bench_ot bench_step train bench_input) runs only those, for a rerun.
+# GPU_CHECK_SMOKE=1 runs the same four commands on the CPU with tiny settings, to exercise this
 # script's plumbing (wheels, paths, variables, output files) without a GPU. PYTHON picks the
 # interpreter (default python3). A failing measurement does not stop the others; the exit code is
 # the number of failed steps.
@@ -94,6 +95,8 @@ if [[ $smoke == 1 ]]; then
     step bench_step bench_step.txt "$PY" benchmarks/bench_step.py --device cpu --steps 3 --warmup 1
     step train train.log "$PY" recipes/train_jtln.py --mode jtln --seeds 0 --max_steps 5 --max_eval_samples 200 \
         --output_dir "$train_dir" --overwrite_output_dir --disable_tqdm true
+    step bench_input bench_input.txt "$PY" benchmarks/bench_input.py --workers 0 --batch 8 --images 24 --batches 2 \
+        --rounds 1 --photo_size 1600x1200 --cache_dir "${TMPDIR:-/tmp}/gpu_check_photos"
 else
     "$PY" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' || { echo "FAILED: torch sees no GPU"; exit 102; }
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/gpu.txt"
@@ -102,6 +105,10 @@ else
         --image_size 224 --batch 256 --num_source_labels 1000 --num_target_labels 256 --bf16 --channels_last --steps 30
     step train train.log "$PY" recipes/train_jtln.py --mode jtln --seeds 0 --max_steps 200 --bf16 \
         --output_dir "$train_dir" --overwrite_output_dir --disable_tqdm true
+    # the input path on the machine's cores (1 for the training process): 1600x1200 JPEGs decoded at the
+    # crop's scale against timm's loader; writing the 640 photos takes about a minute on one core
+    step bench_input bench_input.txt "$PY" benchmarks/bench_input.py --workers 15 --batch 64 --images 640 \
+        --batches 8 --rounds 3 --photo_size 1600x1200 --cache_dir /tmp/gpu_check_photos
 fi
 # The training's full output is in gpu_check.log; keep its table and the results file beside it.
 if [[ -f $out/train.log ]]; then tail -n 12 "$out/train.log" >"$out/train.txt"; rm -f "$out/train.log"; fi

@@ -86,6 +86,7 @@ class DataSpec:
     max_eval_samples: int | None
     train_scale: tuple[float, float]
     hflip: float
+    decode_at_crop_scale: bool = True
 
     @property
     def two_datasets(self) -> bool:

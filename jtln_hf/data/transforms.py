@@ -18,6 +18,7 @@ import torchvision.transforms
 from PIL import Image as PILImage
 
 from ..image_processing_jtln import CHANNEL_MODES, to_mode
+from .decode import crop_scale_step, looks_like_jpeg
 from .domains import SOURCE, TARGET
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ Replace = Callable[[int, int], Iterator[dict[str, Any]]]
 
 
 def make_batch_transform(transform: Callable, in_chans: int, *, seed: int = 0,
-                         replace: Replace | None = None) -> Callable[..., dict]:  # fmt: skip
+                         replace: Replace | None = None, crop_scale: bool = True) -> Callable[..., dict]:  # fmt: skip
     """A ``Dataset.with_transform`` function: images -> ``pixel_values``, ``label`` -> ``labels``.
 
     * **Channels.** Images are converted to the backbone's channel count ("L" for 1, "RGB" for
@@ -73,6 +74,12 @@ def make_batch_transform(transform: Callable, in_chans: int, *, seed: int = 0,
       the batch straight into one ``(batch, C, H, W)`` tensor (in shared memory inside a
       data-loader worker), with the same operations, hence the same bits; ``pixel_values`` holds
       its rows and :func:`collate` returns that tensor without copying it.
+    * **JPEGs decoded at their crop's scale** (``crop_scale``, :mod:`jtln_hf.data.decode`): when the
+      transform starts with timm's RandomResizedCrop (or Resize + CenterCrop) and the batch has ``domain``
+      and ``row`` columns, an undecoded JPEG is decoded at the smallest DCT scale that keeps its box's
+      pixels, inside the seeded section (its box comes from the same generator calls). A batch without
+      JPEGs takes the path above, bit for bit, and so do the other images of a batch with JPEGs; there a row
+      replaced by a stand-in keeps the original row's seed.
 
     Args:
         transform: per-image transform (e.g. :func:`build_transform`).
@@ -80,6 +87,7 @@ def make_batch_transform(transform: Callable, in_chans: int, *, seed: int = 0,
         seed: salt of the augmentation seeds.
         replace: stand-ins of an unreadable row (a batch needs ``domain`` and ``row``); None:
             raise. ``apply(batch, replace=...)`` overrides it for one call (a stream's own).
+        crop_scale: decode JPEGs at their crop's scale (``--decode_at_crop_scale``); False: always decode fully.
     """
     if in_chans not in CHANNEL_MODES:
         raise ValueError(
@@ -88,8 +96,11 @@ def make_batch_transform(transform: Callable, in_chans: int, *, seed: int = 0,
         )
     mode = CHANNEL_MODES[in_chans]
     pil_steps, to_tensor_tail = _split_tensor_tail(transform)
+    fused = crop_scale_step(transform, mode) if crop_scale else None
 
     def apply(batch: dict[str, list], replace: Replace | None = replace) -> dict[str, list]:
+        if fused is not None and "row" in batch and "domain" in batch and any(map(looks_like_jpeg, batch["image"])):
+            return _apply_at_crop_scale(batch, replace)
         skipped = None
         if replace is not None:
             batch, skipped = _decode_or_replace(batch, replace)
@@ -108,6 +119,48 @@ def make_batch_transform(transform: Callable, in_chans: int, *, seed: int = 0,
             out["domain"] = batch["domain"]
         if skipped is not None:
             out["row"], out[BAD_IMAGES_KEY] = batch["row"], skipped
+        return out
+
+    def _apply_at_crop_scale(batch: dict[str, list], replace: Replace | None) -> dict[str, list]:
+        """``apply`` with each image decoded inside its seeded section (a JPEG at its crop's scale)."""
+        first, rest = fused
+        rest_steps = _split_tensor_tail(rest)[0]
+        keys = [(int(d), int(r)) for d, r in zip(batch["domain"], batch["row"])]
+        batch_key = hashlib.blake2b(repr((seed, keys)).encode(), digest_size=16).digest()
+        columns = [c for c in ("image", "label", "row") if c in batch]
+        taken = {c: list(batch[c]) for c in columns if c != "image"}
+        skipped: list[list[dict]] = [[] for _ in batch["image"]]
+        transformed = []
+        with _preserved_global_rng():
+            for k in range(len(batch["image"])):
+                row, stand_ins = {c: batch[c][k] for c in columns}, None
+                while True:
+                    _seed_generators(batch_key, k)
+                    try:
+                        image = first(row["image"])  # None (no generator drawn): not a JPEG it scales
+                        if image is None:
+                            image = pil_steps(to_mode(_decode_one(row["image"]), mode))
+                        else:
+                            image = rest_steps(image)
+                        break
+                    except IMAGE_ERRORS as err:
+                        if replace is None:
+                            raise _unreadable(row["image"], batch, k, err) from err
+                        skipped[k].append(_skip_record(int(batch["domain"][k]), row, err))
+                        stand_ins = stand_ins or replace(int(batch["domain"][k]), int(skipped[k][0]["row"]))
+                        row = next(stand_ins, None)
+                        if row is None:
+                            raise ValueError(f"no image of the {skipped[k][0]['domain']} rows can be decoded (the "
+                                             f"last: {skipped[k][-1]['error']}): check the dataset's files.") from err
+                for c in taken:
+                    taken[c][k] = row[c]
+                transformed.append(image)
+        out = {"pixel_values": to_tensor_tail(transformed)}
+        if "label" in batch:
+            out["labels"] = taken["label"]
+        out["domain"] = batch["domain"]
+        if replace is not None:
+            out["row"], out[BAD_IMAGES_KEY] = taken["row"], skipped
         return out
 
     return apply
@@ -232,12 +285,17 @@ def _decode(image: Any, batch: dict[str, list], k: int) -> Any:
     try:
         return datasets.Image().decode_example(image)
     except IMAGE_ERRORS as err:
-        path = f" (path {image.get('path')!r})" if image.get("path") else ""
-        raise ValueError(
-            f"cannot decode the image of {_row_name(batch, k)}{path}: {type(err).__name__}: {err}. "
-            "Remove or replace that row (e.g. ds.select([...]) without it); "
-            "jtln_hf.data.check_images(ds, full_decode=True) lists every unreadable row."
-        ) from err
+        raise _unreadable(image, batch, k, err) from err
+
+
+def _unreadable(image: Any, batch: dict[str, list], k: int, err: BaseException) -> ValueError:
+    """The error of an image that cannot be decoded, naming its row, its path and the fix."""
+    path = f" (path {image.get('path')!r})" if isinstance(image, dict) and image.get("path") else ""
+    return ValueError(
+        f"cannot decode the image of {_row_name(batch, k)}{path}: {type(err).__name__}: {err}. "
+        "Remove or replace that row (e.g. ds.select([...]) without it); "
+        "jtln_hf.data.check_images(ds, full_decode=True) lists every unreadable row."
+    )
 
 
 def _row_keys(batch: dict[str, list], images: list) -> list:

@@ -116,6 +116,12 @@ class DataArguments:
         default_factory=lambda: [0.7, 1.0], metadata={"help": "RandomResizedCrop scale range (timm)."}
     )
     hflip: float = field(default=0.5, metadata={"help": "Horizontal flip probability (timm)."})
+    decode_at_crop_scale: bool = field(
+        default=True,
+        metadata={"help": "Decode a JPEG at the smallest DCT scale (1/2, 1/4, 1/8) that keeps its crop's pixels, its "
+                  "box drawn as timm draws it (training) or its shorter side kept >= the resize (evaluation); "
+                  "false: decode every image fully. Other formats are always decoded fully."},
+    )  # fmt: skip
 
     def __post_init__(self):
         if self.shots < 0:

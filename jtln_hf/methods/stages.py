@@ -60,7 +60,8 @@ def _batch_transform(config: JointImageClassifierConfig, training: bool, data: D
                      replace=None):  # fmt: skip
     kwargs = {"scale": tuple(data.train_scale), "hflip": data.hflip} if training else {}
     transform = jdata.build_transform(config.data_config, training, **kwargs)
-    return jdata.make_batch_transform(transform, config.data_config["input_size"][0], seed=seed, replace=replace)
+    return jdata.make_batch_transform(transform, config.data_config["input_size"][0], seed=seed, replace=replace,
+                                      crop_scale=data.decode_at_crop_scale)  # fmt: skip
 
 
 def _joint_train_set(source, target, config, data: DataSpec, stage: JTLNTrainingArguments) -> datasets.Dataset:

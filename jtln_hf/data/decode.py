@@ -1,0 +1,155 @@
+"""Decoding a JPEG at the scale its crop needs: the first step of timm's transform, fused with the decode.
+
+A 224-px crop of a 1600x1200 photo needs far fewer pixels than a full decode makes. libjpeg can
+decode at 1/2, 1/4 or 1/8 of the size nearly for free (it drops DCT coefficients instead of
+computing pixels: "DCT scaling"). :func:`crop_scale_step` wraps the first step of a timm
+transform so that it reads the image's size from the JPEG header, draws its box as timm does,
+decodes at the smallest scale at which that box keeps at least the output's pixels, and resizes
+the box from there:
+
+* training, timm's ``RandomResizedCropAndInterpolation``: the box ``(i, j, h, w)`` is drawn by the
+  step's own ``get_params`` from the header's size, then the interpolation (if random): the same
+  generator calls, hence the same boxes, as timm's step on the decoded image;
+* evaluation, ``Resize(shorter side)`` then ``CenterCrop``: the image is decoded at the largest scale
+  whose shorter side is still at least the resize's target, then resized and cropped as before.
+
+**Why PIL's** ``draft`` (Pillow's libjpeg-turbo, which every install has) and not another decoder,
+measured in ``benchmarks/README.md`` ("Decoding at the crop's scale"): ``simplejpeg`` scales the same
+way (``min_width``/``min_height``) from its own libjpeg-turbo and returns arrays, so the crop and
+resize would leave PIL for a second library; PyTurboJPEG 2 needs libjpeg-turbo 3 (Debian 13 ships
+2.1), and its region decode is a lossless transform that still reads every block's coefficients.
+No decoder in these packages decodes a region for less than the entropy decoding of the whole scan.
+
+Anything else takes the ordinary path (a full decode, then the whole transform): a non-JPEG, a
+progressive or multi-tile JPEG ``draft`` refuses, an image that comes decoded, a transform whose first
+step is not one of the two above.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from collections.abc import Callable
+from typing import Any
+
+import torchvision.transforms
+import torchvision.transforms.functional as F
+from PIL import Image as PILImage
+from timm.data.transforms import RandomResizedCropAndInterpolation, str_to_pil_interp
+
+from ..image_processing_jtln import to_mode
+
+#: The DCT scales libjpeg decodes at (PIL's ``draft`` picks one of them), largest first.
+DCT_SCALES = (8, 4, 2, 1)
+
+
+def dct_scale(box_size: tuple[float, float], out_size: tuple[int, int]) -> int:
+    r"""The largest DCT scale :math:`s \in \{8, 4, 2, 1\}` at which a box keeps at least the output's pixels.
+
+    .. math:: s = \max\{s \in \{8, 4, 2, 1\} : w_{box} / s \ge w_{out},\ h_{box} / s \ge h_{out}\}
+
+    Args:
+        box_size: ``(width, height)`` of the box in the full image, in pixels.
+        out_size: ``(width, height)`` the box is resized to.
+    """
+    for scale in DCT_SCALES:
+        if box_size[0] / scale >= out_size[0] and box_size[1] / scale >= out_size[1]:
+            return scale
+    return 1  # a box smaller than the output: upsampled from the full decode, as timm does
+
+
+#: A JPEG's first bytes (start of image, then a marker) and its usual file name endings.
+JPEG_MAGIC, JPEG_SUFFIXES = b"\xff\xd8\xff", (".jpg", ".jpeg", ".jpe", ".jfif")
+
+
+def looks_like_jpeg(image: Any) -> bool:
+    """Whether a ``datasets.Image(decode=False)`` value holds a JPEG, by its first bytes (or its file name)."""
+    if not isinstance(image, dict):
+        return False
+    if image.get("bytes") is not None:
+        return bytes(image["bytes"][:3]) == JPEG_MAGIC
+    return str(image.get("path") or "").lower().endswith(JPEG_SUFFIXES)
+
+
+def open_jpeg(image: Any) -> PILImage.Image | None:
+    """A ``datasets.Image(decode=False)`` value (``{"bytes", "path"}``) opened without decoding, if it is a
+    baseline JPEG that ``draft`` can scale; None otherwise (decoded images, other formats)."""
+    if not isinstance(image, dict):
+        return None
+    raw = image.get("bytes")
+    opened = PILImage.open(io.BytesIO(raw)) if raw is not None else PILImage.open(image["path"])
+    if opened.format != "JPEG" or len(opened.tile) != 1:
+        opened.close()
+        return None
+    return opened
+
+
+def _draft(image: PILImage.Image, scale: int, mode: str) -> float:
+    """Decode ``image`` at DCT scale ``scale`` (in ``L`` directly when ``mode`` is L); the scale PIL applied."""
+    want = (max(1, image.size[0] // scale), max(1, image.size[1] // scale))
+    width = image.size[0]
+    result = image.draft("L" if mode == "L" else None, want)
+    image.load()
+    return width / result[1][2] if result else 1.0
+
+
+def crop_scale_step(transform: Callable, mode: str) -> tuple[Callable, Callable] | None:
+    """``(first, rest)``: ``transform``'s first step fused with the decode of a JPEG at its crop's scale, and
+    the steps after it; None when the first step is neither timm's ``RandomResizedCropAndInterpolation`` nor a
+    ``Resize`` to a shorter side followed by a ``CenterCrop``.
+
+    ``first(image)`` takes a ``datasets.Image(decode=False)`` value and returns the cropped, resized PIL
+    image in the backbone's PIL ``mode`` (``L``, ``RGB``, ``RGBA``), or None for an image it does not
+    take (see :func:`open_jpeg`), before any generator call, so that the ordinary path then draws exactly what it always drew. Decoding
+    errors propagate (``OSError`` and the like), as a full decode's do.
+    """
+    steps = list(getattr(transform, "transforms", ()))
+    if type(transform) is not torchvision.transforms.Compose or not steps:
+        return None
+    head = steps[0]
+    if type(head) is RandomResizedCropAndInterpolation:
+        return _random_resized_crop(head, mode), torchvision.transforms.Compose(steps[1:])
+    if (len(steps) >= 2 and type(head) is torchvision.transforms.Resize and type(steps[1]) is
+            torchvision.transforms.CenterCrop and isinstance(head.size, int) and head.max_size is None):  # fmt: skip
+        return _resize_centre_crop(head, steps[1], mode), torchvision.transforms.Compose(steps[2:])
+    return None
+
+
+def _random_resized_crop(step: RandomResizedCropAndInterpolation, mode: str) -> Callable:
+    out_h, out_w = step.size
+
+    def first(raw: Any) -> PILImage.Image | None:
+        image = open_jpeg(raw)
+        if image is None:
+            return None
+        i, j, h, w = step.get_params(image, step.scale, step.ratio)  # reads image.size only: the header's
+        interpolation = random.choice(step.interpolation) if isinstance(step.interpolation, (tuple, list)) \
+            else step.interpolation  # fmt: skip
+        scale = _draft(image, dct_scale((w, h), (out_w, out_h)), mode)
+        box = (j / scale, i / scale, (j + w) / scale, (i + h) / scale)
+        return to_mode(image, mode).resize((out_w, out_h), _pil(interpolation), box=box)
+
+    return first
+
+
+def _resize_centre_crop(resize: torchvision.transforms.Resize, crop: torchvision.transforms.CenterCrop,
+                        mode: str) -> Callable:  # fmt: skip
+    def first(raw: Any) -> PILImage.Image | None:
+        image = open_jpeg(raw)
+        if image is None:
+            return None
+        shorter = min(image.size)
+        _draft(image, dct_scale((shorter, shorter), (resize.size, resize.size)), mode)
+        return crop(resize(to_mode(image, mode)))
+
+    return first
+
+
+def _pil(interpolation: Any) -> int:
+    """A torchvision ``InterpolationMode`` (or a name) as PIL's resampling filter."""
+    if isinstance(interpolation, str):
+        return str_to_pil_interp(interpolation)
+    return F.pil_modes_mapping[interpolation]
+
+
+__all__ = ["DCT_SCALES", "crop_scale_step", "dct_scale", "looks_like_jpeg", "open_jpeg"]

@@ -1,0 +1,189 @@
+"""Decoding JPEGs at their crop's scale: timm's boxes, the pixels' quality, and the paths that must not change.
+
+The photos are scikit-learn's two sample photos (real JPEG photographs, 427 x 640), encoded again as
+JPEGs at their size (a 500 x 375 crop) and as 1600 x 1200 mosaics of their crops at their own
+resolution (as ``benchmarks/bench_input.py`` writes its large photos).
+"""
+
+from __future__ import annotations
+
+import io
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, JpegImagePlugin
+from sklearn.datasets import load_sample_images
+from timm.data.transforms import RandomResizedCropAndInterpolation
+from torchvision.transforms import ColorJitter
+
+from jtln_hf.data import build_transform, make_batch_transform
+from jtln_hf.data.decode import crop_scale_step, dct_scale
+from jtln_hf.data.transforms import BAD_IMAGES_KEY
+
+DATA_CONFIG = {"input_size": (3, 224, 224), "interpolation": "bilinear", "mean": (0.485, 0.456, 0.406),
+               "std": (0.229, 0.224, 0.225), "crop_pct": 0.875}  # fmt: skip
+#: The lowest PSNR measured over 400 crops of 1600 x 1200 photos (benchmarks/README.md, "Decoding at the crop's
+#: scale": 34.1 dB for RandomResizedCrop boxes, 35.3 dB for Resize + CenterCrop; at 500 x 375 49.5 dB and equal),
+#: less 3 dB (twice the squared error): a crop decoded at its scale is at least that close to the full decode's.
+MIN_PSNR_DB = {"training": 34.1 - 3, "evaluation": 35.3 - 3}
+#: What timm's colour jitter (brightness, contrast, saturation factors <= 1.4) can do to a difference of two
+#: images: brightness scales it by <= 1.4; contrast and saturation blend with a mean or a grey image
+#: (x' = f x + (1 - f) m), <= 1.4 + 0.4 each. So the PSNR after it may be lower by 20 log10(1.4 * 1.8 * 1.8).
+JITTER_LOSS_DB = 20 * np.log10(1.4 * 1.8 * 1.8)
+
+
+def _photos() -> list[np.ndarray]:
+    return [np.asarray(p) for p in load_sample_images().images]
+
+
+def _jpeg(pixels: np.ndarray) -> dict:
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="JPEG", quality=90)
+    return {"bytes": out.getvalue(), "path": None}
+
+
+def _mosaic(photos: list[np.ndarray], k: int, height: int = 1200, width: int = 1600) -> np.ndarray:
+    rng, out = np.random.default_rng(k), np.empty((height, width, 3), np.uint8)
+    for top in range(0, height, 300):
+        for left in range(0, width, 400):
+            photo = photos[(k + top + left) % 2]
+            i, j = rng.integers(0, photo.shape[0] - 300), rng.integers(0, photo.shape[1] - 400)
+            out[top : top + 300, left : left + 400] = photo[i : i + 300, j : j + 400]
+    return out
+
+
+@pytest.fixture(scope="module")
+def jpegs() -> dict[str, list[dict]]:
+    photos = _photos()
+    return {"500x375": [_jpeg(photos[k % 2][k * 10 : k * 10 + 375, k * 20 : k * 20 + 500]) for k in range(4)],
+            "1600x1200": [_jpeg(_mosaic(photos, k)) for k in range(4)]}  # fmt: skip
+
+
+def _batch(images: list) -> dict[str, list]:
+    return {"image": list(images), "label": [0] * len(images), "domain": [0] * len(images),
+            "row": list(range(len(images)))}  # fmt: skip
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """``10 log10(255^2 / mean((a - b)^2))`` of two 8-bit images (infinite when they are equal)."""
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def test_the_scale_is_the_largest_that_keeps_the_box_s_pixels():
+    assert dct_scale((1600, 1200), (224, 224)) == 4  # 200 px at 1/8 is too few; 400 x 300 at 1/4 is enough
+    assert dct_scale((1792, 1800), (224, 224)) == 8
+    assert dct_scale((448, 448), (224, 224)) == 2
+    assert dct_scale((447, 900), (224, 224)) == 1  # one side decides
+    assert dct_scale((100, 100), (224, 224)) == 1  # a box smaller than the output: full scale
+
+
+@pytest.mark.parametrize("size", ["500x375", "1600x1200"])
+def test_training_draws_timm_s_boxes_and_keeps_its_flips(jpegs, size, monkeypatch):
+    """The same boxes as timm's RandomResizedCropAndInterpolation for the same seeds (get_params called by both
+    paths, recorded), then the same colour jitter (drawn after the flip, from the generators the box left):
+    the two batches are close pixel for pixel."""
+    boxes, jitters = [], []
+    box_params, jitter_params = RandomResizedCropAndInterpolation.get_params, ColorJitter.get_params
+
+    def box(img, scale, ratio):
+        boxes.append(box_params(img, scale, ratio))
+        return boxes[-1]
+
+    def jitter(*args):
+        jitters.append(jitter_params(*args))
+        return jitters[-1]
+
+    monkeypatch.setattr(RandomResizedCropAndInterpolation, "get_params", staticmethod(box))
+    monkeypatch.setattr(ColorJitter, "get_params", staticmethod(jitter))
+    transform = build_transform(DATA_CONFIG, training=True, scale=(0.08, 1.0), hflip=0.5)
+    out = {}
+    for crop_scale in (False, True):
+        boxes.clear(), jitters.clear()
+        pixels = [torch.stack(make_batch_transform(transform, 3, seed=seed, crop_scale=crop_scale)(
+            _batch(jpegs[size]))["pixel_values"]) for seed in range(3)]  # fmt: skip
+        out[crop_scale] = (list(boxes), repr(jitters), torch.cat(pixels))
+    assert out[True][0] == out[False][0] and len(set(out[True][0])) == 12
+    assert out[True][1] == out[False][1]
+    again = make_batch_transform(transform, 3, seed=2, crop_scale=True)(_batch(jpegs[size]))["pixel_values"]
+    assert torch.equal(torch.stack(again), out[True][2][8:])  # a function of the batch alone: what resume replays
+    std, mean = torch.tensor(DATA_CONFIG["std"]).view(3, 1, 1), torch.tensor(DATA_CONFIG["mean"]).view(3, 1, 1)
+    for ours, full in zip(*(out[c][2] for c in (True, False))):
+        as_u8 = [((x * std + mean) * 255).numpy() for x in (ours, full)]
+        assert _psnr(*as_u8) >= MIN_PSNR_DB["training"] - JITTER_LOSS_DB
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_the_crop_is_close_to_the_full_decode_s(jpegs, training):
+    """The first step alone (crop + resize, no jitter) against timm's on the full decode, same generator state."""
+    transform = build_transform(DATA_CONFIG, training=training)
+    first, _ = crop_scale_step(transform, "RGB")
+    steps = transform.transforms
+    for k, raw in enumerate(jpegs["1600x1200"] + jpegs["500x375"]):
+        random.seed(k)
+        ours = np.asarray(first(raw))
+        random.seed(k)
+        decoded = Image.open(io.BytesIO(raw["bytes"])).convert("RGB")
+        theirs = np.asarray(steps[0](decoded) if training else steps[1](steps[0](decoded)))
+        assert ours.shape == theirs.shape == (224, 224, 3)
+        assert _psnr(ours, theirs) >= MIN_PSNR_DB["training" if training else "evaluation"]
+
+
+def test_large_photos_are_decoded_at_a_smaller_scale_for_evaluation(jpegs, monkeypatch):
+    """Resize(256) of a 1200-px shorter side: decoded at 1/4 (300 px >= 256), not at full size."""
+    drafts, original = [], JpegImagePlugin.JpegImageFile.draft
+
+    def recorded(self, mode, size):
+        result = original(self, mode, size)
+        drafts.append(self.size)
+        return result
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", recorded)
+    first, _ = crop_scale_step(build_transform(DATA_CONFIG, training=False), "RGB")
+    assert first(jpegs["1600x1200"][0]).size == (224, 224)
+    assert drafts == [(400, 300)]
+    assert first(jpegs["500x375"][0]).size == (224, 224) and drafts[-1] == (500, 375)  # 375 < 512: full scale
+
+
+def test_other_images_take_the_full_path_bit_for_bit(jpegs):
+    """PNG rows and decoded images, in a batch without JPEGs and beside one: the same tensor with and without
+    crop_scale (the same calls in one process), and the JPEG's row does differ (the check can fail)."""
+    rng = np.random.default_rng(0)
+    png = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(png, format="PNG")
+    images = [{"bytes": png.getvalue(), "path": None}, Image.fromarray(rng.integers(0, 256, (300, 400, 3), np.uint8))]
+    for training in (True, False):
+        transform = build_transform(DATA_CONFIG, training=training)
+        for batch in (images, [*images, jpegs["1600x1200"][0]]):
+            a, b = (make_batch_transform(transform, 3, seed=1, crop_scale=c)(_batch(batch)) for c in (True, False))
+            assert all(torch.equal(x, y) for x, y in zip(a["pixel_values"][:2], b["pixel_values"][:2]))
+        assert not torch.equal(a["pixel_values"][2], b["pixel_values"][2])
+
+
+def test_off_means_no_jpeg_is_drafted(jpegs, monkeypatch):
+    def refuse(self, mode, size):
+        raise AssertionError("draft called with crop_scale=False")
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", refuse)
+    apply = make_batch_transform(build_transform(DATA_CONFIG, training=True), 3, crop_scale=False)
+    assert len(apply(_batch(jpegs["1600x1200"][:2]))["pixel_values"]) == 2
+
+
+def test_an_unreadable_jpeg_is_named_or_replaced_and_listed(jpegs):
+    """A JPEG cut after its header fails only when decoded: without stand-ins its row is named; with them it is
+    replaced by the stand-in (its label and row taken) and listed."""
+    good, cut = jpegs["500x375"][0], {"bytes": jpegs["500x375"][1]["bytes"][:2000], "path": None}
+    transform = build_transform(DATA_CONFIG, training=True)
+    batch = {**_batch([good, cut]), "label": [3, 4]}
+    with pytest.raises(ValueError, match="cannot decode the image of source row 1"):
+        make_batch_transform(transform, 3)(batch)
+
+    def stand_ins(domain, row):
+        yield {"image": good, "label": 9, "row": 40}
+
+    out = make_batch_transform(transform, 3, replace=stand_ins)(batch)
+    assert out["labels"] == [3, 9] and out["row"] == [0, 40] and len(out["pixel_values"]) == 2
+    assert out[BAD_IMAGES_KEY][0] == [] and [r["row"] for r in out[BAD_IMAGES_KEY][1]] == [1]
+    assert out[BAD_IMAGES_KEY][1][0]["domain"] == "source" and "OSError" in out[BAD_IMAGES_KEY][1][0]["error"]
