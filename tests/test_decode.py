@@ -187,3 +187,23 @@ def test_an_unreadable_jpeg_is_named_or_replaced_and_listed(jpegs):
     assert out["labels"] == [3, 9] and out["row"] == [0, 40] and len(out["pixel_values"]) == 2
     assert out[BAD_IMAGES_KEY][0] == [] and [r["row"] for r in out[BAD_IMAGES_KEY][1]] == [1]
     assert out[BAD_IMAGES_KEY][1][0]["domain"] == "source" and "OSError" in out[BAD_IMAGES_KEY][1][0]["error"]
+
+
+def test_a_rotated_photo_or_a_remote_path_takes_the_full_path_and_a_local_path_is_scaled(jpegs, tmp_path):
+    """datasets turns a photo by its EXIF orientation when it decodes it: such a JPEG is decoded fully, bit for
+    bit as without crop_scale (the same calls in one process); so is a path that is not a local file (datasets
+    opens those); a JPEG given by a local path is decoded at its crop's scale like its bytes."""
+    photo = Image.open(io.BytesIO(jpegs["1600x1200"][0]["bytes"]))
+    exif = photo.getexif()
+    exif[0x0112] = 6  # Orientation: rotate 90°
+    rotated = io.BytesIO()
+    photo.save(rotated, format="JPEG", quality=90, exif=exif.tobytes())
+    transform = build_transform(DATA_CONFIG, training=True)
+    batch = _batch([{"bytes": rotated.getvalue(), "path": None}, jpegs["1600x1200"][1]])
+    a, b = (make_batch_transform(transform, 3, seed=3, crop_scale=c)(batch)["pixel_values"] for c in (True, False))
+    assert torch.equal(a[0], b[0]) and not torch.equal(a[1], b[1])
+    assert crop_scale_step(transform, "RGB")[0]({"bytes": None, "path": "hf://datasets/x/y.jpg"}) is None
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(jpegs["1600x1200"][1]["bytes"])
+    by_path = make_batch_transform(transform, 3, seed=3)(_batch([batch["image"][0], {"bytes": None, "path": str(path)}]))
+    assert torch.equal(by_path["pixel_values"][1], a[1])

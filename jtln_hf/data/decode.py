@@ -21,19 +21,21 @@ resize would leave PIL for a second library; PyTurboJPEG 2 needs libjpeg-turbo 3
 No decoder in these packages decodes a region for less than the entropy decoding of the whole scan.
 
 Anything else takes the ordinary path (a full decode, then the whole transform): a non-JPEG, a
-progressive or multi-tile JPEG ``draft`` refuses, an image that comes decoded, a transform whose first
-step is not one of the two above.
+JPEG ``draft`` cannot scale or with an EXIF orientation, an image that comes decoded or from a remote
+path, a transform whose first step is not one of the two above.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import random
 from collections.abc import Callable
 from typing import Any
 
 import torchvision.transforms
 import torchvision.transforms.functional as F
+from PIL import ExifTags
 from PIL import Image as PILImage
 from timm.data.transforms import RandomResizedCropAndInterpolation, str_to_pil_interp
 
@@ -41,6 +43,8 @@ from ..image_processing_jtln import to_mode
 
 #: The DCT scales libjpeg decodes at (PIL's ``draft`` picks one of them), largest first.
 DCT_SCALES = (8, 4, 2, 1)
+#: The EXIF tag of a photo's orientation.
+ORIENTATION = ExifTags.Base.Orientation
 
 
 def dct_scale(box_size: tuple[float, float], out_size: tuple[int, int]) -> int:
@@ -73,12 +77,16 @@ def looks_like_jpeg(image: Any) -> bool:
 
 def open_jpeg(image: Any) -> PILImage.Image | None:
     """A ``datasets.Image(decode=False)`` value (``{"bytes", "path"}``) opened without decoding, if it is a
-    baseline JPEG that ``draft`` can scale; None otherwise (decoded images, other formats)."""
+    JPEG that ``draft`` can scale; None otherwise, for the full decode to take it: a decoded image, a path
+    that is not a local file (``datasets`` opens remote ones), another format, several tiles, or an EXIF
+    orientation (``datasets`` rotates the decoded image by it, and the box is drawn on the rotated size)."""
     if not isinstance(image, dict):
         return None
-    raw = image.get("bytes")
-    opened = PILImage.open(io.BytesIO(raw)) if raw is not None else PILImage.open(image["path"])
-    if opened.format != "JPEG" or len(opened.tile) != 1:
+    raw, path = image.get("bytes"), image.get("path")
+    if raw is None and not (path and os.path.isfile(path)):
+        return None
+    opened = PILImage.open(io.BytesIO(raw)) if raw is not None else PILImage.open(path)
+    if opened.format != "JPEG" or len(opened.tile) != 1 or opened.getexif().get(ORIENTATION) not in (None, 1):
         opened.close()
         return None
     return opened
