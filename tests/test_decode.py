@@ -205,5 +205,6 @@ def test_a_rotated_photo_or_a_remote_path_takes_the_full_path_and_a_local_path_i
     assert crop_scale_step(transform, "RGB")[0]({"bytes": None, "path": "hf://datasets/x/y.jpg"}) is None
     path = tmp_path / "photo.jpg"
     path.write_bytes(jpegs["1600x1200"][1]["bytes"])
-    by_path = make_batch_transform(transform, 3, seed=3)(_batch([batch["image"][0], {"bytes": None, "path": str(path)}]))
+    local = {"bytes": None, "path": str(path)}
+    by_path = make_batch_transform(transform, 3, seed=3)(_batch([batch["image"][0], local]))
     assert torch.equal(by_path["pixel_values"][1], a[1])
