@@ -14,6 +14,7 @@ from ..data.fashion_mnist import FASHION_MNIST_PRIOR_PATH
 from ..data.pools import ExperimentData
 from ..data.splits import sample_shots
 from .builders import Cost, CostInputs, FixedCost, Predict, build_cost
+from .pseudo_labels import pseudo_labelled_target
 from .shuffle import describe_shuffle, permute_columns, shuffle_cost_columns
 
 
@@ -33,7 +34,11 @@ def resolve_cost(
     (the ``--cost_from_target_pool`` diagnostic) the builder reads ``cost.samples_per_class`` images of each
     target class drawn by ``seed`` from ``exp.target_pool`` instead of the k shots.
     """
-    target = exp.target
+    target, agreement = exp.target, None
+    if cost.unlabelled_target:
+        if exp.target_pool is None or predict is None:
+            raise ValueError("--cost_unlabelled_target: this run has no target pool or no model to label it with.")
+        target, agreement = pseudo_labelled_target(exp.target, exp.target_pool, cost.unlabelled_target, predict, seed)
     if cost.from_target_pool:
         if exp.target_pool is None:
             raise ValueError("--cost_from_target_pool: this run's data has no target pool to read.")
@@ -47,6 +52,9 @@ def resolve_cost(
     if cost.from_target_pool:
         how = (f"{how.removesuffix('.')}; a diagnostic (--cost_from_target_pool): the target images were drawn from "
                "the whole labelled target pool, not the k shots.")  # fmt: skip
+    if agreement is not None:
+        how = (f"{how.removesuffix('.')}; with {cost.unlabelled_target} unlabelled target images labelled by their "
+               f"nearest shot centroid (--cost_unlabelled_target; {agreement:.0%} of those labels right).")  # fmt: skip
     if cost.refresh_steps:
         how = f"{how.removesuffix('.')}; recomputed from the current backbone every {cost.refresh_steps} joint steps."
     if cost.shuffle_seed is None:

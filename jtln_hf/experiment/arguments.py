@@ -225,6 +225,12 @@ class JTLNArguments:
                   "of each target class from the whole target training pool instead of the k shots (the cost "
                   "without its estimation noise; a few-shot user has no such labels)."},
     )  # fmt: skip
+    cost_unlabelled_target: int = field(
+        default=0,
+        metadata={"help": "A features-* cost also reads this many target training images without their labels, each "
+                  "labelled by its nearest shot centroid in the warmed-up features (more target images than the k "
+                  "shots; the target pool's images stand in for a user's unlabelled ones). 0: the shots only."},
+    )  # fmt: skip
     cost_warmup_restart: bool = field(
         default=False,
         metadata={"help": "After the --cost_warmup_steps source-only steps have given a features-* or relationship "
@@ -298,7 +304,7 @@ def resolved_cost(data: DataArguments, model: ModelArguments, jtln: JTLNArgument
                      warmup_steps=jtln.cost_warmup_steps, samples_per_class=jtln.cost_samples_per_class,
                      refresh_steps=jtln.cost_refresh_steps, shuffle_seed=jtln.cost_shuffle_seed,
                      from_target_pool=jtln.cost_from_target_pool, warmup_restart=jtln.cost_warmup_restart,
-                     pretrained=model.pretrained)  # fmt: skip
+                     unlabelled_target=jtln.cost_unlabelled_target, pretrained=model.pretrained)  # fmt: skip
 
 
 def method_settings(data: DataArguments, model: ModelArguments, jtln: JTLNArguments) -> MethodSettings:
