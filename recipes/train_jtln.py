@@ -49,7 +49,7 @@ from pathlib import Path
 
 from jtln_hf.data.bad_images import BadImagesError
 from jtln_hf.experiment import plan_experiment, run_experiment
-from jtln_hf.experiment.arguments import run_settings
+from jtln_hf.experiment.arguments import ADDED_SETTINGS, run_settings
 from jtln_hf.experiment.checks import check_arguments
 from jtln_hf.experiment import cli
 from jtln_hf.experiment.cli import UsageError, _split_debug
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         check_arguments(data_args, model_args, jtln_args, given)
         settings = run_settings(data_args, model_args, jtln_args, training_args)
         check_output_dir(training_args.output_dir, settings, overwrite=jtln_args.overwrite_output_dir,
-                         resume=training_args.resume_from_checkpoint)  # fmt: skip
+                         resume=training_args.resume_from_checkpoint, added=ADDED_SETTINGS)  # fmt: skip
         check_sharing(training_args)  # before hours of training, not after
         plan = plan_experiment(data_args, model_args, jtln_args, training_args)
         prepare_output_dir(training_args, settings, overwrite=jtln_args.overwrite_output_dir)

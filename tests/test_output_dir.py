@@ -135,3 +135,18 @@ def test_overwrite_replaces_the_run_and_keeps_other_files(tmp_path):
     assert sorted(p.name for p in (out / "runs").iterdir()) == ["joint-seed0"]  # no stage of the first run left
     assert not (out / "model" / "compare.png").exists() and (out / "notes.txt").read_text() == "mine"
     assert json.loads((out / RUN_SETTINGS).read_text())["mode"] == "joint"
+
+
+def test_a_run_recorded_before_a_setting_existed_resumes_with_the_value_it_ran_with(tmp_path):
+    """A settings.json without --decode_at_crop_scale (recorded before it existed: JPEGs were decoded fully)
+    gets past the settings check with --decode_at_crop_scale false (to the checkpoint check: this folder has
+    none) and is refused with the default, naming the flag."""
+    from jtln_hf.experiment.arguments import ADDED_SETTINGS
+    from jtln_hf.utils.io import check_output_dir
+
+    now = {"shots": 5, "decode_at_crop_scale": True}
+    (tmp_path / RUN_SETTINGS).write_text(json.dumps({"shots": 5}))
+    with pytest.raises(ValueError, match=r"other settings \(--decode_at_crop_scale was False, now True\)"):
+        check_output_dir(tmp_path, now, resume=True, added=ADDED_SETTINGS)
+    with pytest.raises(ValueError, match="holds no complete checkpoint to resume from"):
+        check_output_dir(tmp_path, {**now, "decode_at_crop_scale": False}, resume=True, added=ADDED_SETTINGS)

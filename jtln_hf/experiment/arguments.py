@@ -286,6 +286,11 @@ NOT_SETTINGS = frozenset({
 })  # fmt: skip
 
 
+#: Settings added after runs were recorded, with the value those runs ran with: a ``settings.json`` without
+#: one of them resumes when the flag has that value (``--decode_at_crop_scale false`` for a JPEG run from before).
+ADDED_SETTINGS = {"decode_at_crop_scale": False, "cost_warmup_restart": False, "cost_unlabelled_target": 0}
+
+
 def run_settings(data: DataArguments, model: ModelArguments, jtln: JTLNArguments, training: Any) -> dict[str, Any]:
     """Every setting of a run, resolved (defaults included), as JSON values: what ``settings.json`` records.
 

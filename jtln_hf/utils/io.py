@@ -282,14 +282,15 @@ def _first_difference(recorded: dict, settings: dict) -> str:
 
 
 def check_output_dir(output_dir: str | os.PathLike, settings: dict, *, overwrite: bool = False,
-                     resume: str | bool | None = None) -> None:  # fmt: skip
+                     resume: str | bool | None = None, added: dict | None = None) -> None:  # fmt: skip
     """Refuse a run that would overwrite or mix with another run's outputs; reads, never writes.
 
     A run may write into ``output_dir`` when it is missing or empty, when ``overwrite`` is set
     (``--overwrite_output_dir``), or when ``resume`` (``--resume_from_checkpoint``) continues the
     run that is there: its recorded settings (:data:`RUN_SETTINGS`; a folder without the record is
     taken as is) equal ``settings``, and a stage has a complete checkpoint to resume from (or
-    ``resume`` is the path of one).
+    ``resume`` is the path of one). ``added``: settings that runs recorded before they existed ran with the
+    given value (a record without the key is read as having it).
 
     Raises
     ------
@@ -305,6 +306,8 @@ def check_output_dir(output_dir: str | os.PathLike, settings: dict, *, overwrite
         raise ValueError(f"--output_dir {out} is a file: name a folder.")
     if choice is not None:
         recorded = _read_settings(out)
+        if recorded is not None:
+            recorded = {**{k: v for k, v in (added or {}).items() if k in settings}, **recorded}
         if recorded is not None and recorded != settings:
             raise ValueError(f"--resume_from_checkpoint: {out} holds a run with other settings "
                              f"({_first_difference(recorded, settings)}): resume it with the flags that started it, "
