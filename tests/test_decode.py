@@ -115,19 +115,22 @@ def test_training_draws_timm_s_boxes_and_keeps_its_flips(jpegs, size, monkeypatc
         assert _psnr(*as_u8) >= MIN_PSNR_DB["training"] - JITTER_LOSS_DB
 
 
+@pytest.mark.parametrize("mode", ["RGB", "L"])
 @pytest.mark.parametrize("training", [True, False])
-def test_the_crop_is_close_to_the_full_decode_s(jpegs, training):
-    """The first step alone (crop + resize, no jitter) against timm's on the full decode, same generator state."""
+def test_the_crop_is_close_to_the_full_decode_s(jpegs, training, mode):
+    """The first step alone (crop + resize, no jitter) against timm's on the full decode, same generator state.
+    A grayscale backbone's JPEGs are decoded to luma directly (``draft("L")``), the full path converts RGB to L:
+    over 200 crops each that measured no lower (34.4 and 35.6 dB at 1600 x 1200), so the same bounds hold."""
     transform = build_transform(DATA_CONFIG, training=training)
-    first, _ = crop_scale_step(transform, "RGB")
+    first, _ = crop_scale_step(transform, mode)
     steps = transform.transforms
     for k, raw in enumerate(jpegs["1600x1200"] + jpegs["500x375"]):
         random.seed(k)
         ours = np.asarray(first(raw))
         random.seed(k)
-        decoded = Image.open(io.BytesIO(raw["bytes"])).convert("RGB")
+        decoded = Image.open(io.BytesIO(raw["bytes"])).convert(mode)
         theirs = np.asarray(steps[0](decoded) if training else steps[1](steps[0](decoded)))
-        assert ours.shape == theirs.shape == (224, 224, 3)
+        assert ours.shape == theirs.shape == ((224, 224, 3) if mode == "RGB" else (224, 224))
         assert _psnr(ours, theirs) >= MIN_PSNR_DB["training" if training else "evaluation"]
 
 
