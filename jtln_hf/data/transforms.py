@@ -97,6 +97,7 @@ def make_batch_transform(transform: Callable, in_chans: int, *, seed: int = 0,
     mode = CHANNEL_MODES[in_chans]
     pil_steps, to_tensor_tail = _split_tensor_tail(transform)
     fused = crop_scale_step(transform, mode) if crop_scale else None
+    first, rest_steps = (fused[0], _split_tensor_tail(fused[1])[0]) if fused is not None else (None, None)
 
     def apply(batch: dict[str, list], replace: Replace | None = replace) -> dict[str, list]:
         if fused is not None and "row" in batch and "domain" in batch and any(map(looks_like_jpeg, batch["image"])):
@@ -123,8 +124,6 @@ def make_batch_transform(transform: Callable, in_chans: int, *, seed: int = 0,
 
     def _apply_at_crop_scale(batch: dict[str, list], replace: Replace | None) -> dict[str, list]:
         """``apply`` with each image decoded inside its seeded section (a JPEG at its crop's scale)."""
-        first, rest = fused
-        rest_steps = _split_tensor_tail(rest)[0]
         keys = [(int(d), int(r)) for d, r in zip(batch["domain"], batch["row"])]
         batch_key = hashlib.blake2b(repr((seed, keys)).encode(), digest_size=16).digest()
         columns = [c for c in ("image", "label", "row") if c in batch]
