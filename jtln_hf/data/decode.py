@@ -108,8 +108,8 @@ def crop_scale_step(transform: Callable, mode: str) -> tuple[Callable, Callable]
 
     ``first(image)`` takes a ``datasets.Image(decode=False)`` value and returns the cropped, resized PIL
     image in the backbone's PIL ``mode`` (``L``, ``RGB``, ``RGBA``), or None for an image it does not
-    take (see :func:`open_jpeg`), before any generator call, so that the ordinary path then draws exactly what it always drew. Decoding
-    errors propagate (``OSError`` and the like), as a full decode's do.
+    take (see :func:`open_jpeg`), before any generator call, so that the ordinary path then draws exactly
+    what it always drew. Decoding errors propagate (``OSError`` and the like), as a full decode's do.
     """
     steps = list(getattr(transform, "transforms", ()))
     if type(transform) is not torchvision.transforms.Compose or not steps:
