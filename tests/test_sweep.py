@@ -127,6 +127,21 @@ def test_a_warm_up_setting_is_paired_with_its_control_which_is_never_chosen(tmp_
     assert "test − its warm-up control |" in table and f"| {rows[jtln]['control_text']} |" in table
 
 
+def test_a_restarted_warm_up_is_paired_with_joint_not_with_the_warm_up_control():
+    """--cost_warmup_restart discards the warm-up once C is read: the control after the same warm-up would
+    compare it with a network it never trained on; its control is joint training (its − joint column)."""
+    grid = {"probe": {"cost": "features-mmd", "cost_warmup_steps": "2", "cost_warmup_restart": "true"},
+            "warm": {"cost": "features-mmd", "cost_warmup_steps": "2"},
+            "control": {"cost": "features-mmd", "cost_warmup_steps": "2", "ot_loss_weight": "0"}}  # fmt: skip
+    records = [{"setting": name, "warmup_steps": 2} for name in grid]
+    rows = [{"setting": name, "test_accuracy": {0: 0.5 + k / 10, 1: 0.6}, "validation_accuracy": {0: 0.5, 1: 0.6}}
+            for k, name in enumerate(grid)]  # fmt: skip
+    sweep.attach_controls(rows, grid, records)
+    by_name = {row["setting"]: row for row in rows}
+    assert "control" not in by_name["probe"] and by_name["warm"]["control"] == "control"
+    assert by_name["warm"]["test_minus_control"]["per_seed"] == pytest.approx([-0.1, 0.0])
+
+
 def test_a_control_is_not_chosen_even_when_it_is_best_on_validation():
     grid = {"cost=relationship": {"cost": "relationship"},
             "control": {"cost": "relationship", "ot_loss_weight": "0"}, "half": {"ot_loss_weight": "0.5"}}  # fmt: skip
