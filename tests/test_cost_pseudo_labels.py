@@ -20,9 +20,16 @@ def test_nearest_centroid_by_cosine_by_hand():
     labels = np.array([0, 0, 1])
     points = np.array([[5.0, 1.0], [0.2, 4.0], [1.0, 1.2], [-1.0, 0.0]])
     # unit shots: (1, 0), (0.995, 0.0995) -> mu_0 ~ (0.9975, 0.0498); mu_1 = (0, 1); (1, 1.2) is nearer y
-    assert nearest_centroid_labels(shots, labels, points, 2).tolist() == [0, 1, 1, 1]
+    assigned, margin = nearest_centroid_labels(shots, labels, points, 2)
+    assert assigned.tolist() == [0, 1, 1, 1]
+    # margins: cosine to the nearest centroid less cosine to the other; (5, 1): 0.9995... - 0.196...
+    mu0 = (np.array([1.0, 0.0]) + np.array([1.0, 0.1]) / np.hypot(1.0, 0.1)) / 2
+    mu0 /= np.linalg.norm(mu0)
+    unit = points / np.linalg.norm(points, axis=1, keepdims=True)
+    expected = np.abs(unit @ mu0 - unit[:, 1])
+    np.testing.assert_allclose(margin, expected, rtol=1e-12)
     # a class without shots is never assigned, even where it would be nearest
-    assert nearest_centroid_labels(shots[:2], labels[:2], points, 2).tolist() == [0, 0, 0, 0]
+    assert nearest_centroid_labels(shots[:2], labels[:2], points, 2)[0].tolist() == [0, 0, 0, 0]
 
 
 def test_the_builder_reads_the_shots_and_the_pseudo_labelled_pool_images_never_their_labels(fashion_mnist):
@@ -52,11 +59,22 @@ def test_the_builder_reads_the_shots_and_the_pseudo_labelled_pool_images_never_t
         pool.select(np.sort(np.random.default_rng([2, 7]).choice(len(pool), 40, replace=False)))["label"]),
         minlength=2).tolist()  # fmt: skip
 
+    def graded(ds, fields):  # right labels, the first half of each class's pool rows nearer its centroid
+        y = np.asarray(ds["label"])
+        near = np.where(np.arange(len(y)) % 2 == 0, 1.0, 0.2) if len(y) != 6 else np.ones(len(y))
+        return {"pooler_output": np.stack([(y == 0) * near + 0.1, (y == 1) * near + 0.1], 1).astype(np.float32)}, y
+
+    joined, agreement = pseudo_labelled_target(shots, pool, 40, graded, seed=2, keep=0.5)
+    assert agreement == 1.0 and len(joined) == 6 + 20  # half of each class's 20 pool images kept
+
     from types import SimpleNamespace
 
     exp = SimpleNamespace(source=source, target=shots, target_pool=pool, source_names=SOURCE, target_names=TARGET)
     fixed = resolve_cost(Cost("features-centroid", "none", 0, 5, unlabelled_target=40), exp, seed=2, predict=predict)
     assert "40 unlabelled target images" in fixed.description and "100% of those labels right" in fixed.description
+    with pytest.raises(ValueError, match="--cost_unlabelled_keep chooses among the images"):
+        check_arguments(DataArguments(), ModelArguments(), JTLNArguments(cost="features-mmd", cost_unlabelled_keep=0.5),
+                        {"cost", "cost_unlabelled_keep"})  # fmt: skip
     with pytest.raises(ValueError, match="--cost_unlabelled_target is only used by"):
         check_arguments(DataArguments(), ModelArguments(), JTLNArguments(cost="prior", cost_unlabelled_target=10),
                         {"cost", "cost_unlabelled_target"})  # fmt: skip

@@ -74,7 +74,8 @@ class Cost:
     images of each target class from the whole labelled target pool, not the k shots); ``warmup_restart``:
     ``--cost_warmup_restart`` (a model cost's warm-up is a probe: training restarts from the initial weights);
     ``unlabelled_target``: ``--cost_unlabelled_target`` (a features-* cost also reads that many unlabelled target
-    images, labelled by their nearest shot centroid: :mod:`jtln_hf.cost.pseudo_labels`).
+    images, labelled by their nearest shot centroid: :mod:`jtln_hf.cost.pseudo_labels`); ``unlabelled_keep``:
+    ``--cost_unlabelled_keep`` (the share of each class's pseudo-labelled images kept, the surest).
     """
 
     kind: str
@@ -88,6 +89,7 @@ class Cost:
     from_target_pool: bool = False
     warmup_restart: bool = False
     unlabelled_target: int = 0
+    unlabelled_keep: float = 1.0
 
     @property
     def from_model(self) -> bool:
@@ -344,7 +346,7 @@ def default_warmup_steps(given: int | None, *, pretrained: bool = False, needs_s
 def plan_cost(
     cost: str | None, data: DataSpec, *, normalization: str, warmup_steps: int | None, samples_per_class: int,
     pretrained: bool, refresh_steps: int = 0, shuffle_seed: int | None = None, from_target_pool: bool = False,
-    warmup_restart: bool = False, unlabelled_target: int = 0,
+    warmup_restart: bool = False, unlabelled_target: int = 0, unlabelled_keep: float = 1.0,
 ) -> Cost:  # fmt: skip
     """The cost flags resolved once into a :class:`Cost` (kind, warm-up, refresh, prior, shuffle; no matrix yet).
 
@@ -363,9 +365,14 @@ def plan_cost(
     refresh = refresh_steps if is_model_cost(kind) else 0
     planned = Cost(kind, normalization, warmup, samples_per_class, refresh, data_prior(data), shuffle_seed=shuffle_seed,
                    from_target_pool=from_target_pool, warmup_restart=warmup_restart,
-                   unlabelled_target=unlabelled_target)  # fmt: skip
+                   unlabelled_target=unlabelled_target, unlabelled_keep=unlabelled_keep)  # fmt: skip
     if unlabelled_target < 0:
         raise ValueError(f"--cost_unlabelled_target must be >= 0 (0: none), got {unlabelled_target}.")
+    if not 0.0 < unlabelled_keep <= 1.0:
+        raise ValueError(f"--cost_unlabelled_keep is a share in (0, 1], got {unlabelled_keep}.")
+    if unlabelled_keep < 1.0 and not unlabelled_target:
+        raise ValueError("--cost_unlabelled_keep chooses among the images of --cost_unlabelled_target N: add it, or "
+                         "drop --cost_unlabelled_keep.")  # fmt: skip
     if warmup_restart and not (is_model_cost(kind) and warmup):
         raise ValueError(f"--cost_warmup_restart discards the source-only warm-up once it has given C, and --cost "
                          f"{kind} with {warmup} warm-up steps has none to discard: drop it, or pass a features-* or "

@@ -38,7 +38,8 @@ def resolve_cost(
     if cost.unlabelled_target:
         if exp.target_pool is None or predict is None:
             raise ValueError("--cost_unlabelled_target: this run has no target pool or no model to label it with.")
-        target, agreement = pseudo_labelled_target(exp.target, exp.target_pool, cost.unlabelled_target, predict, seed)
+        target, agreement = pseudo_labelled_target(exp.target, exp.target_pool, cost.unlabelled_target, predict, seed,
+                                                   keep=cost.unlabelled_keep)  # fmt: skip
     if cost.from_target_pool:
         if exp.target_pool is None:
             raise ValueError("--cost_from_target_pool: this run's data has no target pool to read.")
@@ -53,8 +54,9 @@ def resolve_cost(
         how = (f"{how.removesuffix('.')}; a diagnostic (--cost_from_target_pool): the target images were drawn from "
                "the whole labelled target pool, not the k shots.")  # fmt: skip
     if agreement is not None:
+        kept = f", the {cost.unlabelled_keep:.0%} surest of each class kept" if cost.unlabelled_keep < 1 else ""
         how = (f"{how.removesuffix('.')}; with {cost.unlabelled_target} unlabelled target images labelled by their "
-               f"nearest shot centroid (--cost_unlabelled_target; {agreement:.0%} of those labels right).")  # fmt: skip
+               f"nearest shot centroid{kept} (--cost_unlabelled_target; {agreement:.0%} of those labels right).")  # fmt: skip
     if cost.refresh_steps:
         how = f"{how.removesuffix('.')}; recomputed from the current backbone every {cost.refresh_steps} joint steps."
     if cost.shuffle_seed is None:

@@ -231,6 +231,11 @@ class JTLNArguments:
                   "labelled by its nearest shot centroid in the warmed-up features (more target images than the k "
                   "shots; the target pool's images stand in for a user's unlabelled ones). 0: the shots only."},
     )  # fmt: skip
+    cost_unlabelled_keep: float = field(
+        default=1.0,
+        metadata={"help": "With --cost_unlabelled_target: keep this share of each class's pseudo-labelled images, "
+                  "those nearest their centroid by the widest margin over the next (fewer images, surer labels)."},
+    )  # fmt: skip
     cost_warmup_restart: bool = field(
         default=False,
         metadata={"help": "After the --cost_warmup_steps source-only steps have given a features-* or relationship "
@@ -288,7 +293,8 @@ NOT_SETTINGS = frozenset({
 
 #: Settings added after runs were recorded, with the value those runs ran with: a ``settings.json`` without
 #: one of them resumes when the flag has that value (``--decode_at_crop_scale false`` for a JPEG run from before).
-ADDED_SETTINGS = {"decode_at_crop_scale": False, "cost_warmup_restart": False, "cost_unlabelled_target": 0}
+ADDED_SETTINGS = {"decode_at_crop_scale": False, "cost_warmup_restart": False, "cost_unlabelled_target": 0,
+                  "cost_unlabelled_keep": 1.0}
 
 
 def run_settings(data: DataArguments, model: ModelArguments, jtln: JTLNArguments, training: Any) -> dict[str, Any]:
@@ -309,7 +315,8 @@ def resolved_cost(data: DataArguments, model: ModelArguments, jtln: JTLNArgument
                      warmup_steps=jtln.cost_warmup_steps, samples_per_class=jtln.cost_samples_per_class,
                      refresh_steps=jtln.cost_refresh_steps, shuffle_seed=jtln.cost_shuffle_seed,
                      from_target_pool=jtln.cost_from_target_pool, warmup_restart=jtln.cost_warmup_restart,
-                     unlabelled_target=jtln.cost_unlabelled_target, pretrained=model.pretrained)  # fmt: skip
+                     unlabelled_target=jtln.cost_unlabelled_target, unlabelled_keep=jtln.cost_unlabelled_keep,
+                     pretrained=model.pretrained)  # fmt: skip
 
 
 def method_settings(data: DataArguments, model: ModelArguments, jtln: JTLNArguments) -> MethodSettings:

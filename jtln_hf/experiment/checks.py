@@ -73,7 +73,8 @@ def check_arguments(data: DataArguments, model: ModelArguments, jtln: JTLNArgume
         unused = {"cost_refresh_steps": [b.name for b in COST_BUILDERS.values() if b.from_model],
                   "cost_samples_per_class": [b.name for b in COST_BUILDERS.values() if b.samples],
                   "cost_from_target_pool": [b.name for b in COST_BUILDERS.values() if b.samples],
-                  "cost_unlabelled_target": [b.name for b in COST_BUILDERS.values() if b.samples]}  # fmt: skip
+                  "cost_unlabelled_target": [b.name for b in COST_BUILDERS.values() if b.samples],
+                  "cost_unlabelled_keep": [b.name for b in COST_BUILDERS.values() if b.samples]}  # fmt: skip
         for name, kinds in unused.items():
             also_read = any(name in m.flags for m in registered if not m.uses_ot)  # e.g. Co-Tuning's warm-up
             if name in given and kind not in kinds and not also_read:

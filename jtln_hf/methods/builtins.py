@@ -44,7 +44,8 @@ def _joint(run: MethodRun) -> Trained:
 #: The flags of the OT term and its cost: read by JTLN only.
 OT_FLAGS = (
     "cost", "cost_normalization", "cost_warmup_steps", "cost_samples_per_class", "cost_refresh_steps",
-    "cost_shuffle_seed", "cost_from_target_pool", "cost_warmup_restart", "cost_unlabelled_target", "ot_loss_weight", "ot_epsilon", "ot_iterations", "ot_tol", "ot_method", "ot_detach_target",
+    "cost_shuffle_seed", "cost_from_target_pool", "cost_warmup_restart", "cost_unlabelled_target",
+    "cost_unlabelled_keep", "ot_loss_weight", "ot_epsilon", "ot_iterations", "ot_tol", "ot_method", "ot_detach_target",
     "ot_objective",
 )  # fmt: skip
 
