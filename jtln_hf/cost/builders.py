@@ -70,12 +70,8 @@ class Cost:
     (:func:`data_prior`); ``fixed``: the matrix when it is resolved before training (``None`` for a
     model cost, or before the plan resolves it); ``shuffle_seed``: ``--cost_shuffle_seed`` (C's target
     columns permuted by that seed once built and normalised: the shuffled-cost control; None: not shuffled);
-    ``from_target_pool``: ``--cost_from_target_pool`` (a diagnostic: a features-* cost reads ``samples_per_class``
-    images of each target class from the whole labelled target pool, not the k shots); ``warmup_restart``:
-    ``--cost_warmup_restart`` (a model cost's warm-up is a probe: training restarts from the initial weights);
-    ``unlabelled_target``: ``--cost_unlabelled_target`` (a features-* cost also reads that many unlabelled target
-    images, labelled by their nearest shot centroid: :mod:`jtln_hf.cost.pseudo_labels`); ``unlabelled_keep``:
-    ``--cost_unlabelled_keep`` (the share of each class's pseudo-labelled images kept, the surest).
+    ``from_target_pool``, ``warmup_restart``, ``unlabelled_target``, ``unlabelled_keep``: the ``--cost_*`` flags
+    of those names (docs/cli.md; :mod:`jtln_hf.cost.pseudo_labels` for the last two).
     """
 
     kind: str
@@ -354,8 +350,7 @@ def plan_cost(
     :func:`default_warmup_steps`; a cost that needs no model has no refresh, and a warm-up only when one is given:
     the same source-only steps as a model cost's run, to compare the two costs after equal training).
     ``shuffle_seed`` (``--cost_shuffle_seed``) must be an integer >= 0, for a cost with relations.
-    ``from_target_pool`` (``--cost_from_target_pool``): the diagnostic upper bound, for a features-* cost.
-    ``warmup_restart`` (``--cost_warmup_restart``): for a model cost with a warm-up (the warm-up only computes C).
+    ``from_target_pool``: the diagnostic upper bound; ``warmup_restart``: for a model cost with a warm-up.
     """
     kind = cost_kind(cost, data)
     warmup = warmup_steps or 0  # a fixed cost: none unless asked (the prior after the warm-up of a model cost's run)
@@ -366,17 +361,15 @@ def plan_cost(
     planned = Cost(kind, normalization, warmup, samples_per_class, refresh, data_prior(data), shuffle_seed=shuffle_seed,
                    from_target_pool=from_target_pool, warmup_restart=warmup_restart,
                    unlabelled_target=unlabelled_target, unlabelled_keep=unlabelled_keep)  # fmt: skip
-    if unlabelled_target < 0:
-        raise ValueError(f"--cost_unlabelled_target must be >= 0 (0: none), got {unlabelled_target}.")
-    if not 0.0 < unlabelled_keep <= 1.0:
-        raise ValueError(f"--cost_unlabelled_keep is a share in (0, 1], got {unlabelled_keep}.")
+    if unlabelled_target < 0 or not 0.0 < unlabelled_keep <= 1.0:
+        raise ValueError(f"--cost_unlabelled_target must be >= 0 and --cost_unlabelled_keep in (0, 1], got "
+                         f"{unlabelled_target} and {unlabelled_keep}.")  # fmt: skip
     if unlabelled_keep < 1.0 and not unlabelled_target:
         raise ValueError("--cost_unlabelled_keep chooses among the images of --cost_unlabelled_target N: add it, or "
                          "drop --cost_unlabelled_keep.")  # fmt: skip
     if warmup_restart and not (is_model_cost(kind) and warmup):
         raise ValueError(f"--cost_warmup_restart discards the source-only warm-up once it has given C, and --cost "
-                         f"{kind} with {warmup} warm-up steps has none to discard: drop it, or pass a features-* or "
-                         "relationship cost with --cost_warmup_steps > 0.")  # fmt: skip
+                         f"{kind} with {warmup} warm-up steps has none to discard: drop it, or use a features-* cost.")
     if shuffle_seed is not None and shuffle_seed < 0:
         raise ValueError(f"--cost_shuffle_seed must be >= 0 (a numpy seed), got {shuffle_seed}.")
     if shuffle_seed is not None and not planned.relations:

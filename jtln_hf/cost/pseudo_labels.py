@@ -11,10 +11,13 @@ prototype classifier of Snell et al. 2017 ("Prototypical networks for few-shot l
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import datasets
 import numpy as np
 
-from .builders import Predict
+#: ``predict(dataset, fields) -> ({field: array}, labels)``, as :data:`jtln_hf.cost.builders.Predict`.
+Predict = Callable[[datasets.Dataset, tuple[str, ...]], tuple[dict[str, np.ndarray], np.ndarray]]
 
 
 def nearest_centroid_labels(shot_features: np.ndarray, shot_labels: np.ndarray, features: np.ndarray,
