@@ -248,8 +248,8 @@ def crop_quality(folder: Path, data_config: dict, n: int) -> None:
 
     files = sorted((folder / "train").glob("*/*.jpg"))[:n]
     for training in (True, False):
-        steps = build_transform({**data_config, "crop_pct": 0.875}, training=training).transforms
-        first, _ = crop_scale_step(build_transform({**data_config, "crop_pct": 0.875}, training=training), "RGB")
+        transform = build_transform({**data_config, "crop_pct": 0.875}, training=training)
+        steps, (first, _) = transform.transforms, crop_scale_step(transform, "RGB")
         full = steps[0] if training else (lambda im: steps[1](steps[0](im)))
         values, scales = [], []
         for k, path in enumerate(files):

@@ -44,6 +44,7 @@ def test_the_builder_reads_the_shots_and_the_pseudo_labelled_pool_images_never_t
         return {"pooler_output": np.stack([y == 0, y == 1], 1).astype(np.float32) + 0.1}, y
 
     joined, agreement = pseudo_labelled_target(shots, pool, 40, predict, seed=2)
+    # exact: agreement is a count of equal integer labels over 40 (the features separate the classes by 1)
     assert len(joined) == 6 + 40 and agreement == 1.0 and calls == [6, 40]
     assert joined.features["label"] == shots.features["label"]
 
@@ -53,7 +54,7 @@ def test_the_builder_reads_the_shots_and_the_pseudo_labelled_pool_images_never_t
         return {"pooler_output": np.stack([shown == 0, shown == 1], 1).astype(np.float32)}, y
 
     joined, agreement = pseudo_labelled_target(shots, pool, 40, wrong, seed=2)
-    assert agreement == 0.0
+    assert agreement == 0.0  # a count of 0 right labels of 40, not a rounded value
     pool_rows = joined.select(range(6, 46))
     assert np.bincount(pool_rows["label"], minlength=2).tolist() == np.bincount(1 - np.asarray(
         pool.select(np.sort(np.random.default_rng([2, 7]).choice(len(pool), 40, replace=False)))["label"]),
