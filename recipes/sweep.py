@@ -439,6 +439,12 @@ def plans_figure(rows: list[dict[str, Any]], path: Path, source_names: list[str]
     return True
 
 
+def run_folder(overrides: dict[str, str]) -> str:
+    """A setting's folder under ``runs/``: its flags as ``flag=value`` joined by ``-`` (``default`` without any),
+    a ``/`` in a value (a file's path, e.g. ``cost=costs/mine.csv``) written ``%2F``, so that it stays one folder."""
+    return "-".join(f"{k}={v}".replace("/", "%2F") for k, v in overrides.items()) or "default"
+
+
 def _jobs(grid: dict[str, dict[str, str]], base: list[str], seeds: list[int], out: Path,
           fraction: float) -> list[tuple[str, str, int, list[str]]]:  # fmt: skip
     """``(setting, method, seed, recipe argv)`` of every run: the baseline's (joint) and each setting's, per seed.
@@ -452,7 +458,7 @@ def _jobs(grid: dict[str, dict[str, str]], base: list[str], seeds: list[int], ou
     jobs = [(baseline, baseline, seed, _argv(base, {}, baseline, seed, out / "runs" / baseline / f"seed{seed}",
                                           fraction)) for seed in seeds]  # fmt: skip
     for name, overrides in grid.items():
-        folder = "-".join(f"{k}={v}" for k, v in overrides.items()) or "default"
+        folder = run_folder(overrides)
         method = overrides.get("method", "jtln")
         jobs += [(name, method, seed, _argv(base, overrides, method, seed, out / "runs" / folder / f"seed{seed}",
                                             fraction)) for seed in seeds]  # fmt: skip

@@ -260,3 +260,13 @@ def test_a_search_samples_settings_chooses_on_validation_and_reports_test_for_th
     capsys.readouterr()
     assert sweep.main(["--search", "2", "--vary", "ot_loss_weight=3", "--output_dir", str(tmp_path / "x")]) == 2
     assert "--search samples its own settings: drop --vary" in capsys.readouterr().err
+
+
+def test_a_setting_with_a_file_path_runs_in_one_folder():
+    """A cost file's path in --vary stays one folder under runs/ (a / would nest it), and the run reads that path."""
+    jobs = sweep._jobs({"mine": {"cost": "costs/mine.csv"}}, TINY, [3], Path("out"), 0.1)
+    (setting, method, seed, argv), = [job for job in jobs if job[0] == "mine"]
+    out = Path(argv[argv.index("--output_dir") + 1])
+    assert out == Path("out") / "runs" / "cost=costs%2Fmine.csv" / "seed3"
+    assert argv[argv.index("--cost") + 1] == "costs/mine.csv" and (method, seed) == ("jtln", 3)
+    assert sweep.run_folder({}) == "default"
