@@ -16,10 +16,13 @@ import torch
 from PIL import Image, JpegImagePlugin
 from sklearn.datasets import load_sample_images
 from timm.data.transforms import RandomResizedCropAndInterpolation
+import torchvision.transforms
 from torchvision.transforms import ColorJitter
 
 from jtln_hf.data import build_transform, make_batch_transform
-from jtln_hf.data.decode import crop_scale_step, dct_scale
+from jtln_hf.data import decode
+from jtln_hf.data.decode import (crop_scale_step, dct_scale, frame_height_offset, row_margin,
+                                 rows_through)  # fmt: skip
 from jtln_hf.data.transforms import BAD_IMAGES_KEY
 
 DATA_CONFIG = {"input_size": (3, 224, 224), "interpolation": "bilinear", "mean": (0.485, 0.456, 0.406),
@@ -132,6 +135,87 @@ def test_the_crop_is_close_to_the_full_decode_s(jpegs, training, mode):
         theirs = np.asarray(steps[0](decoded) if training else steps[1](steps[0](decoded)))
         assert ours.shape == theirs.shape == ((224, 224, 3) if mode == "RGB" else (224, 224))
         assert _psnr(ours, theirs) >= MIN_PSNR_DB["training" if training else "evaluation"]
+
+
+def _saved(pixels: np.ndarray, **options) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="JPEG", quality=90, **options)
+    return out.getvalue()
+
+
+def test_the_frame_header_s_height_is_found_in_sequential_jpegs_only(jpegs):
+    """The offset read back gives the header's height; a progressive JPEG, bytes that are not a JPEG and a
+    file cut inside its first segment have none (the full decode then takes them as they are)."""
+    for raw in jpegs["1600x1200"][:1] + jpegs["500x375"][:1]:
+        at = frame_height_offset(raw["bytes"])
+        assert int.from_bytes(raw["bytes"][at : at + 2], "big") == Image.open(io.BytesIO(raw["bytes"])).size[1]
+    photo = _photos()[0]
+    assert frame_height_offset(_saved(photo, progressive=True)) is None
+    assert frame_height_offset(b"\x89PNG\r\n\x1a\n" + bytes(40)) is None
+    assert frame_height_offset(jpegs["500x375"][0]["bytes"][:30]) is None
+    assert rows_through(_saved(photo, progressive=True), 10) is None
+    assert rows_through(jpegs["500x375"][0]["bytes"], 375) is None  # no row to save
+
+
+def test_a_cut_jpeg_is_still_named_whatever_its_box(jpegs):
+    """A file cut at 80% (a stopped download) has no end-of-image marker: it is never shortened (libjpeg would
+    decode its top rows without reading the cut), so every box takes the full decode and the row is named."""
+    data = jpegs["1600x1200"][0]["bytes"]
+    assert rows_through(data, 100) is not None and rows_through(data[: len(data) * 4 // 5], 100) is None
+    transform = build_transform(DATA_CONFIG, training=True, scale=(0.08, 0.1))  # small boxes: most end high up
+    cut = {"bytes": data[: len(data) * 4 // 5], "path": None}
+    for seed in range(4):
+        with pytest.raises(ValueError, match="cannot decode the image of source row 0"):
+            make_batch_transform(transform, 3, seed=seed)(_batch([cut]))
+
+
+@pytest.mark.parametrize("options", [{}, {"restart_marker_rows": 1}, {"subsampling": 0}, {"subsampling": 1}])
+@pytest.mark.parametrize("draft", [None, ("RGB", 2), ("RGB", 4), ("L", 1), ("L", 4)])
+def test_a_jpeg_that_ends_early_decodes_its_rows_as_the_full_decode(options, draft):
+    """A copy whose header ends ``rows + row_margin`` rows down gives the full decode's first ``rows`` rows bit for
+    bit, at every DCT scale and in luma, with restart markers and each chroma subsampling (4:2:0, 4:4:4, 4:2:2).
+    Exact by construction, not by rounding: both decodes run the same libjpeg in this process, and each output
+    row is computed from its own row of blocks and the one below, the same bytes in both files."""
+    data = _saved(_mosaic(_photos(), 1), **options)
+    full = Image.open(io.BytesIO(data))
+    margin = row_margin(full)
+    assert margin == (16 if options.get("subsampling") in (0, 1) else 32)  # 4:4:4 and 4:2:2 sample rows 1:1
+    mode, scale = draft or (None, 1)
+    for rows in (1, 7, 8, 9, 100, 333, 1200 - margin - 1):
+        short = Image.open(io.BytesIO(rows_through(data, rows + margin)))
+        assert short.size == (1600, rows + margin)
+        for image in (full, short):
+            if draft:
+                image.draft(mode, (1600 // scale, image.size[1] // scale))
+        keep = -(-rows // scale)
+        assert np.array_equal(np.asarray(short)[:keep], np.asarray(full)[:keep])
+        full = Image.open(io.BytesIO(data))
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "random"])
+def test_training_stops_decoding_below_the_box_with_the_same_pixels(jpegs, interpolation, monkeypatch):
+    """The training crop decoded through the box's last rows (plus the filter's reach) equals, bit for bit, the
+    crop of the whole decode (the same libjpeg and PIL calls in this process on the same rows), and some boxes
+    did stop early (the check can fail)."""
+    step = RandomResizedCropAndInterpolation(224, interpolation=interpolation)
+    first, _ = crop_scale_step(torchvision.transforms.Compose([step]), "RGB")
+    stops, shorten, through_box = [], decode.rows_through, decode._through_box
+
+    def recorded(data, rows):
+        stops.append(shorten(data, rows))
+        return stops[-1]
+
+    monkeypatch.setattr(decode, "rows_through", recorded)
+    for k in range(24):
+        raw = jpegs["1600x1200"][k % 4]
+        crops = []
+        for whole in (False, True):  # stopping early where it can, then decoding every row
+            monkeypatch.setattr(decode, "_through_box", (lambda image, raw, last_row: image) if whole else through_box)
+            random.seed(k)
+            torch.manual_seed(k)
+            crops.append(np.asarray(first(raw)))
+        assert np.array_equal(*crops)
+    assert 6 <= sum(stop is not None for stop in stops) < 24
 
 
 def test_large_photos_are_decoded_at_a_smaller_scale_for_evaluation(jpegs, monkeypatch):

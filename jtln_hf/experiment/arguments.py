@@ -119,7 +119,8 @@ class DataArguments:
     decode_at_crop_scale: bool = field(
         default=True,
         metadata={"help": "Decode a JPEG at the smallest DCT scale (1/2, 1/4, 1/8) that keeps its crop's pixels, its "
-                  "box drawn as timm draws it (training) or its shorter side kept >= the resize (evaluation); "
+                  "box drawn as timm draws it and its rows below the box not decoded (training) or its shorter "
+                  "side kept >= the resize (evaluation); "
                   "false: decode every image fully. Other formats are always decoded fully."},
     )  # fmt: skip
 
