@@ -292,6 +292,8 @@ def main() -> None:
     parser.add_argument("--photo_size", default=f"{WIDTH}x{HEIGHT}", help="WIDTHxHEIGHT of the folder's photos")
     parser.add_argument("--full_decode", dest="crop_scale", action="store_false",
                         help="ours decodes every JPEG fully (--decode_at_crop_scale false), as before")
+    parser.add_argument("--whole_rows", action="store_true",
+                        help="ours decodes a JPEG's rows below its crop's box too (as before the row stop)")
     parser.add_argument("--psnr", type=int, default=0, metavar="N",
                         help="instead of timing: the PSNR of N crops decoded at the crop's scale against full decodes")
     args = parser.parse_args()
@@ -306,6 +308,10 @@ def main() -> None:
     from jtln_hf.data import build_transform
 
     folder = write_folder(Path(args.cache_dir), args.images, args.classes, height=height, width=width)
+    if args.whole_rows:  # before the loaders exist: their workers fork from this process
+        from jtln_hf.data import decode
+
+        decode._through_box = lambda image, raw, last_row: image
     # create_transform(224, is_training=True)'s own defaults, which create_loader also uses
     data_config = {"input_size": (3, 224, 224), "interpolation": "bilinear", "mean": timm.data.IMAGENET_DEFAULT_MEAN,
                    "std": timm.data.IMAGENET_DEFAULT_STD}  # fmt: skip
