@@ -174,8 +174,9 @@ def test_a_cut_jpeg_is_still_named_whatever_its_box(jpegs):
 def test_a_jpeg_that_ends_early_decodes_its_rows_as_the_full_decode(options, draft):
     """A copy whose header ends ``rows + row_margin`` rows down gives the full decode's first ``rows`` rows bit for
     bit, at every DCT scale and in luma, with restart markers and each chroma subsampling (4:2:0, 4:4:4, 4:2:2).
-    Exact by construction, not by rounding: both decodes run the same libjpeg in this process, and each output
-    row is computed from its own row of blocks and the one below, the same bytes in both files."""
+    Exact on every CPU, not by rounding: libjpeg's default decode is integer arithmetic throughout (the islow
+    IDCT and its scaled forms, the upsampling, the YCbCr tables), both decodes run in this process, and each
+    output row is computed from its own row of blocks and the one below, the same bytes in both files."""
     data = _saved(_mosaic(_photos(), 1), **options)
     full = Image.open(io.BytesIO(data))
     margin = row_margin(full)
@@ -195,8 +196,9 @@ def test_a_jpeg_that_ends_early_decodes_its_rows_as_the_full_decode(options, dra
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "random"])
 def test_training_stops_decoding_below_the_box_with_the_same_pixels(jpegs, interpolation, monkeypatch):
     """The training crop decoded through the box's last rows (plus the filter's reach) equals, bit for bit, the
-    crop of the whole decode (the same libjpeg and PIL calls in this process on the same rows), and some boxes
-    did stop early (the check can fail)."""
+    crop of the whole decode, and some boxes did stop early (the check can fail). Exact on every CPU: the decoded
+    rows are equal (the test above: integer arithmetic), and PIL's 8-bit resize is fixed-point arithmetic whose
+    weights come from the box and the output size alone, in this process, reading only rows both images have."""
     step = RandomResizedCropAndInterpolation(224, interpolation=interpolation)
     first, _ = crop_scale_step(torchvision.transforms.Compose([step]), "RGB")
     stops, shorten, through_box = [], decode.rows_through, decode._through_box

@@ -144,7 +144,7 @@ def row_margin(image: PILImage.Image) -> int:
 END_OF_IMAGE = b"\xff\xd9"
 
 
-def rows_through(data: bytes, rows: int) -> bytes | None:
+def rows_through(data: bytes, rows: int) -> bytearray | None:
     """A copy of a sequential JPEG whose frame header says it ends after ``rows`` rows, or None when the
     image has no more rows than that, is not sequential (:func:`frame_height_offset`) or does not end with
     its end-of-image marker. libjpeg then decodes rows ``0 .. rows - 1`` only and never reads the bytes
@@ -152,9 +152,9 @@ def rows_through(data: bytes, rows: int) -> bytes | None:
     at = frame_height_offset(data)
     if at is None or not data.endswith(END_OF_IMAGE) or rows >= struct.unpack_from(">H", data, at)[0]:
         return None
-    shorter = bytearray(data)
+    shorter = bytearray(data)  # the one copy; PIL reads it as it is
     struct.pack_into(">H", shorter, at, max(1, rows))
-    return bytes(shorter)
+    return shorter
 
 
 def _draft(image: PILImage.Image, scale: int, mode: str) -> float:
