@@ -34,11 +34,13 @@ def _run(cmd: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    """One run on two processes and one on one process, each refreshing C at steps 2 and 4 of its 6 (every check of
+    this module reads these two runs: one start-up of torch per process, not one per check)."""
     root = tmp_path_factory.mktemp("ddp")
     torchrun = Path(sys.executable).with_name("torchrun")
     _run([str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-          str(WORKER), "--out", str(root / "two"), "--batch", "8"])  # fmt: skip
-    _run([sys.executable, str(WORKER), "--out", str(root / "one"), "--batch", "16"])
+          str(WORKER), "--out", str(root / "two"), "--batch", "8", "--refresh_every", "2"])  # fmt: skip
+    _run([sys.executable, str(WORKER), "--out", str(root / "one"), "--batch", "16", "--refresh_every", "2"])
     return root / "two", root / "one"
 
 
@@ -59,9 +61,10 @@ def test_two_processes_match_one_process_with_twice_the_batch(runs):
     b = json.loads((one / "history.json").read_text())["losses"]
     assert len(a) == len(b) == 6
     # Same rows per step (PairedBatchSampler draws global batches), no batch statistics in the
-    # backbone, gradients all-reduced: only float summation order differs. Over 6 Adam steps that
-    # stays far below 1e-4 relative (measured ~1e-7); a wrong ratio, wrong rows or a doubled loss
-    # would differ by percents.
+    # backbone, gradients all-reduced, C refreshed at the same steps from the same rows' outputs: only
+    # float summation order differs. Over 6 Adam steps that stays far below 1e-4 relative (measured
+    # ~1e-7); a wrong ratio, wrong rows or a doubled loss would differ by percents.
+    assert json.loads((one / "rank0.json").read_text())["refreshes"] == [[2, 1], [4, 2]]
     for x, y in zip(a, b):
         assert x == pytest.approx(y, rel=1e-4)
     assert a[0] != pytest.approx(a[-1], rel=1e-3)  # it trained
@@ -118,16 +121,14 @@ def test_predict_outputs_gives_every_process_every_row(runs):
             assert np.all(np.abs(got - forward) <= bound), (field, float((np.abs(got - forward) / bound).max()))
 
 
-def test_a_cost_refresh_runs_on_every_process_and_gives_each_the_same_cost(tmp_path):
+def test_a_cost_refresh_runs_on_every_process_and_gives_each_the_same_cost(runs):
     """CostRefresh's forward pass is gathered: both ranks read every labelled target row and set the same C.
 
     Equal bit for bit, not approximately: both hold the same gathered float32 outputs, in row order,
     and turn them into C with the same numpy operations.
     """
-    torchrun = Path(sys.executable).with_name("torchrun")
-    _run([str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-          str(WORKER), "--out", str(tmp_path), "--batch", "8", "--refresh_every", "2"])  # fmt: skip
-    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    two, _ = runs
+    ranks = [json.loads((two / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert ranks[0]["refreshes"] == ranks[1]["refreshes"] == [[2, 1], [4, 2]]  # steps 2 and 4 of 6
     assert ranks[0]["cost_matrix"] == ranks[1]["cost_matrix"]
     initial = [[0.0, 1.0], [0.4, 1.0], [1.0, 0.0]]
