@@ -110,8 +110,11 @@ def test_a_map_style_resume_still_skips_batches(tmp_path, target):
 
 # ----------------------------------------------------------------------------------------- recipe
 def _recipe(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(RECIPE), *args], cwd=cwd, env=ENV, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+    """The recipe's ``main()`` in this process (its command line is checked by the killed run below, which starts
+    it as a command three times; here one start-up of torch less per run)."""
+    from test_train_jtln import run_recipe_here
+
+    return run_recipe_here(*args, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
