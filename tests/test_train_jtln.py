@@ -74,28 +74,51 @@ def test_compare_writes_table_and_json(compare_run):
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]
 
 
-def test_saved_model_and_card_reload_in_fresh_process(compare_run):
+@pytest.fixture(scope="module")
+def fresh_reloads(compare_run, two_dataset_run) -> dict[str, dict]:
+    """Both saved models loaded in one fresh interpreter (one start-up of torch, not one per model), through
+    ``import jtln_hf`` and the Auto classes, each in a function of its own: what each prints, by run."""
+    model_dir, run_dir = compare_run[0] / "model", two_dataset_run[0]
+    image = next((run_dir.parent / "digits" / "test" / "7").iterdir())
+    code = f"""
+import json, numpy as np
+from PIL import Image
+from jtln_hf.data.fashion_mnist import FASHION_MNIST_PRIOR_PATH
+from jtln_hf.cost import load_cost, normalize_cost
+from transformers import AutoModelForImageClassification
+import jtln_hf
+
+def compare():
+    m = AutoModelForImageClassification.from_pretrained({str(model_dir)!r})
+    names = [m.config.source_id2label[i] for i in range(5)], [m.config.id2label[i] for i in range(5)]
+    expected = normalize_cost(load_cost(FASHION_MNIST_PRIOR_PATH, *names), "column")
+    return {{"cls": type(m).__name__, "cost_ok": bool(np.allclose(m.cost_matrix.numpy(), expected)),
+            "targets": names[1]}}
+
+def two_datasets():
+    m = AutoModelForImageClassification.from_pretrained({str(run_dir / "model")!r})
+    image = Image.open({str(image)!r})
+    target, source = m.predict(image), m.predict_source([image, image.convert("RGB")])
+    return {{"targets": [m.config.id2label[i] for i in range(10)],
+            "sources": [m.config.source_id2label[i] for i in range(10)],
+            "label": target.labels[0], "source_labels": source.labels,
+            "probability_sum": float(target.probabilities.sum())}}
+
+print(json.dumps({{"compare": compare(), "two_datasets": two_datasets()}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_saved_model_and_card_reload_in_fresh_process(compare_run, fresh_reloads):
     run_dir, _ = compare_run
     model_dir = run_dir / "model"
     assert (model_dir / "model.safetensors").is_file() and (model_dir / "config.json").is_file()
     card = (model_dir / "README.md").read_text()
     assert card.startswith("---") and "jtln" in card and "optimal-transport" in card
     assert "Ankle boot" in card and "T-shirt/top" in card and "normalisation: column" in card
-    code = f"""
-import json, numpy as np
-from jtln_hf.data.fashion_mnist import FASHION_MNIST_PRIOR_PATH
-from jtln_hf.cost import load_cost, normalize_cost
-from transformers import AutoModelForImageClassification
-import jtln_hf
-m = AutoModelForImageClassification.from_pretrained({str(model_dir)!r})
-names = [m.config.source_id2label[i] for i in range(5)], [m.config.id2label[i] for i in range(5)]
-expected = normalize_cost(load_cost(FASHION_MNIST_PRIOR_PATH, *names), "column")
-print(json.dumps({{"cls": type(m).__name__, "cost_ok": bool(np.allclose(m.cost_matrix.numpy(), expected)),
-                  "targets": names[1]}}))
-"""
-    proc = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    info = fresh_reloads["compare"]
     assert info == {"cls": "JointImageClassifier", "cost_ok": True,
                     "targets": ["Shirt", "Coat", "Sandal", "Bag", "Ankle boot"]}  # fmt: skip
 
@@ -158,25 +181,8 @@ def test_two_datasets_end_to_end(two_dataset_run):
     assert metadata["model-index"][0]["results"][0]["dataset"]["type"] == "digits"
 
 
-def test_two_dataset_model_reloads_in_a_fresh_process(two_dataset_run):
-    run_dir, _ = two_dataset_run
-    image = next((run_dir.parent / "digits" / "test" / "7").iterdir())
-    code = f"""
-import json
-from PIL import Image
-from transformers import AutoModelForImageClassification
-import jtln_hf
-m = AutoModelForImageClassification.from_pretrained({str(run_dir / "model")!r})
-image = Image.open({str(image)!r})
-target, source = m.predict(image), m.predict_source([image, image.convert("RGB")])
-print(json.dumps({{"targets": [m.config.id2label[i] for i in range(10)],
-                  "sources": [m.config.source_id2label[i] for i in range(10)],
-                  "label": target.labels[0], "source_labels": source.labels,
-                  "probability_sum": float(target.probabilities.sum())}}))
-"""
-    proc = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    info = json.loads(proc.stdout.strip().splitlines()[-1])
+def test_two_dataset_model_reloads_in_a_fresh_process(fresh_reloads):
+    info = fresh_reloads["two_datasets"]
     assert info["targets"] == [str(d) for d in range(10)] and info["sources"][0] == "T-shirt/top"
     assert info["label"] in info["targets"] and len(info["source_labels"]) == 2
     assert info["source_labels"][0] == info["source_labels"][1]  # an L image and its RGB copy: the same pixels
