@@ -86,9 +86,13 @@ def test_batch_tensor_is_bitwise_the_per_image_transform(mode, training):
 
 
 def test_the_batch_transform_pickles_as_its_call(small_split):
-    """Pickled, the batch transform is ``make_batch_transform`` and its arguments: rebuilt, it gives the same bits
-    (exact: the same calls on the same rows in this process), and datasets' fingerprint names the call (equal calls,
-    one fingerprint; another seed, another), without dill reading the closure's bytecode."""
+    """Pickled, the batch transform is ``make_batch_transform`` and its arguments: rebuilt, it gives the same bits,
+    and datasets' fingerprint names the call (equal calls, one fingerprint; another seed, another), without dill
+    reading the closure's bytecode.
+
+    Exact on every CPU: both sides are the same PIL and torch calls (crop, flip, jitter, ToTensor, Normalize with
+    the pickled copy's equal mean and std) on the same rows, shapes and seeds, one after the other in this
+    process; nothing differs that could change a kernel's choice or a reduction's order."""
     transform = build_transform(FASHION_MNIST_DATA_CONFIG, training=True)
     joint = build_joint_dataset(small_split["source"], small_split["target"])
     batch = joint[[0, 5, 185, 3]]  # source and target rows

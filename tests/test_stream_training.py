@@ -31,6 +31,8 @@ from conftest import make_model, make_trainer
 from test_recipe_cli import _fails
 from test_resume import _step_logs, _StopAt, _wait_for_checkpoint
 from test_stream import NAMES, _write_shards, target, write_tar_shards  # noqa: F401  (target: a fixture)
+# the recipe's main() in this process: its command line is started as a command by the killed-run test below
+from test_train_jtln import run_recipe_here
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "train_jtln.py"
@@ -109,14 +111,6 @@ def test_a_map_style_resume_still_skips_batches(tmp_path, target):
 
 
 # ----------------------------------------------------------------------------------------- recipe
-def _recipe(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """The recipe's ``main()`` in this process (its command line is checked by the killed run below, which starts
-    it as a command three times; here one start-up of torch less per run)."""
-    from test_train_jtln import run_recipe_here
-
-    return run_recipe_here(*args, cwd=cwd)
-
-
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> Path:
     from conftest import write_digits_folder
@@ -133,7 +127,7 @@ QUICK = ("--seeds", "0", "--per_device_train_batch_size", "8", "--max_eval_sampl
 def test_the_recipe_trains_joint_and_jtln_on_a_streamed_source(tmp_path, shards2, digits):
     """features-mmd (the two-dataset default) reads 3 images per class of the stream; the model reloads."""
     out = tmp_path / "run"
-    proc = _recipe("--source_dataset", shards2, "--source_streaming", "--target_dataset", str(digits),
+    proc = run_recipe_here("--source_dataset", shards2, "--source_streaming", "--target_dataset", str(digits),
                    "--methods", "joint", "jtln", "--max_steps", "3", "--cost_warmup_steps", "1",
                    "--cost_samples_per_class", "3", "--output_dir", str(out), *QUICK, cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -149,7 +143,7 @@ def test_the_recipe_streams_webdataset_shards_with_label_names(tmp_path, digits)
     """webdataset .tar shards (``<key>.jpg`` + ``<key>.cls``): integer labels named by --source_label_names."""
     shards = write_tar_shards(tmp_path, 2, 9, "JPEG")
     out = tmp_path / "run"
-    proc = _recipe("--source_dataset", shards, "--source_streaming", "--source_image_column",
+    proc = run_recipe_here("--source_dataset", shards, "--source_streaming", "--source_image_column",
                    "jpg", "--source_label_column", "cls", "--source_label_names", *NAMES, "--target_dataset",
                    str(digits), "--mode", "consecutive", "--max_steps", "2", "--output_dir", str(out), *QUICK,
                    cwd=tmp_path)  # fmt: skip
