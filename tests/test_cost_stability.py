@@ -9,6 +9,7 @@ from jtln_hf import data as jdata
 from jtln_hf.cost import cost_from_features, mmd_bandwidths
 from jtln_hf.cost.stability import (
     UNSURE,
+    bagged_cost,
     bootstrap_feature_costs,
     describe_stability,
     relation_frequency,
@@ -130,3 +131,44 @@ def test_a_cost_with_no_sure_relation_stops_with_one_line(fashion_mnist):
                         names_t, predict=predict, samples_per_class=4)  # fmt: skip
     with pytest.raises(ValueError, match=r"^--cost features-mmd-stable: no relation .* pass features-mmd"):
         build_cost("features-mmd-stable", inputs, "column")
+
+
+def test_the_bagged_cost_is_the_mean_of_the_resamples():
+    # by hand: the mean of the two resamples of COSTS, entry by entry
+    np.testing.assert_array_equal(bagged_cost(COSTS), [[0.0, 3.0], [0.75, 3.5], [3.0, 4.0]])
+    with pytest.raises(ValueError, match=r"shape \(B, L_s, L_t\)"):
+        bagged_cost(COSTS[0])
+
+
+def test_the_bagged_builder_averages_the_resampled_mmd(fashion_mnist):
+    """The builder's cost is the mean of the 100 resamples that bootstrap_feature_costs draws for the run's seed.
+
+    Features from the images' pixels (so resamples differ), the source classes moved apart along one axis; the
+    test records what the builder's predict returned and resamples those arrays. Both sides make the same calls on
+    the same arrays in one process; the mean of 100 float64 values is compared within 100 ulps of the largest
+    entry, a margin for a change of numpy's summation order only.
+    """
+    train, _ = fashion_mnist
+    names_s, names_t = ["T-shirt/top", "Trouser", "Pullover"], ["Shirt", "Coat"]
+    source, target = jdata.split_by_classes(train, names_s, names_t)
+    source, target = jdata.sample_shots(source, 4, seed=0), jdata.sample_shots(target, 3, seed=0)
+    seen = []
+
+    def predict(ds, fields):
+        pixels = np.stack([np.asarray(image, np.float64).ravel() / 255 for image in ds["image"]])
+        y = np.asarray(ds["label"])
+        x = np.stack([pixels.mean(1), pixels.std(1), (pixels > 0.5).mean(1)], 1)
+        if len(ds) == len(source):
+            x[:, 0] += 2.0 * y  # source classes apart along the first axis
+        seen.append((x, y))
+        return {"pooler_output": x}, y
+
+    inputs = CostInputs(source, target, names_s, names_t, predict=predict, samples_per_class=4, seed=3)
+    cost, how = build_cost("features-mmd-bagged", inputs, "none")
+    (xs, ys), (xt, yt) = seen
+    resampled = bootstrap_feature_costs(xs, ys, xt, yt, method="mmd", num_source_labels=3, num_target_labels=2,
+                                        seed=3)  # fmt: skip
+    np.testing.assert_allclose(cost, resampled.mean(axis=0), rtol=0, atol=100 * np.finfo(float).eps * cost.max())
+    # the resamples differ (their spread is far above rounding), so the mean is not any one of them
+    assert np.ptp(resampled, axis=0).max() > 1e-3
+    assert "averaged over 100 bootstrap resamples" in how and "from the initial weights" in how

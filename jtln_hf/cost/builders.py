@@ -30,6 +30,7 @@ from .stability import (
     STABLE_RESAMPLES,
     STABLE_THRESHOLD,
     UNSURE,
+    bagged_cost,
     bootstrap_feature_costs,
     describe_stability,
     stable_relation_cost,
@@ -237,6 +238,17 @@ def _stable(inputs: CostInputs) -> tuple[np.ndarray, str]:
                  f"{STABLE_RESAMPLES} bootstrap resamples of the images agree (0 related, 1 unrelated, "
                  f"{UNSURE} unsure; a target class with no stable relation neutral), {_after(inputs)}: "
                  f"{describe_stability(raw, inputs.source_names, inputs.target_names)}")  # fmt: skip
+
+
+@register_cost("features-mmd-bagged", "features-mmd averaged over bootstrap resamples of the images (bagging)",
+               from_model=True, warmup_when_pretrained=False, samples=True)  # fmt: skip
+def _bagged(inputs: CostInputs) -> tuple[np.ndarray, str]:
+    xs, ys, xt, yt = _pooled_features(inputs, "features-mmd-bagged")
+    costs = bootstrap_feature_costs(xs, ys, xt, yt, method="mmd", num_source_labels=len(inputs.source_names),
+                                    num_target_labels=len(inputs.target_names), seed=inputs.seed)  # fmt: skip
+    return bagged_cost(costs), (f"mmd distance between the pooled backbone features of each source class ({len(xs)} "
+                                f"images) and each target class ({len(xt)} labelled images), averaged over "
+                                f"{STABLE_RESAMPLES} bootstrap resamples of the images, {_after(inputs)}")  # fmt: skip
 
 
 def relationship_of(predict: Predict, target: datasets.Dataset, num_target_labels: int) -> np.ndarray:
