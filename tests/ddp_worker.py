@@ -108,7 +108,7 @@ def main() -> None:
     callbacks = []
     if a.refresh_every:
         from jtln_hf.cost import cost_from_relationship
-        from jtln_hf.cost.builders import relationship_of
+        from jtln_hf.cost.relationship import relationship_of
         from jtln_hf.cost.refresh import CostRefresh
 
         labelled = target.with_transform(transform)

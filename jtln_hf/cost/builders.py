@@ -25,16 +25,10 @@ from ..data.labels import read_column
 from ..data.pools import DataSpec, chosen_classes
 from ..data.splits import resolve_classes
 from ..data.stream_source import take_per_class
-from . import category_relationship, cost_from_features, cost_from_relationship, load_cost, normalize_cost
-from .stability import (
-    STABLE_RESAMPLES,
-    STABLE_THRESHOLD,
-    UNSURE,
-    bagged_cost,
-    bootstrap_feature_costs,
-    describe_stability,
-    stable_relation_cost,
-)
+from . import cost_from_features, cost_from_relationship, load_cost, normalize_cost
+from .relationship import relationship_of
+from .stability import STABLE_RESAMPLES, STABLE_THRESHOLD, UNSURE, bagged_cost, bootstrap_feature_costs
+from .stability import describe_stability, stable_relation_cost
 
 #: ``predict(dataset, fields) -> ({field: array}, labels)``: the model's outputs on a dataset's rows.
 Predict = Callable[[datasets.Dataset, tuple[str, ...]], tuple[dict[str, np.ndarray], np.ndarray]]
@@ -221,45 +215,37 @@ for _distance, _help in (("ot", "exact OT (W2) between the classes' pooled featu
     )
 
 
+def _resampled(inputs: CostInputs, name: str) -> tuple[np.ndarray, str]:
+    """features-mmd of :data:`STABLE_RESAMPLES` bootstrap resamples of the images, and the sentence's start."""
+    xs, ys, xt, yt = _pooled_features(inputs, name)
+    costs = bootstrap_feature_costs(xs, ys, xt, yt, method="mmd", num_source_labels=len(inputs.source_names),
+                                    num_target_labels=len(inputs.target_names), seed=inputs.seed)  # fmt: skip
+    return costs, (f"between the pooled backbone features of each source class ({len(xs)} images) and each target "
+                   f"class ({len(xt)} labelled images)")  # fmt: skip
+
+
 @register_cost("features-mmd-stable", "features-mmd's relations kept only where stable over bootstrap resamples "
                "of the images (0 related, 1 not, the rest neutral)", from_model=True, warmup_when_pretrained=False,
                samples=True)  # fmt: skip
 def _stable(inputs: CostInputs) -> tuple[np.ndarray, str]:
-    xs, ys, xt, yt = _pooled_features(inputs, "features-mmd-stable")
-    costs = bootstrap_feature_costs(xs, ys, xt, yt, method="mmd", num_source_labels=len(inputs.source_names),
-                                    num_target_labels=len(inputs.target_names), seed=inputs.seed)  # fmt: skip
+    costs, between = _resampled(inputs, "features-mmd-stable")
     raw = stable_relation_cost(costs)
     if not (raw == 0).any():  # every column neutral: normalised, C would be all zeros and the OT term a constant
         raise ValueError(f"--cost features-mmd-stable: no relation between the classes held in {STABLE_THRESHOLD:.0%} "
                          f"of {STABLE_RESAMPLES} resamples of the images {_after(inputs)}: pass features-mmd (the "
                          "graded cost), more labelled images per class, or a longer --cost_warmup_steps.")  # fmt: skip
-    return raw, (f"mmd relations between the pooled backbone features of each source class ({len(xs)} images) and "
-                 f"each target class ({len(xt)} labelled images), kept where {STABLE_THRESHOLD:.0%} of "
-                 f"{STABLE_RESAMPLES} bootstrap resamples of the images agree (0 related, 1 unrelated, "
-                 f"{UNSURE} unsure; a target class with no stable relation neutral), {_after(inputs)}: "
+    return raw, (f"mmd relations {between}, kept where {STABLE_THRESHOLD:.0%} of {STABLE_RESAMPLES} bootstrap "
+                 f"resamples of the images agree (0 related, 1 unrelated, {UNSURE} unsure; a target class with no "
+                 f"stable relation neutral), {_after(inputs)}: "
                  f"{describe_stability(raw, inputs.source_names, inputs.target_names)}")  # fmt: skip
 
 
 @register_cost("features-mmd-bagged", "features-mmd averaged over bootstrap resamples of the images (bagging)",
                from_model=True, warmup_when_pretrained=False, samples=True)  # fmt: skip
 def _bagged(inputs: CostInputs) -> tuple[np.ndarray, str]:
-    xs, ys, xt, yt = _pooled_features(inputs, "features-mmd-bagged")
-    costs = bootstrap_feature_costs(xs, ys, xt, yt, method="mmd", num_source_labels=len(inputs.source_names),
-                                    num_target_labels=len(inputs.target_names), seed=inputs.seed)  # fmt: skip
-    return bagged_cost(costs), (f"mmd distance between the pooled backbone features of each source class ({len(xs)} "
-                                f"images) and each target class ({len(xt)} labelled images), averaged over "
-                                f"{STABLE_RESAMPLES} bootstrap resamples of the images, {_after(inputs)}")  # fmt: skip
-
-
-def relationship_of(predict: Predict, target: datasets.Dataset, num_target_labels: int) -> np.ndarray:
-    """Co-Tuning's :math:`p(y_s \\mid y_t)`, shape ``(L_t, L_s)``: the source head's mean softmax per target class.
-
-    ``target`` holds the labelled target images; see :func:`jtln_hf.cost.category_relationship`.
-    """
-    outputs, labels = predict(target, ("source_logits",))
-    z = outputs["source_logits"].astype(np.float64)
-    probs = np.exp(z - z.max(-1, keepdims=True))
-    return category_relationship(probs / probs.sum(-1, keepdims=True), labels, num_target_labels)
+    costs, between = _resampled(inputs, "features-mmd-bagged")
+    return bagged_cost(costs), (f"mmd distance {between}, averaged over {STABLE_RESAMPLES} bootstrap resamples of "
+                                f"the images, {_after(inputs)}")  # fmt: skip
 
 
 @register_cost("relationship", "-log p(y_s|y_t) from the source head on the labelled target images", from_model=True)
@@ -408,5 +394,4 @@ __all__ = [
     "load_file_cost",
     "plan_cost",
     "register_cost",
-    "relationship_of",
 ]

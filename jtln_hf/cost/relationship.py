@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,19 @@ def category_relationship(source_probs: Any, target_labels: Any, num_target_labe
         raise ValueError("source_probs must be probabilities (rows >= 0 summing to 1): pass softmax(source_logits)")
     groups = _group_by_class(probs, labels, num_target_labels, "target", None, np.random.default_rng(0))
     return np.stack([g.mean(0) for g in groups])
+
+
+def relationship_of(predict: Callable[..., tuple[dict[str, np.ndarray], np.ndarray]], target: Any,
+                    num_target_labels: int) -> np.ndarray:  # fmt: skip
+    """Co-Tuning's :math:`p(y_s \\mid y_t)`, shape ``(L_t, L_s)``: the source head's mean softmax per target class.
+
+    ``predict(dataset, fields) -> ({field: array}, labels)`` runs the model (``jtln_hf.cost.builders.Predict``);
+    ``target`` holds the labelled target images. See :func:`category_relationship`.
+    """
+    outputs, labels = predict(target, ("source_logits",))
+    z = outputs["source_logits"].astype(np.float64)
+    probs = np.exp(z - z.max(-1, keepdims=True))
+    return category_relationship(probs / probs.sum(-1, keepdims=True), labels, num_target_labels)
 
 
 def cost_from_relationship(

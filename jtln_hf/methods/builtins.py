@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from ..cost.builders import FixedCost, default_warmup_steps, relationship_of
+from ..cost.builders import FixedCost, default_warmup_steps
+from ..cost.relationship import relationship_of
 from ..cost.refresh import CostRefresh
 from ..cost.resolve import resolve_cost
 from ..training.cotuning import CoTuningTrainer
