@@ -11,7 +11,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassi
 from .configuration_jtln import JointImageClassifierConfig
 from .image_processing_jtln import JointImageClassifierImageProcessor
 from .modeling_jtln import ClassPrediction, JointClassifierOutput, JointImageClassifier
-from .version import __version__
+from .version import __version__ as __version__  # the package version, `jtln_hf.__version__`
 
 AutoConfig.register(JointImageClassifierConfig.model_type, JointImageClassifierConfig, exist_ok=True)
 AutoModelForImageClassification.register(JointImageClassifierConfig, JointImageClassifier, exist_ok=True)
