@@ -39,6 +39,7 @@ without retraining); Ray Tune's own state goes to ``<output_dir>/tune/``.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -657,4 +658,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # as recipes/train_jtln.py: the imports' objects frozen, so that each --local run's Trainer stages do not walk
+    # them in their full garbage collections
+    gc.freeze()
     sys.exit(main())
