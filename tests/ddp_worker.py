@@ -13,6 +13,7 @@ target rows (:class:`jtln_hf.cost.refresh.CostRefresh`), and each process writes
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 from pathlib import Path
@@ -165,4 +166,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    gc.freeze()  # the imports' objects, as recipes/train_jtln.py's entry point freezes them
     main()

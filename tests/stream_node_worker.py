@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -35,4 +36,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    gc.freeze()  # as the recipe's own entry point does
     sys.exit(main())
