@@ -2,7 +2,7 @@
 
 A passed check is remembered for the process and, for a table ``datasets`` cached under its fingerprint whose
 images are stored in it as bytes, on disk beside that cache file: parsing the headers of Fashion-MNIST's 30,000
-source images takes ~3 s, a fifth of a short run, and every run in a new process paid it again. ``datasets``
+source images takes ~1 s in a new process, and every recipe run and sweep worker paid it again. ``datasets``
 itself reuses a cache file by fingerprint (its ``map``/``filter`` cache), so the same fingerprint names the same
 bytes; images stored as paths are checked every time (a file can change under the same path).
 """
