@@ -79,6 +79,14 @@ def bootstrap_feature_costs(
     return np.stack(costs)
 
 
+def _resampled_costs(costs: Any) -> np.ndarray:
+    """``costs`` as float64, checked to be ``B >= 1`` resampled costs of shape ``(B, L_s, L_t)``."""
+    c = _to_numpy(costs)
+    if c.ndim != 3 or c.shape[0] == 0:
+        raise ValueError(f"costs must have shape (B, L_s, L_t) with B >= 1, got {c.shape}")
+    return c
+
+
 def relation_frequency(costs: Any) -> np.ndarray:
     r"""Share of the resamples in which source class :math:`i` is related to target class :math:`j`.
 
@@ -97,9 +105,7 @@ def relation_frequency(costs: Any) -> np.ndarray:
     numpy.ndarray
         float64 in ``[0, 1]``, shape ``(L_s, L_t)``.
     """
-    c = _to_numpy(costs)
-    if c.ndim != 3 or c.shape[0] == 0:
-        raise ValueError(f"costs must have shape (B, L_s, L_t) with B >= 1, got {c.shape}")
+    c = _resampled_costs(costs)
     flat = np.ptp(c, axis=1, keepdims=True) == 0
     related = (c < c.mean(axis=1, keepdims=True)) & ~flat
     return related.mean(axis=0)
@@ -163,10 +169,7 @@ def bagged_cost(costs: Any) -> np.ndarray:
     numpy.ndarray
         float64, shape ``(L_s, L_t)``.
     """
-    c = _to_numpy(costs)
-    if c.ndim != 3 or c.shape[0] == 0:
-        raise ValueError(f"costs must have shape (B, L_s, L_t) with B >= 1, got {c.shape}")
-    return c.mean(axis=0)
+    return _resampled_costs(costs).mean(axis=0)
 
 
 def describe_stability(cost: np.ndarray, source_names: Sequence[str], target_names: Sequence[str]) -> str:
