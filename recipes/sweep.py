@@ -478,7 +478,7 @@ def check_jobs(jobs: list[tuple[str, str, int, list[str]]]) -> None:
 
 def _prior_of(jobs: list[tuple[str, str, int, list[str]]]) -> Path | None:
     """The hand-written prior of the sweep's data (every run reads the same data flags), or None."""
-    from jtln_hf.cost.builders import data_prior
+    from jtln_hf.cost.flags import data_prior
     from jtln_hf.experiment.cli import parse_args
 
     return data_prior(parse_args(jobs[0][3])[0].spec())

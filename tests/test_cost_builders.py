@@ -19,9 +19,9 @@ from jtln_hf.cost.builders import (
     DEFAULT_FEATURE_COST,
     CostInputs,
     build_cost,
-    cost_kind,
     register_cost,
 )
+from jtln_hf.cost.flags import cost_kind
 from jtln_hf.experiment import plan_experiment
 from jtln_hf.data import KNOWN_DATASETS, known_dataset
 

@@ -23,7 +23,8 @@ from jtln_hf.cost import (
     shuffle_cost_columns,
 )
 from jtln_hf.experiment.arguments import DataArguments
-from jtln_hf.cost.builders import Cost, plan_cost
+from jtln_hf.cost.builders import Cost
+from jtln_hf.cost.flags import plan_cost
 from jtln_hf.cost.resolve import resolve_cost
 
 from test_recipe_cli import recipe  # recipes/train_jtln.py as a module, loaded once

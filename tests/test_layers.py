@@ -89,7 +89,9 @@ LAYER = {
     "training.cotuning": TRAINING,
     "training.lora": TRAINING,
     # a run's cost: built from the data (and the model, through the methods' predictor), resolved, refreshed
+    "cost.pixels": DATA,
     "cost.builders": REGISTRIES,
+    "cost.flags": REGISTRIES,
     "cost.resolve": REGISTRIES,
     "cost.refresh": REGISTRIES,
     "methods": REGISTRIES,

@@ -20,12 +20,10 @@ import numpy as np
 
 from ..data import sample_shots
 from ..data.fashion_mnist import FASHION_MNIST_PRIOR_PATH
-from ..data.known import known_dataset
 from ..data.labels import read_column
-from ..data.pools import DataSpec, chosen_classes
-from ..data.splits import resolve_classes
 from ..data.stream_source import take_per_class
 from . import cost_from_features, cost_from_relationship, load_cost, normalize_cost
+from .pixels import PIXEL_SIDE, pixel_features
 from .relationship import relationship_of
 from .stability import STABLE_RESAMPLES, STABLE_THRESHOLD, UNSURE, bagged_cost, bootstrap_feature_costs
 from .stability import describe_stability, stable_relation_cost
@@ -55,14 +53,15 @@ class FixedCost:
 
 @dataclass(frozen=True)
 class Cost:
-    """The run's cost, resolved once from the flags (:func:`plan_cost`).
+    """The run's cost, resolved once from the flags (:func:`jtln_hf.cost.flags.plan_cost`).
 
     ``kind``: a registered ``--cost`` name or a ``.npy``/``.csv`` path (the data's default when
-    not given: :func:`cost_kind`); ``normalization``: ``--cost_normalization``; ``warmup_steps``:
-    source-only steps before a model cost is computed (0 for a fixed cost: :func:`default_warmup_steps`);
+    not given: :func:`~jtln_hf.cost.flags.cost_kind`); ``normalization``: ``--cost_normalization``;
+    ``warmup_steps``: source-only steps before a model cost is computed (0 for a fixed cost:
+    :func:`~jtln_hf.cost.flags.default_warmup_steps`);
     ``samples_per_class``: ``--cost_samples_per_class``; ``refresh_steps``: ``--cost_refresh_steps`` (a
     model cost recomputed every that many joint steps; 0: computed once); ``prior``: the data's hand-written prior
-    (:func:`data_prior`); ``fixed``: the matrix when it is resolved before training (``None`` for a
+    (:func:`~jtln_hf.cost.flags.data_prior`); ``fixed``: the matrix when it is resolved before training (``None`` for a
     model cost, or before the plan resolves it); ``shuffle_seed``: ``--cost_shuffle_seed`` (C's target
     columns permuted by that seed once built and normalised: the shuffled-cost control; None: not shuffled);
     ``from_target_pool``, ``warmup_restart``, ``unlabelled_target``, ``unlabelled_keep``: the ``--cost_*`` flags
@@ -86,6 +85,12 @@ class Cost:
     def from_model(self) -> bool:
         """Whether the cost is computed from each seed's model (after :attr:`warmup_steps`)."""
         return is_model_cost(self.kind)
+
+    @property
+    def per_seed(self) -> bool:
+        """Whether the cost is built from each seed's data (a model cost, or one from the images: ``pixels-mmd``)
+        in the ``jtln`` method, not once before training."""
+        return self.from_model or (self.kind in COST_BUILDERS and COST_BUILDERS[self.kind].from_images)
 
     @property
     def normalized(self) -> bool:
@@ -129,8 +134,10 @@ class CostBuilder:
 
     ``from_model``: computed from the model (per seed, after ``--cost_warmup_steps`` source-only
     steps); ``warmup_when_pretrained``: whether those steps also default to 200 on a pretrained
-    backbone (features are meaningful without them, a source head is not); ``samples``: reads
-    ``--cost_samples_per_class``; ``normalized``: ``--cost_normalization`` applies; ``relations``: C can
+    backbone (features are meaningful without them, a source head is not); ``from_images``: computed from
+    each seed's images without the model (per seed, in the ``jtln`` method, with no warm-up unless one is
+    given, never refreshed: the images do not change); ``samples``: reads ``--cost_samples_per_class``;
+    ``normalized``: ``--cost_normalization`` applies; ``relations``: C can
     relate source and target classes (False for a control without class structure, which
     ``--cost_shuffle_seed`` refuses: there is nothing to shuffle).
     """
@@ -140,6 +147,7 @@ class CostBuilder:
     build: Callable[[CostInputs], tuple[np.ndarray, str]]
     from_model: bool = False
     warmup_when_pretrained: bool = True
+    from_images: bool = False
     samples: bool = False
     normalized: bool = True
     relations: bool = True
@@ -178,15 +186,18 @@ def _prior(inputs: CostInputs) -> tuple[np.ndarray, str]:
     return raw, f"Hand-written prior relation between the classes ({inputs.prior.name})"
 
 
+def _source_sample(inputs: CostInputs) -> datasets.Dataset:
+    """``samples_per_class`` source images of each class (seeded; of a stream, its first ones of each class)."""
+    if isinstance(inputs.source, datasets.IterableDataset):
+        per_class, classes = inputs.samples_per_class, len(inputs.source_names)
+        return take_per_class(inputs.source, per_class, max_rows=STREAM_SCAN_FACTOR * per_class * classes)
+    smallest = int(np.bincount(read_column(inputs.source, "label")).min())
+    return sample_shots(inputs.source, min(inputs.samples_per_class, smallest), seed=inputs.seed)
+
+
 def _pooled_features(inputs: CostInputs, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The pooled backbone features and labels of the source sample and of the labelled target images."""
-    predict = _needs_model(inputs, name)
-    if isinstance(inputs.source, datasets.IterableDataset):  # a stream: its first images of each class
-        per_class, classes = inputs.samples_per_class, len(inputs.source_names)
-        source = take_per_class(inputs.source, per_class, max_rows=STREAM_SCAN_FACTOR * per_class * classes)
-    else:
-        smallest = int(np.bincount(read_column(inputs.source, "label")).min())
-        source = sample_shots(inputs.source, min(inputs.samples_per_class, smallest), seed=inputs.seed)
+    predict, source = _needs_model(inputs, name), _source_sample(inputs)
     (xs, ys), (xt, yt) = [
         (outputs["pooler_output"], labels)
         for outputs, labels in (predict(ds, ("pooler_output",)) for ds in (source, inputs.target))
@@ -248,6 +259,19 @@ def _bagged(inputs: CostInputs) -> tuple[np.ndarray, str]:
                                 f"the images, {_after(inputs)}")  # fmt: skip
 
 
+@register_cost("pixels-mmd", f"multi-kernel MMD between the classes' {PIXEL_SIDE}x{PIXEL_SIDE} thumbnail pixels: "
+               "no network, no warm-up (for small centred images)", from_images=True, samples=True)  # fmt: skip
+def _pixels(inputs: CostInputs) -> tuple[np.ndarray, str]:
+    (xs, ys, skipped_s), (xt, yt, skipped_t) = pixel_features(_source_sample(inputs)), pixel_features(inputs.target)
+    raw = cost_from_features(xs, ys, xt, yt, method="mmd", num_source_labels=len(inputs.source_names),
+                             num_target_labels=len(inputs.target_names), seed=inputs.seed,
+                             normalize="none")  # fmt: skip
+    skipped = f"; {skipped_s + skipped_t} unreadable images left out" if skipped_s + skipped_t else ""
+    return raw, (f"mmd distance between the {PIXEL_SIDE}x{PIXEL_SIDE} thumbnail pixels of each source class "
+                 f"({len(xs)} images) and each target class ({len(xt)} labelled images), "
+                 f"no network{skipped}")  # fmt: skip
+
+
 @register_cost("relationship", "-log p(y_s|y_t) from the source head on the labelled target images", from_model=True)
 def _relationship(inputs: CostInputs) -> tuple[np.ndarray, str]:
     relationship = relationship_of(_needs_model(inputs, "relationship"), inputs.target, len(inputs.target_names))
@@ -281,99 +305,9 @@ def build_cost(kind: str, inputs: CostInputs, normalization: str) -> tuple[np.nd
     return normalize_cost(raw, normalization), f"{how}; normalisation: {normalization}."
 
 
-# ------------------------------------------------------------------------ defaults from arguments
-def data_prior(data: DataSpec) -> Path | None:
-    """The hand-written prior of the run's data (Fashion-MNIST's), else None; it serves any classes it names."""
-    known = [k for k in map(known_dataset, data.specs) if k is not None and k.prior_cost is not None]
-    return known[0].prior_cost if known else None
-
-
-def prior_covers(prior: Path, data: DataSpec) -> bool:
-    """Whether ``prior`` names every class the run will use: its rows the source classes, its columns the target ones.
-
-    The classes as the data will select them (:func:`jtln_hf.data.pools.load_pools`), resolved from the
-    known dataset's label names: ``--target_classes`` (names or ids; default the dataset's split) and
-    ``--source_classes`` (default every other class). Class flags that do not resolve count as covered:
-    the data's own check names them first.
-    """
-    known = known_dataset(data.specs[0])
-    if known is None or known.class_names is None:
-        return True
-    names = known.class_names
-    try:
-        sources, targets = [[names[i] for i in resolve_classes(side, names)] for side in chosen_classes(data, names)]
-    except ValueError:
-        return True
-    try:
-        load_cost(prior, sources, targets)
-    except ValueError:
-        return False
-    return True
-
-
-def cost_kind(cost: str | None, data: DataSpec) -> str:
-    """``--cost``, or its default: the prior of one dataset split by class if it has one that covers the chosen
-    classes (:func:`prior_covers`), else :data:`DEFAULT_FEATURE_COST` (the default for data without a prior)."""
-    if cost is not None:
-        return cost
-    prior = None if data.two_datasets else data_prior(data)
-    return "prior" if prior is not None and prior_covers(prior, data) else DEFAULT_FEATURE_COST
-
-
 def is_model_cost(kind: str) -> bool:
     """Whether ``--cost kind`` is computed from the model (per seed), not fixed before training."""
     return kind in COST_BUILDERS and COST_BUILDERS[kind].from_model
-
-
-def default_warmup_steps(given: int | None, *, pretrained: bool = False, needs_source_head: bool = True) -> int:
-    """Source-only steps before the model defines a cost or a relationship (``--cost_warmup_steps``).
-
-    ``given`` when not None; else 0 when the backbone is pretrained and only its features are read
-    (``needs_source_head`` false), :data:`DEFAULT_COST_WARMUP_STEPS` otherwise (a source head must
-    know its task first).
-    """
-    if given is not None:
-        return given
-    return 0 if pretrained and not needs_source_head else DEFAULT_COST_WARMUP_STEPS
-
-
-def plan_cost(
-    cost: str | None, data: DataSpec, *, normalization: str, warmup_steps: int | None, samples_per_class: int,
-    pretrained: bool, refresh_steps: int = 0, shuffle_seed: int | None = None, from_target_pool: bool = False,
-    warmup_restart: bool = False, unlabelled_target: int = 0, unlabelled_keep: float = 1.0,
-) -> Cost:  # fmt: skip
-    """The cost flags resolved once into a :class:`Cost` (kind, warm-up, refresh, prior, shuffle; no matrix yet).
-
-    ``cost`` and ``warmup_steps`` as given (None: their defaults, :func:`cost_kind` and
-    :func:`default_warmup_steps`; a cost that needs no model has no refresh, and a warm-up only when one is given:
-    the same source-only steps as a model cost's run, to compare the two costs after equal training).
-    ``shuffle_seed`` (``--cost_shuffle_seed``) must be an integer >= 0, for a cost with relations.
-    ``from_target_pool``: the diagnostic upper bound; ``warmup_restart``: for a model cost with a warm-up.
-    """
-    kind = cost_kind(cost, data)
-    warmup = warmup_steps or 0  # a fixed cost: none unless asked (the prior after the warm-up of a model cost's run)
-    if is_model_cost(kind):
-        warmup = default_warmup_steps(warmup_steps, pretrained=pretrained,
-                                      needs_source_head=COST_BUILDERS[kind].warmup_when_pretrained)  # fmt: skip
-    refresh = refresh_steps if is_model_cost(kind) else 0
-    planned = Cost(kind, normalization, warmup, samples_per_class, refresh, data_prior(data), shuffle_seed=shuffle_seed,
-                   from_target_pool=from_target_pool, warmup_restart=warmup_restart,
-                   unlabelled_target=unlabelled_target, unlabelled_keep=unlabelled_keep)  # fmt: skip
-    if unlabelled_target < 0 or not 0.0 < unlabelled_keep <= 1.0:
-        raise ValueError(f"--cost_unlabelled_target must be >= 0 and --cost_unlabelled_keep in (0, 1], got "
-                         f"{unlabelled_target} and {unlabelled_keep}.")  # fmt: skip
-    if unlabelled_keep < 1.0 and not unlabelled_target:
-        raise ValueError("--cost_unlabelled_keep chooses among the images of --cost_unlabelled_target N: add it, or "
-                         "drop --cost_unlabelled_keep.")  # fmt: skip
-    if warmup_restart and not (is_model_cost(kind) and warmup):
-        raise ValueError(f"--cost_warmup_restart discards the source-only warm-up once it has given C, and --cost "
-                         f"{kind} with {warmup} warm-up steps has none to discard: drop it, or use a features-* cost.")
-    if shuffle_seed is not None and shuffle_seed < 0:
-        raise ValueError(f"--cost_shuffle_seed must be >= 0 (a numpy seed), got {shuffle_seed}.")
-    if shuffle_seed is not None and not planned.relations:
-        raise ValueError(f"--cost_shuffle_seed permutes C's target columns, and --cost {kind} relates no class to "
-                         "another: drop --cost_shuffle_seed, or pass a cost with relations.")  # fmt: skip
-    return planned
 
 
 __all__ = [
@@ -386,12 +320,7 @@ __all__ = [
     "Cost",
     "FixedCost",
     "build_cost",
-    "cost_kind",
-    "prior_covers",
-    "data_prior",
-    "default_warmup_steps",
     "is_model_cost",
     "load_file_cost",
-    "plan_cost",
     "register_cost",
 ]

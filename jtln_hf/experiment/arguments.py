@@ -16,7 +16,8 @@ from types import MappingProxyType
 from typing import Any
 
 from ..cost import COST_NORMALIZATIONS, DEFAULT_NORMALIZATION, NORMALIZATIONS
-from ..cost.builders import COST_BUILDERS, DEFAULT_COST_WARMUP_STEPS, DEFAULT_FEATURE_COST, Cost, plan_cost
+from ..cost.builders import COST_BUILDERS, DEFAULT_COST_WARMUP_STEPS, DEFAULT_FEATURE_COST, Cost
+from ..cost.flags import plan_cost
 from ..data.pools import DataSpec
 from ..errors import did_you_mean
 from ..methods import METHOD_REGISTRY, MethodSettings, method_names

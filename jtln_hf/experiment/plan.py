@@ -194,7 +194,7 @@ def plan_experiment(
     if _uses_ot(methods) and settings.cost.shuffle_seed is not None and config.num_labels < 2:
         raise ValueError("--cost_shuffle_seed permutes C's target columns, and this run has one target class: drop "
                          "--cost_shuffle_seed, or add target classes.")  # fmt: skip
-    if _uses_ot(methods) and not settings.cost.from_model:
+    if _uses_ot(methods) and not settings.cost.per_seed:  # one matrix for every seed
         fixed = resolve_cost(settings.cost, data[seeds[0]])
         check_ot_settings(model, fixed.matrix, args)
         settings = dataclasses.replace(settings, cost=dataclasses.replace(settings.cost, fixed=fixed))

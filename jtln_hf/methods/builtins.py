@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from ..cost.builders import FixedCost, default_warmup_steps
+from ..cost.builders import FixedCost
+from ..cost.flags import default_warmup_steps
 from ..cost.relationship import relationship_of
 from ..cost.refresh import CostRefresh
 from ..cost.resolve import resolve_cost
@@ -53,8 +54,9 @@ OT_FLAGS = (
 
 @register_method("jtln", **style_of("jtln"), flags=OT_FLAGS, joint_batches=True)
 def _jtln(run: MethodRun) -> Trained:
-    """A fixed cost (prior, file) as resolved before training; a model cost from this seed's (warmed-up) model,
-    recomputed every ``--cost_refresh_steps`` joint steps when asked (:class:`~jtln_hf.cost.refresh.CostRefresh`).
+    """A fixed cost (prior, file) as resolved before training; a cost from this seed's images (``pixels-mmd``);
+    a model cost from this seed's (warmed-up) model, recomputed every ``--cost_refresh_steps`` joint steps when
+    asked (:class:`~jtln_hf.cost.refresh.CostRefresh`).
     A shuffled cost (``--cost_shuffle_seed``) keeps its first build's permutation at every refresh (a control
     throughout). With ``--cost_warmup_restart`` the weights before the warm-up are put back once C is computed."""
     cost, data = run.settings.cost, run.settings.data
@@ -63,7 +65,8 @@ def _jtln(run: MethodRun) -> Trained:
     if warmup:  # a model cost reads the warmed-up model; a fixed cost is used after the same source-only steps
         train_source_only(run.model, run.exp, run.args, data, f"{run.name}-warmup", warmup)
     if fixed is None:
-        predict = model_predictor(run.model, data, run.args)  # one, reused by every refresh
+        needs_model = cost.from_model or cost.unlabelled_target  # pseudo-labels read the model
+        predict = model_predictor(run.model, data, run.args) if needs_model else None  # one, reused by every refresh
 
         def resolve(permutation: np.ndarray | None = None) -> FixedCost:
             return resolve_cost(cost, run.exp, seed=run.args.seed, warmup_steps=warmup, predict=predict,
@@ -89,7 +92,8 @@ def _jtln(run: MethodRun) -> Trained:
 @dataclass(frozen=True)
 class CoTuningSettings:
     """Co-Tuning's own settings, resolved once: λ_ct (``--cotuning_weight``) and the source-only steps
-    before its relationship is read (``--cost_warmup_steps``, default :func:`default_warmup_steps`)."""
+    before its relationship is read (``--cost_warmup_steps``, default
+    :func:`~jtln_hf.cost.flags.default_warmup_steps`)."""
 
     cotuning_weight: float
     cost_warmup_steps: int
