@@ -351,13 +351,14 @@ def sweep_markdown(rows: list[dict[str, Any]], joint: dict[str, Any], chosen: st
 
 
 def failures_markdown(failures: list[dict[str, Any]]) -> str:
-    """The runs that failed twice (Ray Tune retries once), with their errors: never silently left out of an interval."""
+    """The runs that failed (twice with Ray Tune, which retries once; once with ``--local``), with their errors:
+    never silently left out of an interval."""
     if not failures:
         return ""
-    lines = ["", f"**{len(failures)} run(s) failed** (tried twice; left out of the seeds above, which pair the "
-             "runs that finished; run the sweep again to retry them):", ""]  # fmt: skip
-    lines += [f"- {f['setting']}, seed {f['seed']} ({f['method']}, tried {f['attempts']} times): {f['error']}"
-              for f in failures]  # fmt: skip
+    lines = ["", f"**{len(failures)} run(s) failed** (Ray Tune tries a run twice, --local once; left out of the "
+             "seeds above, which pair the runs that finished; run the sweep again to retry them):", ""]  # fmt: skip
+    lines += [f"- {f['setting']}, seed {f['seed']} ({f['method']}, tried {f['attempts']} "
+              f"time{'' if f['attempts'] == 1 else 's'}): {f['error']}" for f in failures]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -651,8 +652,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print(f"chosen on validation: {chosen}; files: {out / 'sweep.md'}, {out / 'sweep.json'}, {out / 'sweep.png'}")
     if failures:
-        print(f"error: {len(failures)} run(s) failed twice and are left out of the table (listed in sweep.md); "
-              "run the sweep again to retry them.", file=sys.stderr)  # fmt: skip
+        print(f"error: {len(failures)} run(s) failed {'once' if opts.local else 'twice'} and are left out of the "
+              "table (listed in sweep.md); run the sweep again to retry them.", file=sys.stderr)  # fmt: skip
         return 1
     return 0
 

@@ -270,3 +270,24 @@ def test_a_setting_with_a_file_path_runs_in_one_folder():
     assert out == Path("out") / "runs" / "cost=costs%2Fmine.csv" / "seed3"
     assert argv[argv.index("--cost") + 1] == "costs/mine.csv" and (method, seed) == ("jtln", 3)
     assert sweep.run_folder({}) == "default"
+
+
+def test_a_local_run_that_raises_is_named_and_the_sweep_goes_on(tiny_sweep, tmp_path, capsys):
+    """--local, as the Ray runner: a cost file of the wrong shape passes the flag checks and raises when its run
+    plans; the run is listed with its error (tried once: --local does not retry), the other runs are read back.
+    Last in this file: it rewrites the shared sweep's sweep.md and sweep.json."""
+    out, _ = tiny_sweep
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.ones((2, 2)))
+    setting = f"cost={bad}"
+    status = sweep.main(["--vary", "ot_loss_weight=0.3", "--vary", setting, "--seeds", "0", *SMALL_VALIDATION,
+                         "--local", "--output_dir", str(out), "--", *TINY])  # fmt: skip
+    assert status == 1
+    err = capsys.readouterr().err
+    assert "1 run(s) failed once" in err and "Traceback" in err  # the run's traceback, then the sweep's line
+    result = json.loads((out / "sweep.json").read_text())
+    assert [(f["setting"], f["seed"], f["attempts"]) for f in result["failed"]] == [(setting, 0, 1)]
+    assert all(f["error"].startswith("ValueError: ") and "(5, 5)" in f["error"] for f in result["failed"])
+    assert {(r["setting"], r["seed"]) for r in result["runs"]} == {("joint", 0), ("ot_loss_weight=0.3", 0)}
+    table = (out / "sweep.md").read_text()
+    assert f"- {setting}, seed 0 (jtln, tried 1 time): ValueError: " in table and "**1 run(s) failed**" in table

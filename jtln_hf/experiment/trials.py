@@ -23,12 +23,13 @@ import os
 import re
 import socket
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 #: Each run's record in its folder: read back by a later sweep with the same flags (no retraining).
 RECORD = "record.json"
-#: Beside it, one line per trial that tried the run (Ray Tune retries a failed trial once).
+#: Beside it, one line per try of the run (Ray Tune retries a failed trial once; ``--local`` does not).
 ATTEMPTS = "attempts.log"
 #: A job: (setting name, method, seed, the recipe's argv for that run).
 Job = tuple[str, str, int, list[str]]
@@ -99,16 +100,26 @@ def _freeze_imports() -> None:
     gc.freeze()
 
 
+def _log_attempt(folder: Path) -> None:
+    """One line per try of a run in its folder's :data:`ATTEMPTS` (a retried trial shows two)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / ATTEMPTS).open("a") as log:
+        log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()}\n")
+
+
+def _attempts(folder: Path) -> int:
+    """The tries of a run logged in its folder, earlier sweeps' too."""
+    attempts = folder / ATTEMPTS
+    return len(attempts.read_text().splitlines()) if attempts.is_file() else 0
+
+
 def _trial(config: dict[str, Any]) -> None:
     """One Tune trial: one job; reports its accuracies (the record itself is on disk)."""
     from ray import tune
 
     job = tuple(config["run"]["job"])
     _freeze_imports()
-    folder = _run_folder(job)
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / ATTEMPTS).open("a") as log:  # one line per try: a retried trial shows two
-        log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()}\n")
+    _log_attempt(_run_folder(job))
     record = run_job(job)
     metrics = record["metrics"]
     tune.report({"accuracy": metrics.get("accuracy", float("nan")),
@@ -162,11 +173,13 @@ def run_trials(jobs: list[Job], out: Path, *, trial_cpus: float = 1.0, trial_gpu
 
     ``records``: every job's record (read back or trained now), in the jobs' order, the failed ones left
     out; ``failures``: ``{"setting", "method", "seed", "attempts", "error"}`` of each job whose trial failed
-    twice (Tune retries a failed trial once; ``attempts`` counts every try of the run, earlier sweeps' too).
+    twice (Tune retries a failed trial once; ``local`` does not; ``attempts`` counts every try of the run,
+    earlier sweeps' too).
     ``trial_cpus`` / ``trial_gpus``: Ray resources per trial (GPUs: one per trial where there are GPUs);
     ``max_concurrent``: at most this many trials at once (default: what the resources allow); ``ray_address``:
     a running cluster (None: a local Ray with this machine's CPUs and GPUs). ``local``: the jobs one after
-    another in this process, without Ray (debugging; the tests of everything but the Ray runner).
+    another in this process, without Ray (debugging; the tests of everything but the Ray runner); a job that
+    raises is tried once, its traceback printed, and listed in ``failures`` as a failed trial is.
     """
     records: dict[int, dict[str, Any]] = {}
     todo = []
@@ -179,7 +192,15 @@ def run_trials(jobs: list[Job], out: Path, *, trial_cpus: float = 1.0, trial_gpu
     failures: list[dict[str, Any]] = []
     if local:
         for k in todo:
-            records[k] = run_job(jobs[k])
+            _log_attempt(_run_folder(jobs[k]))
+            try:
+                records[k] = run_job(jobs[k])
+            except Exception as err:  # as a failed trial: named with its error, the sweep goes on (not retried)
+                traceback.print_exc()
+                setting, method, seed, _ = jobs[k]
+                failures.append({"setting": setting, "method": method, "seed": seed,
+                                 "attempts": _attempts(_run_folder(jobs[k])),
+                                 "error": f"{type(err).__name__}: {err}".splitlines()[0]})  # fmt: skip
     elif todo:
         failed = _tune(jobs, todo, out, trial_cpus, default_trial_gpus() if trial_gpus is None else trial_gpus,
                        max_concurrent, ray_address)  # fmt: skip
@@ -189,9 +210,8 @@ def run_trials(jobs: list[Job], out: Path, *, trial_cpus: float = 1.0, trial_gpu
                 records[k] = done
             else:
                 setting, method, seed, _ = jobs[k]
-                attempts = _run_folder(jobs[k]) / ATTEMPTS
-                tries = len(attempts.read_text().splitlines()) if attempts.is_file() else 0
-                failures.append({"setting": setting, "method": method, "seed": seed, "attempts": tries,
+                failures.append({"setting": setting, "method": method, "seed": seed,
+                                 "attempts": _attempts(_run_folder(jobs[k])),
                                  "error": failed.get(k, "the trial ended without a record")})  # fmt: skip
     return [records[k] for k in range(len(jobs)) if k in records], failures
 
