@@ -76,7 +76,7 @@ def _jtln(run: MethodRun) -> Trained:
         if cost.refresh_steps:
             first = fixed.permutation  # None unless shuffled: every refresh is shuffled as the first build was
             callbacks.append(CostRefresh(lambda: resolve(first).matrix, cost.refresh_steps))
-    elif warmup:
+    if warmup and not cost.from_model:  # a model cost's sentence says its warm-up; a cost fixed by the data's does not
         fixed = FixedCost(fixed.matrix, f"{fixed.description.removesuffix('.')}; joint steps after {warmup} "
                                         "source-only warm-up steps.", fixed.permutation)  # fmt: skip
     if initial is not None:  # the warm-up was a probe: C is its only output
