@@ -47,13 +47,18 @@ def test_a_thumbnail_is_the_bilinear_resampling_of_the_image_in_rgb(fashion_mnis
     train, _ = fashion_mnist
     for image in train.select(range(5))["image"]:
         thumb = thumbnail_pixels(image).reshape(PIXEL_SIDE, PIXEL_SIDE, 3)
+        # exact on any CPU: "L" -> "RGB" copies the byte into three channels, Pillow resamples each channel with the
+        # same integer fixed-point taps, and the one float step (/ 255) is the same correctly rounded division
         np.testing.assert_array_equal(thumb[..., 0], thumb[..., 1])  # greyscale: three equal channels
         np.testing.assert_array_equal(thumb[..., 0], thumb[..., 2])
         x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)[None, None]
         ref = torch.nn.functional.interpolate(x, size=(PIXEL_SIDE, PIXEL_SIDE), mode="bilinear", align_corners=False,
                                               antialias=True)[0, 0].numpy()  # fmt: skip
         np.testing.assert_allclose(thumb[..., 0], ref, rtol=0, atol=1.001 / 255 + 1e-6)
-    colour = thumbnail_pixels(PILImage.new("RGB", (50, 20), (255, 0, 51)))  # a constant image stays constant
+    # a constant image stays constant, exactly on any CPU: Pillow's 8-bit resampling is integer arithmetic whose
+    # taps sum to 2**22 within a few units (a level is 2**22 / 255 ~ 16,000 units), so its rounding gives each byte
+    # back; both sides then divide the same float32 byte by 255, an IEEE division rounded correctly everywhere
+    colour = thumbnail_pixels(PILImage.new("RGB", (50, 20), (255, 0, 51)))
     assert colour.shape == (3 * PIXEL_SIDE * PIXEL_SIDE,) and colour.dtype == np.float32
     np.testing.assert_array_equal(colour.reshape(-1, 3), np.tile(np.float32([255, 0, 51]) / 255, (PIXEL_SIDE**2, 1)))
 
@@ -83,7 +88,8 @@ def test_the_builder_is_features_mmd_on_the_thumbnails_of_the_sampled_source_and
     sample = jdata.sample_shots(source, 20, seed=3)  # what a features-* cost reads of the source
     xs, ys, _ = pixel_features(sample)
     xt, yt, _ = pixel_features(shots)
-    # exact: the same calls on the same arrays in this process
+    # exact: the same calls on the same arrays in this process (the builder samples the source with the same
+    # sample_shots call, reads the thumbnails with pixel_features and calls cost_from_features with these arguments)
     np.testing.assert_array_equal(cost, cost_from_features(xs, ys, xt, yt, method="mmd", num_source_labels=3,
                                                            num_target_labels=2, seed=3, normalize="none"))  # fmt: skip
     assert "thumbnail pixels of each source class (60 images) and each target class (10 labelled images)" in how
